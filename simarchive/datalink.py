@@ -1,0 +1,84 @@
+"""Datalink ``links`` responses: per ID, a ``#this`` row with a signed URL to the file.
+
+Several IDs may be asked in one request (GET with repeated ``ID`` or POST); an unknown ID
+is not an HTTP error but a row carrying ``error_message``, as DataLink 1.1 §3.4 and the
+RSP do, so one bad ID never hides the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy import units as u
+from astropy.table import MaskedColumn, Table
+
+from .votable import results_votable
+
+THIS = "#this"
+FITS_CONTENT_TYPE = "application/fits"
+
+_COLUMNS = [  # name, ucd, description
+    ("ID", "meta.id;meta.main", "Input identifier"),
+    ("access_url", "meta.ref.url", "Link to data or processing service"),
+    ("service_def", "meta.ref", "Reference to the service descriptor resource"),
+    ("error_message", "meta.code.error", "Error if an access_url cannot be created"),
+    ("semantics", "meta.code", "Term from a controlled vocabulary describing the link"),
+    ("description", "meta.note", "Human-readable text describing this link"),
+    ("content_type", "meta.code.mime", "Mime-type of the content the link returns"),
+    ("content_length", "phys.size;meta.file", "Size of the download the link returns"),
+]
+
+
+@dataclass(frozen=True)
+class Link:
+    id: str
+    access_url: str = ""
+    service_def: str = ""
+    error_message: str = ""
+    semantics: str = ""
+    description: str = ""
+    content_type: str = ""
+    content_length: int | None = None
+
+
+def links_for(
+    ids: Sequence[str],
+    lookup: Callable[[str], object | None],
+    sign: Callable[[object], str],
+    size: Callable[[object], int],
+) -> list[Link]:
+    links = []
+    for ident in ids:
+        product = lookup(ident)
+        if product is None:
+            links.append(Link(ident, error_message=f"NotFoundFault: {ident} is not a known dataset"))
+            continue
+        links.append(
+            Link(
+                ident,
+                access_url=sign(product),
+                semantics=THIS,
+                description=f"Primary image or observation data file ({product.subtype})",
+                content_type=FITS_CONTENT_TYPE,
+                content_length=size(product),
+            )
+        )
+    return links
+
+
+def links_votable(links: Sequence[Link]) -> bytes:
+    table = Table()
+    for name, ucd, description in _COLUMNS:
+        values = [getattr(link, name.lower() if name == "ID" else name) for link in links]
+        if name == "content_length":
+            data = np.array([v or 0 for v in values], dtype=np.int64)
+            col = MaskedColumn(data, name=name, mask=[v is None for v in values], unit=u.byte)
+        else:
+            col = MaskedColumn(np.array(values, dtype=str) if values else np.array([], dtype="U1"),
+                               name=name)
+        col.description = description
+        col.meta["ucd"] = ucd
+        table.add_column(col)
+    return results_votable(table)

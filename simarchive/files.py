@@ -1,0 +1,77 @@
+"""FITS files on disk, generated on first request and then served with HTTP Range.
+
+Pixels are produced lazily because a benchmark archive can describe thousands of 200 MB
+images; only the ones a client actually reads are written. Writing goes to a temporary
+name and is renamed into place, so a concurrent reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+
+from .httpcore import FileBody, Response
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class FitsCache:
+    def __init__(self, sky, directory: Path) -> None:
+        self._sky = sky
+        self._dir = directory
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, product_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(product_id, threading.Lock())
+
+    def ensure(self, product) -> tuple[Path, str]:
+        """Return the file for ``product`` and its MD5 (the ETag), writing it if needed."""
+        path = self._dir / product.file_path
+        md5_path = path.with_name(path.name + ".md5")
+        with self._lock(product.id):
+            if not md5_path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                self._sky.write_fits(product.id, str(tmp))
+                digest = hashlib.md5()
+                with open(tmp, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+                os.replace(tmp, path)
+                md5_path.write_text(digest.hexdigest())
+            return path, md5_path.read_text().strip()
+
+
+def file_response(path: Path, etag: str, range_header: str | None, if_none_match: str | None) -> Response:
+    """Answer GET/HEAD for a file: 200, 206 for one satisfiable range, 416 otherwise."""
+    size = path.stat().st_size
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{etag}"',
+        "Last-Modified": "Thu, 01 Dec 2022 00:00:00 GMT",
+    }
+    ctype = "application/fits"
+    if if_none_match and if_none_match.strip('"') == etag:
+        return Response(304, b"", ctype, headers)
+    if range_header:
+        match = _RANGE.match(range_header.strip())
+        if match and (match.group(1) or match.group(2)):
+            first, last = match.groups()
+            if first:
+                start = int(first)
+                end = min(int(last), size - 1) if last else size - 1
+            else:  # suffix range: the last N bytes
+                start = max(size - int(last), 0)
+                end = size - 1
+            if start >= size or end < start:
+                headers["Content-Range"] = f"bytes */{size}"
+                return Response(416, b"", ctype, headers)
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            return Response(206, FileBody(str(path), start, end - start + 1), ctype, headers)
+        # multiple or malformed ranges: ignore the header and send the whole file, as RFC 9110 allows
+    return Response(200, FileBody(str(path), 0, size), ctype, headers)

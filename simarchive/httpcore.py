@@ -1,0 +1,272 @@
+"""A small threaded HTTP/1.1 server with full control over the connection.
+
+The archive is built on the standard library's ``http.server`` rather than an ASGI stack
+because the fault injection this archive must offer (drop a connection with no response,
+truncate a body mid-stream, throttle bandwidth, delay the first byte) needs the raw socket,
+which ASGI servers hide. Handlers are plain functions ``Request -> Response``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024  # TAP_UPLOAD tables are small; refuse anything silly
+
+
+@dataclass
+class Upload:
+    """One file part of a multipart/form-data body (TAP_UPLOAD's inline tables)."""
+
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    form: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes = b""
+    files: dict[str, Upload] = field(default_factory=dict)
+
+    def params(self, name: str) -> list[str]:
+        """All values of a parameter, name matched case-insensitively as DALI requires."""
+        key = name.lower()
+        return [v for k, v in (*self.query, *self.form) if k.lower() == key]
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        values = self.params(name)
+        return values[-1] if values else default
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+
+@dataclass
+class FileBody:
+    """A byte range of a file on disk, streamed without loading it into memory."""
+
+    path: str
+    start: int
+    length: int
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes | FileBody = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return self.body.length if isinstance(self.body, FileBody) else len(self.body)
+
+
+def text(status: int, message: str) -> Response:
+    return Response(status, (message.rstrip("\n") + "\n").encode())
+
+
+def redirect(location: str, status: int = 303) -> Response:
+    return Response(status, b"", headers={"Location": location})
+
+
+class BadRequest(Exception):
+    """Raised by handlers for a malformed request; becomes a 400 with the message."""
+
+
+Handler = Callable[[Request], Response]
+# Hooks the fault injector (and the statistics) plug into; see simarchive.faults.
+BeforeHook = Callable[[Request, "Connection"], Response | None]
+
+
+class Connection:
+    """What a hook may do to the client connection: drop it or throttle what is written."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+        self._handler = handler
+        self.dropped = False
+
+    def drop(self) -> None:
+        """Close the socket without sending anything (the client sees RemoteDisconnected)."""
+        self.dropped = True
+        self._handler.close_connection = True
+        try:
+            self._handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[list[tuple[str, str]], dict[str, Upload]]:
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise BadRequest("malformed multipart/form-data body")
+    form: list[tuple[str, str]] = []
+    files: dict[str, Upload] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None or part.get_content_type() not in ("text/plain",):
+            files[name] = Upload(filename, part.get_content_type(), payload)
+        if filename is None:
+            form.append((name, payload.decode("utf-8", errors="replace")))
+    return form, files
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "simarchive/1.0"
+    app: ArchiveHTTPServer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def _dispatch(self) -> None:
+        app: ArchiveHTTPServer = self.server  # type: ignore[assignment]
+        conn = Connection(self)
+        try:
+            request = self._read_request()
+        except BadRequest as exc:
+            self._send(text(400, str(exc)), conn, head=False)
+            return
+        response = None
+        for hook in app.before_hooks:
+            response = hook(request, conn)
+            if conn.dropped:
+                return
+            if response is not None:
+                break
+        if response is None:
+            try:
+                response = app.handler(request)
+            except BadRequest as exc:
+                response = text(400, str(exc))
+            except Exception:  # a bug in the archive: say so, keep serving
+                log.exception("archive handler failed for %s %s", request.method, request.path)
+                response = text(500, "internal error in the embedded archive")
+        for after in app.after_hooks:
+            after(request, response)
+        self._send(response, conn, head=request.method == "HEAD")
+
+    def _read_request(self) -> Request:
+        url = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        length = int(headers.get("content-length") or 0)
+        if length > MAX_BODY:
+            raise BadRequest(f"request body of {length} bytes is over the {MAX_BODY} limit")
+        body = self.rfile.read(length) if length else b""
+        form: list[tuple[str, str]] = []
+        files: dict[str, Upload] = {}
+        ctype = headers.get("content-type", "")
+        if body and ctype.startswith("application/x-www-form-urlencoded"):
+            form = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        elif body and ctype.startswith("multipart/form-data"):
+            form, files = _parse_multipart(ctype, body)
+        return Request(
+            method=self.command,
+            path=url.path,
+            query=parse_qsl(url.query, keep_blank_values=True),
+            form=form,
+            headers=headers,
+            body=body,
+            files=files,
+        )
+
+    def _send(self, response: Response, conn: Connection, *, head: bool) -> None:
+        server: ArchiveHTTPServer = self.server  # type: ignore[assignment]
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(response.length))
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if head or response.length == 0:
+            return
+        writer = server.body_writer or write_body
+        try:
+            writer(self.wfile, response, conn)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _dispatch
+
+
+def iter_body(response: Response, chunk: int = 256 * 1024) -> Iterable[bytes]:
+    """Yield the response body in chunks (files are read lazily)."""
+    body = response.body
+    if isinstance(body, bytes):
+        for i in range(0, len(body), chunk):
+            yield body[i : i + chunk]
+        return
+    with open(body.path, "rb") as fh:
+        fh.seek(body.start)
+        remaining = body.length
+        while remaining > 0:
+            data = fh.read(min(chunk, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            yield data
+
+
+def write_body(wfile, response: Response, conn: Connection) -> None:  # noqa: ARG001
+    """Default writer: files go out with ``shutil.copyfileobj`` in large chunks."""
+    body = response.body
+    if isinstance(body, bytes):
+        wfile.write(body)
+        return
+    with open(body.path, "rb") as fh:
+        fh.seek(body.start)
+        if body.start == 0 and body.length == os.fstat(fh.fileno()).st_size:
+            shutil.copyfileobj(fh, wfile, 1024 * 1024)
+        else:
+            for data in iter_body(response, 1024 * 1024):
+                wfile.write(data)
+
+
+class ArchiveHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: Handler) -> None:
+        super().__init__(address, _RequestHandler)
+        self.handler = handler
+        self.before_hooks: list[BeforeHook] = []
+        self.after_hooks: list[Callable[[Request, Response], None]] = []
+        self.body_writer: Callable | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="simarchive-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

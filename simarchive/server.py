@@ -1,0 +1,408 @@
+"""The embedded archive: TAP (sync + UWS async), VOSI, Datalink and signed FITS files.
+
+One process serves everything on one port. URLs the archive hands out for files use a
+different host name (``localhost`` rather than ``127.0.0.1``, like the RSP's Datalink
+pointing at cloud storage), so clients must not assume data lives with the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from .adql import AdqlError, run_adql
+from .datalink import links_for, links_votable
+from .files import FitsCache, file_response
+from .httpcore import ArchiveHTTPServer, BadRequest, Request, Response, redirect, text
+from .signing import UrlSigner
+from .sky import Sky, SkyConfig
+from .tapschema import PublishedTable, build_tap_schema
+from .uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
+from .votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
+from .vosi import availability_xml, capabilities_xml, tables_xml
+
+log = logging.getLogger(__name__)
+
+XML = "text/xml; charset=utf-8"
+ALL_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS", "DISTANCE")
+VOTABLE_FORMATS = {
+    "votable", "application/x-votable+xml", "text/xml", "votable/td",
+    "application/x-votable+xml;serialization=tabledata",
+}
+BINARY2_FORMATS = {"votable/b2", "application/x-votable+xml;serialization=binary2"}
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """Everything that shapes one archive instance; the CLI and tests build one of these."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    seed: int = 42
+    n_visits: int = 120
+    binning: int = 10
+    cache_dir: str | None = None  # None: a temporary directory removed at stop()
+    signed_host: str = "localhost"
+    url_lifetime: float = 3600.0
+    maxrec_default: int = 100_000
+    maxrec_hard: int = 1_000_000
+    execution_duration: int = 600
+    async_workers: int = 4
+    geometry_functions: tuple[str, ...] = ALL_GEOMETRY
+
+    def sky_config(self) -> SkyConfig:
+        return SkyConfig(seed=self.seed, n_visits=self.n_visits, binning=self.binning)
+
+
+@dataclass
+class EndpointStats:
+    requests: int = 0
+    bytes: int = 0
+    status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def endpoint_of(path: str) -> str:
+    """The counter a request is booked under (``/_stats`` reports these)."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return "root"
+    if parts[0] == "tap":
+        if len(parts) == 1:
+            return "tap"
+        return {"sync": "tap_sync", "async": "tap_async"}.get(parts[1], f"tap_{parts[1]}")
+    return {"datalink": "datalink", "files": "files"}.get(parts[0], parts[0])
+
+
+class EmbeddedArchive:
+    """Start with ``with EmbeddedArchive(settings) as archive: ...`` or ``start()``/``stop()``."""
+
+    def __init__(self, settings: ArchiveSettings | None = None) -> None:
+        self.settings = settings or ArchiveSettings()
+        self.sky = Sky(self.settings.sky_config())
+        self._http = ArchiveHTTPServer((self.settings.host, self.settings.port), self.handle)
+        self._http.after_hooks.append(self._count)
+        port = self._http.port
+        self.base_url = f"http://{self.settings.host}:{port}"
+        self.signed_base_url = f"http://{self.settings.signed_host}:{port}"
+        self.tap_url = f"{self.base_url}/tap"
+        self.datalink_url = f"{self.base_url}/datalink/links"
+        self.signer = UrlSigner(self.settings.url_lifetime)
+        self._products_by_path = {p.file_path: p for p in self.sky.products}
+        if self.settings.cache_dir:
+            self._tmp = None
+            cache = Path(self.settings.cache_dir) / f"seed{self.settings.seed}-bin{self.settings.binning}"
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="simarchive-")
+            cache = Path(self._tmp)
+        self.files = FitsCache(self.sky, cache)
+        obscore = PublishedTable(
+            "ivoa", "ivoa.ObsCore",
+            "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model",
+            self.sky.obscore_table(self.datalink_url), 1,
+        )
+        self.published = [obscore, *build_tap_schema([obscore])]
+        self.tables = {t.key: t.data for t in self.published}
+        self.jobs = JobStore(self._run_job, workers=self.settings.async_workers)
+        self._stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
+        self._stats_lock = threading.Lock()
+
+    # -- life cycle -------------------------------------------------------------------
+    def start(self) -> EmbeddedArchive:
+        self._http.start()
+        log.info("embedded archive serving TAP at %s", self.tap_url)
+        return self
+
+    def stop(self) -> None:
+        self.jobs.shutdown()
+        self._http.stop()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def serve_forever(self) -> None:
+        self._http.serve_forever()
+
+    def __enter__(self) -> EmbeddedArchive:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- introspection for tests and benchmarks ----------------------------------------
+    def stats(self) -> dict[str, dict]:
+        with self._stats_lock:
+            return {
+                name: {"requests": s.requests, "bytes": s.bytes, "status": dict(s.status)}
+                for name, s in self._stats.items()
+            }
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats.clear()
+
+    def truth(self, ra: float, dec: float) -> frozenset[str]:
+        """``obs_publisher_did`` of every image whose pixels (header WCS) contain the point."""
+        return frozenset(self.sky.product(pid).obs_publisher_did for pid in self.sky.truth(ra, dec))
+
+    def _count(self, request: Request, response: Response) -> None:
+        with self._stats_lock:
+            stats = self._stats[endpoint_of(request.path)]
+            stats.requests += 1
+            stats.status[response.status] += 1
+            if request.method != "HEAD":
+                stats.bytes += response.length
+
+    # -- routing -----------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        parts = [unquote(p) for p in request.path.split("/") if p]
+        if not parts:
+            return text(200, f"simarchive: TAP at {self.tap_url}\n")
+        head = parts[0]
+        if head == "tap":
+            return self._tap(request, parts[1:])
+        if head == "datalink" and parts[1:] == ["links"]:
+            return self._datalink(request)
+        if head == "files":
+            return self._file(request)
+        if head == "_stats":
+            if parts[1:] == ["reset"] and request.method == "POST":
+                self.reset_stats()
+                return text(200, "reset")
+            return Response(200, json.dumps(self.stats()).encode(), "application/json")
+        if head == "_truth":
+            return self._truth(request)
+        return text(404, f"no such resource: {request.path}")
+
+    def _tap(self, request: Request, parts: list[str]) -> Response:
+        if not parts:
+            return text(200, "TAP 1.1 service: sync, async, tables, capabilities, availability")
+        name, rest = parts[0], parts[1:]
+        if name == "sync" and not rest:
+            return self._sync(request)
+        if name == "async":
+            return self._async(request, rest)
+        if rest:
+            return text(404, f"no such resource: {request.path}")
+        if name == "capabilities":
+            s = self.settings
+            return Response(200, capabilities_xml(
+                self.tap_url, geometry_functions=s.geometry_functions,
+                maxrec_default=s.maxrec_default, maxrec_hard=s.maxrec_hard,
+                execution_duration=s.execution_duration, retention_period=7 * 86400,
+                upload_limit_bytes=32 * 1024 * 1024).encode(), XML)
+        if name == "tables":
+            return Response(200, tables_xml(self.published).encode(), XML)
+        if name == "availability":
+            return Response(200, availability_xml().encode(), XML)
+        return text(404, f"no such resource: {request.path}")
+
+    # -- queries -----------------------------------------------------------------------
+    def execute(self, params: list[tuple[str, str]]) -> tuple[bytes, str | None]:
+        """Run a TAP query from its DALI parameters: (VOTable, error message or None)."""
+        lookup = {}
+        for key, value in params:
+            lookup[key.upper()] = value
+        try:
+            lang = lookup.get("LANG", "ADQL")
+            if not lang.upper().startswith("ADQL"):
+                raise AdqlError(f"LANG={lang} is not supported; use ADQL")
+            request = lookup.get("REQUEST", "doQuery")
+            if request.lower() != "doquery":
+                raise AdqlError(f"REQUEST={request} is not supported; use doQuery")
+            query = lookup.get("QUERY")
+            if not query or not query.strip():
+                raise AdqlError("missing QUERY parameter")
+            fmt = (lookup.get("RESPONSEFORMAT") or lookup.get("FORMAT") or "votable").strip().lower()
+            if fmt not in VOTABLE_FORMATS | BINARY2_FORMATS:
+                raise AdqlError(f"RESPONSEFORMAT={fmt} is not supported; use votable")
+            maxrec = self._maxrec(lookup.get("MAXREC"))
+            disabled = frozenset(
+                f for f in ALL_GEOMETRY if f not in self.settings.geometry_functions
+            )
+            result = run_adql(query, self.tables, maxrec, disabled_functions=disabled)
+            return results_votable(result.table, overflow=result.overflow,
+                                   binary=fmt in BINARY2_FORMATS), None
+        except AdqlError as exc:
+            return error_votable(str(exc)), str(exc)
+
+    def _maxrec(self, value: str | None) -> int:
+        if value is None or value == "":
+            return self.settings.maxrec_default
+        try:
+            maxrec = int(value)
+        except ValueError:
+            raise AdqlError(f"MAXREC={value!r} is not an integer") from None
+        if maxrec < 0:
+            raise AdqlError(f"MAXREC={maxrec} must not be negative")
+        return min(maxrec, self.settings.maxrec_hard)
+
+    def _sync(self, request: Request) -> Response:
+        if request.method not in ("GET", "POST"):
+            return text(405, "use GET or POST")
+        body, error = self.execute([*request.query, *request.form])
+        return Response(400 if error else 200, body, VOTABLE_CONTENT_TYPE)
+
+    def _run_job(self, job: Job) -> JobOutcome:
+        body, error = self.execute(job.parameters)
+        if error:
+            return JobOutcome(error_message=error, error_document=body)
+        return JobOutcome(result=body)
+
+    def _async(self, request: Request, rest: list[str]) -> Response:
+        base = f"{self.tap_url}/async"
+        if not rest:
+            if request.method == "POST":
+                params = [*request.query, *request.form]
+                job = self.jobs.create(params)
+                if (request.param("PHASE") or "").upper() == "RUN":
+                    self.jobs.start(job)
+                return redirect(f"{base}/{job.job_id}")
+            return Response(200, jobs_xml(self.jobs.list(), base).encode(), XML)
+        job = self.jobs.get(rest[0])
+        if job is None:
+            return text(404, f"no such job: {rest[0]}")
+        job_url = f"{base}/{job.job_id}"
+        sub = rest[1:]
+        if not sub:
+            if request.method == "DELETE" or (
+                request.method == "POST" and (request.param("ACTION") or "").upper() == "DELETE"
+            ):
+                self.jobs.delete(job.job_id)
+                return redirect(base)
+            if request.method == "POST":  # UWS 1.1: parameters may be POSTed to the job
+                return self._post_parameters(request, job, job_url)
+            self._block(request, job)
+            return Response(200, job.to_xml(job_url).encode(), XML)
+        what = sub[0]
+        if what == "phase":
+            if request.method == "POST":
+                phase = (request.param("PHASE") or "").upper()
+                if phase == "RUN":
+                    self.jobs.start(job)
+                elif phase == "ABORT":
+                    self.jobs.abort(job)
+                else:
+                    raise BadRequest(f"PHASE={phase or '(missing)'} is not RUN or ABORT")
+                return redirect(job_url)
+            return text(200, job.phase)
+        if what == "results":
+            if sub[1:] == ["result"]:
+                if job.phase != "COMPLETED" or job.outcome is None or job.outcome.result is None:
+                    return text(404, f"job {job.job_id} has no result (phase {job.phase})")
+                return Response(200, job.outcome.result, VOTABLE_CONTENT_TYPE)
+            xml = job.to_xml(job_url)
+            start, end = xml.find("<uws:results>"), xml.find("</uws:results>")
+            body = ('<?xml version="1.0" encoding="UTF-8"?>\n' + xml[start:end] + "</uws:results>\n")
+            body = body.replace("<uws:results>", '<uws:results xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" '
+                                'xmlns:xlink="http://www.w3.org/1999/xlink">', 1)
+            return Response(200, body.encode(), XML)
+        if what == "error":
+            if job.phase != "ERROR" or job.outcome is None:
+                return text(404, f"job {job.job_id} has no error (phase {job.phase})")
+            return Response(200, job.outcome.error_document or b"", VOTABLE_CONTENT_TYPE)
+        if what == "parameters":
+            if request.method == "POST":
+                return self._post_parameters(request, job, job_url)
+            xml = job.to_xml(job_url)
+            start, end = xml.find("<uws:parameters>"), xml.find("</uws:parameters>")
+            return Response(200, (xml[start:end] + "</uws:parameters>\n").replace(
+                "<uws:parameters>", '<uws:parameters xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0">', 1
+            ).encode(), XML)
+        if what in ("executionduration", "destruction", "quote", "owner"):
+            return self._job_attribute(request, job, job_url, what)
+        return text(404, f"no such resource: {request.path}")
+
+    def _post_parameters(self, request: Request, job: Job, job_url: str) -> Response:
+        if job.phase != "PENDING":
+            raise BadRequest(f"job {job.job_id} is {job.phase}; parameters can only change while PENDING")
+        job.parameters.extend([*request.query, *request.form])
+        return redirect(job_url)
+
+    def _job_attribute(self, request: Request, job: Job, job_url: str, what: str) -> Response:
+        from datetime import datetime
+
+        if request.method == "POST":
+            value = request.param(what.upper())
+            if value is None:
+                raise BadRequest(f"missing {what.upper()} parameter")
+            if what == "executionduration":
+                try:
+                    job.execution_duration = min(int(value), self.settings.execution_duration)
+                except ValueError:
+                    raise BadRequest(f"EXECUTIONDURATION={value!r} is not an integer") from None
+            elif what == "destruction":
+                try:
+                    job.destruction = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    raise BadRequest(f"DESTRUCTION={value!r} is not an ISO 8601 time") from None
+            else:
+                raise BadRequest(f"{what} cannot be changed")
+            return redirect(job_url)
+        values = {
+            "executionduration": str(job.execution_duration),
+            "destruction": job.destruction.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "quote": "",
+            "owner": job.owner or "",
+        }
+        return text(200, values[what])
+
+    def _block(self, request: Request, job: Job) -> None:
+        """UWS 1.1 WAIT: hold the request while the job is active and unchanged."""
+        wait = request.param("WAIT")
+        if wait is None or job.phase not in ACTIVE_PHASES:
+            return
+        try:
+            seconds = float(wait)
+        except ValueError:
+            raise BadRequest(f"WAIT={wait!r} is not a number") from None
+        seconds = MAX_WAIT_SECONDS if seconds < 0 else min(seconds, MAX_WAIT_SECONDS)
+        wanted = (request.param("PHASE") or job.phase).upper()
+        job.wait_for_change(seconds, from_phase=wanted)
+
+    # -- datalink and files ---------------------------------------------------------------
+    def _datalink(self, request: Request) -> Response:
+        ids = request.params("ID")
+        if not ids:
+            body = error_votable("UsageFault: missing ID parameter")
+            return Response(400, body, VOTABLE_CONTENT_TYPE)
+        links = links_for(ids, self._product_by_id, self._sign, lambda p: self.sky.fits_size(p.id))
+        return Response(200, links_votable(links), VOTABLE_CONTENT_TYPE)
+
+    def _product_by_id(self, ident: str):
+        try:
+            return self.sky.product(ident)
+        except KeyError:
+            return None
+
+    def _sign(self, product) -> str:
+        return self.signer.sign(self.signed_base_url, f"/files/{product.file_path}")
+
+    def _file(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return text(405, "files are read-only")
+        path = request.path
+        refusal = self.signer.check(unquote(path), request.param("Signature"), request.param("Expires"))
+        if refusal:
+            body = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                    f"<Message>{refusal}</Message></Error>").encode()
+            return Response(403, body, "application/xml")
+        product = self._products_by_path.get(unquote(path)[len("/files/"):])
+        if product is None:
+            return text(404, f"no such file: {path}")
+        file_path, etag = self.files.ensure(product)
+        return file_response(file_path, etag, request.header("range"), request.header("if-none-match"))
+
+    def _truth(self, request: Request) -> Response:
+        try:
+            ra, dec = float(request.param("ra", "")), float(request.param("dec", ""))
+        except ValueError:
+            raise BadRequest("give ra and dec in degrees") from None
+        dids = sorted(self.truth(ra, dec))
+        return Response(200, json.dumps({"ra": ra, "dec": dec, "obs_publisher_did": dids}).encode(),
+                        "application/json")

@@ -1,0 +1,94 @@
+"""VOTable documents the archive returns: TAP results, Datalink tables and DALI errors.
+
+astropy writes the tables (we do not hand-roll VOTable); this module only adds what the
+IVOA protocols layer on top: the ``RESOURCE type="results"``, the ``QUERY_STATUS`` INFOs
+that pyvo reads to decide between success, overflow and error, and FIELD metadata
+(ucd, utype, xtype, description, ``char`` rather than ``unicodeChar``) carried in the
+astropy column ``meta`` of the archive's tables.
+"""
+
+from __future__ import annotations
+
+import io
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+from astropy.io.votable import from_table
+from astropy.io.votable.tree import Info
+from astropy.table import Column, MaskedColumn, Table
+
+VOTABLE_CONTENT_TYPE = "application/x-votable+xml"
+_FIELD_HINTS = ("ucd", "utype", "xtype")
+
+
+def _ascii_strings(table: Table) -> Table:
+    """Return a copy whose unicode columns are bytes, so astropy writes ``datatype="char"``.
+
+    Rubin's TAP declares its strings as ``char``; ``unicodeChar`` would change what clients
+    see. Non-ASCII text keeps ``unicodeChar``.
+    """
+    out = Table(table, copy=False)
+    for name in out.colnames:
+        col = out[name]
+        if col.dtype.kind != "U":
+            continue
+        try:
+            data = np.char.encode(np.asarray(col), "ascii")
+        except UnicodeEncodeError:
+            continue
+        cls = MaskedColumn if isinstance(col, MaskedColumn) else Column
+        kwargs = {"mask": col.mask} if isinstance(col, MaskedColumn) else {}
+        out.replace_column(
+            name,
+            cls(data, name=name, unit=col.unit, description=col.description,
+                meta=dict(col.meta), **kwargs),
+        )
+    return out
+
+
+def results_votable(table: Table, *, overflow: bool = False, binary: bool = False) -> bytes:
+    """Serialise a query result as a TAP result document.
+
+    ``QUERY_STATUS=OK`` precedes the table; on overflow a second ``QUERY_STATUS=OVERFLOW``
+    follows it, as TAP 1.1 §4.9 asks, so a client reading to the end learns the result was
+    truncated at MAXREC (pyvo takes the last status and warns ``DALOverflowWarning``).
+    """
+    votable = from_table(_ascii_strings(table))
+    resource = votable.resources[0]
+    resource.type = "results"
+    resource.infos.append(Info(name="QUERY_STATUS", value="OK"))
+    for field in votable.get_first_table().fields:
+        col = table[field.name] if field.name in table.colnames else None
+        if col is None:
+            continue
+        for hint in _FIELD_HINTS:
+            if col.meta.get(hint):
+                setattr(field, hint, col.meta[hint])
+        if col.description:
+            field.description = col.description
+        if field.datatype == "char":
+            field.arraysize = "*"
+    buf = io.BytesIO()
+    votable.to_xml(buf, tabledata_format="binary2" if binary else "tabledata")
+    data = buf.getvalue()
+    if overflow:
+        marker = b"</RESOURCE>"
+        pos = data.rfind(marker)
+        data = data[:pos] + b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' + data[pos:]
+    return data
+
+
+def error_votable(message: str) -> bytes:
+    """A DALI error document: pyvo turns it into ``DALQueryError(message)``."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">\n'
+        '  <RESOURCE type="results">\n'
+        f'    <INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>\n'
+        "  </RESOURCE>\n"
+        "</VOTABLE>\n"
+    ).encode()
+
+
+def info_element(name: str, value: str) -> str:
+    return f"<INFO name={quoteattr(name)} value={quoteattr(value)}/>"
