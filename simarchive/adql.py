@@ -38,8 +38,19 @@ from .adql_scope import Scope, make_sources
 
 __all__ = ["AdqlError", "QueryResult", "run_adql"]
 
-_SUPPORTED_CLAUSES = {"expressions", "distinct", "limit", "from", "from_", "joins", "where",
-                      "group", "having", "order", "offset"}
+_SUPPORTED_CLAUSES = {
+    "expressions",
+    "distinct",
+    "limit",
+    "from",
+    "from_",
+    "joins",
+    "where",
+    "group",
+    "having",
+    "order",
+    "offset",
+}
 
 
 @dataclass
@@ -48,8 +59,13 @@ class QueryResult:
     overflow: bool  # more rows matched than MAXREC allowed (TAP QUERY_STATUS=OVERFLOW)
 
 
-def run_adql(query: str, tables: Mapping[str, Table], maxrec: int | None, *,
-             disabled_functions: frozenset[str] = frozenset()) -> QueryResult:
+def run_adql(
+    query: str,
+    tables: Mapping[str, Table],
+    maxrec: int | None,
+    *,
+    disabled_functions: frozenset[str] = frozenset(),
+) -> QueryResult:
     """Run an ADQL query against ``tables`` (keys: lowercase ``schema.table``).
 
     ``maxrec`` caps the returned rows (``None``: no cap); ``disabled_functions``
@@ -80,8 +96,10 @@ def parse_query(query: str) -> exp.Select:
         raise AdqlError(f"syntax error: {_one_line(str(exc))}") from None
     if not isinstance(tree, exp.Select):
         line, col, word = _first_word(query)
-        raise AdqlError(f"syntax error at line {line}, column {col} near {word!r}: "
-                        "expected a single SELECT statement")
+        raise AdqlError(
+            f"syntax error at line {line}, column {col} near {word!r}: "
+            "expected a single SELECT statement"
+        )
     for key, value in tree.args.items():
         if value and key not in _SUPPORTED_CLAUSES:
             raise AdqlError(f"unsupported clause in query: {key.upper()}")
@@ -142,8 +160,9 @@ def _check_functions(select: exp.Select, disabled: frozenset[str]) -> None:
             raise AdqlError(f"function {name} is not supported by this service")
 
 
-def _run(query: str, tables: Mapping[str, Table], maxrec: int | None,
-         disabled: frozenset[str]) -> QueryResult:
+def _run(
+    query: str, tables: Mapping[str, Table], maxrec: int | None, disabled: frozenset[str]
+) -> QueryResult:
     if maxrec is not None and maxrec < 0:
         raise AdqlError(f"MAXREC must be non-negative, got {maxrec}")
     select = parse_query(query)

@@ -29,8 +29,11 @@ def value_codes(val: Val, n: int) -> np.ndarray:
     """Dense integer codes with equal codes for equal values; NULLs share their own code."""
     data, null = materialize(val, n)
     if data.ndim > 1:
-        data = np.ascontiguousarray(data.reshape(n, -1)).view(
-            np.dtype((np.void, data.dtype.itemsize * int(np.prod(data.shape[1:]))))).reshape(n)
+        data = (
+            np.ascontiguousarray(data.reshape(n, -1))
+            .view(np.dtype((np.void, data.dtype.itemsize * int(np.prod(data.shape[1:])))))
+            .reshape(n)
+        )
     if n == 0:
         return np.zeros(0, dtype=np.intp)
     _, codes = np.unique(data, return_inverse=True)
@@ -49,14 +52,15 @@ def combine_codes(code_lists: list[np.ndarray], n: int) -> tuple[np.ndarray, np.
     return groups.reshape(n), first
 
 
-def group_frame(select: exp.Select, scope: Scope, frame: Frame,
-                output_aliases: dict[str, exp.Expression]) -> tuple[Frame, Evaluator]:
+def group_frame(
+    select: exp.Select, scope: Scope, frame: Frame, output_aliases: dict[str, exp.Expression]
+) -> tuple[Frame, Evaluator]:
     """Group the rows of ``frame``; return the group frame and an evaluator over it."""
     row_eval = Evaluator(scope, frame)
     keys = []
     group_columns: set[tuple[str, str]] = set()
     group = select.args.get("group")
-    for item in (group.expressions if group else []):
+    for item in group.expressions if group else []:
         item = _group_item(item, scope, output_aliases, select)
         for col in item.find_all(exp.Column):
             source, name = scope.resolve(col)
@@ -84,8 +88,9 @@ def group_frame(select: exp.Select, scope: Scope, frame: Frame,
     return gframe, Evaluator(scope, gframe, aggregates, group_columns)
 
 
-def _group_item(item: exp.Expression, scope: Scope, aliases: dict[str, exp.Expression],
-                select: exp.Select) -> exp.Expression:
+def _group_item(
+    item: exp.Expression, scope: Scope, aliases: dict[str, exp.Expression], select: exp.Select
+) -> exp.Expression:
     """GROUP BY accepts columns, expressions, output aliases and 1-based positions."""
     if isinstance(item, exp.Literal) and not item.is_string:
         pos = int(item.this)
@@ -119,8 +124,9 @@ def _aggregate_nodes(select: exp.Select) -> list[exp.Expression]:
     return found
 
 
-def compute_aggregate(node: exp.Expression, row_eval: Evaluator, codes: np.ndarray,
-                      count: int, n: int) -> Val:
+def compute_aggregate(
+    node: exp.Expression, row_eval: Evaluator, codes: np.ndarray, count: int, n: int
+) -> Val:
     name = function_name(node)
     arg = node.this
     if isinstance(node, exp.Count) and isinstance(arg, exp.Star):
@@ -164,11 +170,17 @@ def compute_aggregate(node: exp.Expression, row_eval: Evaluator, codes: np.ndarr
     order = np.lexsort((data, gcodes))
     sorted_codes = gcodes[order]
     if name == "MIN":
-        pick = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) \
-            if len(order) else np.zeros(0, dtype=np.intp)
+        pick = (
+            np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+            if len(order)
+            else np.zeros(0, dtype=np.intp)
+        )
     else:
-        pick = np.flatnonzero(np.r_[sorted_codes[1:] != sorted_codes[:-1], True]) \
-            if len(order) else np.zeros(0, dtype=np.intp)
+        pick = (
+            np.flatnonzero(np.r_[sorted_codes[1:] != sorted_codes[:-1], True])
+            if len(order)
+            else np.zeros(0, dtype=np.intp)
+        )
     out = np.zeros(count, dtype=data.dtype)
     out[sorted_codes[pick]] = data[order[pick]]
     return Val(out, empty if empty.any() else None)

@@ -36,12 +36,18 @@ from .adql_values import (
 AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
 
 _COMPARISONS: dict[type, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    exp.EQ: np.equal, exp.NEQ: np.not_equal, exp.LT: np.less,
-    exp.LTE: np.less_equal, exp.GT: np.greater, exp.GTE: np.greater_equal,
+    exp.EQ: np.equal,
+    exp.NEQ: np.not_equal,
+    exp.LT: np.less,
+    exp.LTE: np.less_equal,
+    exp.GT: np.greater,
+    exp.GTE: np.greater_equal,
 }
 _ARITHMETIC: dict[type, tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]] = {
-    exp.Add: ("+", np.add), exp.Sub: ("-", np.subtract),
-    exp.Mul: ("*", np.multiply), exp.Div: ("/", np.true_divide),
+    exp.Add: ("+", np.add),
+    exp.Sub: ("-", np.subtract),
+    exp.Mul: ("*", np.multiply),
+    exp.Div: ("/", np.true_divide),
 }
 
 
@@ -53,8 +59,13 @@ class Evaluator:
     the columns that may appear outside aggregates (those in GROUP BY).
     """
 
-    def __init__(self, scope: Scope, frame: Frame, aggregates: dict[int, Val] | None = None,
-                 group_columns: set[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        frame: Frame,
+        aggregates: dict[int, Val] | None = None,
+        group_columns: set[tuple[str, str]] | None = None,
+    ) -> None:
         self.scope = scope
         self.frame = frame
         self.aggregates = aggregates
@@ -100,8 +111,9 @@ class Evaluator:
     def _column(self, node: exp.Column) -> Val:
         source, name = self.scope.resolve(node)
         if self.group_columns is not None and (source.name, name) not in self.group_columns:
-            raise AdqlError(f"column '{name}' must appear in GROUP BY or be used in an "
-                            "aggregate function")
+            raise AdqlError(
+                f"column '{name}' must appear in GROUP BY or be used in an aggregate function"
+            )
         if source.name not in self.frame.rows:
             raise AdqlError(f"column '{name}' cannot be used here")
         rows = self.frame.rows[source.name]
@@ -262,8 +274,9 @@ def compare(op: type, a: Val, b: Val, node: exp.Expression) -> Val:
     ka, kb = a.kind, b.kind
     numeric = {"num", "bool"}
     if not (ka == kb or (ka in numeric and kb in numeric)):
-        raise AdqlError(f"cannot compare {describe_kind(ka)} with {describe_kind(kb)} "
-                        f"in {_sql(node)}")
+        raise AdqlError(
+            f"cannot compare {describe_kind(ka)} with {describe_kind(kb)} in {_sql(node)}"
+        )
     with np.errstate(all="ignore"):
         data = np.asarray(_COMPARISONS[op](a.data, b.data))
     return Val(data, merge_null(a, b))
@@ -279,8 +292,9 @@ def like(data: np.ndarray, pattern: str, insensitive: bool = False) -> np.ndarra
     regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     compiled = re.compile(regex, re.DOTALL | (re.IGNORECASE if insensitive else 0))
     flat = data.reshape(-1)
-    out = np.fromiter((compiled.fullmatch(s) is not None for s in flat.tolist()),
-                      dtype=bool, count=flat.size)
+    out = np.fromiter(
+        (compiled.fullmatch(s) is not None for s in flat.tolist()), dtype=bool, count=flat.size
+    )
     return out.reshape(data.shape)
 
 

@@ -17,8 +17,14 @@ from .adql_errors import AdqlError
 from .adql_values import Val, literal, merge_null, require
 
 _ADQL_NAMES: dict[type, str] = {
-    exp.Ceil: "CEILING", exp.Ln: "LOG", exp.Log: "LOG10", exp.Pow: "POWER",
-    exp.Trunc: "TRUNCATE", exp.Mod: "MOD", exp.Count: "COUNT", exp.Avg: "AVG",
+    exp.Ceil: "CEILING",
+    exp.Ln: "LOG",
+    exp.Log: "LOG10",
+    exp.Pow: "POWER",
+    exp.Trunc: "TRUNCATE",
+    exp.Mod: "MOD",
+    exp.Count: "COUNT",
+    exp.Avg: "AVG",
     exp.Contains: "CONTAINS",
 }
 
@@ -53,6 +59,7 @@ def _num_unary(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[str, list[Va
         x = require(args[0], "num bool", name)
         with np.errstate(all="ignore"):
             return Val(np.asarray(fn(x.data.astype(float))), x.null)
+
     return apply
 
 
@@ -60,17 +67,19 @@ def _num_binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     def apply(name: str, args: list[Val]) -> Val:
         a, b = (require(v, "num bool", name) for v in args)
         with np.errstate(all="ignore"):
-            return Val(np.asarray(fn(a.data.astype(float), b.data.astype(float))),
-                       merge_null(a, b))
+            return Val(np.asarray(fn(a.data.astype(float), b.data.astype(float))), merge_null(a, b))
+
     return apply
 
 
 def _keep_int(fn: Callable[[np.ndarray], np.ndarray]):
     """Functions such as ABS that keep integers integral."""
+
     def apply(name: str, args: list[Val]) -> Val:
         x = require(args[0], "num bool", name)
         data = x.data if x.data.dtype.kind in "iu" else x.data.astype(float)
         return Val(np.asarray(fn(data)), x.null)
+
     return apply
 
 
@@ -84,7 +93,7 @@ def _round(name: str, args: list[Val], trunc: bool = False) -> Val:
         digits = int(d.data)
     if x.data.dtype.kind in "iu" and digits >= 0:
         return Val(x.data, x.null)
-    scale = 10.0 ** digits
+    scale = 10.0**digits
     with np.errstate(all="ignore"):
         scaled = x.data.astype(float) * scale
         # SQL ROUND rounds halves away from zero, unlike numpy's banker's rounding
@@ -110,6 +119,7 @@ def _string_fn(fn: Callable[[np.ndarray], np.ndarray]):
     def apply(name: str, args: list[Val]) -> Val:
         x = require(args[0], "str", name)
         return Val(np.asarray(fn(x.data)), x.null)
+
     return apply
 
 

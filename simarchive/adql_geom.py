@@ -17,8 +17,22 @@ from . import geometry as g
 from .adql_errors import AdqlError
 from .adql_values import Geo, Val, merge_null, require
 
-GEOMETRY_FUNCTIONS = frozenset({"POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS",
-                                "DISTANCE", "COORD1", "COORD2", "COORDSYS", "AREA", "CENTROID"})
+GEOMETRY_FUNCTIONS = frozenset(
+    {
+        "POINT",
+        "CIRCLE",
+        "POLYGON",
+        "BOX",
+        "CONTAINS",
+        "INTERSECTS",
+        "DISTANCE",
+        "COORD1",
+        "COORD2",
+        "COORDSYS",
+        "AREA",
+        "CENTROID",
+    }
+)
 REGION_CACHE_KEY = "_region_cache"
 _cache_lock = threading.Lock()
 
@@ -74,8 +88,12 @@ def as_regions(value: Val | Geo, what: str) -> g.RegionArray:
         except ValueError as exc:
             raise AdqlError(f"{what}: invalid region {str(value.data)!r}: {exc}") from None
     null = value.null_mask()
-    texts = [None if m else s for s, m in zip(value.data.tolist(), np.broadcast_to(
-        null, value.data.shape).tolist(), strict=True)]
+    texts = [
+        None if m else s
+        for s, m in zip(
+            value.data.tolist(), np.broadcast_to(null, value.data.shape).tolist(), strict=True
+        )
+    ]
     return g.parse_regions(texts)
 
 
@@ -106,8 +124,9 @@ def _numbers(name: str, args: list[Val | Geo]) -> list[Val]:
 
 
 def _point_coords(name: str, value: Val | Geo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not isinstance(value, Geo) or not np.all(value.regions.kind[value.regions.kind != 0]
-                                                  == g.POINT):
+    if not isinstance(value, Geo) or not np.all(
+        value.regions.kind[value.regions.kind != 0] == g.POINT
+    ):
         raise AdqlError(f"{name} expects POINT arguments")
     ra, dec = g.xyz_to_radec(value.regions.center)
     return ra, dec, value.regions.kind == g.NULL
@@ -139,8 +158,10 @@ def make_circle(args: list[Val | Geo]) -> Geo:
         ra, dec = ra_v.data, dec_v.data
         null = merge_null(ra_v, dec_v, radius)
     else:
-        raise AdqlError("CIRCLE takes a coordinate system, a centre (POINT or 2 numbers) "
-                        f"and a radius, got {len(args)} arguments")
+        raise AdqlError(
+            "CIRCLE takes a coordinate system, a centre (POINT or 2 numbers) "
+            f"and a radius, got {len(args)} arguments"
+        )
     _check_dec("CIRCLE", dec)
     if np.any(radius.data < 0) or np.any(radius.data > 180):
         raise AdqlError("CIRCLE: radius outside [0, 180] degrees")
@@ -175,8 +196,10 @@ def make_box(args: list[Val | Geo]) -> Geo:
         ra, dec = ra_v.data, dec_v.data
         nulls = [v.null_mask() for v in (ra_v, dec_v, width, height)]
     else:
-        raise AdqlError(f"BOX takes a coordinate system, a centre, a width and a height, "
-                        f"got {len(args)} arguments")
+        raise AdqlError(
+            f"BOX takes a coordinate system, a centre, a width and a height, "
+            f"got {len(args)} arguments"
+        )
     half_w = width.data / 2.0 / np.maximum(np.cos(np.radians(dec)), 1e-9)
     half_h = height.data / 2.0
     ras = [ra - half_w, ra + half_w, ra + half_w, ra - half_w]
@@ -194,8 +217,10 @@ def polygon_regions(ras: list, decs: list, nulls: list, name: str) -> g.RegionAr
     vertices = g.radec_to_xyz(ra, dec)
     center = vertices.sum(axis=1)
     center /= np.linalg.norm(center, axis=1, keepdims=True)
-    radius = np.arctan2(np.linalg.norm(np.cross(vertices, center[:, None, :]), axis=2),
-                        np.einsum("nmi,ni->nm", vertices, center)).max(axis=1)
+    radius = np.arctan2(
+        np.linalg.norm(np.cross(vertices, center[:, None, :]), axis=2),
+        np.einsum("nmi,ni->nm", vertices, center),
+    ).max(axis=1)
     kind = np.full(len(ra), g.POLYGON, dtype=np.int8)
     null = np.zeros(len(ra), dtype=bool)
     for m in nulls:
@@ -287,8 +312,11 @@ def format_regions(regions: g.RegionArray, n: int) -> tuple[np.ndarray, np.ndarr
         if kind == g.POINT:
             texts.append(g.format_region(g.Point(float(ra[i]), float(dec[i]))))
         elif kind == g.CIRCLE:
-            texts.append(g.format_region(g.Circle(float(ra[i]), float(dec[i]),
-                                                  float(np.degrees(regions.radius[i])))))
+            texts.append(
+                g.format_region(
+                    g.Circle(float(ra[i]), float(dec[i]), float(np.degrees(regions.radius[i])))
+                )
+            )
         elif kind == g.POLYGON:
             texts.append(g.format_region(g.Polygon(tuple(regions.polygon_radec(i)))))
         else:

@@ -31,8 +31,11 @@ def conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
 
 
 def referenced_sources(node: exp.Expression, scope: Scope) -> frozenset[str]:
-    return frozenset(scope.resolve(c)[0].name for c in node.find_all(exp.Column)
-                     if not isinstance(c.this, exp.Star))
+    return frozenset(
+        scope.resolve(c)[0].name
+        for c in node.find_all(exp.Column)
+        if not isinstance(c.this, exp.Star)
+    )
 
 
 def join_conditions(select: exp.Select) -> list[exp.Expression]:
@@ -42,8 +45,10 @@ def join_conditions(select: exp.Select) -> list[exp.Expression]:
         side = (join.args.get("side") or "").upper()
         kind = (join.args.get("kind") or "").upper()
         if side or kind not in ("", "INNER", "CROSS"):
-            raise AdqlError(f"{' '.join(filter(None, [side, kind]))} JOIN is not supported; "
-                            "only inner joins are")
+            raise AdqlError(
+                f"{' '.join(filter(None, [side, kind]))} JOIN is not supported; "
+                "only inner joins are"
+            )
         if join.args.get("using"):
             raise AdqlError("JOIN ... USING is not supported; use ON")
         if join.args.get("method"):
@@ -96,16 +101,21 @@ def _as_index(rows: np.ndarray | int | None, n: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.intp)
 
 
-def _join_step(current: Frame, src: Source, right: Frame, scope: Scope,
-               conds: list[exp.Expression]) -> Frame:
+def _join_step(
+    current: Frame, src: Source, right: Frame, scope: Scope, conds: list[exp.Expression]
+) -> Frame:
     right_rows = right.rows[src.name]
     k, m = current.n, right.n
-    left_rows = {name: _as_index(r, len(scope.source(name).table))
-                 for name, r in current.rows.items() if name != src.name}
+    left_rows = {
+        name: _as_index(r, len(scope.source(name).table))
+        for name, r in current.rows.items()
+        if name != src.name
+    }
     if not conds:
         if k * m > MAX_CROSS_ROWS:
-            raise AdqlError(f"join without a condition would produce {k * m} rows; "
-                            "add an ON or WHERE condition")
+            raise AdqlError(
+                f"join without a condition would produce {k * m} rows; add an ON or WHERE condition"
+            )
         li = np.repeat(np.arange(k), m)
         ri = np.tile(np.arange(m), k)
     elif k <= m:  # iterate over the (smaller) joined-so-far side

@@ -38,8 +38,11 @@ def expand_select(select: exp.Select, scope: Scope) -> list[OutputItem]:
             for src in scope.sources:
                 items.extend(OutputItem(c, None, (src, c)) for c in src.table.colnames)
         elif isinstance(node, exp.Column) and isinstance(node.this, exp.Star):
-            qualifier = [p for p in (node.args.get("catalog"), node.args.get("db"),
-                                     node.args.get("table")) if p]
+            qualifier = [
+                p
+                for p in (node.args.get("catalog"), node.args.get("db"), node.args.get("table"))
+                if p
+            ]
             src = scope.qualified_sources(qualifier)[0]
             items.extend(OutputItem(c, None, (src, c)) for c in src.table.colnames)
         elif isinstance(node, exp.Alias):
@@ -85,8 +88,9 @@ def item_value(item: OutputItem, ev: Evaluator) -> Val | Geo:
 def _star_rows(item: OutputItem, ev: Evaluator) -> np.ndarray | int | None:
     source, name = item.column
     if ev.group_columns is not None and (source.name, name) not in ev.group_columns:
-        raise AdqlError(f"column '{name}' must appear in GROUP BY or be used in an "
-                        "aggregate function")
+        raise AdqlError(
+            f"column '{name}' must appear in GROUP BY or be used in an aggregate function"
+        )
     return ev.frame.rows[source.name]
 
 
@@ -124,8 +128,9 @@ def sort_permutation(order: exp.Order, items: list[OutputItem], ev: Evaluator) -
     return np.lexsort(keys[::-1])
 
 
-def _order_item(node: exp.Expression, items: list[OutputItem],
-                by_name: dict[str, OutputItem]) -> OutputItem | None:
+def _order_item(
+    node: exp.Expression, items: list[OutputItem], by_name: dict[str, OutputItem]
+) -> OutputItem | None:
     if isinstance(node, exp.Literal) and not node.is_string:
         try:
             pos = int(node.this)
@@ -171,8 +176,9 @@ def _output_column(item: OutputItem, ev: Evaluator) -> Column:
     return out
 
 
-def _gather(out_name: str, source: Source, name: str, rows: np.ndarray | int | None,
-            n: int) -> Column:
+def _gather(
+    out_name: str, source: Source, name: str, rows: np.ndarray | int | None, n: int
+) -> Column:
     col = source.table[name]
     if rows is None:
         out = col.copy()

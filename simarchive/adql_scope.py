@@ -121,8 +121,9 @@ class Scope:
         ident = col.this
         if not isinstance(ident, exp.Identifier):
             raise AdqlError(f"'*' is not allowed here: {col.sql(dialect='tsql')}")
-        qualifier = [p for p in (col.args.get("catalog"), col.args.get("db"),
-                                 col.args.get("table")) if p]
+        qualifier = [
+            p for p in (col.args.get("catalog"), col.args.get("db"), col.args.get("table")) if p
+        ]
         candidates = self.qualified_sources(qualifier) if qualifier else self.sources
         found = []
         for src in candidates:
@@ -141,12 +142,17 @@ class Scope:
         """Sources named by a qualifier: ``alias``, ``table`` or ``schema.table``."""
         text = ".".join(q.this for q in qualifier)
         if len(qualifier) == 1:
-            by_alias = [s for s in self.sources
-                        if identifier_matches(qualifier[0], [s.name]) is not None]
+            by_alias = [
+                s for s in self.sources if identifier_matches(qualifier[0], [s.name]) is not None
+            ]
             if by_alias:
                 return by_alias[:1]
-            by_table = [s for s in self.sources if s.alias is None and identifier_matches(
-                qualifier[0], [s.key.rsplit(".", 1)[-1]]) is not None]
+            by_table = [
+                s
+                for s in self.sources
+                if s.alias is None
+                and identifier_matches(qualifier[0], [s.key.rsplit(".", 1)[-1]]) is not None
+            ]
         else:
             quoted = any(q.args.get("quoted") for q in qualifier[-2:])
             want = exp.Identifier(this=".".join(q.this for q in qualifier[-2:]), quoted=quoted)
@@ -163,8 +169,9 @@ def make_sources(items: list[exp.Expression], tables: Mapping[str, Table]) -> li
     sources: list[Source] = []
     for item in items:
         if not isinstance(item, exp.Table):
-            raise AdqlError(f"unsupported FROM item (subqueries are not supported): "
-                            f"{item.sql(dialect='tsql')}")
+            raise AdqlError(
+                f"unsupported FROM item (subqueries are not supported): {item.sql(dialect='tsql')}"
+            )
         key, table, label = lookup_table(item, tables)
         alias_node = item.args.get("alias")
         alias = alias_node.this if isinstance(alias_node, exp.TableAlias) else None

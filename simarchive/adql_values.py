@@ -81,14 +81,17 @@ def require(val: Val | Geo, kinds: str, what: str) -> Val:
     if isinstance(val, Geo):
         raise AdqlError(f"{what} does not accept a geometry value")
     if val.kind not in kinds.split():
-        expected = " or ".join("number" if k == "num" else "string" if k == "str" else k
-                               for k in kinds.split())
+        expected = " or ".join(
+            "number" if k == "num" else "string" if k == "str" else k for k in kinds.split()
+        )
         raise AdqlError(f"{what} expects {expected}, got {describe_kind(val.kind)}")
     return val
 
 
 def describe_kind(kind: str) -> str:
-    return {"num": "a number", "str": "a string", "bool": "a boolean"}.get(kind, "an unsupported type")
+    return {"num": "a number", "str": "a string", "bool": "a boolean"}.get(
+        kind, "an unsupported type"
+    )
 
 
 def as_bool3(val: Val | Geo, what: str) -> tuple[np.ndarray, np.ndarray]:

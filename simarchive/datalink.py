@@ -53,7 +53,9 @@ def links_for(
     for ident in ids:
         product = lookup(ident)
         if product is None:
-            links.append(Link(ident, error_message=f"NotFoundFault: {ident} is not a known dataset"))
+            links.append(
+                Link(ident, error_message=f"NotFoundFault: {ident} is not a known dataset")
+            )
             continue
         links.append(
             Link(
@@ -76,8 +78,9 @@ def links_votable(links: Sequence[Link]) -> bytes:
             data = np.array([v or 0 for v in values], dtype=np.int64)
             col = MaskedColumn(data, name=name, mask=[v is None for v in values], unit=u.byte)
         else:
-            col = MaskedColumn(np.array(values, dtype=str) if values else np.array([], dtype="U1"),
-                               name=name)
+            col = MaskedColumn(
+                np.array(values, dtype=str) if values else np.array([], dtype="U1"), name=name
+            )
         col.description = description
         col.meta["ucd"] = ucd
         table.add_column(col)

@@ -31,8 +31,9 @@ def main(output: str = "output/demo") -> int:
         service = pyvo.dal.TAPService(archive.tap_url)
         schemas = service.search("SELECT schema_name FROM tap_schema.schemas").to_table()
         print("schemas:", ", ".join(schemas["schema_name"]))
-        query = ("SELECT * FROM ivoa.ObsCore "
-                 f"WHERE CONTAINS(POINT('ICRS', {RA}, {DEC}), s_region) = 1")
+        query = (
+            f"SELECT * FROM ivoa.ObsCore WHERE CONTAINS(POINT('ICRS', {RA}, {DEC}), s_region) = 1"
+        )
         job = service.submit_job(query)
         job.run().wait(phases=["COMPLETED", "ERROR"], timeout=120)
         job.raise_if_error()
@@ -45,10 +46,17 @@ def main(output: str = "output/demo") -> int:
         target = SkyCoord(RA, DEC, unit="deg")
         stored, padding = 0, 0
         for row in calexps:
-            link = next(r for r in DatalinkResults.from_result_url(row["access_url"])
-                        if r["semantics"] == "#this")
-            with fits.open(link["access_url"], use_fsspec=True, lazy_load_hdus=True,
-                           fsspec_kwargs={"block_size": 32768}) as hdul:
+            link = next(
+                r
+                for r in DatalinkResults.from_result_url(row["access_url"])
+                if r["semantics"] == "#this"
+            )
+            with fits.open(
+                link["access_url"],
+                use_fsspec=True,
+                lazy_load_hdus=True,
+                fsspec_kwargs={"block_size": 32768},
+            ) as hdul:
                 inside = bool(WCS(hdul[1].header).footprint_contains(target))
             if not inside:
                 padding += 1
@@ -56,8 +64,10 @@ def main(output: str = "output/demo") -> int:
             name = out / f"{row['obs_id']}_calexp.fits"
             name.write_bytes(requests.get(link["access_url"], timeout=60).content)
             stored += 1
-        print(f"i-band calexps: {len(calexps)}; WCS contains the target: {stored}; "
-              f"only in the padded s_region: {padding}")
+        print(
+            f"i-band calexps: {len(calexps)}; WCS contains the target: {stored}; "
+            f"only in the padded s_region: {padding}"
+        )
         print(f"saved {stored} FITS files under {out.resolve()}")
     return 0
 

@@ -82,12 +82,16 @@ class FaultPlan:
                 endpoint, kind = key.rsplit(".", 1)
                 value = float(raw)
             except ValueError:
-                raise ValueError(f"fault {item!r}: expected endpoint.kind=number, e.g. files.drop=0.2") from None
+                raise ValueError(
+                    f"fault {item!r}: expected endpoint.kind=number, e.g. files.drop=0.2"
+                ) from None
             if endpoint == "total" and kind == "bandwidth":
                 total = value
                 continue
             if kind not in known:
-                raise ValueError(f"fault {item!r}: unknown kind {kind!r}; known: {', '.join(sorted(known))}")
+                raise ValueError(
+                    f"fault {item!r}: unknown kind {kind!r}; known: {', '.join(sorted(known))}"
+                )
             specs[endpoint][kind] = value
         try:
             built = {name: replace(FaultSpec(), **values) for name, values in specs.items()}
@@ -171,7 +175,10 @@ class FaultInjector:
         decision = Decision(bandwidth=spec.bandwidth)
         if spec.truncate and draw(seed, endpoint, number, "truncate") < spec.truncate:
             decision.truncate = True
-        if spec.slow_first_byte and draw(seed, endpoint, number, "slow_first_byte") < spec.slow_first_byte:
+        if (
+            spec.slow_first_byte
+            and draw(seed, endpoint, number, "slow_first_byte") < spec.slow_first_byte
+        ):
             decision.first_byte_delay = spec.first_byte_delay
         conn.state["fault"] = decision
         conn.state["endpoint"] = endpoint

@@ -47,7 +47,9 @@ class FitsCache:
             return path, md5_path.read_text().strip()
 
 
-def file_response(path: Path, etag: str, range_header: str | None, if_none_match: str | None) -> Response:
+def file_response(
+    path: Path, etag: str, range_header: str | None, if_none_match: str | None
+) -> Response:
     """Answer GET/HEAD for a file: 200, 206 for one satisfiable range, 416 otherwise."""
     size = path.stat().st_size
     headers = {

@@ -32,8 +32,13 @@ NULL, POINT, CIRCLE, POLYGON = 0, 1, 2, 3
 
 _FRAMES = {"ICRS", "FK5", "J2000", "UNKNOWNFRAME"}
 _FRAME_QUALIFIERS = {
-    "BARYCENTER", "GEOCENTER", "TOPOCENTER", "HELIOCENTER", "UNKNOWNREFPOS",
-    "SPHERICAL2", "CARTESIAN2",
+    "BARYCENTER",
+    "GEOCENTER",
+    "TOPOCENTER",
+    "HELIOCENTER",
+    "UNKNOWNREFPOS",
+    "SPHERICAL2",
+    "CARTESIAN2",
 }
 _EPS = 1e-12  # radians; slack for bounding-cap pre-filters only
 
@@ -225,8 +230,9 @@ class RegionArray:
         return order, dec[order], radius
 
     def take(self, index: np.ndarray | slice) -> RegionArray:
-        return RegionArray(self.kind[index], self.center[index], self.radius[index],
-                           self.vertices[index])
+        return RegionArray(
+            self.kind[index], self.center[index], self.radius[index], self.vertices[index]
+        )
 
     def polygon_radec(self, i: int) -> list[tuple[float, float]]:
         """Distinct vertices of row ``i`` as (ra, dec) pairs."""
@@ -326,8 +332,9 @@ def _parse_uniform_polygons(strings: list) -> RegionArray | None:
 
 def points(ra: np.ndarray, dec: np.ndarray) -> RegionArray:
     """RegionArray of points from RA/Dec arrays in degrees (vectorized, no Python loop)."""
-    ra, dec = np.broadcast_arrays(np.atleast_1d(np.asarray(ra, float)),
-                                  np.atleast_1d(np.asarray(dec, float)))
+    ra, dec = np.broadcast_arrays(
+        np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
+    )
     xyz = radec_to_xyz(ra, dec)
     kind = np.where(np.isfinite(xyz).all(axis=1), POINT, NULL).astype(np.int8)
     return RegionArray(kind, xyz, np.zeros(len(ra)), np.zeros((len(ra), 0, 3)))
@@ -335,8 +342,9 @@ def points(ra: np.ndarray, dec: np.ndarray) -> RegionArray:
 
 def circles(ra: np.ndarray, dec: np.ndarray, radius: np.ndarray) -> RegionArray:
     """RegionArray of circles; radius in degrees."""
-    ra, dec, radius = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, float))
-                                            for a in (ra, dec, radius)))
+    ra, dec, radius = np.broadcast_arrays(
+        *(np.atleast_1d(np.asarray(a, float)) for a in (ra, dec, radius))
+    )
     xyz = radec_to_xyz(ra, dec)
     ok = np.isfinite(xyz).all(axis=1) & np.isfinite(radius) & (radius >= 0)
     kind = np.where(ok, CIRCLE, NULL).astype(np.int8)
@@ -356,10 +364,12 @@ def concat(parts: Sequence[RegionArray]) -> RegionArray:
             else:
                 v = np.concatenate([v, np.repeat(v[:, -1:, :], m - v.shape[1], axis=1)], axis=1)
         verts.append(v)
-    return RegionArray(np.concatenate([p.kind for p in parts]),
-                       np.concatenate([p.center for p in parts]),
-                       np.concatenate([p.radius for p in parts]),
-                       np.concatenate(verts) if m else np.zeros((sum(map(len, parts)), 0, 3)))
+    return RegionArray(
+        np.concatenate([p.kind for p in parts]),
+        np.concatenate([p.center for p in parts]),
+        np.concatenate([p.radius for p in parts]),
+        np.concatenate(verts) if m else np.zeros((sum(map(len, parts)), 0, 3)),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -427,7 +437,8 @@ def point_arc_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarra
     pn = np.einsum("...i,...i->...", p, n_hat)
     foot = p - pn[..., None] * n_hat
     within = (np.einsum("...i,...i->...", np.cross(a, foot), n_hat) >= 0) & (
-        np.einsum("...i,...i->...", np.cross(foot, b), n_hat) >= 0)
+        np.einsum("...i,...i->...", np.cross(foot, b), n_hat) >= 0
+    )
     perp = np.arcsin(np.clip(np.abs(pn), 0.0, 1.0))
     return np.where(within & (n_norm > 0), np.minimum(perp, end_dist), end_dist)
 
@@ -444,6 +455,7 @@ def arcs_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np
     orientation (the S2 library's crossing test); unlike a plane-side test alone,
     this rejects arcs whose great circles meet only on the far side of the sphere.
     """
+
     def orient(x, y, z):
         return np.sign(np.einsum("...i,...i->...", np.cross(x, y), z))
 
@@ -451,8 +463,9 @@ def arcs_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np
     return (acb != 0) & (acb == bda) & (acb == cbd) & (acb == dac)
 
 
-def circle_intersects_polygon(c: np.ndarray, r: np.ndarray, vertices: np.ndarray,
-                              center: np.ndarray) -> np.ndarray:
+def circle_intersects_polygon(
+    c: np.ndarray, r: np.ndarray, vertices: np.ndarray, center: np.ndarray
+) -> np.ndarray:
     """Circles (k) overlapping polygons (k): centre inside, or some edge arc within r.
 
     The edge-distance test also covers a circle containing the whole polygon
@@ -463,8 +476,9 @@ def circle_intersects_polygon(c: np.ndarray, r: np.ndarray, vertices: np.ndarray
     return near_edge | points_in_polygons(c, vertices, center)
 
 
-def circle_in_polygon(c: np.ndarray, r: np.ndarray, vertices: np.ndarray,
-                      center: np.ndarray) -> np.ndarray:
+def circle_in_polygon(
+    c: np.ndarray, r: np.ndarray, vertices: np.ndarray, center: np.ndarray
+) -> np.ndarray:
     """Circles entirely inside polygons: centre inside and every edge farther than r."""
     a, b = _edges(vertices)
     clear = (point_arc_distance(c[:, None, :], a, b) > r[:, None]).all(axis=1)
@@ -488,11 +502,15 @@ def _vertices_in(va: np.ndarray, vb: np.ndarray, cb: np.ndarray) -> np.ndarray:
     return np.stack([points_in_polygons(va[:, j], vb, cb) for j in range(va.shape[1])], axis=1)
 
 
-def polygons_intersect(va: np.ndarray, ca: np.ndarray, vb: np.ndarray,
-                       cb: np.ndarray) -> np.ndarray:
+def polygons_intersect(
+    va: np.ndarray, ca: np.ndarray, vb: np.ndarray, cb: np.ndarray
+) -> np.ndarray:
     """Exact polygon overlap: a vertex of one inside the other, or crossing edge arcs."""
-    return (_vertices_in(va, vb, cb).any(axis=1) | _vertices_in(vb, va, ca).any(axis=1)
-            | _any_edges_cross(va, vb))
+    return (
+        _vertices_in(va, vb, cb).any(axis=1)
+        | _vertices_in(vb, va, ca).any(axis=1)
+        | _any_edges_cross(va, vb)
+    )
 
 
 def polygon_in_polygon(va: np.ndarray, vb: np.ndarray, cb: np.ndarray) -> np.ndarray:
@@ -615,8 +633,12 @@ def area(regions: RegionArray) -> np.ndarray:
         a, b = _edges(v)
         # signed area of triangles (c, a, b) via the Van Oosterom-Strackee formula
         num = np.einsum("...i,...i->...", c, np.cross(a, b))
-        den = 1 + np.einsum("...i,...i->...", c, a) + np.einsum("...i,...i->...", a, b) \
+        den = (
+            1
+            + np.einsum("...i,...i->...", c, a)
+            + np.einsum("...i,...i->...", a, b)
             + np.einsum("...i,...i->...", b, c)
+        )
         out[poly] = np.abs((2 * np.arctan2(num, den)).sum(axis=1))
     out[regions.kind == NULL] = np.nan
     return out * np.degrees(1.0) ** 2

@@ -8,6 +8,7 @@ which ASGI servers hide. Handlers are plain functions ``Request -> Response``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -101,18 +102,21 @@ class Connection:
     def __init__(self, handler: BaseHTTPRequestHandler) -> None:
         self._handler = handler
         self.dropped = False
+        self.bytes_sent = 0  # body bytes actually written, for the statistics
+        self.planned_bytes = 0  # body bytes the response announced
+        self.state: dict[str, object] = {}  # what hooks decided for this request
 
     def drop(self) -> None:
         """Close the socket without sending anything (the client sees RemoteDisconnected)."""
         self.dropped = True
         self._handler.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self._handler.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
-def _parse_multipart(content_type: str, body: bytes) -> tuple[list[tuple[str, str]], dict[str, Upload]]:
+def _parse_multipart(
+    content_type: str, body: bytes
+) -> tuple[list[tuple[str, str]], dict[str, Upload]]:
     message = BytesParser(policy=HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )
@@ -136,7 +140,6 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[list[tuple[str, st
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "simarchive/1.0"
-    app: ArchiveHTTPServer
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         log.debug("%s - %s", self.address_string(), format % args)
@@ -147,12 +150,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             request = self._read_request()
         except BadRequest as exc:
-            self._send(text(400, str(exc)), conn, head=False)
+            self._send(None, text(400, str(exc)), conn, head=False)
             return
         response = None
         for hook in app.before_hooks:
             response = hook(request, conn)
             if conn.dropped:
+                for after in app.after_hooks:
+                    after(request, None, conn)
                 return
             if response is not None:
                 break
@@ -164,9 +169,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             except Exception:  # a bug in the archive: say so, keep serving
                 log.exception("archive handler failed for %s %s", request.method, request.path)
                 response = text(500, "internal error in the embedded archive")
+        self._send(request, response, conn, head=request.method == "HEAD")
         for after in app.after_hooks:
-            after(request, response)
-        self._send(response, conn, head=request.method == "HEAD")
+            after(request, response, conn)
 
     def _read_request(self) -> Request:
         url = urlsplit(self.path)
@@ -192,8 +197,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             files=files,
         )
 
-    def _send(self, response: Response, conn: Connection, *, head: bool) -> None:
+    def _send(
+        self, request: Request | None, response: Response, conn: Connection, *, head: bool
+    ) -> None:
         server: ArchiveHTTPServer = self.server  # type: ignore[assignment]
+        conn.planned_bytes = 0 if head else response.length
+        for hook in server.send_hooks:
+            hook(request, response, conn)
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(response.length))
@@ -229,19 +239,22 @@ def iter_body(response: Response, chunk: int = 256 * 1024) -> Iterable[bytes]:
             yield data
 
 
-def write_body(wfile, response: Response, conn: Connection) -> None:  # noqa: ARG001
-    """Default writer: files go out with ``shutil.copyfileobj`` in large chunks."""
+def write_body(wfile, response: Response, conn: Connection) -> None:
+    """Default writer: the whole body, files in large chunks."""
     body = response.body
     if isinstance(body, bytes):
         wfile.write(body)
+        conn.bytes_sent += len(body)
         return
     with open(body.path, "rb") as fh:
         fh.seek(body.start)
         if body.start == 0 and body.length == os.fstat(fh.fileno()).st_size:
             shutil.copyfileobj(fh, wfile, 1024 * 1024)
+            conn.bytes_sent += body.length
         else:
             for data in iter_body(response, 1024 * 1024):
                 wfile.write(data)
+                conn.bytes_sent += len(data)
 
 
 class ArchiveHTTPServer(ThreadingHTTPServer):
@@ -253,7 +266,11 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _RequestHandler)
         self.handler = handler
         self.before_hooks: list[BeforeHook] = []
-        self.after_hooks: list[Callable[[Request, Response], None]] = []
+        # called just before a response is sent (statistics book bytes here, so a client
+        # that has its answer always sees it counted)
+        self.send_hooks: list[Callable[[Request | None, Response, Connection], None]] = []
+        # called after the response went out (response None: the connection was dropped)
+        self.after_hooks: list[Callable[[Request, Response | None, Connection], None]] = []
         self.body_writer: Callable | None = None
         self._thread: threading.Thread | None = None
 
@@ -262,7 +279,9 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
         return self.server_address[1]
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, name="simarchive-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="simarchive-http", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

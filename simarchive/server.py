@@ -7,11 +7,13 @@ pointing at cloud storage), so clients must not assume data lives with the servi
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +21,29 @@ from urllib.parse import unquote
 
 from .adql import AdqlError, run_adql
 from .datalink import links_for, links_votable
+from .faults import FaultInjector, FaultPlan
 from .files import FitsCache, file_response
-from .httpcore import ArchiveHTTPServer, BadRequest, Request, Response, redirect, text
+from .httpcore import ArchiveHTTPServer, BadRequest, Connection, Request, Response, redirect, text
 from .signing import UrlSigner
 from .sky import Sky, SkyConfig
 from .tapschema import PublishedTable, build_tap_schema
 from .uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
-from .votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
 from .vosi import availability_xml, capabilities_xml, tables_xml
+from .votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
 
 log = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
 ALL_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS", "DISTANCE")
+# What the RSP's TAPRegExt capabilities advertise (NOTES.md): no INTERSECTS, no BOX.
+RUBIN_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "DISTANCE", "CONTAINS")
+PROFILES = ("generic", "rubin")
+PROTECTED = ("tap", "datalink", "cutout")  # endpoints that want a bearer token when auth is on
 VOTABLE_FORMATS = {
-    "votable", "application/x-votable+xml", "text/xml", "votable/td",
+    "votable",
+    "application/x-votable+xml",
+    "text/xml",
+    "votable/td",
     "application/x-votable+xml;serialization=tabledata",
 }
 BINARY2_FORMATS = {"votable/b2", "application/x-votable+xml;serialization=binary2"}
@@ -55,10 +65,31 @@ class ArchiveSettings:
     maxrec_hard: int = 1_000_000
     execution_duration: int = 600
     async_workers: int = 4
-    geometry_functions: tuple[str, ...] = ALL_GEOMETRY
+    profile: str = "generic"  # "rubin": behave like the RSP as documented
+    naming: str = "dp02"  # "dp1": Rubin DP1 collection and subtype names
+    token: str | None = None  # when set, TAP/Datalink/SODA require "Authorization: Bearer <token>"
+    sync_timeout: float | None = None  # sync queries running longer fail (rubin: 60 s)
+    query_delay: float = 0.0  # seconds every query takes, to exercise timeouts and async
+    faults: FaultPlan = field(default_factory=FaultPlan)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r} is not one of {', '.join(PROFILES)}")
+        if self.n_visits < 1:
+            raise ValueError(f"n_visits={self.n_visits} must be at least 1")
+        if self.binning < 1:
+            raise ValueError(f"binning={self.binning} must be at least 1")
+        if self.sync_timeout is None and self.profile == "rubin":
+            object.__setattr__(self, "sync_timeout", 55.0)
+
+    @property
+    def geometry_functions(self) -> tuple[str, ...]:
+        return RUBIN_GEOMETRY if self.profile == "rubin" else ALL_GEOMETRY
 
     def sky_config(self) -> SkyConfig:
-        return SkyConfig(seed=self.seed, n_visits=self.n_visits, binning=self.binning)
+        return SkyConfig(
+            seed=self.seed, n_visits=self.n_visits, binning=self.binning, naming=self.naming
+        )
 
 
 @dataclass
@@ -66,6 +97,7 @@ class EndpointStats:
     requests: int = 0
     bytes: int = 0
     status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    authorization: int = 0  # requests that carried an Authorization header
 
 
 def endpoint_of(path: str) -> str:
@@ -87,7 +119,13 @@ class EmbeddedArchive:
         self.settings = settings or ArchiveSettings()
         self.sky = Sky(self.settings.sky_config())
         self._http = ArchiveHTTPServer((self.settings.host, self.settings.port), self.handle)
-        self._http.after_hooks.append(self._count)
+        self._http.send_hooks.append(self._book)
+        self._http.after_hooks.append(self._settle)
+        self._http.before_hooks.append(self._authorize)
+        self.faults = FaultInjector(self.settings.faults, endpoint_of)
+        if self.settings.faults.endpoints or self.settings.faults.total_bandwidth:
+            self._http.before_hooks.insert(0, self.faults.before)
+            self._http.body_writer = self.faults.write
         port = self._http.port
         self.base_url = f"http://{self.settings.host}:{port}"
         self.signed_base_url = f"http://{self.settings.signed_host}:{port}"
@@ -97,15 +135,20 @@ class EmbeddedArchive:
         self._products_by_path = {p.file_path: p for p in self.sky.products}
         if self.settings.cache_dir:
             self._tmp = None
-            cache = Path(self.settings.cache_dir) / f"seed{self.settings.seed}-bin{self.settings.binning}"
+            cache = (
+                Path(self.settings.cache_dir)
+                / f"seed{self.settings.seed}-bin{self.settings.binning}"
+            )
         else:
             self._tmp = tempfile.mkdtemp(prefix="simarchive-")
             cache = Path(self._tmp)
         self.files = FitsCache(self.sky, cache)
         obscore = PublishedTable(
-            "ivoa", "ivoa.ObsCore",
+            "ivoa",
+            "ivoa.ObsCore",
             "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model",
-            self.sky.obscore_table(self.datalink_url), 1,
+            self.sky.obscore_table(self.datalink_url),
+            1,
         )
         self.published = [obscore, *build_tap_schema([obscore])]
         self.tables = {t.key: t.data for t in self.published}
@@ -138,7 +181,12 @@ class EmbeddedArchive:
     def stats(self) -> dict[str, dict]:
         with self._stats_lock:
             return {
-                name: {"requests": s.requests, "bytes": s.bytes, "status": dict(s.status)}
+                name: {
+                    "requests": s.requests,
+                    "bytes": s.bytes,
+                    "status": dict(s.status),
+                    "authorization": s.authorization,
+                }
                 for name, s in self._stats.items()
             }
 
@@ -150,15 +198,44 @@ class EmbeddedArchive:
         """``obs_publisher_did`` of every image whose pixels (header WCS) contain the point."""
         return frozenset(self.sky.product(pid).obs_publisher_did for pid in self.sky.truth(ra, dec))
 
-    def _count(self, request: Request, response: Response) -> None:
+    def _book(self, request: Request | None, response: Response, conn: Connection) -> None:
+        """Count a response before it is sent, with the bytes it announces."""
         with self._stats_lock:
-            stats = self._stats[endpoint_of(request.path)]
+            stats = self._stats[endpoint_of(request.path if request else "/")]
             stats.requests += 1
             stats.status[response.status] += 1
-            if request.method != "HEAD":
-                stats.bytes += response.length
+            stats.bytes += conn.planned_bytes
+            if request is not None and request.header("authorization"):
+                stats.authorization += 1
+
+    def _settle(self, request: Request, response: Response | None, conn: Connection) -> None:
+        """After sending: book dropped connections, and bytes a cut-short body never sent."""
+        with self._stats_lock:
+            stats = self._stats[endpoint_of(request.path)]
+            if response is None:
+                stats.requests += 1
+                stats.status[0] += 1
+                if request.header("authorization"):
+                    stats.authorization += 1
+            else:
+                stats.bytes -= conn.planned_bytes - conn.bytes_sent
 
     # -- routing -----------------------------------------------------------------------
+    def _authorize(self, request: Request, conn: Connection) -> Response | None:
+        """The RSP's gate: services need a bearer token; signed file URLs do not."""
+        token = self.settings.token
+        if not token or endpoint_of(request.path).split("_")[0] not in PROTECTED:
+            return None
+        header = request.header("authorization") or ""
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+            return None
+        response = text(401, "authentication required: send Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="simarchive"'
+        if header:
+            response.headers["WWW-Authenticate"] += ', error="invalid_token"'
+        return response
+
     def handle(self, request: Request) -> Response:
         parts = [unquote(p) for p in request.path.split("/") if p]
         if not parts:
@@ -191,11 +268,19 @@ class EmbeddedArchive:
             return text(404, f"no such resource: {request.path}")
         if name == "capabilities":
             s = self.settings
-            return Response(200, capabilities_xml(
-                self.tap_url, geometry_functions=s.geometry_functions,
-                maxrec_default=s.maxrec_default, maxrec_hard=s.maxrec_hard,
-                execution_duration=s.execution_duration, retention_period=7 * 86400,
-                upload_limit_bytes=32 * 1024 * 1024).encode(), XML)
+            return Response(
+                200,
+                capabilities_xml(
+                    self.tap_url,
+                    geometry_functions=s.geometry_functions,
+                    maxrec_default=s.maxrec_default,
+                    maxrec_hard=s.maxrec_hard,
+                    execution_duration=s.execution_duration,
+                    retention_period=7 * 86400,
+                    upload_limit_bytes=32 * 1024 * 1024,
+                ).encode(),
+                XML,
+            )
         if name == "tables":
             return Response(200, tables_xml(self.published).encode(), XML)
         if name == "availability":
@@ -218,16 +303,19 @@ class EmbeddedArchive:
             query = lookup.get("QUERY")
             if not query or not query.strip():
                 raise AdqlError("missing QUERY parameter")
-            fmt = (lookup.get("RESPONSEFORMAT") or lookup.get("FORMAT") or "votable").strip().lower()
+            fmt = (
+                (lookup.get("RESPONSEFORMAT") or lookup.get("FORMAT") or "votable").strip().lower()
+            )
             if fmt not in VOTABLE_FORMATS | BINARY2_FORMATS:
                 raise AdqlError(f"RESPONSEFORMAT={fmt} is not supported; use votable")
             maxrec = self._maxrec(lookup.get("MAXREC"))
-            disabled = frozenset(
-                f for f in ALL_GEOMETRY if f not in self.settings.geometry_functions
-            )
+            if self.settings.query_delay:
+                time.sleep(self.settings.query_delay)
+            disabled = frozenset(ALL_GEOMETRY) - set(self.settings.geometry_functions)
             result = run_adql(query, self.tables, maxrec, disabled_functions=disabled)
-            return results_votable(result.table, overflow=result.overflow,
-                                   binary=fmt in BINARY2_FORMATS), None
+            return results_votable(
+                result.table, overflow=result.overflow, binary=fmt in BINARY2_FORMATS
+            ), None
         except AdqlError as exc:
             return error_votable(str(exc)), str(exc)
 
@@ -245,7 +333,17 @@ class EmbeddedArchive:
     def _sync(self, request: Request) -> Response:
         if request.method not in ("GET", "POST"):
             return text(405, "use GET or POST")
+        started = time.monotonic()
         body, error = self.execute([*request.query, *request.form])
+        limit = self.settings.sync_timeout
+        if limit is not None and time.monotonic() - started > limit:
+            # what a gateway in front of a real service answers: HTML, not VOTable
+            return Response(
+                504,
+                b"<html><head><title>504 Gateway Time-out</title></head><body>"
+                b"<h1>504 Gateway Time-out</h1></body></html>",
+                "text/html",
+            )
         return Response(400 if error else 200, body, VOTABLE_CONTENT_TYPE)
 
     def _run_job(self, job: Job) -> JobOutcome:
@@ -298,9 +396,13 @@ class EmbeddedArchive:
                 return Response(200, job.outcome.result, VOTABLE_CONTENT_TYPE)
             xml = job.to_xml(job_url)
             start, end = xml.find("<uws:results>"), xml.find("</uws:results>")
-            body = ('<?xml version="1.0" encoding="UTF-8"?>\n' + xml[start:end] + "</uws:results>\n")
-            body = body.replace("<uws:results>", '<uws:results xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" '
-                                'xmlns:xlink="http://www.w3.org/1999/xlink">', 1)
+            body = '<?xml version="1.0" encoding="UTF-8"?>\n' + xml[start:end] + "</uws:results>\n"
+            body = body.replace(
+                "<uws:results>",
+                '<uws:results xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" '
+                'xmlns:xlink="http://www.w3.org/1999/xlink">',
+                1,
+            )
             return Response(200, body.encode(), XML)
         if what == "error":
             if job.phase != "ERROR" or job.outcome is None:
@@ -311,16 +413,26 @@ class EmbeddedArchive:
                 return self._post_parameters(request, job, job_url)
             xml = job.to_xml(job_url)
             start, end = xml.find("<uws:parameters>"), xml.find("</uws:parameters>")
-            return Response(200, (xml[start:end] + "</uws:parameters>\n").replace(
-                "<uws:parameters>", '<uws:parameters xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0">', 1
-            ).encode(), XML)
+            return Response(
+                200,
+                (xml[start:end] + "</uws:parameters>\n")
+                .replace(
+                    "<uws:parameters>",
+                    '<uws:parameters xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0">',
+                    1,
+                )
+                .encode(),
+                XML,
+            )
         if what in ("executionduration", "destruction", "quote", "owner"):
             return self._job_attribute(request, job, job_url, what)
         return text(404, f"no such resource: {request.path}")
 
     def _post_parameters(self, request: Request, job: Job, job_url: str) -> Response:
         if job.phase != "PENDING":
-            raise BadRequest(f"job {job.job_id} is {job.phase}; parameters can only change while PENDING")
+            raise BadRequest(
+                f"job {job.job_id} is {job.phase}; parameters can only change while PENDING"
+            )
         job.parameters.extend([*request.query, *request.form])
         return redirect(job_url)
 
@@ -387,16 +499,22 @@ class EmbeddedArchive:
         if request.method not in ("GET", "HEAD"):
             return text(405, "files are read-only")
         path = request.path
-        refusal = self.signer.check(unquote(path), request.param("Signature"), request.param("Expires"))
+        refusal = self.signer.check(
+            unquote(path), request.param("Signature"), request.param("Expires")
+        )
         if refusal:
-            body = ("<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
-                    f"<Message>{refusal}</Message></Error>").encode()
+            body = (
+                "<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                f"<Message>{refusal}</Message></Error>"
+            ).encode()
             return Response(403, body, "application/xml")
-        product = self._products_by_path.get(unquote(path)[len("/files/"):])
+        product = self._products_by_path.get(unquote(path)[len("/files/") :])
         if product is None:
             return text(404, f"no such file: {path}")
         file_path, etag = self.files.ensure(product)
-        return file_response(file_path, etag, request.header("range"), request.header("if-none-match"))
+        return file_response(
+            file_path, etag, request.header("range"), request.header("if-none-match")
+        )
 
     def _truth(self, request: Request) -> Response:
         try:
@@ -404,5 +522,8 @@ class EmbeddedArchive:
         except ValueError:
             raise BadRequest("give ra and dec in degrees") from None
         dids = sorted(self.truth(ra, dec))
-        return Response(200, json.dumps({"ra": ra, "dec": dec, "obs_publisher_did": dids}).encode(),
-                        "application/json")
+        return Response(
+            200,
+            json.dumps({"ra": ra, "dec": dec, "obs_publisher_did": dids}).encode(),
+            "application/json",
+        )

@@ -68,8 +68,10 @@ def _described(table: Table, descriptions: dict[str, str]) -> Table:
 def build_tap_schema(published: list[PublishedTable]) -> list[PublishedTable]:
     """Return the TAP_SCHEMA tables describing ``published`` and themselves."""
     names = ["schemas", "tables", "columns", "keys", "key_columns"]
-    own = [PublishedTable("tap_schema", f"tap_schema.{n}", f"TAP_SCHEMA {n}", Table(), 100000 + i)
-           for i, n in enumerate(names)]
+    own = [
+        PublishedTable("tap_schema", f"tap_schema.{n}", f"TAP_SCHEMA {n}", Table(), 100000 + i)
+        for i, n in enumerate(names)
+    ]
     everything = published + own
 
     schemas = sorted({t.schema for t in everything})
@@ -81,12 +83,15 @@ def build_tap_schema(published: list[PublishedTable]) -> list[PublishedTable]:
             "utype": _str_col(["" for _ in schemas]),
         }
     )
-    _described(schemas_t, {
-        "description": "Brief description of the schema",
-        "schema_index": "Recommended sort order when listing schemas",
-        "schema_name": "Fully qualified schema name",
-        "utype": "UType if schema corresponds to a data model",
-    })
+    _described(
+        schemas_t,
+        {
+            "description": "Brief description of the schema",
+            "schema_index": "Recommended sort order when listing schemas",
+            "schema_name": "Fully qualified schema name",
+            "utype": "UType if schema corresponds to a data model",
+        },
+    )
 
     tables_t = Table(
         {
@@ -98,18 +103,37 @@ def build_tap_schema(published: list[PublishedTable]) -> list[PublishedTable]:
             "utype": _str_col(["" for _ in everything]),
         }
     )
-    _described(tables_t, {
-        "description": "Brief description of the table",
-        "schema_name": "Fully qualified schema name",
-        "table_index": "Recommended sort order when listing tables",
-        "table_name": "Fully qualified table name",
-        "table_type": "One of: table or view",
-        "utype": "UType if the table corresponds to a data model",
-    })
+    _described(
+        tables_t,
+        {
+            "description": "Brief description of the table",
+            "schema_name": "Fully qualified schema name",
+            "table_index": "Recommended sort order when listing tables",
+            "table_name": "Fully qualified table name",
+            "table_type": "One of: table or view",
+            "utype": "UType if the table corresponds to a data model",
+        },
+    )
 
-    rows: dict[str, list] = {k: [] for k in (
-        "arraysize", "column_index", "column_name", "datatype", "description", "indexed",
-        "principal", "size", "std", "table_name", "ucd", "unit", "utype", "xtype")}
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "arraysize",
+            "column_index",
+            "column_name",
+            "datatype",
+            "description",
+            "indexed",
+            "principal",
+            "size",
+            "std",
+            "table_name",
+            "ucd",
+            "unit",
+            "utype",
+            "xtype",
+        )
+    }
     column_tables = [t for t in published]
     # the TAP_SCHEMA tables describe their own columns too, once they exist
     own_data = {"tap_schema.schemas": schemas_t, "tap_schema.tables": tables_t}
@@ -135,29 +159,40 @@ def build_tap_schema(published: list[PublishedTable]) -> list[PublishedTable]:
             "xtype": _str_col(rows["xtype"]),
         }
     )
-    _described(columns_t, {
-        "arraysize": "Array size in VOTable notation",
-        "column_index": "Recommended sort order when listing columns",
-        "column_name": "Column name",
-        "datatype": "ADQL datatype as in section 2.5",
-        "description": "Brief description of the column",
-        "indexed": "An indexed column; 1 means true, 0 means false",
-        "principal": "A principal column; 1 means true, 0 means false",
-        "size": "Length of variable length datatypes (deprecated)",
-        "std": "A standard column; 1 means true, 0 means false",
-        "table_name": "Fully qualified table name",
-        "ucd": "UCD of column if any",
-        "unit": "Unit in VO standard format",
-        "utype": "UType of column if any",
-        "xtype": "A DALI or custom extended type annotation",
-    })
-    keys_t = Table({n: _str_col([]) for n in
-                    ("description", "from_table", "key_id", "target_table", "utype")})
+    _described(
+        columns_t,
+        {
+            "arraysize": "Array size in VOTable notation",
+            "column_index": "Recommended sort order when listing columns",
+            "column_name": "Column name",
+            "datatype": "ADQL datatype as in section 2.5",
+            "description": "Brief description of the column",
+            "indexed": "An indexed column; 1 means true, 0 means false",
+            "principal": "A principal column; 1 means true, 0 means false",
+            "size": "Length of variable length datatypes (deprecated)",
+            "std": "A standard column; 1 means true, 0 means false",
+            "table_name": "Fully qualified table name",
+            "ucd": "UCD of column if any",
+            "unit": "Unit in VO standard format",
+            "utype": "UType of column if any",
+            "xtype": "A DALI or custom extended type annotation",
+        },
+    )
+    keys_t = Table(
+        {n: _str_col([]) for n in ("description", "from_table", "key_id", "target_table", "utype")}
+    )
     key_columns_t = Table({n: _str_col([]) for n in ("from_column", "key_id", "target_column")})
-    data = {"schemas": schemas_t, "tables": tables_t, "columns": columns_t,
-            "keys": keys_t, "key_columns": key_columns_t}
-    return [PublishedTable(t.schema, t.name, t.description, data[t.name.split(".")[1]], t.index)
-            for t in own]
+    data = {
+        "schemas": schemas_t,
+        "tables": tables_t,
+        "columns": columns_t,
+        "keys": keys_t,
+        "key_columns": key_columns_t,
+    }
+    return [
+        PublishedTable(t.schema, t.name, t.description, data[t.name.split(".")[1]], t.index)
+        for t in own
+    ]
 
 
 def _add_columns(rows: dict[str, list], table_name: str, data: Table) -> None:

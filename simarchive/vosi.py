@@ -40,7 +40,7 @@ def capabilities_xml(
         return (
             f'  <capability standardID="ivo://ivoa.net/std/VOSI#{standard}">\n'
             f'    <interface xsi:type="vs:ParamHTTP" role="std">\n'
-            f"      <accessURL use=\"full\">{escape(tap_url)}/{path}</accessURL>\n"
+            f'      <accessURL use="full">{escape(tap_url)}/{path}</accessURL>\n'
             "    </interface>\n  </capability>\n"
         )
 
@@ -110,8 +110,16 @@ def tables_xml(published: Iterable[PublishedTable]) -> str:
                     f"        <name>{escape(name)}</name>\n"
                     f"        <description>{escape(col.description or '')}</description>\n"
                     + (f"        <unit>{escape(str(col.unit))}</unit>\n" if col.unit else "")
-                    + (f"        <ucd>{escape(col.meta['ucd'])}</ucd>\n" if col.meta.get("ucd") else "")
-                    + (f"        <utype>{escape(col.meta['utype'])}</utype>\n" if col.meta.get("utype") else "")
+                    + (
+                        f"        <ucd>{escape(col.meta['ucd'])}</ucd>\n"
+                        if col.meta.get("ucd")
+                        else ""
+                    )
+                    + (
+                        f"        <utype>{escape(col.meta['utype'])}</utype>\n"
+                        if col.meta.get("utype")
+                        else ""
+                    )
                     + f'        <dataType xsi:type="vs:VOTableType"{size_attr}>{datatype}</dataType>\n'
                     "      </column>\n"
                 )

@@ -40,8 +40,14 @@ def _ascii_strings(table: Table) -> Table:
         kwargs = {"mask": col.mask} if isinstance(col, MaskedColumn) else {}
         out.replace_column(
             name,
-            cls(data, name=name, unit=col.unit, description=col.description,
-                meta=dict(col.meta), **kwargs),
+            cls(
+                data,
+                name=name,
+                unit=col.unit,
+                description=col.description,
+                meta=dict(col.meta),
+                **kwargs,
+            ),
         )
     return out
 

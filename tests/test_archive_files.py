@@ -61,8 +61,12 @@ def test_wcs_from_range_reads_matches_truth(calexps, archive):
     for row in calexps:
         link = this_row(DatalinkResults.from_result_url(row["access_url"]))
         before = archive.stats().get("files", {}).get("bytes", 0)
-        with fits.open(link["access_url"], use_fsspec=True, lazy_load_hdus=True,
-                       fsspec_kwargs={"block_size": 32768}) as hdul:
+        with fits.open(
+            link["access_url"],
+            use_fsspec=True,
+            lazy_load_hdus=True,
+            fsspec_kwargs={"block_size": 32768},
+        ) as hdul:
             header = hdul[1].header
         read = archive.stats()["files"]["bytes"] - before
         assert read < link["content_length"] / 4, "header read must not fetch the pixels"
@@ -114,7 +118,9 @@ def test_tampered_signature_is_refused(calexps):
 
 def test_datalink_many_ids_in_one_post(calexps, archive):
     ids = [parse_qs(urlparse(u).query)["ID"][0] for u in calexps["access_url"][:3]]
-    results = DatalinkQuery(archive.datalink_url, id=[*ids, "butler://dp02/not-a-dataset"]).execute(post=True)
+    results = DatalinkQuery(archive.datalink_url, id=[*ids, "butler://dp02/not-a-dataset"]).execute(
+        post=True
+    )
     assert len(results) == 4
     for ident in ids:
         assert this_row(results.clone_byid(ident))["content_length"] > 0

@@ -21,8 +21,11 @@ POINT_QUERY = (
     f"WHERE CONTAINS(POINT('ICRS', {TARGET_RA}, {TARGET_DEC}), s_region) = 1"
 )
 SUBTYPES = {
-    "lsst.raw", "lsst.calexp", "lsst.goodSeeingDiff_differenceExp",
-    "lsst.deepCoadd_calexp", "lsst.goodSeeingCoadd",
+    "lsst.raw",
+    "lsst.calexp",
+    "lsst.goodSeeingDiff_differenceExp",
+    "lsst.deepCoadd_calexp",
+    "lsst.goodSeeingCoadd",
 }
 
 
@@ -38,7 +41,10 @@ def convex_polygon_contains(s_region: str, ra: float, dec: float) -> bool:
     numbers = [float(w) for w in words[2:]]
     vertices = [_unit(numbers[i], numbers[i + 1]) for i in range(0, len(numbers), 2)]
     p = _unit(ra, dec)
-    sides = [np.dot(np.cross(a, b), p) for a, b in zip(vertices, vertices[1:] + vertices[:1])]
+    sides = [
+        np.dot(np.cross(a, b), p)
+        for a, b in zip(vertices, vertices[1:] + vertices[:1], strict=True)
+    ]
     return all(s > 0 for s in sides) or all(s < 0 for s in sides)
 
 
@@ -50,8 +56,12 @@ def service(archive):
 def test_capabilities_advertise_limits_and_geometry(service):
     assert service.maxrec == 100_000
     assert service.hardlimit == 1_000_000
-    forms = {f.form for f in service.get_tap_capability().get_adql().get_features(
-        "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo")}
+    forms = {
+        f.form
+        for f in service.get_tap_capability()
+        .get_adql()
+        .get_feature_list("ivo://ivoa.net/std/TAPRegExt#features-adqlgeo")
+    }
     assert {"POINT", "CIRCLE", "POLYGON", "CONTAINS", "INTERSECTS"} <= forms
     assert service.available
 
@@ -79,12 +89,43 @@ def test_seed_section2_schema_queries(service):
     ).to_table()
     by_name = {row["column_name"]: row for row in columns}
     seed_columns = {
-        "access_format", "access_url", "calib_level", "dataproduct_subtype", "dataproduct_type",
-        "em_max", "em_min", "em_res_power", "em_xel", "facility_name", "instrument_name",
-        "lsst_band", "lsst_ccdvisitid", "lsst_detector", "lsst_filter", "lsst_patch",
-        "lsst_tract", "lsst_visit", "o_ucd", "obs_collection", "obs_id", "obs_publisher_did",
-        "obs_title", "pol_xel", "s_dec", "s_fov", "s_ra", "s_region", "s_resolution", "s_xel1",
-        "s_xel2", "t_exptime", "t_max", "t_min", "t_resolution", "t_xel", "target_name",
+        "access_format",
+        "access_url",
+        "calib_level",
+        "dataproduct_subtype",
+        "dataproduct_type",
+        "em_max",
+        "em_min",
+        "em_res_power",
+        "em_xel",
+        "facility_name",
+        "instrument_name",
+        "lsst_band",
+        "lsst_ccdvisitid",
+        "lsst_detector",
+        "lsst_filter",
+        "lsst_patch",
+        "lsst_tract",
+        "lsst_visit",
+        "o_ucd",
+        "obs_collection",
+        "obs_id",
+        "obs_publisher_did",
+        "obs_title",
+        "pol_xel",
+        "s_dec",
+        "s_fov",
+        "s_ra",
+        "s_region",
+        "s_resolution",
+        "s_xel1",
+        "s_xel2",
+        "t_exptime",
+        "t_max",
+        "t_min",
+        "t_resolution",
+        "t_xel",
+        "target_name",
     }
     assert seed_columns <= set(by_name)
     assert by_name["s_ra"]["datatype"] == "double" and by_name["s_ra"]["unit"] == "deg"
@@ -118,11 +159,15 @@ def test_seed_section3_point_query_is_dp02_like(point_rows, archive):
     assert len(calexp) == len(set(calexp["lsst_ccdvisitid"]))
     coadds = rows[rows["dataproduct_subtype"] == "lsst.deepCoadd_calexp"]
     assert len(coadds) == 12
-    assert {f"{t}_{p}" for t, p in zip(coadds["lsst_tract"], coadds["lsst_patch"])} == {"3831_3", "3831_10"}
+    assert {
+        f"{t}_{p}" for t, p in zip(coadds["lsst_tract"], coadds["lsst_patch"], strict=True)
+    } == {"3831_3", "3831_10"}
     for subtype in ("lsst.raw", "lsst.goodSeeingDiff_differenceExp"):
         assert (rows["dataproduct_subtype"] == subtype).sum() == len(calexp)
     # access_url points at our Datalink service, in the RSP's shape
-    assert all(u.startswith(archive.datalink_url + "?ID=butler%3A//dp02/") for u in rows["access_url"])
+    assert all(
+        u.startswith(archive.datalink_url + "?ID=butler%3A//dp02/") for u in rows["access_url"]
+    )
     assert set(rows["access_format"]) == {"application/x-votable+xml;content=datalink"}
     assert all(s.startswith("POLYGON ICRS ") for s in rows["s_region"])
 
@@ -132,7 +177,8 @@ def test_point_query_matches_independent_geometry(point_rows, service):
         "SELECT obs_publisher_did, s_region FROM ivoa.ObsCore", maxrec=1_000_000
     ).to_table()
     expected = {
-        did for did, region in zip(everything["obs_publisher_did"], everything["s_region"])
+        did
+        for did, region in zip(everything["obs_publisher_did"], everything["s_region"], strict=True)
         if convex_polygon_contains(region, TARGET_RA, TARGET_DEC)
     }
     assert set(point_rows["obs_publisher_did"]) == expected
@@ -144,7 +190,9 @@ def test_padding_makes_false_positives(point_rows, archive):
     calexp = point_rows[point_rows["dataproduct_subtype"] == "lsst.calexp"]
     inside = [did in truth for did in calexp["obs_publisher_did"]]
     assert any(inside) and not all(inside)
-    coadd_dids = point_rows[point_rows["dataproduct_subtype"] == "lsst.deepCoadd_calexp"]["obs_publisher_did"]
+    coadd_dids = point_rows[point_rows["dataproduct_subtype"] == "lsst.deepCoadd_calexp"][
+        "obs_publisher_did"
+    ]
     assert all(did in truth for did in coadd_dids)  # coadd regions are tight
 
 
@@ -158,8 +206,9 @@ def test_seed_section411_sync_and_run_async_agree(service, point_rows):
 
 
 def test_seed_section42_coadd_query(service):
-    query = POINT_QUERY + (" AND lsst_band = 'i' AND calib_level = 3 "
-                           "AND dataproduct_subtype = 'lsst.deepCoadd_calexp'")
+    query = POINT_QUERY + (
+        " AND lsst_band = 'i' AND calib_level = 3 AND dataproduct_subtype = 'lsst.deepCoadd_calexp'"
+    )
     rows = service.search(query).to_table()
     assert len(rows) == 2
     assert set(rows["lsst_tract"]) == {3831}
@@ -167,26 +216,39 @@ def test_seed_section42_coadd_query(service):
 
 
 def test_maxrec_overflow_is_signalled(service, point_rows):
-    with pytest.warns(DALOverflowWarning):
-        limited = service.search(POINT_QUERY, maxrec=5)
-    assert len(limited) == 5
+    limited = service.search(POINT_QUERY, maxrec=5)
+    assert len(limited) == 5 and limited.status[0] == "OVERFLOW"
     job = service.submit_job(POINT_QUERY, maxrec=7)
     job.run().wait(timeout=60)
-    with pytest.warns(DALOverflowWarning):
-        result = job.fetch_result()
-    assert len(result) == 7
+    result = job.fetch_result()
+    assert len(result) == 7 and result.status[0] == "OVERFLOW"
     job.delete()
     with warnings.catch_warnings():
         warnings.simplefilter("error", DALOverflowWarning)
         exact = service.search(POINT_QUERY, maxrec=len(point_rows))
         top = service.search(POINT_QUERY.replace("SELECT *", "SELECT TOP 3 *"))
-    assert len(exact) == len(point_rows)
-    assert len(top) == 3
+    assert len(exact) == len(point_rows) and exact.status[0] == "OK"
+    assert len(top) == 3 and top.status[0] == "OK"
+
+
+def test_server_default_maxrec_truncation_warns():
+    from simarchive.server import ArchiveSettings, EmbeddedArchive
+
+    with EmbeddedArchive(ArchiveSettings(n_visits=12, maxrec_default=10, maxrec_hard=20)) as small:
+        service = pyvo.dal.TAPService(small.tap_url)
+        assert service.maxrec == 10 and service.hardlimit == 20
+        with pytest.warns(DALOverflowWarning, match="server limits"):
+            rows = service.search("SELECT obs_id FROM ivoa.ObsCore")
+        assert len(rows) == 10
+        capped = service.search("SELECT obs_id FROM ivoa.ObsCore", maxrec=1000)
+        assert len(capped) == 20  # the hard limit wins over a larger MAXREC
 
 
 def test_adql_syntax_error_is_a_dal_query_error(service):
     with pytest.raises(DALQueryError) as err:
-        service.search("SELECT * FROM ivoa.ObsCore WHERE CONTAINS(POINT('ICRS', 62, -37), s_region) = = 1")
+        service.search(
+            "SELECT * FROM ivoa.ObsCore WHERE CONTAINS(POINT('ICRS', 62, -37), s_region) = = 1"
+        )
     assert "Col" in str(err.value) or "col" in str(err.value)
     with pytest.raises(DALQueryError, match="no_such_column"):
         service.search("SELECT no_such_column FROM ivoa.ObsCore")
@@ -226,10 +288,19 @@ def test_uws_job_lifecycle(service, archive):
 
 
 def test_bad_maxrec_and_format_are_refused(archive):
-    reply = requests.get(archive.tap_url + "/sync", params={
-        "LANG": "ADQL", "QUERY": "SELECT TOP 1 obs_id FROM ivoa.ObsCore", "MAXREC": "lots"}, timeout=10)
+    reply = requests.get(
+        archive.tap_url + "/sync",
+        params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 obs_id FROM ivoa.ObsCore", "MAXREC": "lots"},
+        timeout=10,
+    )
     assert reply.status_code == 400 and b"MAXREC" in reply.content
-    reply = requests.get(archive.tap_url + "/sync", params={
-        "LANG": "ADQL", "QUERY": "SELECT TOP 1 obs_id FROM ivoa.ObsCore", "RESPONSEFORMAT": "csv"},
-        timeout=10)
+    reply = requests.get(
+        archive.tap_url + "/sync",
+        params={
+            "LANG": "ADQL",
+            "QUERY": "SELECT TOP 1 obs_id FROM ivoa.ObsCore",
+            "RESPONSEFORMAT": "csv",
+        },
+        timeout=10,
+    )
     assert reply.status_code == 400 and b"RESPONSEFORMAT" in reply.content

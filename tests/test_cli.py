@@ -10,8 +10,21 @@ import requests
 
 def test_archive_command_prints_tap_url_and_serves():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "archive", "--port", "0", "--visits", "12", "--seed", "7"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "archive",
+            "--port",
+            "0",
+            "--visits",
+            "12",
+            "--seed",
+            "7",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()
@@ -33,7 +46,9 @@ def test_archive_command_reports_busy_port_in_one_line():
         port = busy.getsockname()[1]
         done = subprocess.run(
             [sys.executable, "-m", "flows.cli", "archive", "--port", str(port), "--visits", "12"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

@@ -8,8 +8,9 @@ from simarchive.faults import FaultPlan, FaultSpec, draw
 
 
 def test_parse_endpoint_kinds_and_total_bandwidth():
-    plan = FaultPlan.parse(["files.drop=0.2", "tap.unavailable=0.05", "*.latency=0.01",
-                            "total.bandwidth=2e7"], seed=3)
+    plan = FaultPlan.parse(
+        ["files.drop=0.2", "tap.unavailable=0.05", "*.latency=0.01", "total.bandwidth=2e7"], seed=3
+    )
     assert plan.spec_for("files").drop == 0.2
     assert plan.spec_for("tap_sync").unavailable == 0.05  # family match
     assert plan.spec_for("datalink").latency == 0.01  # wildcard
@@ -17,13 +18,16 @@ def test_parse_endpoint_kinds_and_total_bandwidth():
     assert plan.total_bandwidth == 2e7 and plan.seed == 3
 
 
-@pytest.mark.parametrize("item, words", [
-    ("files.drop", "endpoint.kind=number"),
-    ("files.explode=0.1", "unknown kind 'explode'"),
-    ("files.drop=1.5", "between 0 and 1"),
-    ("files.latency=-1", "must not be negative"),
-    ("nodot=0.1", "endpoint.kind=number"),
-])
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("files.drop", "endpoint.kind=number"),
+        ("files.explode=0.1", "unknown kind 'explode'"),
+        ("files.drop=1.5", "between 0 and 1"),
+        ("files.latency=-1", "must not be negative"),
+        ("nodot=0.1", "endpoint.kind=number"),
+    ],
+)
 def test_parse_rejects_bad_items_naming_them(item, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
         FaultPlan.parse([item])

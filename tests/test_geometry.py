@@ -28,8 +28,9 @@ def _tan_wcs(ra0: float, dec0: float) -> WCS:
 def _reference_inside(vertices: list[tuple[float, float]], ra, dec, centre) -> np.ndarray:
     """Convex point-in-polygon via astropy's TAN projection and pixel half-planes."""
     w = _tan_wcs(*centre)
-    vx, vy = w.all_world2pix(np.array([v[0] for v in vertices]),
-                             np.array([v[1] for v in vertices]), 0)
+    vx, vy = w.all_world2pix(
+        np.array([v[0] for v in vertices]), np.array([v[1] for v in vertices]), 0
+    )
     px, py = w.all_world2pix(np.atleast_1d(ra), np.atleast_1d(dec), 0)
     sides = []
     for i in range(len(vx)):
@@ -41,8 +42,9 @@ def _reference_inside(vertices: list[tuple[float, float]], ra, dec, centre) -> n
 
 def _rotated_square(ra0: float, dec0: float, half_diag: float, angle: float):
     centre = SkyCoord(ra0 * u.deg, dec0 * u.deg)
-    corners = centre.directional_offset_by((angle + np.array([0, 90, 180, 270])) * u.deg,
-                                           half_diag * u.deg)
+    corners = centre.directional_offset_by(
+        (angle + np.array([0, 90, 180, 270])) * u.deg, half_diag * u.deg
+    )
     return [(float(c.ra.deg), float(c.dec.deg)) for c in corners]
 
 
@@ -154,8 +156,7 @@ def test_angular_separation_matches_skycoord() -> None:
     ra1, ra2 = rng.uniform(0, 360, (2, 500))
     dec1, dec2 = np.degrees(np.arcsin(rng.uniform(-1, 1, (2, 500))))
     expected = SkyCoord(ra1 * u.deg, dec1 * u.deg).separation(SkyCoord(ra2 * u.deg, dec2 * u.deg))
-    np.testing.assert_allclose(g.angular_separation(ra1, dec1, ra2, dec2), expected.deg,
-                               atol=1e-10)
+    np.testing.assert_allclose(g.angular_separation(ra1, dec1, ra2, dec2), expected.deg, atol=1e-10)
 
 
 def test_parse_region_variants() -> None:
@@ -166,18 +167,21 @@ def test_parse_region_variants() -> None:
     assert g.parse_region(g.format_region(poly)) == poly
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty"),
-    ("BLOB 1 2", "unknown region shape"),
-    ("POLYGON ICRS 1 2 3 4", "even number"),
-    ("POLYGON ICRS 1 2 3 4 5", "even number"),
-    ("POLYGON GALACTIC 1 2 3 4 5 6", "GALACTIC"),
-    ("CIRCLE ICRS 1 2", "3 numbers"),
-    ("CIRCLE ICRS 1 2 -1", "radius"),
-    ("POINT ICRS 1 abc", "non-numeric"),
-    ("POINT ICRS 1 95", "declination"),
-    ("POLYGON 1 2 1 2 1 2", "3 distinct"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty"),
+        ("BLOB 1 2", "unknown region shape"),
+        ("POLYGON ICRS 1 2 3 4", "even number"),
+        ("POLYGON ICRS 1 2 3 4 5", "even number"),
+        ("POLYGON GALACTIC 1 2 3 4 5 6", "GALACTIC"),
+        ("CIRCLE ICRS 1 2", "3 numbers"),
+        ("CIRCLE ICRS 1 2 -1", "radius"),
+        ("POINT ICRS 1 abc", "non-numeric"),
+        ("POINT ICRS 1 95", "declination"),
+        ("POLYGON 1 2 1 2 1 2", "3 distinct"),
+    ],
+)
 def test_malformed_region_strings(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         g.parse_region(text)

@@ -1,0 +1,476 @@
+"""ivoa.ObsCore: Rubin DP0.2's 37 columns, their VOTable/TAP_SCHEMA metadata, the table.
+
+Column order, names, datatypes, units and descriptions follow the seed's
+``tap_schema.columns`` listing (§2.2); UCDs and utypes are those of the ObsCore 1.1
+standard as Rubin's sdm_schemas publish them.  The server turns ``Column.meta``
+(``datatype``, ``arraysize``, ``ucd``, ``utype``, ``principal``, ``indexed``, ``std``)
+into VOTable FIELDs and tap_schema.columns rows.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+from astropy.table import Column, MaskedColumn, Table
+
+if TYPE_CHECKING:
+    from .sky import Sky
+
+ACCESS_FORMAT: Final = "application/x-votable+xml;content=datalink"
+DATAPRODUCT_TYPE: Final = "image"
+O_UCD: Final = "phot.count"
+UTYPE_PREFIX: Final = "obscore:"
+NUMPY_DTYPES: Final = {"char": "S", "int": np.int32, "long": np.int64, "double": np.float64}
+"""numpy dtype kind used for each TAP datatype (char columns are ASCII bytes)."""
+
+
+@dataclass(frozen=True)
+class ColumnDef:
+    """One ObsCore column as TAP_SCHEMA describes it."""
+
+    name: str
+    datatype: str
+    description: str
+    unit: str | None = None
+    ucd: str | None = None
+    utype: str | None = None
+    """Without the ``obscore:`` prefix; None for Rubin's lsst_* extensions."""
+    principal: int = 1
+    indexed: int = 0
+    nullable: bool = True
+
+    @property
+    def std(self) -> int:
+        """1 for ObsCore-standard columns, 0 for Rubin's additions."""
+        return 0 if self.utype is None else 1
+
+    @property
+    def arraysize(self) -> str | None:
+        return "*" if self.datatype == "char" else None
+
+    def meta(self) -> dict[str, object]:
+        return {
+            "datatype": self.datatype,
+            "arraysize": self.arraysize,
+            "ucd": self.ucd,
+            "utype": None if self.utype is None else UTYPE_PREFIX + self.utype,
+            "principal": self.principal,
+            "indexed": self.indexed,
+            "std": self.std,
+            "nullable": self.nullable,
+        }
+
+
+_C = ColumnDef
+OBSCORE_COLUMNS: Final[tuple[ColumnDef, ...]] = (
+    _C(
+        "access_format",
+        "char",
+        "Content format of the dataset",
+        None,
+        "meta.code.mime",
+        "Access.Format",
+    ),
+    _C(
+        "access_url", "char", "URL used to access dataset", None, "meta.ref.url", "Access.Reference"
+    ),
+    _C(
+        "calib_level",
+        "int",
+        "Calibration level of the observation: in {0, 1, 2, 3, 4}",
+        None,
+        "meta.code;obs.calib",
+        "ObsDataset.calibLevel",
+        indexed=1,
+        nullable=False,
+    ),
+    _C(
+        "dataproduct_subtype",
+        "char",
+        "Data product specific type",
+        None,
+        "meta.code.class",
+        "ObsDataset.dataProductSubtype",
+        indexed=1,
+    ),
+    _C(
+        "dataproduct_type",
+        "char",
+        "Data product (file content) primary type",
+        None,
+        "meta.code.class",
+        "ObsDataset.dataProductType",
+        indexed=1,
+    ),
+    _C(
+        "em_max",
+        "double",
+        "stop in spectral coordinates",
+        "m",
+        "em.wl;stat.max",
+        "Char.SpectralAxis.Coverage.Bounds.Limits.HiLimit",
+    ),
+    _C(
+        "em_min",
+        "double",
+        "start in spectral coordinates",
+        "m",
+        "em.wl;stat.min",
+        "Char.SpectralAxis.Coverage.Bounds.Limits.LoLimit",
+    ),
+    _C(
+        "em_res_power",
+        "double",
+        "Value of the resolving power along the spectral axis (R)",
+        None,
+        "spect.resolution",
+        "Char.SpectralAxis.Resolution.ResolPower.refVal",
+    ),
+    _C(
+        "em_xel",
+        "long",
+        "Number of elements along the spectral axis",
+        None,
+        "meta.number",
+        "Char.SpectralAxis.numBins",
+    ),
+    _C(
+        "facility_name",
+        "char",
+        "The name of the facility, telescope, or space craft used for the observation",
+        None,
+        "meta.id;instr.tel",
+        "Provenance.ObsConfig.Facility.name",
+    ),
+    _C(
+        "instrument_name",
+        "char",
+        "The name of the instrument used for the observation",
+        None,
+        "meta.id;instr",
+        "Provenance.ObsConfig.Instrument.name",
+    ),
+    _C("lsst_band", "char", "Abstract filter band designation", None, "instr.bandpass", indexed=1),
+    _C(
+        "lsst_ccdvisitid",
+        "long",
+        "Identifier for visit+CCD; useful in JOINs",
+        None,
+        "meta.id;obs.image",
+        indexed=1,
+    ),
+    _C(
+        "lsst_detector",
+        "long",
+        "Identifier for CCD within the LSSTCam focal plane",
+        None,
+        "meta.id;instr.det",
+    ),
+    _C(
+        "lsst_filter",
+        "char",
+        "Physical filter designation from the LSSTCam filter wheel",
+        None,
+        "instr.filter",
+    ),
+    _C(
+        "lsst_patch",
+        "long",
+        "Lower level of LSST coadd skymap hierarchy",
+        None,
+        "meta.id.part",
+        indexed=1,
+    ),
+    _C(
+        "lsst_tract",
+        "long",
+        "Upper level of LSST coadd skymap hierarchy",
+        None,
+        "meta.id.part",
+        indexed=1,
+    ),
+    _C(
+        "lsst_visit",
+        "long",
+        "Identifier for a specific LSSTCam pointing",
+        None,
+        "meta.id;obs",
+        indexed=1,
+    ),
+    _C(
+        "o_ucd",
+        "char",
+        "Nature of the observable axis",
+        None,
+        "meta.ucd",
+        "Char.ObservableAxis.ucd",
+    ),
+    _C(
+        "obs_collection",
+        "char",
+        "Name of the data collection",
+        None,
+        "meta.id",
+        "DataID.Collection",
+        nullable=False,
+    ),
+    _C(
+        "obs_id",
+        "char",
+        "Internal ID given by the ObsTAP service",
+        None,
+        "meta.id",
+        "DataID.observationID",
+        indexed=1,
+        nullable=False,
+    ),
+    _C(
+        "obs_publisher_did",
+        "char",
+        "ID for the Dataset given by the publisher",
+        None,
+        "meta.ref.ivoid",
+        "Curation.PublisherDID",
+        indexed=1,
+        nullable=False,
+    ),
+    _C(
+        "obs_title",
+        "char",
+        "Brief description of dataset in free format",
+        None,
+        "meta.title;obs",
+        "DataID.Title",
+    ),
+    _C(
+        "pol_xel",
+        "long",
+        "Number of elements along the polarization axis",
+        None,
+        "meta.number",
+        "Char.PolarizationAxis.numBins",
+    ),
+    _C(
+        "s_dec",
+        "double",
+        "Central Spatial Position in ICRS; Declination",
+        "deg",
+        "pos.eq.dec",
+        "Char.SpatialAxis.Coverage.Location.Coord.Position2D.Value2.C2",
+        indexed=1,
+    ),
+    _C(
+        "s_fov",
+        "double",
+        "Estimated size of the covered region as the diameter of a containing circle",
+        "deg",
+        "phys.angSize;instr.fov",
+        "Char.SpatialAxis.Coverage.Bounds.Extent.diameter",
+    ),
+    _C(
+        "s_ra",
+        "double",
+        "Central Spatial Position in ICRS; Right ascension",
+        "deg",
+        "pos.eq.ra",
+        "Char.SpatialAxis.Coverage.Location.Coord.Position2D.Value2.C1",
+        indexed=1,
+    ),
+    _C(
+        "s_region",
+        "char",
+        "Sky region covered by the data product (expressed in ICRS frame)",
+        None,
+        "pos.outline;obs.field",
+        "Char.SpatialAxis.Coverage.Support.Area",
+        indexed=1,
+    ),
+    _C(
+        "s_resolution",
+        "double",
+        "Spatial resolution of data as FWHM of PSF",
+        "arcsec",
+        "pos.angResolution",
+        "Char.SpatialAxis.Resolution.Refval.value",
+    ),
+    _C(
+        "s_xel1",
+        "long",
+        "Number of elements along the first coordinate of the spatial axis",
+        None,
+        "meta.number",
+        "Char.SpatialAxis.numBins1",
+    ),
+    _C(
+        "s_xel2",
+        "long",
+        "Number of elements along the second coordinate of the spatial axis",
+        None,
+        "meta.number",
+        "Char.SpatialAxis.numBins2",
+    ),
+    _C(
+        "t_exptime",
+        "double",
+        "Total exposure time",
+        "s",
+        "time.duration;obs.exposure",
+        "Char.TimeAxis.Coverage.Support.Extent",
+    ),
+    _C(
+        "t_max",
+        "double",
+        "Stop time in MJD",
+        "d",
+        "time.end;obs.exposure",
+        "Char.TimeAxis.Coverage.Bounds.Limits.StopTime",
+        indexed=1,
+    ),
+    _C(
+        "t_min",
+        "double",
+        "Start time in MJD",
+        "d",
+        "time.start;obs.exposure",
+        "Char.TimeAxis.Coverage.Bounds.Limits.StartTime",
+        indexed=1,
+    ),
+    _C(
+        "t_resolution",
+        "double",
+        "Temporal resolution FWHM",
+        "s",
+        "time.resolution",
+        "Char.TimeAxis.Resolution.Refval.value",
+    ),
+    _C(
+        "t_xel",
+        "long",
+        "Number of elements along the time axis",
+        None,
+        "meta.number",
+        "Char.TimeAxis.numBins",
+    ),
+    _C("target_name", "char", "Object of interest", None, "meta.id;src", "Target.Name"),
+)
+COLUMN_NAMES: Final = tuple(c.name for c in OBSCORE_COLUMNS)
+TABLE_NAME: Final = "ivoa.ObsCore"
+TABLE_DESCRIPTION: Final = (
+    "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model"
+)
+
+
+def access_url(datalink_url: str, product_id: str) -> str:
+    """``<datalink>?ID=butler%3A//dp02/<uuid>``: only ':' is escaped, as on the RSP (seed §4.1.2)."""
+    return f"{datalink_url}?ID=" + urllib.parse.quote(product_id, safe="/")
+
+
+def _strings(values: list[str] | np.ndarray) -> np.ndarray:
+    """Fixed-width ASCII byte strings: a quarter of numpy unicode's 4 bytes per character.
+
+    With ~65k rows of ~500 characters each the table would otherwise take ~130 MB; the
+    ADQL engine and VOTable writer decode ``S`` columns, so ``char`` semantics are kept.
+    """
+    return np.asarray(values, dtype="S")
+
+
+def _constant(value: str, n: int) -> np.ndarray:
+    return np.full(n, value.encode("ascii"), dtype=f"S{max(len(value), 1)}")
+
+
+def _masked_int(values: np.ndarray, mask: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    return np.where(mask, 0, values).astype(dtype), mask
+
+
+def build_obscore_table(sky: Sky, datalink_url: str) -> Table:
+    """One row per product, columns in the seed's order with TAP metadata in ``.meta``.
+
+    Strings are ASCII ``bytes`` columns (dtype ``S``) to keep the table small; nullable
+    columns (lsst_visit/detector/ccdvisitid/filter for coadds, lsst_tract/patch for visit
+    images, em_res_power, *_xel, t_resolution, target_name) are ``MaskedColumn``s.
+    """
+    c = sky.columns
+    nm = sky.naming
+    n = len(c["id"])
+    is_visit = np.asarray(c["is_visit"])
+    coadd = ~is_visit
+    visit = np.asarray(c["visit"], dtype=np.int64)
+    det = np.asarray(c["detector"], dtype=np.int64)
+    kinds = np.asarray(c["kind"])
+    subtype_of = {k: kn.subtype for k, kn in nm.kinds.items()}
+    level_of = {k: kn.calib_level for k, kn in nm.kinds.items()}
+    dst_of = {k: kn.dataset_type for k, kn in nm.kinds.items()}
+    kind_list = kinds.tolist()
+    band = np.asarray(c["band"])
+    obs_id = c["obs_id"]
+    none = np.ones(n, dtype=bool)
+    filt = {b: nm.physical_filter(b) for b in set(band.tolist())}
+
+    values: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+        "access_format": (_constant(ACCESS_FORMAT, n), None),
+        "access_url": (_strings([access_url(datalink_url, i) for i in c["id"]]), None),
+        "calib_level": (np.array([level_of[k] for k in kind_list], dtype=np.int32), None),
+        "dataproduct_subtype": (_strings([subtype_of[k] for k in kind_list]), None),
+        "dataproduct_type": (_constant(DATAPRODUCT_TYPE, n), None),
+        "em_max": (np.asarray(c["em_max"], dtype=np.float64), None),
+        "em_min": (np.asarray(c["em_min"], dtype=np.float64), None),
+        "em_res_power": (np.full(n, np.nan), none),
+        "em_xel": (np.zeros(n, dtype=np.int64), none),
+        "facility_name": (_constant(nm.facility_name, n), None),
+        "instrument_name": (_constant(nm.instrument_name, n), None),
+        "lsst_band": (band.astype("S1"), None),
+        "lsst_ccdvisitid": _masked_int(visit * 1000 + det, coadd, np.int64),
+        "lsst_detector": _masked_int(det, coadd, np.int64),
+        "lsst_filter": (
+            _strings(
+                [
+                    filt[b] if v else ""
+                    for b, v in zip(band.tolist(), is_visit.tolist(), strict=True)
+                ]
+            ),
+            coadd,
+        ),
+        "lsst_patch": _masked_int(np.asarray(c["patch"], dtype=np.int64), is_visit, np.int64),
+        "lsst_tract": _masked_int(np.full(n, nm.tract, dtype=np.int64), is_visit, np.int64),
+        "lsst_visit": _masked_int(visit, coadd, np.int64),
+        "o_ucd": (_constant(O_UCD, n), None),
+        "obs_collection": (_constant(nm.obs_collection, n), None),
+        "obs_id": (_strings(obs_id), None),
+        "obs_publisher_did": (_strings(c["did"]), None),
+        "obs_title": (
+            _strings(
+                [
+                    f"{dst_of[k]} {b} {o}"
+                    for k, b, o in zip(kind_list, band.tolist(), obs_id, strict=True)
+                ]
+            ),
+            None,
+        ),
+        "pol_xel": (np.zeros(n, dtype=np.int64), none),
+        "s_dec": (np.asarray(c["s_dec"], dtype=np.float64), None),
+        "s_fov": (np.asarray(c["s_fov"], dtype=np.float64), None),
+        "s_ra": (np.asarray(c["s_ra"], dtype=np.float64), None),
+        "s_region": (_strings(c["s_region"]), None),
+        "s_resolution": (np.asarray(c["s_resolution"], dtype=np.float64), None),
+        "s_xel1": (np.asarray(c["naxis1"], dtype=np.int64), None),
+        "s_xel2": (np.asarray(c["naxis2"], dtype=np.int64), None),
+        "t_exptime": (np.asarray(c["exptime"], dtype=np.float64), None),
+        "t_max": (np.asarray(c["t_max"], dtype=np.float64), None),
+        "t_min": (np.asarray(c["t_min"], dtype=np.float64), None),
+        "t_resolution": (np.full(n, np.nan), none),
+        "t_xel": (np.zeros(n, dtype=np.int64), none),
+        "target_name": (np.full(n, b"", dtype="S1"), none),
+    }
+    if tuple(values) != COLUMN_NAMES:
+        raise AssertionError("ObsCore column values out of sync with OBSCORE_COLUMNS")
+
+    table = Table(meta={"name": TABLE_NAME, "description": TABLE_DESCRIPTION})
+    for cdef in OBSCORE_COLUMNS:
+        data, mask = values[cdef.name]
+        kw = dict(name=cdef.name, unit=cdef.unit, description=cdef.description, meta=cdef.meta())
+        col = Column(data, **kw) if mask is None else MaskedColumn(data, mask=mask, **kw)
+        table.add_column(col, copy=False)
+    return table
