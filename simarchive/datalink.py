@@ -17,6 +17,7 @@ from astropy.table import MaskedColumn, Table
 from .votable import results_votable
 
 THIS = "#this"
+CUTOUT = "#cutout"
 FITS_CONTENT_TYPE = "application/fits"
 
 _COLUMNS = [  # name, ucd, description
@@ -48,7 +49,13 @@ def links_for(
     lookup: Callable[[str], object | None],
     sign: Callable[[object], str],
     size: Callable[[object], int],
+    cutout_service: str | None = None,
 ) -> list[Link]:
+    """The links of each ID, consecutive per ID as DataLink requires.
+
+    Processed images (not raws, as on the RSP) also get a ``#cutout`` row pointing at the
+    SODA descriptor ``cutout_service``.
+    """
     links = []
     for ident in ids:
         product = lookup(ident)
@@ -67,10 +74,20 @@ def links_for(
                 content_length=size(product),
             )
         )
+        if cutout_service and product.calib_level >= 2:
+            links.append(
+                Link(
+                    ident,
+                    service_def=cutout_service,
+                    semantics=CUTOUT,
+                    description="Cutout of the image through the SODA service",
+                    content_type=FITS_CONTENT_TYPE,
+                )
+            )
     return links
 
 
-def links_votable(links: Sequence[Link]) -> bytes:
+def links_votable(links: Sequence[Link], resources: tuple[str, ...] = ()) -> bytes:
     table = Table()
     for name, ucd, description in _COLUMNS:
         values = [getattr(link, name.lower() if name == "ID" else name) for link in links]
@@ -84,4 +101,4 @@ def links_votable(links: Sequence[Link]) -> bytes:
         col.description = description
         col.meta["ucd"] = ucd
         table.add_column(col)
-    return results_votable(table)
+    return results_votable(table, field_ids=frozenset({"ID"}), resources=resources)

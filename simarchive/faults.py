@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
-from .httpcore import Connection, Request, Response, iter_body, text
+from .httpcore import Connection, Request, Response, iter_body, text, write_body
 
 KINDS_RATE = ("drop", "unavailable", "throttled", "truncate", "slow_first_byte")
 KINDS_VALUE = ("latency", "bandwidth", "retry_after", "first_byte_delay")
@@ -135,29 +135,41 @@ class FaultInjector:
     """Plugs into ``ArchiveHTTPServer``: a before-hook and a body writer."""
 
     def __init__(self, plan: FaultPlan, classify) -> None:
-        self.plan = plan
         self._classify = classify
-        self._counters: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
-        self._decisions: dict[int, Decision] = {}
-        self._bucket = _TokenBucket(plan.total_bandwidth) if plan.total_bandwidth > 0 else None
-        self.injected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.configure(plan)
+
+    def configure(self, plan: FaultPlan) -> None:
+        """Switch to another plan; request numbering starts again, so draws repeat."""
+        with self._lock:
+            self.plan = plan
+            self._counters: dict[str, int] = defaultdict(int)
+            self._bucket = _TokenBucket(plan.total_bandwidth) if plan.total_bandwidth > 0 else None
+            self.injected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def _count(self, endpoint: str, kind: str) -> None:
         with self._lock:
             self.injected[endpoint][kind] += 1
 
+    def report(self) -> dict[str, dict[str, int]]:
+        """How many faults of each kind were injected per endpoint."""
+        with self._lock:
+            return {e: dict(kinds) for e, kinds in self.injected.items()}
+
     def before(self, request: Request, conn: Connection) -> Response | None:
         endpoint = self._classify(request.path)
         if endpoint.startswith("_"):  # the test-only endpoints never fail
             return None
-        spec = self.plan.spec_for(endpoint)
         with self._lock:
+            plan = self.plan
             number = self._counters[endpoint]
             self._counters[endpoint] += 1
+        spec = plan.spec_for(endpoint)
+        if not spec.active:
+            return None
         if spec.latency:
             time.sleep(spec.latency)
-        seed = self.plan.seed
+        seed = plan.seed
         if spec.drop and draw(seed, endpoint, number, "drop") < spec.drop:
             self._count(endpoint, "drop")
             conn.drop()
@@ -187,6 +199,10 @@ class FaultInjector:
     def write(self, wfile, response: Response, conn: Connection) -> None:
         decision = conn.state.get("fault") or Decision()
         endpoint = str(conn.state.get("endpoint", "?"))
+        bucket = self._bucket
+        if decision == Decision() and bucket is None:
+            write_body(wfile, response, conn)
+            return
         limit = response.length
         if decision.truncate and response.length > 1:
             limit = max(1, response.length // 2)
@@ -195,19 +211,22 @@ class FaultInjector:
             self._count(endpoint, "slow_first_byte")
             time.sleep(decision.first_byte_delay)
         sent = 0
-        chunk = 64 * 1024 if (decision.bandwidth or self._bucket) else 1024 * 1024
+        rates = [r for r in (decision.bandwidth, bucket.rate if bucket else 0.0) if r > 0]
+        # small chunks when throttled, so pacing is smooth and the last chunk cannot arrive
+        # much earlier than the cap allows
+        chunk = max(1024, min(64 * 1024, int(min(rates) / 50))) if rates else 1024 * 1024
+        started = time.monotonic()
         for data in iter_body(response, chunk):
             data = data[: limit - sent]
-            if self._bucket is not None:
-                self._bucket.take(len(data))
-            started = time.monotonic()
+            if decision.bandwidth:  # pace before writing: byte n leaves at start + n/rate
+                pause = started + sent / decision.bandwidth - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            if bucket is not None:
+                bucket.take(len(data))
             wfile.write(data)
             sent += len(data)
             conn.bytes_sent += len(data)
-            if decision.bandwidth:
-                pause = len(data) / decision.bandwidth - (time.monotonic() - started)
-                if pause > 0:
-                    time.sleep(pause)
             if sent >= limit:
                 break
         if decision.truncate:

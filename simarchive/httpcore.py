@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -273,6 +274,14 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
         self.after_hooks: list[Callable[[Request, Response | None, Connection], None]] = []
         self.body_writer: Callable | None = None
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request, client_address) -> None:
+        """A client hanging up mid-request is normal (range reads, retries): no traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away: %s", client_address, exc)
+            return
+        log.exception("error serving %s", client_address)
 
     @property
     def port(self) -> int:

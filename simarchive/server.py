@@ -21,12 +21,23 @@ from urllib.parse import unquote
 
 from .adql import AdqlError, run_adql
 from .datalink import links_for, links_votable
+from .descriptors import CUTOUT_SERVICE_ID, cutout_descriptor, obscore_datalink_descriptor
 from .faults import FaultInjector, FaultPlan
 from .files import FitsCache, file_response
-from .httpcore import ArchiveHTTPServer, BadRequest, Connection, Request, Response, redirect, text
+from .httpcore import (
+    ArchiveHTTPServer,
+    BadRequest,
+    Connection,
+    Request,
+    Response,
+    Upload,
+    redirect,
+    text,
+)
 from .signing import UrlSigner
 from .sky import Sky, SkyConfig
 from .tapschema import PublishedTable, build_tap_schema
+from .uploads import MAX_UPLOAD_BYTES, load_uploads
 from .uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
 from .vosi import availability_xml, capabilities_xml, tables_xml
 from .votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
@@ -112,6 +123,19 @@ def endpoint_of(path: str) -> str:
     return {"datalink": "datalink", "files": "files"}.get(parts[0], parts[0])
 
 
+def _fetch_upload(url: str) -> bytes:
+    """Fetch a TAP_UPLOAD table given by URL, refusing anything over the upload limit."""
+    import requests
+
+    try:
+        with requests.get(url, timeout=10, stream=True) as reply:
+            reply.raise_for_status()
+            data = reply.raw.read(MAX_UPLOAD_BYTES + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise AdqlError(f"UPLOAD: cannot fetch {url}: {exc}") from None
+    return data
+
+
 class EmbeddedArchive:
     """Start with ``with EmbeddedArchive(settings) as archive: ...`` or ``start()``/``stop()``."""
 
@@ -123,16 +147,17 @@ class EmbeddedArchive:
         self._http.after_hooks.append(self._settle)
         self._http.before_hooks.append(self._authorize)
         self.faults = FaultInjector(self.settings.faults, endpoint_of)
-        if self.settings.faults.endpoints or self.settings.faults.total_bandwidth:
-            self._http.before_hooks.insert(0, self.faults.before)
-            self._http.body_writer = self.faults.write
+        self._http.before_hooks.insert(0, self.faults.before)
+        self._http.body_writer = self.faults.write
         port = self._http.port
         self.base_url = f"http://{self.settings.host}:{port}"
         self.signed_base_url = f"http://{self.settings.signed_host}:{port}"
         self.tap_url = f"{self.base_url}/tap"
         self.datalink_url = f"{self.base_url}/datalink/links"
         self.signer = UrlSigner(self.settings.url_lifetime)
+        self.soda_url = f"{self.base_url}/cutout/sync"
         self._products_by_path = {p.file_path: p for p in self.sky.products}
+        self._products_by_did = {p.obs_publisher_did: p for p in self.sky.products}
         if self.settings.cache_dir:
             self._tmp = None
             cache = (
@@ -194,6 +219,10 @@ class EmbeddedArchive:
         with self._stats_lock:
             self._stats.clear()
 
+    def set_faults(self, plan: FaultPlan) -> None:
+        """Change the injected faults of a running archive (tests switch them per case)."""
+        self.faults.configure(plan)
+
     def truth(self, ra: float, dec: float) -> frozenset[str]:
         """``obs_publisher_did`` of every image whose pixels (header WCS) contain the point."""
         return frozenset(self.sky.product(pid).obs_publisher_did for pid in self.sky.truth(ra, dec))
@@ -251,7 +280,16 @@ class EmbeddedArchive:
             if parts[1:] == ["reset"] and request.method == "POST":
                 self.reset_stats()
                 return text(200, "reset")
-            return Response(200, json.dumps(self.stats()).encode(), "application/json")
+            body = {"endpoints": self.stats(), "faults": self.faults.report()}
+            return Response(200, json.dumps(body).encode(), "application/json")
+        if head == "_faults" and request.method == "POST":
+            try:
+                self.set_faults(
+                    FaultPlan.parse(request.params("fault"), seed=int(request.param("seed", "0")))
+                )
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            return text(200, "faults set")
         if head == "_truth":
             return self._truth(request)
         return text(404, f"no such resource: {request.path}")
@@ -288,7 +326,9 @@ class EmbeddedArchive:
         return text(404, f"no such resource: {request.path}")
 
     # -- queries -----------------------------------------------------------------------
-    def execute(self, params: list[tuple[str, str]]) -> tuple[bytes, str | None]:
+    def execute(
+        self, params: list[tuple[str, str]], files: dict[str, Upload] | None = None
+    ) -> tuple[bytes, str | None]:
         """Run a TAP query from its DALI parameters: (VOTable, error message or None)."""
         lookup = {}
         for key, value in params:
@@ -312,12 +352,35 @@ class EmbeddedArchive:
             if self.settings.query_delay:
                 time.sleep(self.settings.query_delay)
             disabled = frozenset(ALL_GEOMETRY) - set(self.settings.geometry_functions)
-            result = run_adql(query, self.tables, maxrec, disabled_functions=disabled)
-            return results_votable(
-                result.table, overflow=result.overflow, binary=fmt in BINARY2_FORMATS
-            ), None
+            uploads = [v for k, v in params if k.upper() == "UPLOAD"]
+            tables = self.tables
+            if uploads:
+                tables = {**self.tables, **load_uploads(uploads, files or {}, _fetch_upload)}
+            result = run_adql(query, tables, maxrec, disabled_functions=disabled)
+            descriptors, ids = self._result_descriptors(result.table.colnames)
+            body = results_votable(
+                result.table,
+                overflow=result.overflow,
+                binary=fmt in BINARY2_FORMATS,
+                field_ids=ids,
+                resources=descriptors,
+            )
+            return body, None
         except AdqlError as exc:
             return error_votable(str(exc)), str(exc)
+
+    def _result_descriptors(self, columns: list[str]) -> tuple[tuple[str, ...], frozenset[str]]:
+        """The Datalink descriptor ObsCore results carry, in the profile's shape."""
+        if self.settings.profile == "rubin":
+            if "access_url" in columns:
+                return (obscore_datalink_descriptor(self.datalink_url, rubin=True),), frozenset()
+            return (), frozenset()
+        if "obs_publisher_did" in columns:
+            return (
+                (obscore_datalink_descriptor(self.datalink_url, rubin=False),),
+                frozenset({"obs_publisher_did"}),
+            )
+        return (), frozenset()
 
     def _maxrec(self, value: str | None) -> int:
         if value is None or value == "":
@@ -334,7 +397,7 @@ class EmbeddedArchive:
         if request.method not in ("GET", "POST"):
             return text(405, "use GET or POST")
         started = time.monotonic()
-        body, error = self.execute([*request.query, *request.form])
+        body, error = self.execute([*request.query, *request.form], request.files)
         limit = self.settings.sync_timeout
         if limit is not None and time.monotonic() - started > limit:
             # what a gateway in front of a real service answers: HTML, not VOTable
@@ -347,7 +410,7 @@ class EmbeddedArchive:
         return Response(400 if error else 200, body, VOTABLE_CONTENT_TYPE)
 
     def _run_job(self, job: Job) -> JobOutcome:
-        body, error = self.execute(job.parameters)
+        body, error = self.execute(job.parameters, job.uploads)
         if error:
             return JobOutcome(error_message=error, error_document=body)
         return JobOutcome(result=body)
@@ -357,7 +420,7 @@ class EmbeddedArchive:
         if not rest:
             if request.method == "POST":
                 params = [*request.query, *request.form]
-                job = self.jobs.create(params)
+                job = self.jobs.create(params, uploads=request.files)
                 if (request.param("PHASE") or "").upper() == "RUN":
                     self.jobs.start(job)
                 return redirect(f"{base}/{job.job_id}")
@@ -434,6 +497,7 @@ class EmbeddedArchive:
                 f"job {job.job_id} is {job.phase}; parameters can only change while PENDING"
             )
         job.parameters.extend([*request.query, *request.form])
+        job.uploads.update(request.files)
         return redirect(job_url)
 
     def _job_attribute(self, request: Request, job: Job, job_url: str, what: str) -> Response:
@@ -483,14 +547,22 @@ class EmbeddedArchive:
         if not ids:
             body = error_votable("UsageFault: missing ID parameter")
             return Response(400, body, VOTABLE_CONTENT_TYPE)
-        links = links_for(ids, self._product_by_id, self._sign, lambda p: self.sky.fits_size(p.id))
-        return Response(200, links_votable(links), VOTABLE_CONTENT_TYPE)
+        links = links_for(
+            ids,
+            self._product_by_id,
+            self._sign,
+            lambda p: self.sky.fits_size(p.id),
+            cutout_service=CUTOUT_SERVICE_ID,
+        )
+        descriptor = cutout_descriptor(self.soda_url, ids)
+        return Response(200, links_votable(links, (descriptor,)), VOTABLE_CONTENT_TYPE)
 
     def _product_by_id(self, ident: str):
+        """Datalink IDs are the butler-style IDs in access_url, or obs_publisher_did."""
         try:
             return self.sky.product(ident)
         except KeyError:
-            return None
+            return self._products_by_did.get(ident)
 
     def _sign(self, product) -> str:
         return self.signer.sign(self.signed_base_url, f"/files/{product.file_path}")

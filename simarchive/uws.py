@@ -50,6 +50,7 @@ class Job:
     execution_duration: int = 600
     destruction: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(days=7))
     outcome: JobOutcome | None = None
+    uploads: dict = field(default_factory=dict)  # multipart parts (TAP_UPLOAD tables)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def set_phase(self, phase: str) -> None:
@@ -117,10 +118,21 @@ class JobStore:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="uws")
 
-    def create(self, parameters: list[tuple[str, str]], owner: str | None = None) -> Job:
+    def create(
+        self,
+        parameters: list[tuple[str, str]],
+        owner: str | None = None,
+        uploads: dict | None = None,
+    ) -> Job:
         self._expire()
         run_id = next((v for k, v in parameters if k.lower() == "runid"), None)
-        job = Job(job_id=secrets.token_hex(8), parameters=parameters, owner=owner, run_id=run_id)
+        job = Job(
+            job_id=secrets.token_hex(8),
+            parameters=parameters,
+            owner=owner,
+            run_id=run_id,
+            uploads=dict(uploads or {}),
+        )
         with self._lock:
             self._jobs[job.job_id] = job
         return job

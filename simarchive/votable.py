@@ -10,7 +10,7 @@ astropy column ``meta`` of the archive's tables.
 from __future__ import annotations
 
 import io
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 import numpy as np
 from astropy.io.votable import from_table
@@ -52,12 +52,21 @@ def _ascii_strings(table: Table) -> Table:
     return out
 
 
-def results_votable(table: Table, *, overflow: bool = False, binary: bool = False) -> bytes:
+def results_votable(
+    table: Table,
+    *,
+    overflow: bool = False,
+    binary: bool = False,
+    field_ids: frozenset[str] = frozenset(),
+    resources: tuple[str, ...] = (),
+) -> bytes:
     """Serialise a query result as a TAP result document.
 
     ``QUERY_STATUS=OK`` precedes the table; on overflow a second ``QUERY_STATUS=OVERFLOW``
     follows it, as TAP 1.1 §4.9 asks, so a client reading to the end learns the result was
     truncated at MAXREC (pyvo takes the last status and warns ``DALOverflowWarning``).
+    ``field_ids`` gives those FIELDs an XML ID (service descriptors ``ref`` them) and
+    ``resources`` are extra RESOURCE elements, such as DataLink service descriptors.
     """
     votable = from_table(_ascii_strings(table))
     resource = votable.resources[0]
@@ -74,6 +83,8 @@ def results_votable(table: Table, *, overflow: bool = False, binary: bool = Fals
             field.description = col.description
         if field.datatype == "char":
             field.arraysize = "*"
+        if field.name in field_ids:
+            field.ID = field.name
     buf = io.BytesIO()
     votable.to_xml(buf, tabledata_format="binary2" if binary else "tabledata")
     data = buf.getvalue()
@@ -81,6 +92,9 @@ def results_votable(table: Table, *, overflow: bool = False, binary: bool = Fals
         marker = b"</RESOURCE>"
         pos = data.rfind(marker)
         data = data[:pos] + b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' + data[pos:]
+    if resources:
+        end = data.rfind(b"</VOTABLE>")
+        data = data[:end] + "".join(resources).encode() + data[end:]
     return data
 
 
@@ -94,7 +108,3 @@ def error_votable(message: str) -> bytes:
         "  </RESOURCE>\n"
         "</VOTABLE>\n"
     ).encode()
-
-
-def info_element(name: str, value: str) -> str:
-    return f"<INFO name={quoteattr(name)} value={quoteattr(value)}/>"
