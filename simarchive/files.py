@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .httpcore import FileBody, Response
@@ -31,13 +32,19 @@ class FitsCache:
 
     def ensure(self, product) -> tuple[Path, str]:
         """Return the file for ``product`` and its MD5 (the ETag), writing it if needed."""
-        path = self._dir / product.file_path
+        return self.ensure_derived(
+            product.file_path, lambda tmp: self._sky.write_fits(product.id, tmp)
+        )
+
+    def ensure_derived(self, rel_path: str, write: Callable[[str], None]) -> tuple[Path, str]:
+        """Return a cached file (and its MD5), producing it with ``write(tmp_path)`` once."""
+        path = self._dir / rel_path
         md5_path = path.with_name(path.name + ".md5")
-        with self._lock(product.id):
+        with self._lock(rel_path):
             if not md5_path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                self._sky.write_fits(product.id, str(tmp))
+                write(str(tmp))
                 digest = hashlib.md5()
                 with open(tmp, "rb") as fh:
                     for block in iter(lambda: fh.read(1 << 20), b""):
@@ -45,6 +52,14 @@ class FitsCache:
                 os.replace(tmp, path)
                 md5_path.write_text(digest.hexdigest())
             return path, md5_path.read_text().strip()
+
+    def existing(self, rel_path: str) -> tuple[Path, str] | None:
+        """A file produced earlier by ``ensure_derived``, or None."""
+        path = self._dir / rel_path
+        md5_path = path.with_name(path.name + ".md5")
+        if not md5_path.exists() or ".." in Path(rel_path).parts:
+            return None
+        return path, md5_path.read_text().strip()
 
 
 def file_response(

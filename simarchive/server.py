@@ -7,6 +7,7 @@ pointing at cloud storage), so clients must not assume data lives with the servi
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -35,6 +36,7 @@ from .httpcore import (
     text,
 )
 from .signing import UrlSigner
+from .soda import SodaError, parse_soda_params, write_cutout
 from .sky import Sky, SkyConfig
 from .tapschema import PublishedTable, build_tap_schema
 from .uploads import MAX_UPLOAD_BYTES, load_uploads
@@ -49,7 +51,9 @@ ALL_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS", "
 # What the RSP's TAPRegExt capabilities advertise (NOTES.md): no INTERSECTS, no BOX.
 RUBIN_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "DISTANCE", "CONTAINS")
 PROFILES = ("generic", "rubin")
-PROTECTED = ("tap", "datalink", "cutout")  # endpoints that want a bearer token when auth is on
+# endpoints that want a bearer token when auth is on
+PROTECTED = ("tap", "datalink", "cutout")
+CUTOUT_DIR = "cutouts"  # where SODA results live in the file cache (served like files)
 VOTABLE_FORMATS = {
     "votable",
     "application/x-votable+xml",
@@ -276,6 +280,8 @@ class EmbeddedArchive:
             return self._datalink(request)
         if head == "files":
             return self._file(request)
+        if head == "cutout" and parts[1:] == ["sync"]:
+            return self._cutout(request)
         if head == "_stats":
             if parts[1:] == ["reset"] and request.method == "POST":
                 self.reset_stats()
@@ -580,13 +586,37 @@ class EmbeddedArchive:
                 f"<Message>{refusal}</Message></Error>"
             ).encode()
             return Response(403, body, "application/xml")
-        product = self._products_by_path.get(unquote(path)[len("/files/") :])
-        if product is None:
+        rel = unquote(path)[len("/files/") :]
+        product = self._products_by_path.get(rel)
+        if product is not None:
+            file_path, etag = self.files.ensure(product)
+        elif rel.startswith(CUTOUT_DIR + "/") and (found := self.files.existing(rel)):
+            file_path, etag = found
+        else:
             return text(404, f"no such file: {path}")
-        file_path, etag = self.files.ensure(product)
         return file_response(
             file_path, etag, request.header("range"), request.header("if-none-match")
         )
+
+    def _cutout(self, request: Request) -> Response:
+        """SODA sync, as the RSP serves it: one ID, one shape, a redirect to the result."""
+        try:
+            ident, shape = parse_soda_params([*request.query, *request.form])
+        except SodaError as exc:
+            return text(exc.status, str(exc))
+        product = self._product_by_id(ident)
+        if product is None:
+            return text(404, f"NotFoundFault: {ident} is not a known dataset")
+        source, _ = self.files.ensure(product)
+        digest = hashlib.sha1(f"{product.id}|{shape}".encode()).hexdigest()[:24]
+        rel = f"{CUTOUT_DIR}/{digest}.fits"
+        try:
+            self.files.ensure_derived(
+                rel, lambda tmp: write_cutout(str(source), shape, tmp, dataset_id=ident)
+            )
+        except SodaError as exc:
+            return text(exc.status, str(exc))
+        return redirect(self.signer.sign(self.signed_base_url, f"/files/{rel}"))
 
     def _truth(self, request: Request) -> Response:
         try:

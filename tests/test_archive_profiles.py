@@ -139,3 +139,40 @@ def test_auth_switch_requires_bearer_token_on_services_only():
         secured.reset_stats()
         assert requests.get(url, timeout=30).status_code == 200  # signed URLs need no token
         assert secured.stats()["files"]["authorization"] == 0
+
+
+def test_soda_cutout_through_pyvo_has_correct_wcs(archive):
+    """Datalink #cutout → SODA sync (one ID, one circle) → redirect → FITS with right WCS."""
+    import io
+
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    service = pyvo.dal.TAPService(archive.tap_url)
+    truth = archive.truth(TARGET_RA, TARGET_DEC)
+    rows = service.search(
+        point_query(TARGET_RA, TARGET_DEC).replace("SELECT obs_publisher_did", "SELECT *")
+        + " AND calib_level = 2"
+    )
+    row = next(r for r in rows if r["obs_publisher_did"] in truth)
+    stream = row.processed(circle=(TARGET_RA, TARGET_DEC, 0.01) * u.deg)  # SodaRecordMixin
+    with fits.open(io.BytesIO(stream.read())) as cutout:
+        assert "SODA ID" in cutout[0].header
+        header = cutout[1].header  # HDU0 is the primary header, as in Rubin files
+        wcs = WCS(header)
+        x, y = wcs.world_to_pixel(SkyCoord(TARGET_RA, TARGET_DEC, unit="deg"))
+        ny, nx = cutout[1].data.shape
+        assert abs(x - (nx - 1) / 2) < 1.5 and abs(y - (ny - 1) / 2) < 1.5
+        assert nx < row["s_xel1"] and ny < row["s_xel2"]
+    # Datalink offers the cutout as a #cutout row pointing at the cutout-sync descriptor
+    links = DatalinkResults.from_result_url(row["access_url"])
+    cutout_rows = [r for r in links if r["semantics"] == "#cutout"]
+    assert cutout_rows and cutout_rows[0]["service_def"] == "cutout-sync"
+    reply = requests.get(
+        archive.soda_url, params={"ID": "butler://dp02/nope", "CIRCLE": "62 -37 0.01"}, timeout=10
+    )
+    assert reply.status_code == 404 and reply.text.startswith("NotFoundFault")
+    reply = requests.get(archive.soda_url, params={"ID": "x", "CIRCLE": "62 -97 0.01"}, timeout=10)
+    assert reply.status_code == 400 and reply.text.startswith("UsageFault")
