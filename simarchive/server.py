@@ -36,8 +36,8 @@ from .httpcore import (
     text,
 )
 from .signing import UrlSigner
-from .soda import SodaError, parse_soda_params, write_cutout
 from .sky import Sky, SkyConfig
+from .soda import SodaError, parse_soda_params, write_cutout
 from .tapschema import PublishedTable, build_tap_schema
 from .uploads import MAX_UPLOAD_BYTES, load_uploads
 from .uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
