@@ -1,0 +1,215 @@
+"""The harvest's parameters: one set of pydantic models for the Prefect UI form, the YAML
+profiles in ``config/`` and the command line.
+
+Unknown keys are refused (a typo in a profile must not silently mean "default"), and every
+value is checked before any work starts; errors name the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+from urllib.parse import urlsplit
+
+from astropy.time import Time
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_BAND = re.compile(r"^[A-Za-z0-9_]{1,16}$")
+_SUBTYPE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(value: str, what: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{what} must be an absolute {'/'.join(schemes)} URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class EmbeddedArchive(Model):
+    """Start obsharvest's embedded archive in-process and harvest from it (demo, tests)."""
+
+    seed: int = 42
+    n_visits: int = Field(120, ge=1, le=100_000)
+    binning: int = Field(10, ge=1, le=100)
+    profile: Literal["generic", "rubin"] = "generic"
+    naming: Literal["dp02", "dp1"] = "dp02"
+    port: int = Field(0, ge=0, le=65535)
+
+
+class Service(Model):
+    """The ObsTAP service. The token is never part of the parameters: it comes from the
+    environment variable ``token_env`` or the Prefect Secret block ``token_secret_block``."""
+
+    tap_url: str | None = None
+    embedded: EmbeddedArchive | None = None
+    token_env: str = "ACCESS_TOKEN"
+    token_secret_block: str | None = None
+    band_column: str = "lsst_band"
+    extra_token_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("tap_url")
+    @classmethod
+    def _tap(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value, "tap_url", ("http", "https"))
+
+    @field_validator("band_column")
+    @classmethod
+    def _band_column(cls, value: str) -> str:
+        if not _IDENT.match(value):
+            raise ValueError(f"{value!r} is not an ADQL column name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Service:
+        if (self.tap_url is None) == (self.embedded is None):
+            raise ValueError("give exactly one of tap_url or embedded")
+        return self
+
+
+def _mjd(value: float | str | None, what: str) -> float | None:
+    """MJD from a number or an ISO time string (UTC)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(value)
+        except ValueError:
+            try:
+                number = float(Time(value, format="isot", scale="utc").mjd)
+            except ValueError:
+                raise ValueError(f"{what} {value!r} is neither an MJD nor an ISO time") from None
+    if not math.isfinite(number) or not 0 < number < 200_000:
+        raise ValueError(f"{what} {value!r} is not a plausible MJD")
+    return number
+
+
+class Constraints(Model):
+    bands: list[str] = Field(default_factory=list)
+    subtypes: list[str] = Field(default_factory=list, description="dataproduct_subtype values")
+    calib_levels: list[int] = Field(default_factory=list)
+    time_start: float | str | None = Field(None, description="MJD or ISO time (UTC)")
+    time_end: float | str | None = Field(None, description="MJD or ISO time (UTC)")
+    extra_where: str | None = Field(
+        None, description="TRUSTED raw ADQL ANDed into every query; never fill from untrusted input")
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _BAND.match(value):
+                raise ValueError(f"band {value!r} may only contain letters, digits and _")
+        return values
+
+    @field_validator("subtypes")
+    @classmethod
+    def _subtypes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _SUBTYPE.match(value):
+                raise ValueError(f"subtype {value!r} has characters not allowed")
+        return values
+
+    @field_validator("calib_levels")
+    @classmethod
+    def _levels(cls, values: list[int]) -> list[int]:
+        for value in values:
+            if not 0 <= value <= 4:
+                raise ValueError(f"calib_level {value} is not in 0..4")
+        return values
+
+    @model_validator(mode="after")
+    def _times(self) -> Constraints:
+        start = _mjd(self.time_start, "time_start")
+        end = _mjd(self.time_end, "time_end")
+        if start is not None and end is not None and start > end:
+            raise ValueError(f"time_start {self.time_start} is after time_end {self.time_end}")
+        return self
+
+    @property
+    def mjd_range(self) -> tuple[float | None, float | None]:
+        return _mjd(self.time_start, "time_start"), _mjd(self.time_end, "time_end")
+
+
+class Query(Model):
+    strategy: Literal["per_target", "batched", "upload"] = "upload"
+    mode: Literal["sync", "async"] = "async"
+    maxrec: int | None = Field(None, ge=1)
+    batch_size: int = Field(100, ge=1, le=10_000, description="targets per OR-batch or upload")
+    deadline_seconds: float = Field(1800, gt=0, description="an async job is aborted after this")
+    prefilter_radius: float = Field(
+        0.25, gt=0, le=5, description="deg; services without INTERSECTS: how far an image centre "
+        "may lie outside a target circle")
+
+
+class Concurrency(Model):
+    targets_per_task: int = Field(500, ge=1, description="targets per query task")
+    images_per_task: int = Field(250, ge=1, description="images per Datalink/verify/store task")
+    task_workers: int = Field(2, ge=1, le=64, description="Prefect tasks running at once")
+    datalink_workers: int = Field(4, ge=1, le=64)
+    datalink_batch: int = Field(50, ge=1, le=1000, description="IDs per Datalink request")
+    verify_workers: int = Field(8, ge=1, le=128, description="header reads at once per task")
+    download_workers: int = Field(4, ge=1, le=64, description="downloads at once per task")
+
+
+class Retry(Model):
+    attempts: int = Field(6, ge=1, le=100)
+    initial_wait: float = Field(0.5, ge=0)
+    max_wait: float = Field(30.0, gt=0)
+    deadline_seconds: float = Field(600.0, gt=0, description="all attempts of one request")
+
+
+class Verification(Model):
+    mode: Literal["skip", "record-only", "off"] = Field(
+        "skip", description="skip: verify and download only images containing a target; "
+        "record-only: verify, download everything; off: no header reads")
+    margin_px: float = Field(0.0, ge=0, le=1000, description="pixels of tolerance at the edges")
+    header_block_size: int = Field(32768, ge=2880, description="bytes per HTTP range read")
+
+
+class Storage(Model):
+    url: str | None = Field(None, description="where FITS go; default <output_url>/fits")
+    storage_options: dict = Field(default_factory=dict)
+
+
+class HarvestParams(Model):
+    """Everything one harvest needs; the Prefect UI shows this as the run form."""
+
+    service: Service
+    targets: str | None = Field(None, description="target list: CSV, ECSV, Parquet or VOTable path/URL")
+    ra: float | str | None = None
+    dec: float | str | None = None
+    radius: float | None = Field(None, gt=0, le=10, description="deg; overlap instead of containment")
+    target_name: str | None = None
+    constraints: Constraints = Field(default_factory=Constraints)
+    query: Query = Field(default_factory=Query)
+    concurrency: Concurrency = Field(default_factory=Concurrency)
+    retry: Retry = Field(default_factory=Retry)
+    verification: Verification = Field(default_factory=Verification)
+    storage: Storage = Field(default_factory=Storage)
+    output_url: str = Field("output/harvest", description="holds metadata/ (Parquet) and, by default, fits/")
+    output_storage_options: dict = Field(default_factory=dict)
+    plan: bool = Field(False, description="dry run: query, verify and write Parquet; download nothing")
+
+    @model_validator(mode="after")
+    def _targets(self) -> HarvestParams:
+        single = self.ra is not None or self.dec is not None
+        if single and (self.ra is None or self.dec is None):
+            raise ValueError("give both ra and dec")
+        if single == (self.targets is not None):
+            raise ValueError("give either targets (a file) or ra and dec, not both or neither")
+        return self
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage.url or self.output_url.rstrip("/") + "/fits"
+
+    @property
+    def storage_options(self) -> dict:
+        return self.storage.storage_options or self.output_storage_options

@@ -1,0 +1,389 @@
+"""ObsCore queries through pyvo: sync or async (UWS) with a deadline, retries, no truncation.
+
+The seed tutorial runs one async query per position and waits with no limit. Here a
+query serves many targets (an OR-batch or a TAP_UPLOAD join), transient failures are
+retried by ``RetryPolicy``, an async job has an overall deadline (pyvo's ``wait`` has
+none), and a result cut at MAXREC (``QUERY_STATUS=OVERFLOW``) is split and re-run until
+complete: targets halves first, then time halves for a single busy target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyvo
+from astropy.table import Table, vstack
+from pyvo.dal import DALOverflowWarning, DALQueryError
+
+from simarchive import geometry
+
+from .adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
+from .models import Target
+from .retry import RetryPolicy, TransientError
+
+log = logging.getLogger(__name__)
+
+FINAL_PHASES = {"COMPLETED", "ERROR", "ABORTED"}
+GEOMETRY_FEATURES = "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo"
+UPLOAD_INLINE = "ivo://ivoa.net/std/TAPRegExt#upload-inline"
+EARLIEST_MJD, LATEST_MJD = 40000.0, 80000.0  # bounds for splitting an open time range
+
+
+class QueryError(Exception):
+    """A query failed for good (bad ADQL, deadline passed, cannot split): not retried."""
+
+
+@dataclass(frozen=True)
+class ServiceFeatures:
+    """What the service's TAPRegExt capabilities say it can do."""
+
+    intersects: bool = True
+    upload: bool = True
+    maxrec_hard: int | None = None
+
+
+def probe_features(service: pyvo.dal.TAPService, retry: RetryPolicy) -> ServiceFeatures:
+    """Read capabilities once; a service that describes nothing gets the ADQL 2.0 default."""
+
+    def read() -> ServiceFeatures:
+        capability = service.get_tap_capability()
+        adql = capability.get_adql()
+        forms = {f.form.upper() for f in adql.get_feature_list(GEOMETRY_FEATURES)}
+        uploads = {str(m.ivo_id) for m in capability.uploadmethods}
+        hard = (
+            capability.outputlimit.hard.content
+            if capability.outputlimit and capability.outputlimit.hard
+            else None
+        )
+        return ServiceFeatures(
+            intersects="INTERSECTS" in forms if forms else True,
+            upload=any(u.startswith(UPLOAD_INLINE) for u in uploads),
+            maxrec_hard=int(hard) if hard else None,
+        )
+
+    return retry.call(read, "reading TAP capabilities")
+
+
+@dataclass
+class QueryOptions:
+    mode: str = "async"  # "sync" | "async"
+    maxrec: int | None = None  # None: the service default
+    deadline: float = 1800.0  # seconds an async job may take before it is aborted
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll_wait: float = 10.0  # UWS WAIT per poll
+
+
+def run_query(
+    service: pyvo.dal.TAPService,
+    adql: str,
+    options: QueryOptions,
+    uploads: dict | None = None,
+) -> tuple[Table, bool]:
+    """Run one query to completion: (rows, overflowed)."""
+    if options.mode == "sync":
+
+        def sync():
+            return service.run_sync(adql, maxrec=options.maxrec, uploads=uploads)
+
+        result = options.retry.call(sync, "sync TAP query")
+    else:
+        result = options.retry.call(
+            lambda: _run_async(service, adql, options, uploads), "async TAP query"
+        )
+    overflow = str(result.status[0]).upper() == "OVERFLOW"
+    return result.to_table(), overflow
+
+
+def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
+    job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
+    try:
+        job.run()
+        deadline = time.monotonic() + options.deadline
+        while True:
+            phase = job.phase
+            if phase in FINAL_PHASES:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                job.abort()
+                raise QueryError(
+                    f"TAP job {job.job_id} still {phase} after {options.deadline:.0f} s; aborted"
+                )
+            try:  # UWS 1.1 blocking: returns when the phase changes or after WAIT seconds
+                service._session.get(
+                    job.url,
+                    params={"WAIT": int(min(options.poll_wait, remaining)) or 1, "PHASE": phase},
+                    timeout=options.poll_wait + 30,
+                )
+            except Exception:  # a failed long poll is harmless: the next phase read retries
+                time.sleep(0.5)
+        if phase == "ERROR":
+            try:
+                job.raise_if_error()
+            except DALQueryError as exc:
+                raise DALQueryError(f"{exc} (job {job.url})") from None
+        if phase == "ABORTED":
+            raise TransientError(f"TAP job {job.job_id} was aborted by the service")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DALOverflowWarning)  # we read the status ourselves
+            return job.fetch_result()
+    finally:
+        try:
+            job.delete()
+        except Exception:  # deleting is a courtesy; the service expires jobs anyway
+            log.debug("could not delete job %s", getattr(job, "url", "?"))
+
+
+# -- many targets, complete results ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Strategy:
+    kind: str = "upload"  # "per_target" | "batched" | "upload"
+    batch_size: int = 50  # targets per OR-batch or upload
+    prefilter_radius: float = 0.25  # deg: how far an image centre may lie from a circle's edge
+
+
+def associate(rows: Table, targets: Sequence[Target], *, intersects: bool) -> Table:
+    """Tie each result row to the targets of its query whose position (or circle) it serves.
+
+    A row of an OR-batch may serve several targets, so it is repeated per target. A
+    single-target query needs no test unless it came through the centre-distance
+    pre-filter (radius target, no INTERSECTS), which only finds candidates. Rows whose
+    ``s_region`` cannot be parsed are kept for every target: the WCS check decides.
+    """
+    if len(rows) == 0:
+        return parts_or_empty(rows)
+    single = len(targets) == 1
+    regions = None
+    pieces = []
+    for target in targets:
+        if single and (not target.radius or intersects):
+            keep = np.ones(len(rows), dtype=bool)
+        else:
+            if regions is None:
+                regions = geometry.parse_regions([str(s) for s in rows["s_region"]])
+            ra, dec = np.array([target.ra]), np.array([target.dec])
+            if target.radius:
+                hit, null = geometry.intersects(
+                    geometry.circles(ra, dec, np.array([target.radius])), regions
+                )
+            else:
+                hit, null = geometry.contains(geometry.points(ra, dec), regions)
+            keep = np.asarray(hit, dtype=bool) | np.asarray(null, dtype=bool)
+        if keep.any():
+            part = rows[keep]
+            part[TARGET_COLUMN] = np.array([target.name] * len(part), dtype=str)
+            pieces.append(part)
+    if not pieces:
+        return parts_or_empty(rows)
+    return vstack(pieces, metadata_conflicts="silent")
+
+
+def _upload_table(targets: Sequence[Target]) -> Table:
+    return Table(
+        {
+            "name": np.array([t.name for t in targets], dtype=str),
+            "ra": np.array([t.ra for t in targets], dtype=float),
+            "dec": np.array([t.dec for t in targets], dtype=float),
+            "radius": np.array([t.radius or 0.0 for t in targets], dtype=float),
+        }
+    )
+
+
+def query_targets(
+    service: pyvo.dal.TAPService,
+    targets: Sequence[Target],
+    constraints: Constraints,
+    strategy: Strategy,
+    features: ServiceFeatures,
+    options: QueryOptions,
+    on_query: Callable[[str], None] | None = None,
+) -> Table:
+    """All ObsCore rows for ``targets``, each tied to its target by ``obsh_target``."""
+    kind = strategy.kind
+    if kind == "upload" and not features.upload:
+        kind = "batched"
+    size = 1 if kind == "per_target" else strategy.batch_size
+    tables = []
+    for start in range(0, len(targets), size):
+        chunk = list(targets[start : start + size])
+        if kind == "upload":
+            for with_radius in (False, True):
+                group = [t for t in chunk if bool(t.radius) == with_radius]
+                if group:
+                    tables.append(
+                        _complete(
+                            service,
+                            group,
+                            constraints,
+                            strategy,
+                            features,
+                            options,
+                            on_query,
+                            upload=True,
+                            with_radius=with_radius,
+                        )
+                    )
+        else:
+            tables.append(
+                _complete(
+                    service,
+                    chunk,
+                    constraints,
+                    strategy,
+                    features,
+                    options,
+                    on_query,
+                    upload=False,
+                    with_radius=False,
+                )
+            )
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return Table()
+    rows = vstack(tables, metadata_conflicts="silent")
+    return _unique_pairs(rows)
+
+
+def _unique_pairs(rows: Table) -> Table:
+    """Drop repeats of a (target, image) pair (time splits overlap at their boundary)."""
+    key = [
+        f"{t}\x00{d}" for t, d in zip(rows[TARGET_COLUMN], rows["obs_publisher_did"], strict=True)
+    ]
+    _, first = np.unique(np.array(key, dtype=object), return_index=True)
+    return rows[np.sort(first)]
+
+
+def _complete(
+    service,
+    targets,
+    constraints,
+    strategy,
+    features,
+    options,
+    on_query,
+    *,
+    upload: bool,
+    with_radius: bool,
+) -> Table:
+    """Query until nothing was cut off by MAXREC: split targets, then time."""
+    if upload:
+        adql = upload_query(
+            constraints,
+            with_radius=with_radius,
+            intersects=features.intersects,
+            prefilter_radius=strategy.prefilter_radius,
+        )
+        uploads = {"targets": _upload_table(targets)}
+    else:
+        adql = obscore_query(
+            targets,
+            constraints,
+            intersects=features.intersects,
+            prefilter_radius=strategy.prefilter_radius,
+        )
+        uploads = None
+    if on_query:
+        on_query(adql)
+    rows, overflow = run_query(service, adql, options, uploads)
+    if not overflow:
+        if upload:
+            return _refine_upload(rows, targets, features)
+        return associate(rows, targets, intersects=features.intersects)
+    if len(targets) > 1:
+        half = len(targets) // 2
+        log.info("MAXREC overflow for %d targets: splitting", len(targets))
+        parts = [
+            _complete(
+                service,
+                targets[:half],
+                constraints,
+                strategy,
+                features,
+                options,
+                on_query,
+                upload=upload,
+                with_radius=with_radius,
+            ),
+            _complete(
+                service,
+                targets[half:],
+                constraints,
+                strategy,
+                features,
+                options,
+                on_query,
+                upload=upload,
+                with_radius=with_radius,
+            ),
+        ]
+        parts = [p for p in parts if len(p)]
+        return vstack(parts, metadata_conflicts="silent") if parts else parts_or_empty(rows)
+    lo = constraints.t_min if constraints.t_min is not None else EARLIEST_MJD
+    hi = constraints.t_max if constraints.t_max is not None else LATEST_MJD
+    if hi - lo < 1e-5:
+        raise QueryError(
+            f"target {targets[0].name!r}: more than MAXREC={len(rows)} images within one second "
+            "of time; raise maxrec"
+        )
+    mid = (lo + hi) / 2
+    log.info("MAXREC overflow for %s: splitting time %.5f-%.5f", targets[0].name, lo, hi)
+    parts = [
+        _complete(
+            service,
+            targets,
+            constraints.with_time(lo, mid),
+            strategy,
+            features,
+            options,
+            on_query,
+            upload=upload,
+            with_radius=with_radius,
+        ),
+        _complete(
+            service,
+            targets,
+            constraints.with_time(mid, hi),
+            strategy,
+            features,
+            options,
+            on_query,
+            upload=upload,
+            with_radius=with_radius,
+        ),
+    ]
+    parts = [p for p in parts if len(p)]
+    return vstack(parts, metadata_conflicts="silent") if parts else parts_or_empty(rows)
+
+
+def parts_or_empty(rows: Table) -> Table:
+    out = rows[:0].copy()
+    if TARGET_COLUMN not in out.colnames:
+        out[TARGET_COLUMN] = np.array([], dtype=str)
+    return out
+
+
+def _refine_upload(rows: Table, targets: Sequence[Target], features: ServiceFeatures) -> Table:
+    """Upload joins tie rows to targets already; radius targets on a service without
+    INTERSECTS came through a centre-distance pre-filter and are decided exactly here."""
+    if len(rows) == 0 or features.intersects or not any(t.radius for t in targets):
+        return rows
+    by_name = {t.name: t for t in targets}
+    regions = geometry.parse_regions([str(s) for s in rows["s_region"]])
+    keep = np.ones(len(rows), dtype=bool)
+    for i, name in enumerate(rows[TARGET_COLUMN]):
+        target = by_name.get(str(name))
+        if target is None or not target.radius:
+            continue
+        shape = geometry.circles(
+            np.array([target.ra]), np.array([target.dec]), np.array([target.radius])
+        )
+        hit, null = geometry.intersects(shape, regions.take(np.array([i])))
+        keep[i] = bool(hit[0]) or bool(null[0])
+    return rows[keep]

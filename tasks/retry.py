@@ -1,0 +1,127 @@
+"""Which failures are worth retrying, and how long to wait: one policy for every request.
+
+pyvo reports a transient failure in several shapes (NOTES.md): ``DALServiceError`` with
+code 0, 429 or 5xx; ``DALRateLimitError`` with ``retry_after_seconds``; ``DALFormatError``
+whose cause is a connection error or an HTML error page parsed as VOTable; raw
+``requests`` exceptions from ``submit_job``. ``DALQueryError`` means the query itself is
+wrong and is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import requests
+from pyvo.dal import DALFormatError, DALQueryError, DALRateLimitError, DALServiceError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TransientError(Exception):
+    """Raised by obsharvest code for a failure that a later attempt may not meet."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+_TRANSPORT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DALQueryError):
+        return False
+    if isinstance(exc, (TransientError, DALRateLimitError, *_TRANSPORT)):
+        return True
+    if isinstance(exc, DALServiceError):
+        code = exc.code or 0
+        return code == 0 or code == 429 or code >= 500
+    if isinstance(exc, DALFormatError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, _TRANSPORT):
+            return True
+        # an HTML error page (gateway, proxy) parsed as VOTable: the service, not the query
+        text = str(cause or exc).lower()
+        return (
+            "html" in text or "e19" in text or "not well-formed" in text or "syntax error" in text
+        )
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        code = exc.response.status_code
+        return code == 429 or code >= 500
+    return False
+
+
+def retry_after(exc: BaseException | None) -> float | None:
+    """The server's requested pause (429/503 Retry-After), if it gave one."""
+    if isinstance(exc, DALRateLimitError):
+        return exc.retry_after_seconds
+    if isinstance(exc, TransientError):
+        return exc.retry_after
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts and total time per call, with jittered backoff."""
+
+    attempts: int = 6
+    initial_wait: float = 0.5
+    max_wait: float = 30.0
+    deadline: float = 600.0  # seconds for all attempts of one call together
+
+    def retrying(self, describe: str = "request") -> Retrying:
+        backoff = wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            asked = retry_after(exc)
+            computed = backoff(state)
+            return min(max(computed, asked or 0.0), self.max_wait * 4)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "%s failed (attempt %d): %s; retrying",
+                describe,
+                state.attempt_number,
+                one_line(exc),
+            )
+
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait,
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def call(self, fn: Callable[[], T], describe: str = "request") -> T:
+        return self.retrying(describe)(fn)
+
+
+def one_line(exc: BaseException | None) -> str:
+    """A short, single-line description of an error with URL query strings removed."""
+    if exc is None:
+        return "unknown error"
+    from .redact import redact
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}")[:500]
