@@ -7,6 +7,9 @@
   with ``MP_*`` bit-plane keywords, HDU3 ``VARIANCE`` float32, each with the celestial WCS.
 * raw: a single primary HDU of uint16 (BITPIX 16, BZERO 32768) with the nominal
   camera-geometry WCS.
+* DP1 calibrated visit images (visit_image, difference_image) carry a TAN-SIP WCS
+  (``RA---TAN-SIP`` with ``A_*``/``B_*`` and fitted ``AP_*``/``BP_*``); raws and coadds
+  stay plain TAN, as in Rubin's files.
 
 Files are written by hand (header blocks, then big-endian data in row chunks, then
 padding) so that the byte size is known exactly from the headers alone
@@ -70,6 +73,8 @@ class ImageContext:
     n_input_visits: int | None = None
     xy0: tuple[int, int] = (0, 0)
     """LSST pixel origin of the (binned) image, written as LTV1/LTV2 = -XY0."""
+    patches_per_side: int = 7
+    """Of the coadd's skymap, for the PATCH keyword's comment."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def observation_cards(ctx: ImageContext) -> list[tuple[str, object, str]]:
     """Primary-header keywords describing the observation (no WCS here, as in Rubin files)."""
     p = ctx.product
     cards: list[tuple[str, object, str]] = [
-        ("ORIGIN", ORIGIN, "Synthetic data shaped like DP0.2"),
+        ("ORIGIN", ORIGIN, f"Synthetic data shaped like {ctx.naming.label}"),
         ("TELESCOP", ctx.naming.telescope, "Telescope"),
         ("INSTRUME", ctx.naming.instrument_name, "Instrument"),
         ("DATAPROD", p.subtype, "ObsCore dataproduct_subtype"),
@@ -143,7 +148,7 @@ def observation_cards(ctx: ImageContext) -> list[tuple[str, object, str]]:
         cards += [
             ("SKYMAP", ctx.naming.skymap, "Skymap name"),
             ("TRACT", p.tract, "Tract id"),
-            ("PATCH", p.patch, "Patch index (y * 7 + x)"),
+            ("PATCH", p.patch, f"Patch index (y * {ctx.patches_per_side} + x)"),
             ("NINPUTS", ctx.n_input_visits or 0, "Number of input visits"),
             ("PSF_FWHM", round(p.s_resolution, 3), "[arcsec] PSF FWHM"),
         ]

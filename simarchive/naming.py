@@ -1,9 +1,15 @@
-"""Data-release naming tables: collection, dataset types, subtypes, identifier formats.
+"""Data-release tables: collection, dataset types, subtypes, identifiers, survey shape.
 
-Everything that differs between Rubin data previews (DP0.2 now, DP1 later: collection
-``LSST.DP1``, subtypes ``lsst.visit_image`` / ``lsst.deep_coadd`` / ...) lives in one
-:class:`Naming` record so that adding a release is adding a table entry, not code.
-The survey model refers to products by a release-independent *kind*.
+Everything that differs between Rubin data previews lives in one :class:`Naming` record
+so that adding a release is adding a table entry, not code.  The survey model refers to
+products by a release-independent *kind*.  Two releases are known:
+
+* ``dp02`` -- DP0.2 (imSim DC2 over LSSTCam's 189 detectors), as the seed tutorial shows.
+* ``dp1`` -- Data Preview 1 (LSSTComCam, 9 detectors), after dax_obscore's
+  ``configs/dp1.yaml``: collection ``LSST.DP1``, facility ``Rubin:Simonyi``, subtypes
+  ``lsst.raw`` / ``lsst.visit_image`` / ``lsst.difference_image`` / ``lsst.deep_coadd``
+  / ``lsst.template_coadd``, ``ivo://`` identifiers, obs_id = exposure/visit name
+  (shared by the 9 detectors of a visit) and ``{skymap}-{tract}-{patch}`` for coadds.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ COADD_KINDS: Final = (DEEP_COADD, TEMPLATE_COADD)
 
 BANDS: Final = ("u", "g", "r", "i", "z", "y")
 
+VISIT_IDS_RANDOM: Final = "random"
+"""DP0.2-style visit ids: sorted random 6-digit numbers."""
+VISIT_IDS_DAY_OBS: Final = "day_obs"
+"""Rubin-on-sky visit ids: ``day_obs * 100000 + seq_num`` (e.g. ``2024110800253``)."""
+
 
 @dataclass(frozen=True)
 class KindNaming:
@@ -36,31 +47,66 @@ class KindNaming:
     subtype: str
     """ObsCore ``dataproduct_subtype``."""
     calib_level: int
+    o_ucd: str = "phot.count"
+    """ObsCore ``o_ucd`` (DP0.2 uses phot.count throughout; DP1 phot.flux.density)."""
+
+
+@dataclass(frozen=True)
+class SurveyShape:
+    """How a release's visits are laid out: camera, dither, dates, visit numbering.
+
+    DP0.2 spreads 120 LSSTCam visits over 1.5 deg; LSSTComCam's 9 detectors cover only
+    ~0.7 x 0.7 deg, so DP1 dithers tightly (as its seven small fields were) to keep tens
+    of visit images on the field centre.
+    """
+
+    camera: str
+    """Key of :data:`simarchive.focalplane.CAMERAS`."""
+    dither_radius_deg: float
+    mjd_range: tuple[float, float]
+    visit_ids: str
+    """:data:`VISIT_IDS_RANDOM` or :data:`VISIT_IDS_DAY_OBS`."""
+    sip_headers: bool
+    """Calibrated visit images carry a TAN-SIP approximation of the distorted WCS."""
 
 
 @dataclass(frozen=True)
 class Naming:
-    """Release-specific names and identifier formats."""
+    """Release-specific names, identifier formats and survey shape."""
 
     repo: str
+    label: str
+    """Human name of the release, e.g. ``DP0.2`` (FITS ORIGIN comment)."""
     obs_collection: str
     facility_name: str
     instrument_name: str
     telescope: str
     skymap: str
+    """Key of :data:`simarchive.skymap.SKYMAPS`."""
     tract: int
-    filter_fmt: str
-    """Physical filter from band, e.g. ``i_sim_1.4``."""
+    physical_filters: MappingProxyType[str, str]
+    """Physical filter per band, e.g. ``i_sim_1.4`` (DP0.2) or ``i_06`` (LSSTComCam)."""
     id_fmt: str
     """Datalink ID (what ``access_url`` carries)."""
+    id_quote_safe: str
+    """Characters left unescaped when the ID goes into ``access_url``'s query string."""
     did_fmt: str
     """``obs_publisher_did``."""
+    visit_obs_id_fmt: str
+    """obs_id of detector-visit products; fields visit, detector_name, visit_name."""
+    coadd_obs_id_fmt: str
+    """obs_id of coadds; fields skymap, tract, patch, band."""
+    visit_title_fmt: str
+    """obs_title of detector-visit products; fields as obs_id plus dataset_type, band,
+    obs_id and isot (UTC start time)."""
+    coadd_title_fmt: str
     kinds: MappingProxyType[str, KindNaming]
     spectral_ranges_m: MappingProxyType[str, tuple[float, float]]
-    """ObsCore em_min/em_max per band (dax_obscore's DP0.2 configuration)."""
+    """ObsCore em_min/em_max per band (dax_obscore's configuration of the release)."""
+    survey: SurveyShape
 
     def physical_filter(self, band: str) -> str:
-        return self.filter_fmt.format(band=band)
+        return self.physical_filters[band]
 
     def product_id(self, uuid: str) -> str:
         return self.id_fmt.format(repo=self.repo, uuid=uuid)
@@ -87,26 +133,51 @@ class Naming:
         )
 
 
+CAMERA_OBS_PREFIX: Final = MappingProxyType({"LSSTComCam": "CC", "LSSTCam": "MC"})
+"""Two-letter camera code at the start of on-sky observation ids (obs_lsst)."""
+
+
+def visit_name(visit: int, naming: Naming) -> str:
+    """Exposure/visit name as Rubin's registry spells it (``CC_O_20241108_000253``).
+
+    Only meaningful for day_obs visit ids; DP0.2's imSim visits are named by number.
+    """
+    if naming.survey.visit_ids != VISIT_IDS_DAY_OBS:
+        return str(visit)
+    day_obs, seq = divmod(visit, 100_000)
+    return f"{CAMERA_OBS_PREFIX.get(naming.instrument_name, 'XX')}_O_{day_obs}_{seq:06d}"
+
+
 @cache
 def _safe(text: str) -> str:
     """File-name-safe version of a name (``i_sim_1.4`` -> ``i_sim_1_4``, as Rubin does)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
+def _frozen(d: dict) -> MappingProxyType:
+    return MappingProxyType(d)
+
+
 NAMINGS: Final[MappingProxyType[str, Naming]] = MappingProxyType(
     {
         "dp02": Naming(
             repo="dp02",
+            label="DP0.2",
             obs_collection="LSST.DP02",
             facility_name="Vera C. Rubin Observatory",
             instrument_name="LSSTCam-imSim",
             telescope="LSST",
             skymap="DC2",
             tract=3831,
-            filter_fmt="{band}_sim_1.4",
+            physical_filters=_frozen({b: f"{b}_sim_1.4" for b in BANDS}),
             id_fmt="butler://{repo}/{uuid}",
+            id_quote_safe="/",
             did_fmt="ivo://org.rubinobs/usdac/{repo}?repo={repo}&id={uuid}",
-            kinds=MappingProxyType(
+            visit_obs_id_fmt="{visit}-{detector_name}",
+            coadd_obs_id_fmt="{tract}_{patch}_{band}",
+            visit_title_fmt="{dataset_type} {band} {obs_id}",
+            coadd_title_fmt="{dataset_type} {band} {obs_id}",
+            kinds=_frozen(
                 {
                     RAW: KindNaming("raw", "lsst.raw", 1),
                     CALEXP: KindNaming("calexp", "lsst.calexp", 2),
@@ -117,7 +188,7 @@ NAMINGS: Final[MappingProxyType[str, Naming]] = MappingProxyType(
                     TEMPLATE_COADD: KindNaming("goodSeeingCoadd", "lsst.goodSeeingCoadd", 3),
                 }
             ),
-            spectral_ranges_m=MappingProxyType(
+            spectral_ranges_m=_frozen(
                 {
                     "u": (330.0e-9, 400.0e-9),
                     "g": (402.0e-9, 552.0e-9),
@@ -126,6 +197,68 @@ NAMINGS: Final[MappingProxyType[str, Naming]] = MappingProxyType(
                     "z": (818.0e-9, 922.0e-9),
                     "y": (970.0e-9, 1060.0e-9),
                 }
+            ),
+            survey=SurveyShape(
+                camera="LSSTCam",
+                dither_radius_deg=1.5,
+                mjd_range=(59580.0, 61000.0),
+                visit_ids=VISIT_IDS_RANDOM,
+                sip_headers=False,
+            ),
+        ),
+        "dp1": Naming(
+            repo="dp1",
+            label="DP1",
+            obs_collection="LSST.DP1",
+            facility_name="Rubin:Simonyi",
+            instrument_name="LSSTComCam",
+            telescope="Simonyi Survey Telescope",
+            skymap="lsst_cells_v1",
+            tract=5063,
+            # LSSTComCam's filter wheel (obs_lsst): one numbered filter per band
+            physical_filters=_frozen(
+                {"u": "u_02", "g": "g_01", "r": "r_03", "i": "i_06", "z": "z_03", "y": "y_04"}
+            ),
+            id_fmt="ivo://org.rubinobs/lsst-{repo}?repo={repo}&id={uuid}",
+            id_quote_safe="",
+            # dax_obscore's dp1.yaml publishes ivo://org.rubinobs/usdac/lsst-dp1?...; the
+            # brief for this archive asks for the same form as the Datalink ID.
+            did_fmt="ivo://org.rubinobs/lsst-{repo}?repo={repo}&id={uuid}",
+            visit_obs_id_fmt="{visit_name}",
+            coadd_obs_id_fmt="{skymap}-{tract}-{patch}",
+            visit_title_fmt="{dataset_type} - {band} - {visit_name}-{detector_name} {isot}Z",
+            coadd_title_fmt="{dataset_type} - {band} - tract={tract} patch={patch}",
+            kinds=_frozen(
+                {
+                    RAW: KindNaming("raw", "lsst.raw", 1),
+                    CALEXP: KindNaming("visit_image", "lsst.visit_image", 2, "phot.flux.density"),
+                    DIFF: KindNaming(
+                        "difference_image", "lsst.difference_image", 3, "phot.flux.density"
+                    ),
+                    DEEP_COADD: KindNaming("deep_coadd", "lsst.deep_coadd", 3, "phot.flux.density"),
+                    # sic: dp1.yaml spells this one phot.flux_density
+                    TEMPLATE_COADD: KindNaming(
+                        "template_coadd", "lsst.template_coadd", 3, "phot.flux_density"
+                    ),
+                }
+            ),
+            spectral_ranges_m=_frozen(
+                {
+                    "u": (300.0e-9, 393.2e-9),
+                    "g": (402.6e-9, 548.3e-9),
+                    "r": (551.0e-9, 689.1e-9),
+                    "i": (693.6e-9, 818.8e-9),
+                    "z": (819.2e-9, 920.1e-9),
+                    "y": (927.8e-9, 1100.0e-9),
+                }
+            ),
+            survey=SurveyShape(
+                camera="LSSTComCam",
+                dither_radius_deg=0.35,
+                # the LSSTComCam campaign: day_obs 2024-10-24 .. 2024-12-11
+                mjd_range=(60608.0, 60657.0),
+                visit_ids=VISIT_IDS_DAY_OBS,
+                sip_headers=True,
             ),
         ),
     }

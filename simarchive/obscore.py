@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
+from astropy.time import Time
+
+from .naming import visit_name
 
 if TYPE_CHECKING:
     from .sky import Sky
 
 ACCESS_FORMAT: Final = "application/x-votable+xml;content=datalink"
 DATAPRODUCT_TYPE: Final = "image"
-O_UCD: Final = "phot.count"
 UTYPE_PREFIX: Final = "obscore:"
 NUMPY_DTYPES: Final = {"char": "S", "int": np.int32, "long": np.int64, "double": np.float64}
 """numpy dtype kind used for each TAP datatype (char columns are ASCII bytes)."""
@@ -363,9 +365,44 @@ TABLE_DESCRIPTION: Final = (
 )
 
 
-def access_url(datalink_url: str, product_id: str) -> str:
-    """``<datalink>?ID=butler%3A//dp02/<uuid>``: only ':' is escaped, as on the RSP (seed §4.1.2)."""
-    return f"{datalink_url}?ID=" + urllib.parse.quote(product_id, safe="/")
+def access_url(datalink_url: str, product_id: str, safe: str = "/") -> str:
+    """``<datalink>?ID=<quoted id>``, quoted as the release does.
+
+    DP0.2 leaves '/' alone (``ID=butler%3A//dp02/<uuid>``, seed §4.1.2); DP1 escapes it
+    too (``ID=ivo%3A%2F%2Forg.rubinobs%2Flsst-dp1%3Frepo%3Ddp1%26id%3D<uuid>``, as in
+    dax_obscore's dp1.yaml).
+    """
+    return f"{datalink_url}?ID=" + urllib.parse.quote(product_id, safe=safe)
+
+
+def _titles(sky: Sky, kinds: list[str], bands: list[str], obs_ids: list[str]) -> list[str]:
+    """obs_title per row from the release's templates (DP1 names visit, detector, time)."""
+    nm, c = sky.naming, sky.columns
+    dst_of = {k: kn.dataset_type for k, kn in nm.kinds.items()}
+    if nm.visit_title_fmt == nm.coadd_title_fmt == "{dataset_type} {band} {obs_id}":
+        return [f"{dst_of[k]} {b} {o}" for k, b, o in zip(kinds, bands, obs_ids, strict=True)]
+    names = [d.name for d in sky.camera.detectors()]
+    is_visit = np.asarray(c["is_visit"]).tolist()
+    visits = np.asarray(c["visit"], dtype=np.int64).tolist()
+    dets = np.asarray(c["detector"], dtype=np.int64).tolist()
+    patches = np.asarray(c["patch"]).tolist()
+    t = Time(np.asarray(c["t_min"], dtype=np.float64), format="mjd", scale="tai")
+    isot = t.utc.isot.tolist()
+    out = []
+    for i, (k, b, o) in enumerate(zip(kinds, bands, obs_ids, strict=True)):
+        fields: dict[str, object] = dict(dataset_type=dst_of[k], band=b, obs_id=o)
+        if is_visit[i]:
+            fields.update(
+                visit=visits[i],
+                visit_name=visit_name(visits[i], nm),
+                detector_name=names[dets[i]],
+                isot=isot[i],
+            )
+            out.append(nm.visit_title_fmt.format(**fields))
+        else:
+            fields.update(tract=nm.tract, patch=patches[i], skymap=nm.skymap)
+            out.append(nm.coadd_title_fmt.format(**fields))
+    return out
 
 
 def _strings(values: list[str] | np.ndarray) -> np.ndarray:
@@ -402,7 +439,7 @@ def build_obscore_table(sky: Sky, datalink_url: str) -> Table:
     kinds = np.asarray(c["kind"])
     subtype_of = {k: kn.subtype for k, kn in nm.kinds.items()}
     level_of = {k: kn.calib_level for k, kn in nm.kinds.items()}
-    dst_of = {k: kn.dataset_type for k, kn in nm.kinds.items()}
+    ucd_of = {k: kn.o_ucd for k, kn in nm.kinds.items()}
     kind_list = kinds.tolist()
     band = np.asarray(c["band"])
     obs_id = c["obs_id"]
@@ -411,7 +448,10 @@ def build_obscore_table(sky: Sky, datalink_url: str) -> Table:
 
     values: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
         "access_format": (_constant(ACCESS_FORMAT, n), None),
-        "access_url": (_strings([access_url(datalink_url, i) for i in c["id"]]), None),
+        "access_url": (
+            _strings([access_url(datalink_url, i, nm.id_quote_safe) for i in c["id"]]),
+            None,
+        ),
         "calib_level": (np.array([level_of[k] for k in kind_list], dtype=np.int32), None),
         "dataproduct_subtype": (_strings([subtype_of[k] for k in kind_list]), None),
         "dataproduct_type": (_constant(DATAPRODUCT_TYPE, n), None),
@@ -436,19 +476,11 @@ def build_obscore_table(sky: Sky, datalink_url: str) -> Table:
         "lsst_patch": _masked_int(np.asarray(c["patch"], dtype=np.int64), is_visit, np.int64),
         "lsst_tract": _masked_int(np.full(n, nm.tract, dtype=np.int64), is_visit, np.int64),
         "lsst_visit": _masked_int(visit, coadd, np.int64),
-        "o_ucd": (_constant(O_UCD, n), None),
+        "o_ucd": (_strings([ucd_of[k] for k in kind_list]), None),
         "obs_collection": (_constant(nm.obs_collection, n), None),
         "obs_id": (_strings(obs_id), None),
         "obs_publisher_did": (_strings(c["did"]), None),
-        "obs_title": (
-            _strings(
-                [
-                    f"{dst_of[k]} {b} {o}"
-                    for k, b, o in zip(kind_list, band.tolist(), obs_id, strict=True)
-                ]
-            ),
-            None,
-        ),
+        "obs_title": (_strings(_titles(sky, kind_list, band.tolist(), obs_id)), None),
         "pol_xel": (np.zeros(n, dtype=np.int64), none),
         "s_dec": (np.asarray(c["s_dec"], dtype=np.float64), None),
         "s_fov": (np.asarray(c["s_fov"], dtype=np.float64), None),

@@ -18,11 +18,14 @@ class Product:
     """
 
     id: str
-    """Datalink ID, ``butler://dp02/<uuid>``."""
+    """Datalink ID: ``butler://dp02/<uuid>`` (DP0.2) or
+    ``ivo://org.rubinobs/lsst-dp1?repo=dp1&id=<uuid>`` (DP1)."""
     uuid: str
     obs_id: str
-    """Shared by raw/calexp/difference of one detector-visit (``214437-R20_S20``) and by
-    the two coadds of one patch and band (``3831_3_i``)."""
+    """DP0.2: shared by raw/calexp/difference of one detector-visit (``214437-R20_S20``)
+    and by the two coadds of one patch and band (``3831_3_i``).  DP1: the exposure name,
+    shared by all 9 detectors of a visit (``CC_O_20241108_000253``), and
+    ``lsst_cells_v1-5063-14`` for every coadd of a patch."""
     obs_publisher_did: str
     kind: str
     """Release-independent kind, see :mod:`simarchive.naming`."""

@@ -10,6 +10,12 @@ Visit-image ``s_region``s are deliberately *not* the image footprint: like Rubin
 padded by ~250 px (~50"), while the header WCS carries a small astrometric offset.  Point
 queries therefore return detectors that do not contain the point, and two neighbouring
 detectors of one visit near their common edge.  :meth:`Sky.truth` is the WCS answer.
+
+The release table (:mod:`simarchive.naming`) picks the camera, survey shape and skymap.
+With DP1's LSSTComCam the optics distort the focal plane by a few pixels; calibrated
+visit images then carry a TAN-SIP header fitted to that distortion (CRPIX at the
+detector centre, as Rubin writes them), and :meth:`Sky.truth` decides containment with
+exactly those header numbers, inverting SIP the way ``astropy.wcs`` does.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ from .focalplane import (
     SENSOR_NX,
     SENSOR_NY,
     binned_shape,
-    detector_centres_mm,
-    detectors,
+    distort_mm,
+    get_camera,
 )
 from .naming import (
     BANDS,
@@ -47,20 +53,26 @@ from .naming import (
     TEMPLATE_COADD,
     VISIT_KINDS,
     get_naming,
+    visit_name,
 )
 from .pixels import PixelRecipe
 from .product import Product
 from .projection import (
+    Sip,
     TanWcs,
     angular_separation,
     enclosing_diameter,
+    fit_sip_inverse,
+    fit_tan_sip_batch,
     format_polygons,
     polygon_ccw,
     rotation_matrix,
+    sip_solve,
+    sip_terms,
     sky_to_tangent,
     tangent_to_sky,
 )
-from .skymap import N_PATCHES, PATCH_OUTER_PX, Tract, binned_crpix, place_tract
+from .skymap import SKYMAPS, Tract, binned_crpix, place_tract
 from .starfield import StarField, make_starfield
 from .survey import Visits, make_visits
 
@@ -78,6 +90,13 @@ GOOD_SEEING_FRACTION: Final = 0.3
 COADD_PSF_INFLATION: Final = 1.1
 TRUTH_EDGE_RECHECK_PX: Final = 1e-3
 """Points this close to a pixel-grid edge are re-decided with astropy.wcs."""
+SIP_ORDER: Final = 3
+"""A radial cubic re-expanded about the detector centre is exactly a cubic polynomial."""
+SIP_INVERSE_ORDER: Final = 4
+SIP_FIT_GRID: Final = 11
+"""Grid points per axis for the TAN-SIP least-squares fit (pixel edges included)."""
+SIP_SOLVE_BOX: Final = 1.0
+"""Only points within this many image sizes of an image are SIP-inverted for truth."""
 UUID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/obsharvest/simarchive")
 
 # Photometric model, per band: zero point (mag giving 1 ADU in 30 s), sky ADU/px in 30 s.
@@ -102,6 +121,14 @@ def uuid5_str(name: str) -> str:
     h[8] = (h[8] & 0x3F) | 0x80
     x = h.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def _distorted(xy: np.ndarray, k: float) -> np.ndarray:
+    """Focal-plane points (..., 2) in mm moved by the optics; the same array when k == 0."""
+    if k == 0.0:
+        return xy
+    x, y = distort_mm(xy[..., 0], xy[..., 1], k)
+    return np.stack([x, y], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -148,10 +175,13 @@ class Sky:
     def __init__(self, config: SkyConfig) -> None:
         self.config = config
         self.naming = get_naming(config.naming)
+        self.camera = get_camera(self.naming.survey.camera)
         self.visits: Visits = make_visits(
-            config.seed, config.n_visits, config.field_ra, config.field_dec
+            config.seed, config.n_visits, config.field_ra, config.field_dec, self.naming.survey
         )
-        self.tract: Tract = place_tract(self.naming.tract, config.field_ra, config.field_dec)
+        self.tract: Tract = place_tract(
+            self.naming.tract, config.field_ra, config.field_dec, SKYMAPS[self.naming.skymap]
+        )
         self._cd_unbinned = self._visit_cd_matrices()
         self._dv = self._build_detector_visits()
         self._columns = self._build_columns()
@@ -169,15 +199,18 @@ class Sky:
         return PLATE_SCALE_DEG_PER_MM * PIXEL_SIZE_MM * np.einsum("ij,vjk->vik", parity, rot)
 
     def _build_detector_visits(self) -> _DetectorVisits:
+        """Nominal (distorted camera geometry at the boresight) regions of every detector."""
         v = self.visits
-        nv, centres = len(v), detector_centres_mm()
+        nv, centres = len(v), self.camera.centres_mm()
         nd = len(centres)
+        k = self.camera.distortion_per_mm2
         cd_mm = self._cd_unbinned / PIXEL_SIZE_MM  # deg per mm
-        centre_tp = np.einsum("vij,dj->vdi", cd_mm, centres)
+        centre_tp = np.einsum("vij,dj->vdi", cd_mm, _distorted(centres, k))
         hx = (SENSOR_NX / 2.0 + S_REGION_PADDING_PX) * PIXEL_SIZE_MM
         hy = (SENSOR_NY / 2.0 + S_REGION_PADDING_PX) * PIXEL_SIZE_MM
         offsets = np.array([(-hx, -hy), (hx, -hy), (hx, hy), (-hx, hy)])
-        corner_tp = np.einsum("vij,dkj->vdki", cd_mm, centres[:, None, :] + offsets[None])
+        corners = _distorted(centres[:, None, :] + offsets[None], k)
+        corner_tp = np.einsum("vij,dkj->vdki", cd_mm, corners)
         b_ra, b_dec = v.ra[:, None], v.dec[:, None]
         c_ra, c_dec = tangent_to_sky(b_ra, b_dec, centre_tp[..., 0], centre_tp[..., 1])
         k_ra, k_dec = tangent_to_sky(
@@ -214,7 +247,7 @@ class Sky:
     def _detector_crpix(self, vi: np.ndarray | int, det: np.ndarray | int) -> tuple:
         """1-based binned CRPIX: the boresight's position on the detector's pixel grid."""
         del vi  # the boresight sits at the same focal-plane point for every rotation
-        centres = np.asarray(detector_centres_mm()[det])
+        centres = np.asarray(self.camera.centres_mm()[det])
         # unbinned 0-based pixel of the focal-plane origin (boresight) on this detector
         u0 = (SENSOR_NX - 1) / 2.0 - centres[..., 0] / PIXEL_SIZE_MM
         v0 = (SENSOR_NY - 1) / 2.0 - centres[..., 1] / PIXEL_SIZE_MM
@@ -223,6 +256,8 @@ class Sky:
 
     def _detector_wcs(self, dv: int, calibrated: bool) -> TanWcs:
         """Header WCS of a detector-visit image: nominal for raws, offset for calexps."""
+        if calibrated and self.naming.survey.sip_headers:
+            return self._sip_wcs(dv)
         vi, det = int(self._dv.visit_index[dv]), int(self._dv.detector[dv])
         crpix1, crpix2 = self._detector_crpix(vi, det)
         cd = self._cd_unbinned[vi] * self.config.binning
@@ -235,6 +270,72 @@ class Sky:
             crpix=(float(crpix1), float(crpix2)),
             cd=((float(cd[0, 0]), float(cd[0, 1])), (float(cd[1, 0]), float(cd[1, 1]))),
             naxis=binned_shape(self.config.binning),
+        )
+
+    # ----------------------------------------------------------------- TAN-SIP
+    def _calibrated_sky(
+        self, dv: np.ndarray, u: np.ndarray, v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The astrometric solution: binned 0-based pixels of detector-visits -> RA/Dec.
+
+        Pixel -> focal plane (mm) -> optical distortion -> the visit's rotation and plate
+        scale -> gnomonic about the offset boresight (``wcs_ra``/``wcs_dec``).  Without
+        distortion this is exactly the plain-TAN calexp WCS of :meth:`_detector_wcs`.
+        ``dv`` has shape (n,), ``u``/``v`` shape (n, G) or (G,).
+        """
+        b = self.config.binning
+        vi, det = self._dv.visit_index[dv], self._dv.detector[dv]
+        centres = self.camera.centres_mm()[det]
+        x = centres[:, 0:1] + (b * u + (b - 1) / 2.0 - (SENSOR_NX - 1) / 2.0) * PIXEL_SIZE_MM
+        y = centres[:, 1:2] + (b * v + (b - 1) / 2.0 - (SENSOR_NY - 1) / 2.0) * PIXEL_SIZE_MM
+        x, y = distort_mm(x, y, self.camera.distortion_per_mm2)
+        cd_mm = self._cd_unbinned[vi] / PIXEL_SIZE_MM
+        xi = cd_mm[:, 0, 0, None] * x + cd_mm[:, 0, 1, None] * y
+        eta = cd_mm[:, 1, 0, None] * x + cd_mm[:, 1, 1, None] * y
+        return tangent_to_sky(self._dv.wcs_ra[dv, None], self._dv.wcs_dec[dv, None], xi, eta)
+
+    @cached_property
+    def _sip_solution(self) -> dict[str, np.ndarray]:
+        """TAN-SIP header parameters of every detector-visit's calibrated images.
+
+        As Rubin's headers do, CRPIX is the detector centre and CRVAL the sky there; CD
+        and the order-3 SIP polynomials are a least-squares fit of the astrometric
+        solution on a grid over the pixel grid (one shared pseudo-inverse for all).
+        """
+        n_dv = len(self._dv.detector)
+        nx, ny = binned_shape(self.config.binning)
+        crpix = np.array([(nx + 1) / 2.0, (ny + 1) / 2.0])
+        gu, gv = np.meshgrid(
+            np.linspace(-0.5, nx - 0.5, SIP_FIT_GRID), np.linspace(-0.5, ny - 0.5, SIP_FIT_GRID)
+        )
+        du, dv_ = gu.ravel() - (crpix[0] - 1.0), gv.ravel() - (crpix[1] - 1.0)
+        idx = np.arange(n_dv)
+        c_ra, c_dec = self._calibrated_sky(
+            idx, np.array([crpix[0] - 1.0]), np.array([crpix[1] - 1.0])
+        )
+        c_ra, c_dec = c_ra[:, 0], c_dec[:, 0]
+        g_ra, g_dec = self._calibrated_sky(idx, gu.ravel(), gv.ravel())
+        xi, eta, _ = sky_to_tangent(c_ra[:, None], c_dec[:, None], g_ra, g_dec)
+        cd, a, b = fit_tan_sip_batch(du, dv_, xi, eta, SIP_ORDER)
+        return {"crval": np.stack([c_ra, c_dec], axis=1), "crpix": crpix, "cd": cd, "a": a, "b": b}
+
+    def _sip_wcs(self, dv: int) -> TanWcs:
+        """The TAN-SIP header WCS of a calibrated image, with fitted AP/BP inverse terms."""
+        sol = self._sip_solution
+        crpix = (float(sol["crpix"][0]), float(sol["crpix"][1]))
+        naxis = binned_shape(self.config.binning)
+        sip = Sip(
+            order=SIP_ORDER,
+            a=tuple(float(x) for x in sol["a"][dv]),
+            b=tuple(float(x) for x in sol["b"][dv]),
+        )
+        cd = sol["cd"][dv]
+        return TanWcs(
+            crval=(float(sol["crval"][dv, 0]), float(sol["crval"][dv, 1])),
+            crpix=crpix,
+            cd=((float(cd[0, 0]), float(cd[0, 1])), (float(cd[1, 0]), float(cd[1, 1]))),
+            naxis=naxis,
+            sip=fit_sip_inverse(sip, naxis, crpix, SIP_INVERSE_ORDER),
         )
 
     # ----------------------------------------------------------------- products
@@ -266,7 +367,7 @@ class Sky:
         cfg, nm, v, dv = self.config, self.naming, self.visits, self._dv
         nk = len(VISIT_KINDS)
         n_dv = len(dv.detector)
-        det_names = np.array([d.name for d in detectors()])
+        det_names = np.array([d.name for d in self.camera.detectors()])
         vi = np.repeat(dv.visit_index, nk)
         det = np.repeat(dv.detector, nk)
         kind = np.tile(np.array(VISIT_KINDS), n_dv)
@@ -275,7 +376,8 @@ class Sky:
         nx_b, ny_b = binned_shape(cfg.binning)
 
         patch_c, band_c, kind_c = [], [], []
-        for patch in range(N_PATCHES):
+        n_patches = self.tract.n_patches
+        for patch in range(n_patches):
             for b in BANDS:
                 for k in COADD_KINDS:
                     patch_c.append(patch)
@@ -284,7 +386,7 @@ class Sky:
         n_c = len(patch_c)
         stats = self._band_visit_stats()
         patch_ra, patch_dec, patch_region, patch_fov = [], [], [], []
-        for patch in range(N_PATCHES):
+        for patch in range(n_patches):
             ra_k, dec_k = self.tract.patch_corners(patch)
             ra_k, dec_k = polygon_ccw(ra_k[None, :], dec_k[None, :])
             c_ra, c_dec = self.tract.patch_centre(patch)
@@ -296,7 +398,7 @@ class Sky:
             )
         pc = np.array(patch_c)
         cstat = [stats[(k, b)] for k, b in zip(kind_c, band_c, strict=True)]
-        n_coadd_px = PATCH_OUTER_PX // cfg.binning
+        n_coadd_px = self.tract.geometry.patch_outer_px // cfg.binning
 
         all_kind = np.concatenate([kind, np.array(kind_c)])
         all_band = np.concatenate([band, np.array(band_c)])
@@ -314,11 +416,14 @@ class Sky:
             for k, p, b in zip(kind_c, patch_c, band_c, strict=True)
         ]
         dv_obs_id = [
-            f"{a}-{det_names[d]}"
+            nm.visit_obs_id_fmt.format(
+                visit=a, detector_name=det_names[d], visit_name=visit_name(a, nm)
+            )
             for a, d in zip(v.visit[dv.visit_index].tolist(), dv.detector.tolist(), strict=True)
         ]
         obs_id = [o for o in dv_obs_id for _ in range(nk)] + [
-            f"{nm.tract}_{p}_{b}" for p, b in zip(patch_c, band_c, strict=True)
+            nm.coadd_obs_id_fmt.format(skymap=nm.skymap, tract=nm.tract, patch=p, band=b)
+            for p, b in zip(patch_c, band_c, strict=True)
         ]
         file_path = [
             nm.visit_file_path(k, b, vv, det_names[d])
@@ -381,7 +486,7 @@ class Sky:
     @cached_property
     def _all_products(self) -> tuple[Product, ...]:
         c, nm = self._columns, self.naming
-        names = [d.name for d in detectors()]
+        names = [d.name for d in self.camera.detectors()]
         kinds = {k: (kn.dataset_type, kn.subtype, kn.calib_level) for k, kn in nm.kinds.items()}
         filters = {b: nm.physical_filter(b) for b in BANDS}
         lists = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()}
@@ -454,7 +559,7 @@ class Sky:
             physical_filter=nm.physical_filter(band) if is_visit else None,
             visit=visit,
             detector=det,
-            detector_name=detectors()[det].name if det is not None else None,
+            detector_name=self.camera.detectors()[det].name if det is not None else None,
             ccdvisitid=visit * 1000 + det if visit is not None and det is not None else None,
             tract=None if is_visit else nm.tract,
             patch=None if is_visit else int(c["patch"][i]),
@@ -560,6 +665,7 @@ class Sky:
             pointing=pointing,
             n_input_visits=int(c["n_inputs"][i]) if p.visit is None else None,
             xy0=xy0,
+            patches_per_side=self.tract.geometry.patches_per_side,
         )
 
     def fits_size(self, product_id: str) -> int:
@@ -573,7 +679,11 @@ class Sky:
     # ----------------------------------------------------------------- truth
     @cached_property
     def _truth_arrays(self) -> dict[str, np.ndarray]:
-        """Per-product TAN parameters for vectorised point-in-pixel-grid tests."""
+        """Per-product header WCS parameters for vectorised point-in-pixel-grid tests.
+
+        ``sip`` lists the rows with TAN-SIP headers; ``sip_a``/``sip_b`` hold their
+        forward polynomials (the same numbers the headers carry).
+        """
         n = len(self._index)
         crval = np.empty((n, 2))
         crpix = np.empty((n, 2))
@@ -594,23 +704,50 @@ class Sky:
             w = self.tract.patch_wcs(int(c["patch"][i]), self.config.binning)
             crval[i], crpix[i], naxis[i] = w.crval, w.crpix, w.naxis
             inv_cd[i] = np.linalg.inv(np.array(w.cd))
-        return {"crval": crval, "crpix": crpix, "inv_cd": inv_cd, "naxis": naxis}
+        out = {"crval": crval, "crpix": crpix, "inv_cd": inv_cd, "naxis": naxis}
+        sip_rows = vis[~raw] if self.naming.survey.sip_headers else vis[:0]
+        if len(sip_rows):
+            sol, sip_dv = self._sip_solution, c["dv"][sip_rows]
+            crval[sip_rows] = sol["crval"][sip_dv]
+            crpix[sip_rows] = sol["crpix"]
+            inv_cd[sip_rows] = np.linalg.inv(sol["cd"][sip_dv])
+            out.update(sip=sip_rows, sip_a=sol["a"][sip_dv], sip_b=sol["b"][sip_dv])
+        return out
 
     def pixel_position(self, ra: float, dec: float) -> tuple[np.ndarray, np.ndarray]:
-        """0-based pixel coordinates of (ra, dec) on every product's header WCS grid."""
+        """0-based pixel coordinates of (ra, dec) on every product's header WCS grid.
+
+        For TAN-SIP rows the distortion is inverted exactly (not with AP/BP) for points
+        within SIP_SOLVE_BOX image sizes of the image; farther out the undistorted TAN
+        position is returned, which is off by a few pixels at most and far outside.
+        """
         t = self._truth_arrays
         xi, eta, valid = sky_to_tangent(t["crval"][:, 0], t["crval"][:, 1], ra, dec)
         inv = t["inv_cd"]
-        px = inv[:, 0, 0] * xi + inv[:, 0, 1] * eta + t["crpix"][:, 0] - 1.0
-        py = inv[:, 1, 0] * xi + inv[:, 1, 1] * eta + t["crpix"][:, 1] - 1.0
+        du = inv[:, 0, 0] * xi + inv[:, 0, 1] * eta
+        dv = inv[:, 1, 0] * xi + inv[:, 1, 1] * eta
+        if "sip" in t:
+            rows = t["sip"]
+            near = np.nonzero(
+                valid[rows]
+                & (np.abs(du[rows]) < (0.5 + SIP_SOLVE_BOX) * t["naxis"][rows, 0])
+                & (np.abs(dv[rows]) < (0.5 + SIP_SOLVE_BOX) * t["naxis"][rows, 1])
+            )[0]
+            if len(near):
+                r = rows[near]
+                du[r], dv[r] = sip_solve(
+                    sip_terms(SIP_ORDER), t["sip_a"][near], t["sip_b"][near], du[r], dv[r]
+                )
+        px = du + t["crpix"][:, 0] - 1.0
+        py = dv + t["crpix"][:, 1] - 1.0
         return np.where(valid, px, np.nan), np.where(valid, py, np.nan)
 
     def truth(self, ra: float, dec: float) -> frozenset[str]:
         """Products whose header WCS pixel grid contains the point: pixel in [-0.5, N-0.5).
 
-        Decided with the same TAN formulas as the headers; points within
-        TRUTH_EDGE_RECHECK_PX of an edge are re-decided with ``astropy.wcs.WCS`` built from
-        the product's celestial header, so astropy has the last word.
+        Decided with the same TAN (and SIP) formulas and numbers as the headers; points
+        within TRUTH_EDGE_RECHECK_PX of an edge are re-decided with ``astropy.wcs.WCS``
+        built from the product's celestial header, so astropy has the last word.
         """
         px, py = self.pixel_position(ra, dec)
         n = self._truth_arrays["naxis"]

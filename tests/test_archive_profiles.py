@@ -176,3 +176,22 @@ def test_soda_cutout_through_pyvo_has_correct_wcs(archive):
     assert reply.status_code == 404 and reply.text.startswith("NotFoundFault")
     reply = requests.get(archive.soda_url, params={"ID": "x", "CIRCLE": "62 -97 0.01"}, timeout=10)
     assert reply.status_code == 400 and reply.text.startswith("UsageFault")
+
+
+def test_dp1_naming_end_to_end():
+    """DP1: LSST.DP1 collection, new subtypes, ivo:// IDs escaped in access_url, TAN-SIP."""
+    from astropy.io import fits
+
+    with EmbeddedArchive(ArchiveSettings(n_visits=24, naming="dp1")) as dp1:
+        service = pyvo.dal.TAPService(dp1.tap_url)
+        rows = service.search(point_query(TARGET_RA, TARGET_DEC).replace(
+            "SELECT obs_publisher_did", "SELECT *")).to_table()
+        assert set(rows["obs_collection"]) == {"LSST.DP1"}
+        assert {"lsst.visit_image", "lsst.difference_image", "lsst.deep_coadd",
+                "lsst.template_coadd"} <= set(rows["dataproduct_subtype"])
+        visit = rows[rows["dataproduct_subtype"] == "lsst.visit_image"][0]
+        assert visit["obs_publisher_did"].startswith("ivo://org.rubinobs/lsst-dp1?repo=dp1&id=")
+        link = next(r for r in DatalinkResults.from_result_url(visit["access_url"])
+                    if r["semantics"] == "#this")
+        with fits.open(link["access_url"], use_fsspec=True, lazy_load_hdus=True) as hdul:
+            assert hdul[1].header["CTYPE1"] == "RA---TAN-SIP"

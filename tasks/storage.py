@@ -1,0 +1,332 @@
+"""Object storage through fsspec: stream in, checksum, never show a partial object.
+
+A nightly harvest gets killed, loses its network and meets archives that cut bodies
+short. Whatever happens, a reader of the store must see either no object or a complete,
+verified one under a key -- a half FITS file that a rerun then skips as "present" is the
+worst outcome. How that is achieved depends on the file system:
+
+- Object stores (s3/s3a, gs/gcs, az/abfs/adl) publish an object only when the upload is
+  completed, i.e. when the fsspec file is closed. We write to the final key directly and,
+  on failure, call the file's ``discard()`` (s3fs aborts the multipart upload) instead of
+  ``close()``. Incomplete multipart uploads that a killed process leaves behind are
+  invisible and billed; a bucket lifecycle rule (AbortIncompleteMultipartUpload) reaps them.
+- Everything else (local disk, memory, ...) shows bytes as they are written, so we write
+  ``.{name}.part-{uuid}`` in the same directory and ``mv`` it into place after
+  verification (a rename on a local disk: atomic). :meth:`ObjectStore.delete_partials`
+  removes temps left by killed runs.
+
+After an object is committed a sidecar ``{key}.sha256`` (JSON: sha256, md5, size) is
+written, so a rerun decides "already there, identical" from two small reads instead of
+rereading gigabytes. The old sidecar is removed *before* a new object is committed, so a
+crash between the two leaves an object without a sidecar (rehashed on the next check),
+never an object described by a stale sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import fsspec
+
+from .models import StoredObject
+from .storage_errors import (
+    DownloadError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+    StorageKeyError,
+    TransientDownloadError,
+    UrlExpiredError,
+)
+from .storage_http import download
+from .storage_keys import is_safe_key, object_key, sanitize_part
+
+__all__ = [
+    "DIRECT_WRITE_PROTOCOLS",
+    "DownloadError",
+    "IntegrityError",
+    "NotFoundError",
+    "ObjectStore",
+    "StorageError",
+    "StorageKeyError",
+    "TransientDownloadError",
+    "UrlExpiredError",
+    "download",
+    "object_key",
+    "sanitize_part",
+]
+
+log = logging.getLogger(__name__)
+
+# file systems whose writes become visible only when the file is closed successfully
+DIRECT_WRITE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+SIDECAR_SUFFIX = ".sha256"
+PART_MARKER = ".part-"
+STALE_PARTIAL_SECONDS = 3600.0  # a temp older than this belongs to a dead run
+_READ_BLOCK = 1 << 20
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
+    proto = fs.protocol
+    return {proto} if isinstance(proto, str) else set(proto)
+
+
+def _normalise_md5(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().strip('"').lower()
+    return value or None
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """Modification time in epoch seconds from an fsspec info dict, whatever its backend."""
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created", "modified"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+class ObjectStore:
+    """Objects under one root URL (``/data/harvest``, ``s3://bucket/prefix``, ``memory://x``).
+
+    ``storage_options`` go to fsspec (credentials, endpoint_url, ...). ``direct_write``
+    overrides the choice between writing the final key directly and temp + rename (tests,
+    or a file system this module does not know); ``None`` decides by protocol.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        direct_write: bool | None = None,
+    ) -> None:
+        self.root_url = root
+        self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        self.root = path.rstrip("/") or path
+        if direct_write is None:
+            direct_write = bool(_protocols(self.fs) & DIRECT_WRITE_PROTOCOLS)
+        self.direct_write = direct_write
+
+    def __repr__(self) -> str:
+        mode = "direct" if self.direct_write else "temp+rename"
+        return f"ObjectStore({self.root_url!r}, {mode})"
+
+    # -- naming ---------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        """The file system path of ``key``; refuses keys that could leave the root."""
+        if not is_safe_key(key):
+            raise StorageKeyError(f"unsafe object key {key[:80]!r}: build keys with object_key()")
+        return f"{self.root}/{key}" if self.root not in ("", "/") else f"{self.root}{key}"
+
+    def uri(self, key: str) -> str:
+        """The full fsspec URL of ``key`` (what :class:`StoredObject` records)."""
+        return self.fs.unstrip_protocol(self.path(key))
+
+    def _sidecar(self, key: str) -> str:
+        return self.path(key) + SIDECAR_SUFFIX
+
+    # -- reading --------------------------------------------------------------------
+    def _read_sidecar(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self.fs.cat_file(self._sidecar(key))
+            data = json.loads(raw)
+            return {
+                "sha256": str(data["sha256"]),
+                "md5": _normalise_md5(data.get("md5")),
+                "size": int(data["size"]),
+            }
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):  # half-written or foreign: ignore it
+            log.warning("ignoring unreadable checksum sidecar of %s", key)
+            return None
+
+    def _write_sidecar(self, key: str, sha256: str, md5: str, size: int) -> None:
+        body = json.dumps({"sha256": sha256, "md5": md5, "size": size}).encode()
+        try:
+            self.fs.pipe_file(self._sidecar(key), body)
+        except Exception as exc:  # the object is fine; the next check rehashes it
+            log.warning("could not write checksum sidecar of %s: %s", key, exc)
+
+    def _rehash(self, path: str) -> tuple[str, str, int]:
+        sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+        with self.fs.open(path, "rb") as fh:
+            while block := fh.read(_READ_BLOCK):
+                sha.update(block)
+                md5.update(block)
+                size += len(block)
+        return sha.hexdigest(), md5.hexdigest(), size
+
+    def exists_same(
+        self, key: str, size: int, sha256: str | None = None, *, md5: str | None = None
+    ) -> StoredObject | None:
+        """The stored object if ``key`` holds ``size`` bytes with matching checksums, else None.
+
+        With a sidecar this costs two small requests. An object without one (written by
+        something else, or a crash between object and sidecar) is read back once to
+        compute its checksums, and the sidecar is written for next time.
+        """
+        path = self.path(key)
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        if info.get("type", "file") != "file" or int(info.get("size") or 0) != size:
+            return None
+        meta = self._read_sidecar(key)
+        if meta is None or meta["size"] != size:
+            digest, md5_hex, actual = self._rehash(path)
+            if actual != size:
+                return None
+            meta = {"sha256": digest, "md5": md5_hex, "size": actual}
+            self._write_sidecar(key, digest, md5_hex, actual)
+        if sha256 is not None and meta["sha256"] != sha256.lower():
+            return None
+        wanted_md5 = _normalise_md5(md5)
+        if wanted_md5 is not None and meta["md5"] is not None and meta["md5"] != wanted_md5:
+            return None
+        return StoredObject(
+            uri=self.uri(key),
+            key=key,
+            size=size,
+            sha256=meta["sha256"],
+            md5=meta["md5"],
+            skipped=True,
+        )
+
+    # -- writing --------------------------------------------------------------------
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        expected_size: int | None = None,
+        expected_md5: str | None = None,
+    ) -> StoredObject:
+        """Write ``chunks`` to ``key``, verified, in memory bounded by one chunk (+ the
+        file system's write buffer: 5 MB for s3fs).
+
+        Raises :class:`IntegrityError` when the size or MD5 differs from what was expected
+        (the size as soon as it is exceeded); any exception from ``chunks`` propagates.
+        Either way nothing is visible under ``key`` afterwards -- but an *earlier* object
+        under the same key is replaced only on success.
+        """
+        path = self.path(key)
+        wanted_md5 = _normalise_md5(expected_md5)
+        if self.direct_write:
+            target = path
+        else:
+            parent, name = posixpath.split(path)
+            target = f"{parent}/.{name}{PART_MARKER}{uuid.uuid4().hex}"
+            self.fs.makedirs(parent, exist_ok=True)
+        sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+        handle = self.fs.open(target, "wb")
+        committed = False
+        try:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if expected_size is not None and size > expected_size:
+                    raise IntegrityError(
+                        f"{key}: received more than the expected {expected_size} bytes"
+                    )
+                sha.update(chunk)
+                md5.update(chunk)
+                handle.write(chunk)
+            if expected_size is not None and size != expected_size:
+                raise IntegrityError(f"{key}: received {size} bytes, expected {expected_size}")
+            md5_hex = md5.hexdigest()
+            if wanted_md5 is not None and md5_hex != wanted_md5:
+                raise IntegrityError(f"{key}: MD5 {md5_hex} differs from expected {wanted_md5}")
+            self._drop_sidecar(key)
+            handle.close()  # direct write: completes the upload, the object appears whole
+            if not self.direct_write:
+                self.fs.mv(target, path)
+            committed = True
+        finally:
+            if not committed:
+                self._abort(handle, target)
+        digest = sha.hexdigest()
+        self._write_sidecar(key, digest, md5_hex, size)
+        return StoredObject(uri=self.uri(key), key=key, size=size, sha256=digest, md5=md5_hex)
+
+    def _drop_sidecar(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._sidecar(key))
+
+    def _abort(self, handle: Any, target: str) -> None:
+        """Throw the write away; must not raise over the error that got us here."""
+        if self.direct_write:
+            try:
+                discard = getattr(handle, "discard", None)
+                if discard is not None:
+                    discard()
+            except Exception as exc:
+                log.warning("discarding the upload of %s failed: %s", target, exc)
+            # keep close() (from __del__ or a with-block) from committing what is left
+            with contextlib.suppress(Exception):
+                handle.closed = True
+            return
+        with contextlib.suppress(Exception):
+            handle.close()
+        try:
+            self.fs.rm_file(target)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("could not remove temp %s: %s", target, exc)
+
+    def delete(self, key: str) -> None:
+        """Remove an object and its sidecar (missing ones are fine)."""
+        self._drop_sidecar(key)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(key))
+
+    def delete_partials(self, older_than: float = STALE_PARTIAL_SECONDS) -> list[str]:
+        """Remove ``.part-`` temps older than ``older_than`` seconds; return their paths.
+
+        The age guard keeps a concurrent run's temps alive; pass 0 when no other run can
+        be writing. Temps whose age the file system does not report are kept unless
+        ``older_than`` is 0. Direct-write stores make no temps: nothing to list.
+        """
+        if self.direct_write:
+            return []
+        try:
+            found = self.fs.find(self.root, withdirs=False, detail=True)
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        removed = []
+        for path, info in found.items():
+            name = posixpath.basename(path)
+            if not (name.startswith(".") and PART_MARKER in name):
+                continue
+            if older_than > 0:
+                mtime = _mtime(info)
+                if mtime is None or now - mtime < older_than:
+                    continue
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(path)
+                removed.append(path)
+        if removed:
+            log.info("removed %d stale partial uploads under %s", len(removed), self.root_url)
+        return removed
