@@ -1,0 +1,763 @@
+"""Read and validate target lists: CSV, ECSV, Parquet or VOTable in, ``Target`` records out.
+
+A harvest of thousands of targets fails late and expensively if one row is wrong, so the
+whole file is checked up front and every problem becomes a ``TargetError`` whose text is
+one line naming the file, the 1-based data row and the column -- the CLI prints it as is.
+Problems are collected and reported together ("... (and 12 more problems)"), so a user
+fixing a bulk list sees the size of the job at once; ``err.problems`` holds them all.
+
+Parsing is delegated: ``fsspec`` opens any URL, pyarrow reads CSV and Parquet, astropy reads
+ECSV and VOTable. CSV cells are read as text so that names like ``0001`` survive; the
+numeric path is then vectorised, and only cells that are not plain numbers (sexagesimal
+``04:08:00.0``, ``4h08m00s``) go through astropy's ``Angle`` one at a time.
+
+Pure: no Prefect, no logging side effects beyond ``logging``; a task wraps ``read_targets``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import astropy.units as u
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from astropy.coordinates import Angle
+from astropy.table import Table
+from astropy.table import meta as table_meta
+from astropy.utils.exceptions import AstropyWarning
+
+from tasks.models import Target
+
+__all__ = ["Problem", "TargetError", "iau_names", "read_targets", "single_target"]
+
+log = logging.getLogger(__name__)
+
+# Column aliases, compared after lower-casing, trimming, and turning runs of spaces and
+# hyphens into "_" (so "Target Name" and "RA-deg" match too).
+NAME_ALIASES = ("name", "target", "target_name", "id", "object", "objname", "source")
+RA_ALIASES = ("ra", "ra_deg", "raj2000", "ra_icrs", "s_ra", "alpha", "ra_j2000")
+DEC_ALIASES = ("dec", "dec_deg", "dej2000", "decj2000", "dec_icrs", "s_dec", "delta", "dec_j2000")
+# Radius aliases with the factor that turns the column's numbers into degrees. A unit carried
+# by the column itself (ECSV, VOTable, astropy-written Parquet) wins over the name's hint.
+RADIUS_ALIASES = {
+    "radius": 1.0,
+    "radius_deg": 1.0,
+    "r": 1.0,
+    "search_radius": 1.0,
+    "radius_arcmin": 1 / 60,
+    "radius_arcsec": 1 / 3600,
+}
+MAX_RADIUS_DEG = 10.0  # beyond this an ObsCore cone query returns whole surveys
+MAX_PROBLEMS_KEPT = 1000  # err.problems stays bounded for a million-row file of garbage
+
+FORMATS_BY_SUFFIX = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".ecsv": "ecsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".xml": "votable",
+    ".vot": "votable",
+    ".votable": "votable",
+}
+FORMAT_LABELS = {
+    "csv": "CSV",
+    "tsv": "TSV",
+    "ecsv": "ECSV",
+    "parquet": "Parquet",
+    "votable": "VOTable",
+}
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_UTF8_BOM = b"\xef\xbb\xbf"
+# A sexagesimal RA is in hours unless it spells out degrees ("62d00m", "62°", "62.5deg").
+_DEGREE_MARK = re.compile(r"[d°]", re.IGNORECASE)
+_HOUR_MARK = re.compile(r"h", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a target list; ``row`` is the 1-based data row (header excluded)."""
+
+    message: str
+    row: int | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        if self.row is not None and self.column is not None:
+            return f"row {self.row}, column {self.column!r}: {self.message}"
+        if self.row is not None:
+            return f"row {self.row}: {self.message}"
+        if self.column is not None:  # a single target's argument: "dec 95.0 is outside ..."
+            return f"{self.column} {self.message}"
+        return self.message
+
+
+class TargetError(ValueError):
+    """A user error in a target list: str(err) is ONE line naming the file, the row and the column.
+
+    e.g. ``targets.csv: row 7, column 'dec': 95.0 is outside [-90, 90]``. When several rows
+    are wrong the line ends "(and 12 more problems)"; ``problems`` keeps the first
+    ``MAX_PROBLEMS_KEPT`` of them and ``count`` the total, for a CLI that wants to list them.
+    """
+
+    def __init__(self, source: str, problems: Sequence[Problem], count: int | None = None):
+        if not problems:
+            raise ValueError("TargetError needs at least one problem")
+        self.source = source
+        self.problems = list(problems)
+        self.count = count if count is not None else len(self.problems)
+        first = self.problems[0]
+        self.row, self.column = first.row, first.column
+        line = f"{source}: {first}"
+        if self.count > 1:
+            more = self.count - 1
+            line += f" (and {more} more problem{'s' if more > 1 else ''})"
+        # One line, always: a value quoted from the file must not break it.
+        super().__init__(line.replace("\r", " ").replace("\n", " "))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def read_targets(
+    path: str,
+    *,
+    storage_options: dict | None = None,
+    default_radius: float | None = None,
+    max_rows: int = 1_000_000,
+) -> list[Target]:
+    """Read a target list from any fsspec URL and return validated ``Target`` records.
+
+    The format follows the extension (``.csv``, ``.tsv``, ``.ecsv``, ``.parquet``/``.pq``,
+    ``.xml``/``.vot``/``.votable``, optionally compressed, e.g. ``.csv.gz``) and is sniffed
+    from the content otherwise. ``default_radius`` (deg) fills rows without a radius.
+    Raises ``TargetError`` for anything wrong with the file; other exceptions are bugs or
+    transient I/O (network) errors, which a caller may retry.
+    """
+    source = str(path)
+    if default_radius is not None:
+        _check_default_radius(source, default_radius)
+    data, inner_name = _read_bytes(source, storage_options)
+    fmt = _detect_format(source, inner_name, data)
+    columns, nrows = _parse(source, fmt, data)
+    if nrows == 0:
+        raise TargetError(source, [Problem("no data rows (only a header)")])
+    if nrows > max_rows:
+        raise TargetError(
+            source,
+            [Problem(f"{nrows:,} data rows, more than max_rows={max_rows:,}; split the file")],
+        )
+    return _validate(source, _resolve_columns(source, columns), nrows, default_radius)
+
+
+def single_target(
+    ra: float | str,
+    dec: float | str,
+    radius: float | None = None,
+    name: str | None = None,
+) -> Target:
+    """One target from CLI-style arguments, validated exactly like a row of a file.
+
+    ``ra`` and ``dec`` take decimal degrees or sexagesimal strings (a ':'-separated RA is in
+    hours); without ``name`` an IAU-style name such as ``J040800.00-370000.0`` is made.
+    """
+    source = "target"
+    columns = {
+        "ra": _Column("ra", _object_array([ra]), _missing_of([ra]), None),
+        "dec": _Column("dec", _object_array([dec]), _missing_of([dec]), None),
+    }
+    if radius is not None:
+        columns["radius"] = _Column("radius", _object_array([radius]), _missing_of([radius]), None)
+    if name is not None:
+        columns["name"] = _Column("name", _object_array([name]), _missing_of([name]), None)
+    [target] = _validate(source, columns, 1, None, argument_style=True)
+    return replace(target, row=None)  # not from a file
+
+
+# --------------------------------------------------------------------------- bytes & format
+
+
+def _read_bytes(source: str, storage_options: dict | None) -> tuple[bytes, str]:
+    """Fetch the whole file (target lists are small next to the images they ask for).
+
+    Returns the bytes and the file name with any compression suffix removed, whose
+    extension then names the format ("targets.csv.gz" is CSV).
+    """
+    try:
+        with fsspec.open(source, "rb", compression="infer", **(storage_options or {})) as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise TargetError(source, [Problem("no such file")]) from None
+    except IsADirectoryError:
+        raise TargetError(source, [Problem("is a directory, not a target list")]) from None
+    except PermissionError:
+        raise TargetError(source, [Problem("permission denied")]) from None
+    inner = source.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    for suffix in _COMPRESSION_SUFFIXES:
+        if inner.lower().endswith(suffix):
+            inner = inner[: -len(suffix)]
+            break
+    return data, inner
+
+
+def _detect_format(source: str, inner_name: str, data: bytes) -> str:
+    """The extension decides; an unknown one is sniffed from the first bytes."""
+    lower = inner_name.lower()
+    for suffix, fmt in FORMATS_BY_SUFFIX.items():
+        if lower.endswith(suffix):
+            return fmt
+    if not data.strip():
+        raise TargetError(source, [Problem("file is empty")])
+    if data.startswith(b"PAR1"):
+        return "parquet"
+    head = data[:4096].removeprefix(_UTF8_BOM).lstrip()
+    if head.startswith(b"<"):
+        return "votable"
+    if head.startswith(b"# %ECSV"):
+        return "ecsv"
+    if b"\x00" in head:
+        raise TargetError(
+            source,
+            [Problem("not a target list: binary content (expected CSV, ECSV, Parquet or VOTable)")],
+        )
+    first_line = head.split(b"\n", 1)[0]
+    return "tsv" if b"\t" in first_line and b"," not in first_line else "csv"
+
+
+def _decode_text(source: str, fmt: str, data: bytes) -> str:
+    """UTF-8 or a clear error saying where it is not (Excel's "CSV" is often Windows-1252)."""
+    if b"\x00" in data[:4096]:
+        raise TargetError(source, [Problem(f"binary content, not {FORMAT_LABELS[fmt]} text")])
+    try:
+        return data.removeprefix(_UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = err.start + (len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0)
+        line_no = data.count(b"\n", 0, offset) + 1
+        what = f"not UTF-8 (byte 0x{data[offset]:02x} at offset {offset}, line {line_no})"
+        row, column = (
+            _row_and_column_at(data, offset, fmt) if fmt in ("csv", "tsv") else (None, None)
+        )
+        raise TargetError(
+            source, [Problem(f"{what}; re-save the file as UTF-8", row, column)]
+        ) from None
+
+
+def _row_and_column_at(data: bytes, offset: int, fmt: str) -> tuple[int | None, str | None]:
+    """Map a byte offset of a CSV to (data row, header name) -- cheap, and right unless
+    quoted cells span lines or blank/comment lines precede it."""
+    delimiter = "\t" if fmt == "tsv" else ","
+    lines = data[:offset].split(b"\n")
+    header = lines[0].removeprefix(_UTF8_BOM).decode("utf-8", "replace")
+    if len(lines) < 2:
+        return None, None
+    try:
+        names = next(csv.reader([header], delimiter=delimiter))
+        before = next(csv.reader([lines[-1].decode("utf-8", "replace") + "x"], delimiter=delimiter))
+    except (csv.Error, StopIteration):
+        return len(lines) - 1, None
+    index = len(before) - 1
+    return len(lines) - 1, names[index].strip() if index < len(names) else None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A column as read: numbers as float64, anything else as an object array of str."""
+
+    header: str  # as written in the file
+    values: np.ndarray  # int64 or float64 (numeric columns), or object (str, stripped)
+    missing: np.ndarray  # bool: null, masked or empty cell
+    unit: u.UnitBase | None  # declared by the file (ECSV, VOTable, astropy Parquet)
+
+
+def _parse(source: str, fmt: str, data: bytes) -> tuple[list[_Column], int]:
+    label = FORMAT_LABELS[fmt]
+    if not data.strip():
+        raise TargetError(source, [Problem("file is empty")])
+    try:
+        if fmt in ("csv", "tsv"):
+            return _parse_csv(
+                source, _decode_text(source, fmt, data), "\t" if fmt == "tsv" else ","
+            )
+        if fmt == "ecsv":
+            text = _decode_text(source, fmt, data)
+            return _from_astropy(Table.read(text.splitlines(), format="ascii.ecsv"))
+        if fmt == "votable":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)  # W-codes: legal but sloppy
+                table = Table.read(io.BytesIO(data), format="votable")
+            return _from_astropy(table)
+        return _parse_parquet(data)
+    except TargetError:
+        raise
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        OSError,
+        csv.Error,
+        pa.ArrowException,
+    ) as err:
+        # The parser's complaint about a malformed file: a user error, kept to one line.
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        raise TargetError(source, [Problem(f"cannot read as {label}: {reason}")]) from None
+
+
+def _parse_csv(source: str, text: str, delimiter: str) -> tuple[list[_Column], int]:
+    """pyarrow's CSV reader with every column as text: "0001" stays a name, not 1."""
+    # Leading "# ..." lines are a common way to annotate a list; CSV itself has no comments.
+    lines = text.split("\n", 64)
+    skip = 0
+    while skip < len(lines) - 1 and lines[skip].lstrip().startswith("#"):
+        skip += 1
+    body = text if skip == 0 else text.split("\n", skip)[-1]
+    if not body.strip():
+        raise TargetError(source, [Problem("file is empty")])
+    if not body.endswith("\n"):
+        body += "\n"  # pyarrow sees a header with no line end as an empty file
+    header = next(csv.reader(io.StringIO(body), delimiter=delimiter))
+    ragged: list[Problem] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        where = f"line {row.number + skip}: " if row.number is not None else ""
+        ragged.append(
+            Problem(f"{where}expected {row.expected_columns} fields, found {row.actual_columns}")
+        )
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(body.encode("utf-8")),
+        read_options=pacsv.ReadOptions(use_threads=False),  # line numbers in ragged rows
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False
+        ),
+    )
+    if ragged:
+        # Rows were dropped, so later row numbers would be off: stop here.
+        raise TargetError(source, ragged[:MAX_PROBLEMS_KEPT], len(ragged))
+    return _from_arrow(table), table.num_rows
+
+
+def _parse_parquet(data: bytes) -> tuple[list[_Column], int]:
+    """pyarrow reads it; units come from astropy's ``table_meta_yaml`` or a field's "unit"."""
+    table = pq.read_table(pa.BufferReader(data))
+    units: dict[str, str] = {}
+    metadata = table.schema.metadata or {}
+    if b"table_meta_yaml" in metadata:
+        header = table_meta.get_header_from_yaml(
+            metadata[b"table_meta_yaml"].decode("utf-8").split("\n")
+        )
+        units = {c["name"]: c["unit"] for c in header.get("datatype", []) if c.get("unit")}
+    for field in table.schema:
+        if field.metadata and b"unit" in field.metadata:
+            units.setdefault(field.name, field.metadata[b"unit"].decode("utf-8"))
+    parsed = {name: _parse_unit(text) for name, text in units.items()}
+    return _from_arrow(table, parsed), table.num_rows
+
+
+def _parse_unit(text: str | u.UnitBase | None) -> u.UnitBase | None:
+    if text is None:
+        return None
+    try:
+        return u.Unit(text, parse_strict="silent")
+    except ValueError:
+        return None
+
+
+def _from_arrow(
+    table: pa.Table, units: dict[str, u.UnitBase | None] | None = None
+) -> list[_Column]:
+    columns = []
+    for name, chunked in zip(table.column_names, table.columns, strict=True):
+        missing = chunked.is_null().to_numpy(zero_copy_only=False)
+        kind = chunked.type
+        if pa.types.is_integer(kind):  # int64 kept exact: a Gaia source_id may be the name
+            values = pc.cast(chunked, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        elif pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            values = (
+                pc.cast(chunked, pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
+            )
+        else:
+            if not pa.types.is_string(kind) and not pa.types.is_large_string(kind):
+                chunked = pc.cast(chunked, pa.string())
+            chunked = pc.utf8_trim_whitespace(chunked.fill_null(""))
+            values = np.array(chunked.to_pylist(), dtype=object)
+            missing = missing | (values == "")
+        columns.append(_Column(name, values, np.asarray(missing, bool), (units or {}).get(name)))
+    return columns
+
+
+def _from_astropy(table: Table) -> tuple[list[_Column], int]:
+    columns = []
+    for name in table.colnames:
+        col = table[name]
+        missing = np.ma.getmaskarray(col).reshape(len(col), -1).any(axis=1)
+        raw = col.filled() if hasattr(col, "filled") and np.ma.is_masked(col) else col
+        raw = np.asarray(raw)
+        if raw.dtype.kind in "iu" and raw.ndim == 1:
+            values = raw.astype(np.int64)
+        elif raw.dtype.kind == "f" and raw.ndim == 1:
+            values = raw.astype(np.float64)
+            values[missing] = math.nan
+        else:
+            if raw.dtype.kind == "S":
+                raw = np.char.decode(raw, "utf-8", "replace")
+            values = np.array([str(v).strip() for v in raw.tolist()], dtype=object)
+            missing = missing | (values == "")
+        columns.append(_Column(name, values, missing, _parse_unit(col.unit)))
+    return columns, len(table)
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def _normalise_header(header: str) -> str:
+    return re.sub(r"[\s\-]+", "_", header.strip().lower())
+
+
+def _pick(
+    source: str,
+    columns: Iterable[_Column],
+    aliases: Sequence[str],
+    role: str,
+    *,
+    by_priority: bool = False,
+) -> _Column | None:
+    """The one column whose header is an alias of ``role``.
+
+    Two candidates for a coordinate or radius are an error: guessing wrong moves the
+    target. For the name, a label, the earlier alias wins ("id,name,ra,dec" is common).
+    """
+    wanted = list(aliases)
+    found = [c for c in columns if _normalise_header(c.header) in wanted]
+    if by_priority and found:
+        return min(found, key=lambda c: wanted.index(_normalise_header(c.header)))
+    if len(found) > 1:
+        names = " and ".join(repr(c.header) for c in found)
+        raise TargetError(
+            source,
+            [Problem(f"columns {names} are both {role} columns; keep one or rename the others")],
+        )
+    return found[0] if found else None
+
+
+def _resolve_columns(source: str, columns: list[_Column]) -> dict[str, _Column]:
+    picked = {
+        "name": _pick(source, columns, NAME_ALIASES, "name", by_priority=True),
+        "ra": _pick(source, columns, RA_ALIASES, "ra"),
+        "dec": _pick(source, columns, DEC_ALIASES, "dec"),
+        "radius": _pick(source, columns, tuple(RADIUS_ALIASES), "radius"),
+    }
+    lacking = [role for role in ("ra", "dec") if picked[role] is None]
+    if lacking:
+        found = ", ".join(repr(c.header) for c in columns) or "none"
+        wanted = " or ".join(f"{role!r}" for role in lacking)
+        hint = ""
+        if columns and all(_is_plain_number(c.header) for c in columns):
+            hint = "; the first line looks like data: add a header line such as 'name,ra,dec'"
+        else:
+            accepted = "; ".join(
+                f"{role} may be {'/'.join(RA_ALIASES if role == 'ra' else DEC_ALIASES)}"
+                for role in lacking
+            )
+            hint = f" ({accepted}, any case)"
+        raise TargetError(source, [Problem(f"no {wanted} column; found columns {found}{hint}")])
+    return {role: col for role, col in picked.items() if col is not None}
+
+
+def _is_plain_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- values
+
+
+class _Problems:
+    """Collects problems with their rows; keeps a bounded sample and the full count."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+        self.count = 0
+
+    def add(self, problem: Problem) -> None:
+        self.count += 1
+        if len(self.items) < MAX_PROBLEMS_KEPT * 4:
+            self.items.append(problem)
+
+    def raise_if_any(self, source: str) -> None:
+        if self.count:
+            ordered = sorted(self.items, key=lambda p: p.row or 0)
+            raise TargetError(source, ordered[:MAX_PROBLEMS_KEPT], self.count)
+
+
+def _angle_unit_factor(source: str, col: _Column) -> float | None:
+    """Degrees per unit of the column's declared unit; None when there is none."""
+    unit = col.unit
+    if unit is None or isinstance(unit, u.UnrecognizedUnit) or unit == u.dimensionless_unscaled:
+        if isinstance(unit, u.UnrecognizedUnit):
+            log.warning(
+                "%s: column %r: unit %r not understood, ignored", source, col.header, str(unit)
+            )
+        return None
+    try:
+        return float(unit.to(u.deg))
+    except u.UnitConversionError:
+        raise TargetError(
+            source,
+            [Problem(f"unit {unit.to_string()!r} is not an angle", column=col.header)],
+        ) from None
+
+
+def _numbers(
+    col: _Column,
+    *,
+    hours: bool,
+    factor: float,
+    problems: _Problems,
+    label: Callable[[int], tuple[int | None, str | None]],
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Degrees for each cell: (values, ok mask, raw text shown in range errors).
+
+    Plain numbers are converted in one vectorised step and scaled by ``factor``; anything
+    else is handed to astropy's ``Angle`` (sexagesimal; RA in hours unless it says 'd').
+    """
+    n = len(col.values)
+    shown: list[str | None] = [None] * n
+    if col.values.dtype != object:
+        values = col.values.astype(np.float64) * factor
+        values[col.missing] = math.nan
+        return values, ~col.missing, shown
+    out = np.full(n, math.nan)
+    present = np.flatnonzero(~col.missing)
+    try:
+        out[present] = col.values[present].astype(np.float64) * factor
+        return out, ~col.missing, shown
+    except (ValueError, TypeError):
+        pass
+    ok = ~col.missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)  # e.g. 60 s read as +1 min
+        for i in present:
+            text = col.values[i]
+            try:
+                out[i] = float(text) * factor
+                continue
+            except (ValueError, TypeError):
+                pass
+            try:
+                out[i] = _sexagesimal(text, hours)
+                shown[i] = text
+            except (ValueError, TypeError, u.UnitsError, ArithmeticError):
+                row, column = label(i)
+                problems.add(
+                    Problem(f"{text!r} is not a number or a sexagesimal angle", row, column)
+                )
+                ok[i] = False
+    return out, ok, shown
+
+
+def _sexagesimal(text: str, hours: bool) -> float:
+    if hours and _HOUR_MARK.search(text):
+        unit = None  # "4h08m00s" says hours itself
+    elif hours and not _DEGREE_MARK.search(text):
+        unit = u.hourangle
+    else:
+        unit = u.deg
+    return float(Angle(text, unit=unit).degree)
+
+
+def _show(value: float, text: str | None) -> str:
+    return repr(float(value)) if text is None else f"{text!r} (= {value:.6g} deg)"
+
+
+def _validate(
+    source: str,
+    columns: dict[str, _Column],
+    nrows: int,
+    default_radius: float | None,
+    *,
+    argument_style: bool = False,
+) -> list[Target]:
+    """All value checks, vectorised; only failing cells are visited one by one."""
+    problems = _Problems()
+
+    def labeller(col: _Column) -> Callable[[int], tuple[int | None, str | None]]:
+        if argument_style:
+            return lambda i: (None, col.header)
+        return lambda i: (i + 1, col.header)
+
+    def report(col: _Column, bad: np.ndarray, message: Callable[[int], str]) -> None:
+        label = labeller(col)
+        for i in np.flatnonzero(bad):
+            row, column = label(int(i))
+            problems.add(Problem(message(int(i)), row, column))
+
+    coords: dict[str, np.ndarray] = {}
+    for role, hours, low, high in (("ra", True, 0.0, 360.0), ("dec", False, -90.0, 90.0)):
+        col = columns[role]
+        factor = _angle_unit_factor(source, col) or 1.0
+        values, ok, shown = _numbers(
+            col, hours=hours, factor=factor, problems=problems, label=labeller(col)
+        )
+        report(col, col.missing, lambda i: "is empty")
+        finite = np.isfinite(values)
+        report(col, ok & ~finite, lambda i, v=values: f"{float(v[i])!r} is not a finite number")
+        with np.errstate(invalid="ignore"):
+            outside = ok & finite & ((values < low) | (values > high))
+        report(
+            col,
+            outside,
+            lambda i, v=values, s=shown, lo=low, hi=high: (
+                f"{_show(v[i], s[i])} is outside [{lo:g}, {hi:g}]"
+            ),
+        )
+        coords[role] = values
+    # 360 -> 0 (and 24h, which comes back from hours as 359.99999999999994); -0.0 -> 0.0
+    ra = np.where(coords["ra"] > 360.0 - 1e-9, 0.0, coords["ra"]) + 0.0
+    dec = coords["dec"]
+
+    radius = np.full(nrows, math.nan if default_radius is None else float(default_radius))
+    has_radius = np.full(nrows, default_radius is not None)
+    if "radius" in columns:
+        col = columns["radius"]
+        declared = _angle_unit_factor(source, col)
+        factor = (
+            declared
+            if declared is not None
+            else RADIUS_ALIASES.get(_normalise_header(col.header), 1.0)
+        )
+        values, ok, shown = _numbers(
+            col, hours=False, factor=factor, problems=problems, label=labeller(col)
+        )
+        given = ok & ~np.isnan(values)  # empty or NaN radius: use the default
+        with np.errstate(invalid="ignore"):
+            bad = given & ~((values > 0) & (values <= MAX_RADIUS_DEG))
+        report(
+            col,
+            bad,
+            lambda i, v=values, s=shown: (
+                f"{_show(v[i], s[i])} is not a radius in (0, {MAX_RADIUS_DEG:g}] deg"
+            ),
+        )
+        radius = np.where(given, values, radius)
+        has_radius = has_radius | given
+
+    if "name" in columns:
+        col = columns["name"]
+        if col.values.dtype == object:  # text, already stripped
+            names = col.values.tolist()
+        else:
+            names = [_name_text(v) for v in col.values.tolist()]
+        empty = col.missing | np.array([not n for n in names], bool)
+        report(col, empty, lambda i: "is empty or blank")
+        first_seen: dict[str, int] = {}
+        label = labeller(col)
+        for i, name in enumerate(names):
+            if not name or empty[i]:
+                continue
+            j = first_seen.setdefault(name, i)
+            if j != i:
+                row, column = label(i)
+                problems.add(Problem(f"name {name!r} repeats row {j + 1}", row, column))
+    else:
+        problems.raise_if_any(source)  # names from bad coordinates would be noise
+        names = iau_names(ra, dec)
+        first_seen = {}
+        for i, name in enumerate(names):
+            j = first_seen.setdefault(name, i)
+            if j != i:
+                problems.add(
+                    Problem(
+                        f"same position as row {j + 1} (generated name {name}); "
+                        "remove one or add a name column",
+                        row=i + 1,
+                        column=columns["ra"].header,
+                    )
+                )
+
+    problems.raise_if_any(source)
+    radii = [
+        float(r) if h else None for r, h in zip(radius.tolist(), has_radius.tolist(), strict=True)
+    ]
+    return [
+        Target(name=n, ra=r, dec=d, radius=rad, row=i + 1)
+        for i, (n, r, d, rad) in enumerate(
+            zip(names, ra.tolist(), dec.tolist(), radii, strict=True)
+        )
+    ]
+
+
+def _name_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # an integer id column read as float
+    return str(value).strip()
+
+
+def iau_names(ra: np.ndarray, dec: np.ndarray) -> list[str]:
+    """IAU-style ``Jhhmmss.ss+ddmmss.s`` names; truncated, not rounded, as the IAU asks.
+
+    A tiny epsilon keeps exact values (62.0 deg = 04h08m00s) from truncating to ...59.99.
+    """
+    ra_cs = np.floor(np.mod(np.asarray(ra, float), 360.0) * 24_000 + 1e-6).astype(np.int64)
+    ra_cs %= 24 * 360_000  # in 0.01 s of time
+    dec_ds = np.floor(np.abs(np.asarray(dec, float)) * 36_000 + 1e-6).astype(np.int64)  # 0.1"
+    names = []
+    for cs, ds, negative in zip(
+        ra_cs.tolist(), dec_ds.tolist(), (np.asarray(dec) < 0).tolist(), strict=True
+    ):
+        h, rest = divmod(cs, 360_000)
+        m, rest = divmod(rest, 6000)
+        s, frac = divmod(rest, 100)
+        d, rest_d = divmod(ds, 36_000)
+        dm, rest_d = divmod(rest_d, 600)
+        dsec, dfrac = divmod(rest_d, 10)
+        sign = "-" if negative else "+"
+        names.append(f"J{h:02d}{m:02d}{s:02d}.{frac:02d}{sign}{d:02d}{dm:02d}{dsec:02d}.{dfrac:d}")
+    return names
+
+
+def _check_default_radius(source: str, value: float) -> None:
+    try:
+        ok = math.isfinite(float(value)) and 0 < float(value) <= MAX_RADIUS_DEG
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise TargetError(
+            source,
+            [Problem(f"default_radius={value!r} is not a radius in (0, {MAX_RADIUS_DEG:g}] deg")],
+        )
+
+
+def _object_array(values: list[object]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v.strip() if isinstance(v, str) else ("" if v is None else str(v))
+    return out
+
+
+def _missing_of(values: list[object]) -> np.ndarray:
+    return np.array([v is None or (isinstance(v, str) and not v.strip()) for v in values], bool)
