@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -56,6 +57,88 @@ def _archive(args: argparse.Namespace) -> int:
     finally:
         archive.jobs.shutdown()
     return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, exit code 2."""
+    from pyvo.dal import DALQueryError
+
+    from tasks.adql import AdqlValueError
+    from tasks.datalink import DatalinkAuthError
+    from tasks.obscore import QueryError
+    from tasks.targets import TargetError
+
+    from .config import ConfigError
+
+    return (ConfigError, TargetError, AdqlValueError, DatalinkAuthError, QueryError, DALQueryError)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from .config import parse_override
+
+    overrides: dict = {}
+    if args.targets:
+        overrides["targets"] = args.targets
+    if args.ra is not None or args.dec is not None:
+        overrides["ra"], overrides["dec"] = args.ra, args.dec
+    if args.radius is not None:
+        overrides["radius"] = args.radius
+    if args.output:
+        overrides["output_url"] = args.output
+    if args.plan:
+        overrides["plan"] = True
+    for name in ("bands", "subtypes"):
+        value = getattr(args, name)
+        if value:
+            overrides[f"constraints.{name}"] = [v.strip() for v in value.split(",") if v.strip()]
+    if args.calib_levels:
+        overrides["constraints.calib_levels"] = [v.strip() for v in args.calib_levels.split(",")]
+    for item in args.set:
+        key, value = parse_override(item)
+        overrides[key] = value
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    _quiet_prefect(args.verbose)
+    from .config import ConfigError, build_params
+
+    try:
+        params = build_params(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"obsharvest run: {exc}", file=sys.stderr)
+        return 2
+    from tasks.report import text
+
+    from .harvest import harvest
+    from .progress_bars import bars
+
+    errors = _user_errors()
+    try:
+        with bars(enabled=sys.stderr.isatty() and not args.verbose):
+            summary = harvest(params)
+    except errors as exc:
+        print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(text(summary))
+    if summary.failures:
+        print(f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
+              "'failure' column); rerun to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    from tasks.redact import redact
+
+    return redact(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
         "files.bandwidth=5e6, total.bandwidth=2e7 (repeatable)",
     )
     archive.set_defaults(func=_archive)
+
+    run = commands.add_parser("run", help="harvest images for a target list (or one position)")
+    run.add_argument("--config", default=None, help="YAML profile, e.g. config/local.yaml")
+    run.add_argument("--targets", help="target list: CSV, ECSV, Parquet or VOTable (path or URL)")
+    run.add_argument("--ra", help="one target: right ascension (deg or hh:mm:ss)")
+    run.add_argument("--dec", help="one target: declination (deg or dd:mm:ss)")
+    run.add_argument("--radius", type=float, help="deg: harvest images overlapping this circle")
+    run.add_argument("--output", help="output URL: metadata/ Parquet and, by default, fits/")
+    run.add_argument("--plan", "--dry-run", action="store_true",
+                     help="query and verify, write the Parquet, download nothing")
+    run.add_argument("--bands", help="comma-separated bands, e.g. i,r")
+    run.add_argument("--subtypes", help="comma-separated dataproduct_subtype values")
+    run.add_argument("--calib-levels", help="comma-separated calib_level values, e.g. 2,3")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any parameter, e.g. query.maxrec=5000 (repeatable)")
+    run.set_defaults(func=_run)
     return parser
 
 

@@ -1,0 +1,210 @@
+"""Between the steps: unique images from query rows, rows for Parquet, and the summary.
+
+Pure functions over astropy/Arrow tables and the step records, so the flow stays a thin
+sequence of task calls and every rule here is tested without Prefect or a network.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+from astropy.table import Table
+
+from .adql import TARGET_COLUMN
+from .images import ImageOutcome, ImageWork, Prior
+from .metadata import obscore_to_arrow, with_harvest_columns
+from .models import Target, Verdict
+from .storage_keys import object_key
+
+ID_COLUMN = "obs_publisher_did"
+
+
+def _text(value) -> str:
+    if value is None or value is np.ma.masked:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def image_works(rows: Table, targets: Mapping[str, Target], priors: Mapping[tuple[str, str], Prior],
+                *, band_column: str = "lsst_band") -> list[ImageWork]:
+    """One work item per unique image, carrying every target it serves (seed: images
+    shared by several targets are resolved, verified and stored once)."""
+    if len(rows) == 0:
+        return []
+    by_image: dict[str, list[str]] = defaultdict(list)
+    first: dict[str, int] = {}
+    for i, (did, name) in enumerate(zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True)):
+        did, name = _text(did), _text(name)
+        if name not in by_image[did]:
+            by_image[did].append(name)
+        first.setdefault(did, i)
+    works = []
+    has_band = band_column in rows.colnames
+    for did, names in by_image.items():
+        row = rows[first[did]]
+        key = object_key(
+            _text(row["obs_collection"]) if "obs_collection" in rows.colnames else "collection",
+            _text(row["dataproduct_subtype"]) if "dataproduct_subtype" in rows.colnames else "image",
+            (_text(row[band_column]) if has_band else "") or "none",
+            _text(row["obs_id"]) or did,
+        )
+        works.append(ImageWork(
+            key=did,
+            access_url=_text(row["access_url"]),
+            storage_key=key,
+            targets=tuple(targets[n] for n in names),
+            priors={n: priors[(n, did)] for n in names if (n, did) in priors},
+        ))
+    return works
+
+
+def priors_from(table: pa.Table | None) -> dict[tuple[str, str], Prior]:
+    """Decisions of earlier runs, from the current Parquet rows."""
+    if table is None or table.num_rows == 0:
+        return {}
+    cols = {c: table.column(c).to_pylist() for c in (
+        "target_name", ID_COLUMN, "verdict", "pixel_x", "pixel_y", "wcs_hdu", "verdict_reason",
+        "stored", "storage_uri", "file_size", "sha256") if c in table.column_names}
+    out = {}
+    for i in range(table.num_rows):
+        key = (cols["target_name"][i], cols[ID_COLUMN][i])
+        out[key] = Prior(
+            verdict=cols["verdict"][i], x=cols["pixel_x"][i], y=cols["pixel_y"][i],
+            hdu=cols["wcs_hdu"][i], reason=cols["verdict_reason"][i], stored=bool(cols["stored"][i]),
+            storage_uri=cols["storage_uri"][i], size=cols["file_size"][i], sha256=cols["sha256"][i],
+        )
+    return out
+
+
+def metadata_rows(rows: Table, targets: Mapping[str, Target], outcomes: Mapping[str, ImageOutcome],
+                  run_id: str, when: datetime | None = None) -> pa.Table:
+    """Every (target, image) row: all ObsCore columns plus the harvest's decisions."""
+    when = when or datetime.now(UTC)
+    obscore = obscore_to_arrow(rows, drop=[TARGET_COLUMN])
+    values: dict[str, list] = defaultdict(list)
+    for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True):
+        did, name = _text(did), _text(name)
+        target = targets[name]
+        outcome = outcomes.get(did)
+        verdict = outcome.verdicts.get(name) if outcome else None
+        stored = outcome.stored if outcome else None
+        values["target_name"].append(name)
+        values["target_ra"].append(target.ra)
+        values["target_dec"].append(target.dec)
+        values["target_radius"].append(target.radius)
+        values["verdict"].append(verdict.verdict.value if verdict else None)
+        values["pixel_x"].append(verdict.x if verdict else None)
+        values["pixel_y"].append(verdict.y if verdict else None)
+        values["wcs_hdu"].append(verdict.hdu if verdict else None)
+        values["verdict_reason"].append(verdict.reason if verdict else None)
+        values["stored"].append(stored is not None)
+        values["storage_uri"].append(stored.uri if stored else None)
+        values["file_size"].append(stored.size if stored else None)
+        values["sha256"].append(stored.sha256 if stored else None)
+        values["failure"].append(outcome.failure if outcome else "image was not processed")
+        values["run_id"].append(run_id)
+        values["harvested_at"].append(when)
+    return with_harvest_columns(obscore, values)
+
+
+@dataclass
+class TargetSummary:
+    name: str
+    rows: int = 0
+    contains: int = 0
+    outside: int = 0  # in s_region, not on the pixels: the padding false positives
+    undecided: int = 0  # no_wcs, error, or not verified
+    stored: int = 0
+    bytes: int = 0
+    failures: int = 0
+
+
+@dataclass
+class Summary:
+    run_id: str
+    targets: list[TargetSummary] = field(default_factory=list)
+    images: int = 0
+    downloaded: int = 0
+    downloaded_bytes: int = 0
+    stored_images: int = 0
+    stored_bytes: int = 0
+    already_stored: int = 0
+    reused: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    by_subtype_band: dict[str, int] = field(default_factory=dict)
+    planned_bytes: int = 0  # plan mode: what a real run would download
+    metadata_url: str = ""
+    storage_url: str = ""
+    plan: bool = False
+
+    @property
+    def false_positive_rate(self) -> float:
+        decided = sum(t.contains + t.outside for t in self.targets)
+        return sum(t.outside for t in self.targets) / decided if decided else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def summarize(rows: Table, works: Sequence[ImageWork], outcomes: Mapping[str, ImageOutcome],
+              run_id: str, *, band_column: str = "lsst_band", plan: bool = False) -> Summary:
+    summary = Summary(run_id=run_id, plan=plan, images=len(works))
+    per_target: dict[str, TargetSummary] = {}
+    for work in works:
+        for target in work.targets:
+            per_target.setdefault(target.name, TargetSummary(target.name))
+    counted: set[tuple[str, str]] = set()
+    for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True) if len(rows) else ():
+        did, name = _text(did), _text(name)
+        if (name, did) in counted:
+            continue
+        counted.add((name, did))
+        entry = per_target.setdefault(name, TargetSummary(name))
+        entry.rows += 1
+        outcome = outcomes.get(did)
+        verdict = outcome.verdicts.get(name) if outcome else None
+        if verdict is not None and verdict.verdict == Verdict.CONTAINS:
+            entry.contains += 1
+        elif verdict is not None and verdict.verdict == Verdict.OUTSIDE:
+            entry.outside += 1
+        else:
+            entry.undecided += 1
+        if outcome and outcome.stored:
+            entry.stored += 1
+            entry.bytes += outcome.stored.size
+        if outcome is None or outcome.failure:
+            entry.failures += 1
+    counts: Counter[str] = Counter()
+    subtype = {_text(d): _text(s) for d, s in zip(rows[ID_COLUMN], rows["dataproduct_subtype"], strict=True)} \
+        if len(rows) and "dataproduct_subtype" in rows.colnames else {}
+    band = {_text(d): _text(b) for d, b in zip(rows[ID_COLUMN], rows[band_column], strict=True)} \
+        if len(rows) and band_column in rows.colnames else {}
+    for work in works:
+        outcome = outcomes.get(work.key)
+        counts[f"{subtype.get(work.key, '?')} {band.get(work.key, '') or '-'}"] += 1
+        if outcome is None:
+            summary.failures.append((work.key, "image was not processed"))
+            continue
+        if outcome.failure:
+            summary.failures.append((work.key, outcome.failure))
+        if outcome.reused:
+            summary.reused += 1
+        if outcome.stored:
+            summary.stored_images += 1
+            summary.stored_bytes += outcome.stored.size
+            if outcome.downloaded:
+                summary.downloaded += 1
+                summary.downloaded_bytes += outcome.stored.size
+            elif not outcome.reused:
+                summary.already_stored += 1
+        elif plan and outcome.wanted and outcome.content_length:
+            summary.planned_bytes += outcome.content_length
+    summary.by_subtype_band = dict(sorted(counts.items()))
+    summary.targets = sorted(per_target.values(), key=lambda t: t.name)
+    return summary

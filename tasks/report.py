@@ -1,0 +1,89 @@
+"""What a person reads after a harvest: a per-target table and a markdown summary.
+
+Pure rendering of ``assemble.Summary``; the flow turns these into Prefect artifacts and
+the CLI prints them.
+"""
+
+from __future__ import annotations
+
+from .assemble import Summary
+from .redact import redact
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def target_rows(summary: Summary) -> list[dict]:
+    return [
+        {
+            "target": t.name, "rows": t.rows, "true matches": t.contains,
+            "false positives": t.outside, "undecided": t.undecided, "stored": t.stored,
+            "bytes": t.bytes, "failures": t.failures,
+        }
+        for t in summary.targets
+    ]
+
+
+def markdown(summary: Summary, *, max_failures: int = 50) -> str:
+    s = summary
+    kind = "Plan (dry run)" if s.plan else "Harvest"
+    lines = [
+        f"# {kind} {s.run_id}",
+        "",
+        f"- targets: **{len(s.targets)}**, unique images: **{s.images}**",
+        f"- `s_region` false-positive rate (in the padded region, not on the pixels): "
+        f"**{s.false_positive_rate:.1%}**",
+    ]
+    if s.plan:
+        lines.append(f"- would download: **{human_bytes(s.planned_bytes)}**")
+    else:
+        lines += [
+            f"- stored images: **{s.stored_images}** ({human_bytes(s.stored_bytes)}); "
+            f"downloaded this run: {s.downloaded} ({human_bytes(s.downloaded_bytes)}); "
+            f"already in storage: {s.already_stored}; decided by earlier runs: {s.reused}",
+        ]
+    lines += [f"- failures: **{len(s.failures)}**", "",
+              f"Parquet: `{s.metadata_url}`  ", f"FITS: `{s.storage_url}`", ""]
+    if s.by_subtype_band:
+        lines += ["## Images by subtype and band", "", "| subtype band | images |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in s.by_subtype_band.items()]
+        lines.append("")
+    if s.failures:
+        lines += ["## Failures", "", "| image | reason |", "|---|---|"]
+        for image, reason in s.failures[:max_failures]:
+            lines.append(f"| `{image}` | {redact(reason).replace('|', '/')} |")
+        if len(s.failures) > max_failures:
+            lines.append(f"| … | {len(s.failures) - max_failures} more |")
+    return "\n".join(lines) + "\n"
+
+
+def text(summary: Summary, *, max_targets: int = 20) -> str:
+    """The CLI's closing report."""
+    s = summary
+    out = []
+    header = f"{'target':<24} {'rows':>6} {'match':>6} {'false+':>6} {'stored':>6} {'bytes':>10} {'fail':>5}"
+    out.append(header)
+    for t in s.targets[:max_targets]:
+        out.append(f"{t.name[:24]:<24} {t.rows:>6} {t.contains:>6} {t.outside:>6} {t.stored:>6} "
+                   f"{human_bytes(t.bytes):>10} {t.failures:>5}")
+    if len(s.targets) > max_targets:
+        out.append(f"… and {len(s.targets) - max_targets} more targets")
+    out.append("")
+    if s.plan:
+        out.append(f"plan: {s.images} images; would download {human_bytes(s.planned_bytes)}")
+    else:
+        out.append(f"{s.images} images: {s.stored_images} stored ({human_bytes(s.stored_bytes)}), "
+                   f"{s.downloaded} downloaded now ({human_bytes(s.downloaded_bytes)}), "
+                   f"s_region false positives {s.false_positive_rate:.1%}")
+    for image, reason in s.failures[:10]:
+        out.append(f"FAILED {image}: {redact(reason)}")
+    if len(s.failures) > 10:
+        out.append(f"… and {len(s.failures) - 10} more failures")
+    out.append(f"Parquet: {s.metadata_url}")
+    out.append(f"FITS:    {s.storage_url}")
+    return "\n".join(out)
