@@ -51,11 +51,13 @@ class Constraints:
     extra_where: str | None = None  # trusted raw ADQL, ANDed in parentheses
     band_column: str = "lsst_band"  # Rubin's; ObsCore itself has no band-name column
 
+    def __post_init__(self) -> None:
+        if not _IDENTIFIER.match(self.band_column):
+            raise AdqlValueError(f"band column {self.band_column!r} is not an ADQL identifier")
+
     def clauses(self, prefix: str = "") -> list[str]:
         out = []
         if self.bands:
-            if not _IDENTIFIER.match(self.band_column):
-                raise AdqlValueError(f"band column {self.band_column!r} is not an ADQL identifier")
             out.append(
                 f"{prefix}{self.band_column} IN ({', '.join(quote(b, 'band') for b in self.bands)})"
             )

@@ -1,0 +1,147 @@
+"""The harvest flow over real HTTP against the embedded archive (issue 4's done-when)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+
+import simarchive.geometry as geo
+from flows.harvest import harvest
+from flows.params import HarvestParams
+
+from .conftest import TARGET_DEC, TARGET_RA
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def params_for(archive, output, **extra) -> HarvestParams:
+    data = {
+        "service": {"tap_url": archive.tap_url},
+        "ra": TARGET_RA,
+        "dec": TARGET_DEC,
+        "target_name": "seed",
+        "constraints": {"bands": ["i"], "calib_levels": [2]},
+        "output_url": str(output),
+    }
+    data.update(extra)
+    return HarvestParams.model_validate(data)
+
+
+def read_rows(output):
+    return ds.dataset(str(output / "metadata"), format="parquet").to_table().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def first_run(archive, tmp_path_factory):
+    output = tmp_path_factory.mktemp("harvest")
+    archive.reset_stats()
+    summary = harvest(params_for(archive, output))
+    return output, summary, archive.stats()
+
+
+def test_every_queried_calexp_is_in_the_parquet_with_the_true_verdict(first_run, archive):
+    import pyvo
+
+    output, summary, _ = first_run
+    query = (
+        "SELECT obs_publisher_did FROM ivoa.ObsCore WHERE CONTAINS(POINT('ICRS', "
+        f"{TARGET_RA}, {TARGET_DEC}), s_region) = 1 AND lsst_band = 'i' AND calib_level = 2"
+    )
+    expected = set(
+        pyvo.dal.TAPService(archive.tap_url).search(query).to_table()["obs_publisher_did"]
+    )
+    rows = read_rows(output)
+    assert {r["obs_publisher_did"] for r in rows} == expected
+    assert len(rows) == len(expected)  # one row per (target, image)
+    truth = archive.truth(TARGET_RA, TARGET_DEC)
+    for row in rows:
+        assert row["verdict"] == ("contains" if row["obs_publisher_did"] in truth else "outside")
+        assert row["stored"] == (row["obs_publisher_did"] in truth)
+        assert row["failure"] is None
+        assert "Signature" not in str(row.values())  # signed URLs are never persisted
+    assert summary.ok and summary.stored_images == len(expected & truth)
+    assert 0 < summary.false_positive_rate < 1
+
+
+def test_only_true_matches_are_stored_and_open_with_the_right_wcs(first_run):
+    output, _, _ = first_run
+    target = SkyCoord(TARGET_RA, TARGET_DEC, unit="deg")
+    stored = [r for r in read_rows(output) if r["stored"]]
+    files = sorted(p for p in (output / "fits").rglob("*.fits"))
+    assert len(files) == len(stored)
+    for row in stored:
+        assert row["storage_uri"].startswith("file://")
+        path = row["storage_uri"].removeprefix("file://")
+        with fits.open(path) as hdul:
+            wcs = WCS(hdul[1].header)
+            x, y = wcs.world_to_pixel(target)
+            assert abs(x - row["pixel_x"]) < 1e-6 and abs(y - row["pixel_y"]) < 1e-6
+            assert bool(wcs.footprint_contains(target))
+        with open(path, "rb") as fh:
+            assert row["file_size"] == len(fh.read())
+
+
+def test_second_run_fetches_nothing_and_keeps_one_row_per_pair(first_run, archive):
+    output, first, _ = first_run
+    archive.reset_stats()
+    again = harvest(params_for(archive, output))
+    stats = archive.stats()
+    assert "files" not in stats  # no header bytes, no image bytes
+    assert "datalink" not in stats
+    assert again.downloaded == 0 and again.reused == first.images
+    rows = read_rows(output)
+    pairs = [(r["target_name"], r["obs_publisher_did"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == first.images
+
+
+def test_plan_mode_writes_verdicts_and_downloads_nothing(archive, tmp_path):
+    archive.reset_stats()
+    summary = harvest(params_for(archive, tmp_path, plan=True))
+    rows = read_rows(tmp_path)
+    assert rows and all(r["verdict"] in ("contains", "outside") for r in rows)
+    assert not any(r["stored"] for r in rows)
+    assert not (tmp_path / "fits").exists() or not list((tmp_path / "fits").rglob("*.fits"))
+    contains = [r for r in rows if r["verdict"] == "contains"]
+    assert summary.planned_bytes >= len(contains) * 1000
+    served = archive.stats()["files"]["bytes"]
+    assert served < summary.planned_bytes / 10  # only header blocks travelled
+
+
+def test_verification_reads_under_a_thousandth_of_100mb_class_images(tmp_path):
+    """Real-size (4072x4000, ~195 MB) calexps: the WCS check reads header blocks only."""
+    from simarchive.server import ArchiveSettings, EmbeddedArchive
+
+    with EmbeddedArchive(ArchiveSettings(n_visits=24, binning=1)) as big:
+        truth = big.truth(TARGET_RA, TARGET_DEC)
+        calexps = [p for p in big.sky.products if p.subtype == "lsst.calexp"]
+        inside = [p.obs_publisher_did for p in calexps if p.obs_publisher_did in truth][:2]
+        # one image whose padded s_region holds the point but whose pixels do not
+        regions = geo.parse_regions([p.s_region for p in calexps])
+        hit, _ = geo.contains(geo.points(np.array([TARGET_RA]), np.array([TARGET_DEC])), regions)
+        padding = [
+            p.obs_publisher_did
+            for p, h in zip(calexps, hit, strict=True)
+            if h and p.obs_publisher_did not in truth
+        ][:1]
+        chosen = inside + padding
+        assert len(chosen) == 3
+        where = "obs_publisher_did IN (" + ", ".join(f"'{d}'" for d in chosen) + ")"
+        params = params_for(
+            big, tmp_path, plan=True, constraints={"calib_levels": [2], "extra_where": where}
+        )
+        big.reset_stats()
+        summary = harvest(params)
+        rows = read_rows(tmp_path)
+        assert {r["obs_publisher_did"] for r in rows} == set(chosen)
+        assert {r["obs_publisher_did"] for r in rows if r["verdict"] == "contains"} == set(inside)
+        sizes = sum(big.sky.fits_size(big._product_by_id(d).id) for d in chosen)
+        assert sizes > 3 * 100e6
+        read = big.stats()["files"]["bytes"]
+        assert read <= 0.001 * sizes, f"read {read} bytes of {sizes}"
+        assert summary.planned_bytes == sum(
+            big.sky.fits_size(big._product_by_id(d).id) for d in inside
+        )
