@@ -23,7 +23,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 demo: venv
-	$(BIN)/python -m simarchive.demo
+	$(BIN)/obsharvest run --config config/local.yaml --targets config/demo-targets.csv --output output/demo
 
 archive: venv
 	$(BIN)/obsharvest archive --host 127.0.0.1 --port 8765

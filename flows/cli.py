@@ -117,10 +117,18 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from tasks.report import text
 
-    from .harvest import harvest
+    from .harvest import harvest, preflight
     from .progress_bars import bars
 
     errors = _user_errors()
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_UserErrorNoise(errors))
+    try:
+        preflight(params)
+    except errors as exc:
+        print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
+        return 2
     try:
         with bars(enabled=sys.stderr.isatty() and not args.verbose):
             summary = harvest(params)
@@ -129,10 +137,32 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(text(summary))
     if summary.failures:
-        print(f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
-              "'failure' column); rerun to retry them", file=sys.stderr)
+        print(
+            f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
+            "'failure' column); rerun to retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+class _UserErrorNoise(logging.Filter):
+    """Keep Prefect's failure tracebacks for user errors off the console: the CLI says it
+    in one line. (Prefect's own API log handler still records everything.)"""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self._errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("prefect"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, self._errors):
+            return False
+        return not (
+            record.levelno >= logging.ERROR and "Finished in state Failed" in record.getMessage()
+        )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -223,13 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dec", help="one target: declination (deg or dd:mm:ss)")
     run.add_argument("--radius", type=float, help="deg: harvest images overlapping this circle")
     run.add_argument("--output", help="output URL: metadata/ Parquet and, by default, fits/")
-    run.add_argument("--plan", "--dry-run", action="store_true",
-                     help="query and verify, write the Parquet, download nothing")
+    run.add_argument(
+        "--plan",
+        "--dry-run",
+        action="store_true",
+        help="query and verify, write the Parquet, download nothing",
+    )
     run.add_argument("--bands", help="comma-separated bands, e.g. i,r")
     run.add_argument("--subtypes", help="comma-separated dataproduct_subtype values")
     run.add_argument("--calib-levels", help="comma-separated calib_level values, e.g. 2,3")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any parameter, e.g. query.maxrec=5000 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any parameter, e.g. query.maxrec=5000 (repeatable)",
+    )
     run.set_defaults(func=_run)
     return parser
 

@@ -43,7 +43,9 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(
+            f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -64,12 +66,16 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def build_params(config: str | Path | None, overrides: Mapping[str, Any] | None = None) -> HarvestParams:
+def build_params(
+    config: str | Path | None, overrides: Mapping[str, Any] | None = None
+) -> HarvestParams:
     data = load_yaml(config) if config else {}
     data = copy.deepcopy(data)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    if data.get("targets") is not None and (data.get("ra") is not None or data.get("dec") is not None):
+    if data.get("targets") is not None and (
+        data.get("ra") is not None or data.get("dec") is not None
+    ):
         # a command-line position replaces the profile's target file, and vice versa
         if overrides and ("ra" in overrides or "dec" in overrides):
             data.pop("targets")

@@ -49,16 +49,26 @@ class Connection:
 
 def _retry(params: HarvestParams) -> RetryPolicy:
     r = params.retry
-    return RetryPolicy(attempts=r.attempts, initial_wait=r.initial_wait, max_wait=r.max_wait,
-                       deadline=r.deadline_seconds)
+    return RetryPolicy(
+        attempts=r.attempts,
+        initial_wait=r.initial_wait,
+        max_wait=r.max_wait,
+        deadline=r.deadline_seconds,
+    )
 
 
 def _constraints(params: HarvestParams) -> Constraints:
     c = params.constraints
     start, end = c.mjd_range
-    return Constraints(bands=tuple(c.bands), subtypes=tuple(c.subtypes),
-                       calib_levels=tuple(c.calib_levels), t_min=start, t_max=end,
-                       extra_where=c.extra_where, band_column=params.service.band_column)
+    return Constraints(
+        bands=tuple(c.bands),
+        subtypes=tuple(c.subtypes),
+        calib_levels=tuple(c.calib_levels),
+        t_min=start,
+        t_max=end,
+        extra_where=c.extra_where,
+        band_column=params.service.band_column,
+    )
 
 
 @task(name="load-targets")
@@ -72,60 +82,103 @@ def load_targets(params: HarvestParams) -> list[Target]:
 
 
 @task(name="query-obscore", task_run_name="query-{label}")
-def query_batch(params: HarvestParams, conn: Connection, targets: list[Target], label: str) -> Table:
+def query_batch(
+    params: HarvestParams, conn: Connection, targets: list[Target], label: str
+) -> Table:
     session = conn.session()
     service = pyvo.dal.TAPService(conn.tap_url, session=session)
     retry = _retry(params)
-    options = QueryOptions(mode=params.query.mode, maxrec=params.query.maxrec,
-                           deadline=params.query.deadline_seconds, retry=retry)
+    options = QueryOptions(
+        mode=params.query.mode,
+        maxrec=params.query.maxrec,
+        deadline=params.query.deadline_seconds,
+        retry=retry,
+    )
     features = probe_features(service, retry)
-    strategy = Strategy(kind=params.query.strategy, batch_size=params.query.batch_size,
-                        prefilter_radius=params.query.prefilter_radius)
+    strategy = Strategy(
+        kind=params.query.strategy,
+        batch_size=params.query.batch_size,
+        prefilter_radius=params.query.prefilter_radius,
+    )
     queries: list[str] = []
-    rows = query_targets(service, targets, _constraints(params), strategy, features, options,
-                         on_query=queries.append)
-    get_run_logger().info("%d targets: %d queries, %d (target, image) rows", len(targets),
-                          len(queries), len(rows))
+    rows = query_targets(
+        service, targets, _constraints(params), strategy, features, options, on_query=queries.append
+    )
+    get_run_logger().info(
+        "%d targets: %d queries, %d (target, image) rows", len(targets), len(queries), len(rows)
+    )
     progress.advance("query", len(targets))
     return rows
 
 
 @task(name="process-images", task_run_name="images-{label}")
-def image_batch(params: HarvestParams, conn: Connection, works: list[ImageWork],
-                label: str) -> list[ImageOutcome]:
+def image_batch(
+    params: HarvestParams, conn: Connection, works: list[ImageWork], label: str
+) -> list[ImageOutcome]:
     c = params.concurrency
     session = conn.session(pool=max(c.datalink_workers, 4))
-    resolver = DatalinkResolver(session, batch_size=c.datalink_batch, workers=c.datalink_workers,
-                                retry=_retry(params))
+    resolver = DatalinkResolver(
+        session, batch_size=c.datalink_batch, workers=c.datalink_workers, retry=_retry(params)
+    )
     store = ObjectStore(params.storage_url, params.storage_options)
     settings = ImageSettings(
-        verification=params.verification.mode, margin_px=params.verification.margin_px,
-        block_size=params.verification.header_block_size, plan=params.plan,
-        verify_workers=c.verify_workers, download_workers=c.download_workers, retry=_retry(params),
+        verification=params.verification.mode,
+        margin_px=params.verification.margin_px,
+        block_size=params.verification.header_block_size,
+        plan=params.plan,
+        verify_workers=c.verify_workers,
+        download_workers=c.download_workers,
+        retry=_retry(params),
     )
-    outcomes = process_images(works, resolver, store, settings,
-                              on_done=lambda o: progress.advance("images", 1, o.stored.size if o.stored and o.downloaded else 0))
+    outcomes = process_images(
+        works,
+        resolver,
+        store,
+        settings,
+        on_done=lambda o: progress.advance(
+            "images", 1, o.stored.size if o.stored and o.downloaded else 0
+        ),
+    )
     failed = [o for o in outcomes if o.failure]
     logger = get_run_logger()
     for outcome in failed[:20]:
         logger.warning("image %s failed: %s", outcome.key, outcome.failure)
-    logger.info("%d images: %d stored, %d failed", len(works),
-                sum(1 for o in outcomes if o.stored), len(failed))
+    logger.info(
+        "%d images: %d stored, %d failed",
+        len(works),
+        sum(1 for o in outcomes if o.stored),
+        len(failed),
+    )
     return outcomes
 
 
 @task(name="write-metadata")
-def write_metadata(params: HarvestParams, rows: Table, targets: dict[str, Target],
-                   outcomes: dict[str, ImageOutcome], run_id: str) -> list[str]:
+def write_metadata(
+    params: HarvestParams,
+    rows: Table,
+    targets: dict[str, Target],
+    outcomes: dict[str, ImageOutcome],
+    run_id: str,
+) -> list[str]:
     if len(rows) == 0:
         return []
     table = assemble.metadata_rows(rows, targets, outcomes, run_id)
     return MetadataStore(params.output_url, params.output_storage_options).merge(table)
 
 
+def preflight(params: HarvestParams) -> None:
+    """Check what can be checked before any work starts: the target list and the query
+    values. Raises the same user errors the flow would, without a flow run."""
+    if params.targets:
+        read_targets(params.targets, default_radius=params.radius)
+    else:
+        single_target(params.ra, params.dec, params.radius, params.target_name)
+    _constraints(params).clauses()
+
+
 def _chunks(items: Sequence, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+        yield list(items[start : start + size])
 
 
 @contextlib.contextmanager
@@ -139,8 +192,14 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
     from simarchive.server import ArchiveSettings, EmbeddedArchive
 
     e = svc.embedded
-    settings = ArchiveSettings(port=e.port, seed=e.seed, n_visits=e.n_visits, binning=e.binning,
-                               profile=e.profile, naming=e.naming)
+    settings = ArchiveSettings(
+        port=e.port,
+        seed=e.seed,
+        n_visits=e.n_visits,
+        binning=e.binning,
+        profile=e.profile,
+        naming=e.naming,
+    )
     with EmbeddedArchive(settings) as archive:
         yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts))
 
@@ -152,8 +211,10 @@ def run_harvest(params: HarvestParams, run_id: str) -> assemble.Summary:
         targets = load_targets(params)
         by_name = {t.name: t for t in targets}
         progress.start("query", len(targets))
-        futures = [query_batch.submit(params, conn, chunk, f"{i + 1}")
-                   for i, chunk in enumerate(_chunks(targets, params.concurrency.targets_per_task))]
+        futures = [
+            query_batch.submit(params, conn, chunk, f"{i + 1}")
+            for i, chunk in enumerate(_chunks(targets, params.concurrency.targets_per_task))
+        ]
         tables = [f.result() for f in futures]
         tables = [t for t in tables if len(t)]
         rows = vstack(tables, metadata_conflicts="silent") if tables else Table()
@@ -163,15 +224,18 @@ def run_harvest(params: HarvestParams, run_id: str) -> assemble.Summary:
         logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
         progress.start("images", len(works))
         batches = list(_chunks(works, params.concurrency.images_per_task))
-        futures = [image_batch.submit(params, conn, batch, f"{i + 1}-of-{len(batches)}")
-                   for i, batch in enumerate(batches)]
+        futures = [
+            image_batch.submit(params, conn, batch, f"{i + 1}-of-{len(batches)}")
+            for i, batch in enumerate(batches)
+        ]
         outcomes: dict[str, ImageOutcome] = {}
         for future in futures:
             for outcome in future.result():
                 outcomes[outcome.key] = outcome
         paths = write_metadata(params, rows, by_name, outcomes, run_id) if len(rows) else []
-        summary = assemble.summarize(rows, works, outcomes, run_id,
-                                     band_column=params.service.band_column, plan=params.plan)
+        summary = assemble.summarize(
+            rows, works, outcomes, run_id, band_column=params.service.band_column, plan=params.plan
+        )
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
         summary.storage_url = params.storage_url
         logger.info("metadata written: %d files", len(paths))

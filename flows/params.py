@@ -98,7 +98,8 @@ class Constraints(Model):
     time_start: float | str | None = Field(None, description="MJD or ISO time (UTC)")
     time_end: float | str | None = Field(None, description="MJD or ISO time (UTC)")
     extra_where: str | None = Field(
-        None, description="TRUSTED raw ADQL ANDed into every query; never fill from untrusted input")
+        None, description="TRUSTED raw ADQL ANDed into every query; never fill from untrusted input"
+    )
 
     @field_validator("bands")
     @classmethod
@@ -144,8 +145,12 @@ class Query(Model):
     batch_size: int = Field(100, ge=1, le=10_000, description="targets per OR-batch or upload")
     deadline_seconds: float = Field(1800, gt=0, description="an async job is aborted after this")
     prefilter_radius: float = Field(
-        0.25, gt=0, le=5, description="deg; services without INTERSECTS: how far an image centre "
-        "may lie outside a target circle")
+        0.25,
+        gt=0,
+        le=5,
+        description="deg; services without INTERSECTS: how far an image centre "
+        "may lie outside a target circle",
+    )
 
 
 class Concurrency(Model):
@@ -167,8 +172,10 @@ class Retry(Model):
 
 class Verification(Model):
     mode: Literal["skip", "record-only", "off"] = Field(
-        "skip", description="skip: verify and download only images containing a target; "
-        "record-only: verify, download everything; off: no header reads")
+        "skip",
+        description="skip: verify and download only images containing a target; "
+        "record-only: verify, download everything; off: no header reads",
+    )
     margin_px: float = Field(0.0, ge=0, le=1000, description="pixels of tolerance at the edges")
     header_block_size: int = Field(32768, ge=2880, description="bytes per HTTP range read")
 
@@ -182,10 +189,14 @@ class HarvestParams(Model):
     """Everything one harvest needs; the Prefect UI shows this as the run form."""
 
     service: Service
-    targets: str | None = Field(None, description="target list: CSV, ECSV, Parquet or VOTable path/URL")
+    targets: str | None = Field(
+        None, description="target list: CSV, ECSV, Parquet or VOTable path/URL"
+    )
     ra: float | str | None = None
     dec: float | str | None = None
-    radius: float | None = Field(None, gt=0, le=10, description="deg; overlap instead of containment")
+    radius: float | None = Field(
+        None, gt=0, le=10, description="deg; overlap instead of containment"
+    )
     target_name: str | None = None
     constraints: Constraints = Field(default_factory=Constraints)
     query: Query = Field(default_factory=Query)
@@ -193,9 +204,13 @@ class HarvestParams(Model):
     retry: Retry = Field(default_factory=Retry)
     verification: Verification = Field(default_factory=Verification)
     storage: Storage = Field(default_factory=Storage)
-    output_url: str = Field("output/harvest", description="holds metadata/ (Parquet) and, by default, fits/")
+    output_url: str = Field(
+        "output/harvest", description="holds metadata/ (Parquet) and, by default, fits/"
+    )
     output_storage_options: dict = Field(default_factory=dict)
-    plan: bool = Field(False, description="dry run: query, verify and write Parquet; download nothing")
+    plan: bool = Field(
+        False, description="dry run: query, verify and write Parquet; download nothing"
+    )
 
     @model_validator(mode="after")
     def _targets(self) -> HarvestParams:

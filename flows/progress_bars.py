@@ -25,8 +25,14 @@ def bars(enabled: bool) -> Iterator[None]:
         TimeElapsedColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[size]}"), TimeElapsedColumn(), transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[size]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
         ids: dict[str, int] = {}
         stored = {"bytes": 0}
 

@@ -9,8 +9,12 @@ from tasks.report import markdown, target_rows
 
 
 def publish(summary: Summary) -> None:
-    create_table_artifact(key="harvest-targets", table=target_rows(summary),
-                          description="Per target: rows, true matches, s_region false positives, "
-                                      "stored, bytes, failures")
-    create_markdown_artifact(key="harvest-summary", markdown=markdown(summary),
-                             description="Harvest summary")
+    create_table_artifact(
+        key="harvest-targets",
+        table=target_rows(summary),
+        description="Per target: rows, true matches, s_region false positives, "
+        "stored, bytes, failures",
+    )
+    create_markdown_artifact(
+        key="harvest-summary", markdown=markdown(summary), description="Harvest summary"
+    )
