@@ -61,16 +61,10 @@ def _archive(args: argparse.Namespace) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: printed as one line, exit code 2."""
-    from pyvo.dal import DALQueryError
-
-    from tasks.adql import AdqlValueError
-    from tasks.datalink import DatalinkAuthError
-    from tasks.obscore import QueryError
-    from tasks.targets import TargetError
-
     from .config import ConfigError
+    from .harvest import USER_ERRORS
 
-    return (ConfigError, TargetError, AdqlValueError, DatalinkAuthError, QueryError, DALQueryError)
+    return (ConfigError, *USER_ERRORS)
 
 
 def _quiet_prefect(verbose: bool) -> None:

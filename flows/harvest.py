@@ -16,23 +16,26 @@ import pyvo
 from astropy.table import Table, vstack
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
+from pyvo.dal import DALQueryError
 
 from tasks import assemble
-from tasks.adql import Constraints
-from tasks.datalink import DatalinkResolver
+from tasks.adql import AdqlValueError, Constraints
+from tasks.datalink import DatalinkAuthError, DatalinkResolver
 from tasks.http import ServiceSession, resolve_token
 from tasks.images import ImageOutcome, ImageSettings, ImageWork, process_images
 from tasks.metadata import MetadataStore
 from tasks.models import Target
-from tasks.obscore import QueryOptions, Strategy, probe_features, query_targets
-from tasks.retry import RetryPolicy
+from tasks.obscore import QueryError, QueryOptions, Strategy, probe_features, query_targets
+from tasks.retry import RetryPolicy, one_line
 from tasks.storage import ObjectStore
-from tasks.targets import read_targets, single_target
+from tasks.targets import TargetError, read_targets, single_target
 
 from . import progress
 from .params import HarvestParams
 
 log = logging.getLogger(__name__)
+# Errors that are the user's to fix: they end the run; anything else fails only its batch.
+USER_ERRORS = (TargetError, AdqlValueError, DatalinkAuthError, QueryError, DALQueryError)
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,18 @@ def run_harvest(params: HarvestParams, run_id: str) -> assemble.Summary:
             query_batch.submit(params, conn, chunk, f"{i + 1}")
             for i, chunk in enumerate(_chunks(targets, params.concurrency.targets_per_task))
         ]
-        tables = [f.result() for f in futures]
+        tables, query_failures = [], []
+        for future, chunk in zip(
+            futures, _chunks(targets, params.concurrency.targets_per_task), strict=True
+        ):
+            try:
+                tables.append(future.result())
+            except USER_ERRORS:
+                raise
+            except Exception as exc:  # retries exhausted: these targets are missing, say why
+                reason = f"ObsCore query failed: {one_line(exc)}"
+                logger.error("%d targets not queried: %s", len(chunk), reason)
+                query_failures += [(f"target {t.name}", reason) for t in chunk]
         tables = [t for t in tables if len(t)]
         rows = vstack(tables, metadata_conflicts="silent") if tables else Table()
         metadata = MetadataStore(params.output_url, params.output_storage_options)
@@ -236,6 +250,7 @@ def run_harvest(params: HarvestParams, run_id: str) -> assemble.Summary:
         summary = assemble.summarize(
             rows, works, outcomes, run_id, band_column=params.service.band_column, plan=params.plan
         )
+        summary.failures = query_failures + summary.failures
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
         summary.storage_url = params.storage_url
         logger.info("metadata written: %d files", len(paths))

@@ -20,7 +20,7 @@ import requests
 from . import containment
 from .datalink import AccessLink, DatalinkResolver
 from .models import Containment, StoredObject, Target, Verdict
-from .retry import RetryPolicy, TransientError, one_line
+from .retry import RetryPolicy, one_line
 from .storage import ObjectStore
 from .storage_errors import IntegrityError, NotFoundError, UrlExpiredError
 from .storage_http import download
@@ -82,17 +82,25 @@ class ImageSettings:
 DECIDED = {Verdict.CONTAINS.value, Verdict.OUTSIDE.value, Verdict.NO_WCS.value}
 
 
-def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> ImageOutcome | None:
-    """An outcome rebuilt from an earlier run, if every pair is decided and the file is there."""
+def prior_verdicts(work: ImageWork) -> dict[str, Containment] | None:
+    """The verdicts of an earlier run, if it decided every pair of this image."""
     if not work.priors or any(t.name not in work.priors for t in work.targets):
         return None
     priors = [work.priors[t.name] for t in work.targets]
     if any(p.verdict not in DECIDED for p in priors):
         return None
-    verdicts = {
+    return {
         t.name: Containment(Verdict(p.verdict), p.x, p.y, p.hdu, p.reason)
         for t, p in zip(work.targets, priors, strict=True)
     }
+
+
+def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> ImageOutcome | None:
+    """An outcome rebuilt from an earlier run, if every pair is decided and the file is there."""
+    verdicts = prior_verdicts(work)
+    if verdicts is None:
+        return None
+    priors = [work.priors[t.name] for t in work.targets]
     needs_file = not settings.plan and (
         settings.verification != "skip" or any(p.verdict == Verdict.CONTAINS.value for p in priors)
     )
@@ -127,8 +135,9 @@ class _Links:
         return link
 
 
-def _with_fresh_url(links: _Links, key: str, action: Callable[[str], object], retry: RetryPolicy,
-                    describe: str):
+def _with_fresh_url(
+    links: _Links, key: str, action: Callable[[str], object], retry: RetryPolicy, describe: str
+):
     """Run ``action(url)`` with retries; on an expired URL, resolve Datalink again."""
     link = links.get(key)
     for attempt in range(MAX_RESOLVES):
@@ -136,21 +145,15 @@ def _with_fresh_url(links: _Links, key: str, action: Callable[[str], object], re
             raise _ImageFailure(link.error or "Datalink gave no URL")
         url = link.url
         try:
-            return retry.call(lambda url=url: _transient(action, url), describe)
+            return retry.call(lambda url=url: action(url), describe)
         except (UrlExpiredError, containment.UrlExpiredError):
             if attempt == MAX_RESOLVES - 1:
-                raise _ImageFailure("signed URL refused (403) even after resolving Datalink again") from None
+                raise _ImageFailure(
+                    "signed URL refused (403) even after resolving Datalink again"
+                ) from None
             log.info("signed URL for %s expired; resolving Datalink again", key)
             link = links.refresh(key)
     raise AssertionError("unreachable")
-
-
-def _transient(action: Callable[[str], object], url: str):
-    """Present the header reader's retryable errors to the shared retry policy."""
-    try:
-        return action(url)
-    except containment.TransientReadError as exc:
-        raise TransientError(str(exc)) from exc
 
 
 class _ImageFailure(Exception):
@@ -187,40 +190,77 @@ def process_images(
         try:
             if link.url is None:
                 raise _ImageFailure(link.error or "Datalink gave no URL")
+            known = prior_verdicts(work)  # e.g. decided by a plan run: no header read again
             if settings.verification == "off":
                 wanted = True
+            elif known is not None:
+                verdicts = known
+                wanted = settings.verification == "record-only" or any(
+                    c.verdict == Verdict.CONTAINS for c in verdicts.values()
+                )
             else:
                 verdicts = _with_fresh_url(
-                    links, work.key,
-                    lambda url: containment.verify(url, list(work.targets), margin_px=settings.margin_px,
-                                                   block_size=settings.block_size),
-                    settings.retry, f"header of {work.key}",
+                    links,
+                    work.key,
+                    lambda url: containment.verify(
+                        url,
+                        list(work.targets),
+                        margin_px=settings.margin_px,
+                        block_size=settings.block_size,
+                    ),
+                    settings.retry,
+                    f"header of {work.key}",
                 )
                 wanted = settings.verification == "record-only" or any(
-                    c.verdict == Verdict.CONTAINS for c in verdicts.values())
+                    c.verdict == Verdict.CONTAINS for c in verdicts.values()
+                )
             length = links.get(work.key).content_length
             if settings.plan or not wanted:
                 return ImageOutcome(work.key, verdicts, content_length=length)
             with downloads:
                 stored = _with_fresh_url(
-                    links, work.key,
-                    lambda url: download(url, store, work.storage_key, session=download_session,
-                                         expected_size=links.get(work.key).content_length),
-                    settings.retry, f"download of {work.key}",
+                    links,
+                    work.key,
+                    lambda url: download(
+                        url,
+                        store,
+                        work.storage_key,
+                        session=download_session,
+                        expected_size=links.get(work.key).content_length,
+                    ),
+                    settings.retry,
+                    f"download of {work.key}",
                 )
-            return ImageOutcome(work.key, verdicts, stored=stored, content_length=length,
-                                downloaded=not stored.skipped)
+            return ImageOutcome(
+                work.key,
+                verdicts,
+                stored=stored,
+                content_length=length,
+                downloaded=not stored.skipped,
+            )
         except _ImageFailure as exc:
-            return ImageOutcome(work.key, verdicts, failure=str(exc), content_length=link.content_length)
+            return ImageOutcome(
+                work.key, verdicts, failure=str(exc), content_length=link.content_length
+            )
         except (NotFoundError, containment.NotFoundError):
-            return ImageOutcome(work.key, verdicts, failure="file not found at the archive (404)",
-                                content_length=link.content_length)
+            return ImageOutcome(
+                work.key,
+                verdicts,
+                failure="file not found at the archive (404)",
+                content_length=link.content_length,
+            )
         except IntegrityError as exc:
-            return ImageOutcome(work.key, verdicts, failure=f"checksum or size mismatch: {one_line(exc)}",
-                                content_length=link.content_length)
+            return ImageOutcome(
+                work.key,
+                verdicts,
+                failure=f"checksum or size mismatch: {one_line(exc)}",
+                content_length=link.content_length,
+            )
         except Exception as exc:  # retries exhausted or an unexpected reply: record, go on
             log.warning("image %s failed: %s", work.key, one_line(exc))
-            return ImageOutcome(work.key, verdicts, failure=one_line(exc), content_length=link.content_length)
+            return ImageOutcome(
+                work.key, verdicts, failure=one_line(exc), content_length=link.content_length
+            )
 
     started = time.monotonic()
     with ThreadPoolExecutor(max(1, settings.verify_workers), thread_name_prefix="image") as pool:

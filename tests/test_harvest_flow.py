@@ -145,3 +145,21 @@ def test_verification_reads_under_a_thousandth_of_100mb_class_images(tmp_path):
         assert summary.planned_bytes == sum(
             big.sky.fits_size(big._product_by_id(d).id) for d in inside
         )
+
+
+def test_run_publishes_table_and_markdown_artifacts(first_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read(key):
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    _, summary, _ = first_run
+    ours = [a for a in asyncio.run(read("harvest-targets")) if str(a.flow_run_id) == summary.run_id]
+    markdown = [a for a in asyncio.run(read("harvest-summary")) if str(a.flow_run_id) == summary.run_id]
+    assert len(ours) == 1 and len(markdown) == 1
+    assert "seed" in str(ours[0].data)
+    assert "false-positive rate" in markdown[0].data and summary.run_id in markdown[0].data
