@@ -30,8 +30,13 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def image_works(rows: Table, targets: Mapping[str, Target], priors: Mapping[tuple[str, str], Prior],
-                *, band_column: str = "lsst_band") -> list[ImageWork]:
+def image_works(
+    rows: Table,
+    targets: Mapping[str, Target],
+    priors: Mapping[tuple[str, str], Prior],
+    *,
+    band_column: str = "lsst_band",
+) -> list[ImageWork]:
     """One work item per unique image, carrying every target it serves (seed: images
     shared by several targets are resolved, verified and stored once)."""
     if len(rows) == 0:
@@ -49,17 +54,21 @@ def image_works(rows: Table, targets: Mapping[str, Target], priors: Mapping[tupl
         row = rows[first[did]]
         key = object_key(
             _text(row["obs_collection"]) if "obs_collection" in rows.colnames else "collection",
-            _text(row["dataproduct_subtype"]) if "dataproduct_subtype" in rows.colnames else "image",
+            _text(row["dataproduct_subtype"])
+            if "dataproduct_subtype" in rows.colnames
+            else "image",
             (_text(row[band_column]) if has_band else "") or "none",
             _text(row["obs_id"]) or did,
         )
-        works.append(ImageWork(
-            key=did,
-            access_url=_text(row["access_url"]),
-            storage_key=key,
-            targets=tuple(targets[n] for n in names),
-            priors={n: priors[(n, did)] for n in names if (n, did) in priors},
-        ))
+        works.append(
+            ImageWork(
+                key=did,
+                access_url=_text(row["access_url"]),
+                storage_key=key,
+                targets=tuple(targets[n] for n in names),
+                priors={n: priors[(n, did)] for n in names if (n, did) in priors},
+            )
+        )
     return works
 
 
@@ -67,22 +76,47 @@ def priors_from(table: pa.Table | None) -> dict[tuple[str, str], Prior]:
     """Decisions of earlier runs, from the current Parquet rows."""
     if table is None or table.num_rows == 0:
         return {}
-    cols = {c: table.column(c).to_pylist() for c in (
-        "target_name", ID_COLUMN, "verdict", "pixel_x", "pixel_y", "wcs_hdu", "verdict_reason",
-        "stored", "storage_uri", "file_size", "sha256") if c in table.column_names}
+    cols = {
+        c: table.column(c).to_pylist()
+        for c in (
+            "target_name",
+            ID_COLUMN,
+            "verdict",
+            "pixel_x",
+            "pixel_y",
+            "wcs_hdu",
+            "verdict_reason",
+            "stored",
+            "storage_uri",
+            "file_size",
+            "sha256",
+        )
+        if c in table.column_names
+    }
     out = {}
     for i in range(table.num_rows):
         key = (cols["target_name"][i], cols[ID_COLUMN][i])
         out[key] = Prior(
-            verdict=cols["verdict"][i], x=cols["pixel_x"][i], y=cols["pixel_y"][i],
-            hdu=cols["wcs_hdu"][i], reason=cols["verdict_reason"][i], stored=bool(cols["stored"][i]),
-            storage_uri=cols["storage_uri"][i], size=cols["file_size"][i], sha256=cols["sha256"][i],
+            verdict=cols["verdict"][i],
+            x=cols["pixel_x"][i],
+            y=cols["pixel_y"][i],
+            hdu=cols["wcs_hdu"][i],
+            reason=cols["verdict_reason"][i],
+            stored=bool(cols["stored"][i]),
+            storage_uri=cols["storage_uri"][i],
+            size=cols["file_size"][i],
+            sha256=cols["sha256"][i],
         )
     return out
 
 
-def metadata_rows(rows: Table, targets: Mapping[str, Target], outcomes: Mapping[str, ImageOutcome],
-                  run_id: str, when: datetime | None = None) -> pa.Table:
+def metadata_rows(
+    rows: Table,
+    targets: Mapping[str, Target],
+    outcomes: Mapping[str, ImageOutcome],
+    run_id: str,
+    when: datetime | None = None,
+) -> pa.Table:
     """Every (target, image) row: all ObsCore columns plus the harvest's decisions."""
     when = when or datetime.now(UTC)
     obscore = obscore_to_arrow(rows, drop=[TARGET_COLUMN])
@@ -152,8 +186,15 @@ class Summary:
         return not self.failures
 
 
-def summarize(rows: Table, works: Sequence[ImageWork], outcomes: Mapping[str, ImageOutcome],
-              run_id: str, *, band_column: str = "lsst_band", plan: bool = False) -> Summary:
+def summarize(
+    rows: Table,
+    works: Sequence[ImageWork],
+    outcomes: Mapping[str, ImageOutcome],
+    run_id: str,
+    *,
+    band_column: str = "lsst_band",
+    plan: bool = False,
+) -> Summary:
     summary = Summary(run_id=run_id, plan=plan, images=len(works))
     per_target: dict[str, TargetSummary] = {}
     for work in works:
@@ -181,10 +222,19 @@ def summarize(rows: Table, works: Sequence[ImageWork], outcomes: Mapping[str, Im
         if outcome is None or outcome.failure:
             entry.failures += 1
     counts: Counter[str] = Counter()
-    subtype = {_text(d): _text(s) for d, s in zip(rows[ID_COLUMN], rows["dataproduct_subtype"], strict=True)} \
-        if len(rows) and "dataproduct_subtype" in rows.colnames else {}
-    band = {_text(d): _text(b) for d, b in zip(rows[ID_COLUMN], rows[band_column], strict=True)} \
-        if len(rows) and band_column in rows.colnames else {}
+    subtype = (
+        {
+            _text(d): _text(s)
+            for d, s in zip(rows[ID_COLUMN], rows["dataproduct_subtype"], strict=True)
+        }
+        if len(rows) and "dataproduct_subtype" in rows.colnames
+        else {}
+    )
+    band = (
+        {_text(d): _text(b) for d, b in zip(rows[ID_COLUMN], rows[band_column], strict=True)}
+        if len(rows) and band_column in rows.colnames
+        else {}
+    )
     for work in works:
         outcome = outcomes.get(work.key)
         counts[f"{subtype.get(work.key, '?')} {band.get(work.key, '') or '-'}"] += 1

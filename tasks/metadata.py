@@ -33,8 +33,13 @@ HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
     ("target_ra", pa.float64(), "Target right ascension (ICRS)", "deg"),
     ("target_dec", pa.float64(), "Target declination (ICRS)", "deg"),
     ("target_radius", pa.float64(), "Target search radius; null for a point", "deg"),
-    ("verdict", pa.string(), "Does the image's WCS pixel grid contain the target: contains, "
-     "outside (s_region padding only), no_wcs, error, or null when not checked", None),
+    (
+        "verdict",
+        pa.string(),
+        "Does the image's WCS pixel grid contain the target: contains, "
+        "outside (s_region padding only), no_wcs, error, or null when not checked",
+        None,
+    ),
     ("pixel_x", pa.float64(), "0-based pixel column of the target in the WCS HDU", "pix"),
     ("pixel_y", pa.float64(), "0-based pixel row of the target in the WCS HDU", "pix"),
     ("wcs_hdu", pa.int32(), "Index of the HDU whose celestial WCS decided", None),
@@ -69,8 +74,10 @@ def _arrow_array(col) -> pa.Array:
     if mask.ndim == 0:
         mask = np.full(len(col), bool(mask))
     if data.dtype.kind in "SUO":
-        values = [None if m else (v.decode() if isinstance(v, bytes) else str(v))
-                  for v, m in zip(data, mask, strict=True)]
+        values = [
+            None if m else (v.decode() if isinstance(v, bytes) else str(v))
+            for v, m in zip(data, mask, strict=True)
+        ]
         return pa.array(values, type=pa.string())
     if data.dtype.kind == "b":
         return pa.array(data, type=pa.bool_(), mask=mask if mask.any() else None)
@@ -87,7 +94,9 @@ def obscore_to_arrow(rows: Table, drop: Iterable[str] = ()) -> pa.Table:
         col = rows[name]
         array = _arrow_array(col)
         arrays.append(array)
-        fields.append(pa.field(name, array.type, nullable=True, metadata=_field_metadata(col) or None))
+        fields.append(
+            pa.field(name, array.type, nullable=True, metadata=_field_metadata(col) or None)
+        )
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
@@ -103,7 +112,9 @@ def with_harvest_columns(obscore: pa.Table, values: Mapping[str, list]) -> pa.Ta
             raise ValueError(f"column {name}: {len(data)} values for {obscore.num_rows} rows")
         if name in table.column_names:
             table = table.drop_columns([name])
-        table = table.append_column(pa.field(name, dtype, metadata=meta), pa.array(data, type=dtype))
+        table = table.append_column(
+            pa.field(name, dtype, metadata=meta), pa.array(data, type=dtype)
+        )
     return table
 
 
@@ -152,8 +163,10 @@ class MetadataStore:
             return []
         fs, root = self.fs_root
         parts = {}
-        columns = {c: new.column(c).to_pylist() if c in new.column_names else [None] * new.num_rows
-                   for c in PARTITION_COLUMNS}
+        columns = {
+            c: new.column(c).to_pylist() if c in new.column_names else [None] * new.num_rows
+            for c in PARTITION_COLUMNS
+        }
         for i in range(new.num_rows):
             key = tuple(_dir_part(columns[c][i]) for c in PARTITION_COLUMNS)
             parts.setdefault(key, []).append(i)
@@ -166,10 +179,16 @@ class MetadataStore:
                 with fs.open(path, "rb") as fh:
                     old = pq.read_table(fh)
                 replaced = set(zip(*(chunk.column(c).to_pylist() for c in PAIR_KEY), strict=True))
-                keep = [i for i, pair in enumerate(zip(*(old.column(c).to_pylist() for c in PAIR_KEY),
-                                                       strict=True)) if pair not in replaced]
-                chunk = pa.concat_tables([old.take(pa.array(keep, type=pa.int64())), chunk],
-                                         promote_options="permissive")
+                keep = [
+                    i
+                    for i, pair in enumerate(
+                        zip(*(old.column(c).to_pylist() for c in PAIR_KEY), strict=True)
+                    )
+                    if pair not in replaced
+                ]
+                chunk = pa.concat_tables(
+                    [old.take(pa.array(keep, type=pa.int64())), chunk], promote_options="permissive"
+                )
             fs.makedirs(directory, exist_ok=True)
             tmp = posixpath.join(directory, f".{FILE_NAME}.{uuid.uuid4().hex}.tmp")
             try:

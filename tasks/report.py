@@ -21,9 +21,14 @@ def human_bytes(n: int | float) -> str:
 def target_rows(summary: Summary) -> list[dict]:
     return [
         {
-            "target": t.name, "rows": t.rows, "true matches": t.contains,
-            "false positives": t.outside, "undecided": t.undecided, "stored": t.stored,
-            "bytes": t.bytes, "failures": t.failures,
+            "target": t.name,
+            "rows": t.rows,
+            "true matches": t.contains,
+            "false positives": t.outside,
+            "undecided": t.undecided,
+            "stored": t.stored,
+            "bytes": t.bytes,
+            "failures": t.failures,
         }
         for t in summary.targets
     ]
@@ -47,8 +52,13 @@ def markdown(summary: Summary, *, max_failures: int = 50) -> str:
             f"downloaded this run: {s.downloaded} ({human_bytes(s.downloaded_bytes)}); "
             f"already in storage: {s.already_stored}; decided by earlier runs: {s.reused}",
         ]
-    lines += [f"- failures: **{len(s.failures)}**", "",
-              f"Parquet: `{s.metadata_url}`  ", f"FITS: `{s.storage_url}`", ""]
+    lines += [
+        f"- failures: **{len(s.failures)}**",
+        "",
+        f"Parquet: `{s.metadata_url}`  ",
+        f"FITS: `{s.storage_url}`",
+        "",
+    ]
     if s.by_subtype_band:
         lines += ["## Images by subtype and band", "", "| subtype band | images |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in s.by_subtype_band.items()]
@@ -69,17 +79,21 @@ def text(summary: Summary, *, max_targets: int = 20) -> str:
     header = f"{'target':<24} {'rows':>6} {'match':>6} {'false+':>6} {'stored':>6} {'bytes':>10} {'fail':>5}"
     out.append(header)
     for t in s.targets[:max_targets]:
-        out.append(f"{t.name[:24]:<24} {t.rows:>6} {t.contains:>6} {t.outside:>6} {t.stored:>6} "
-                   f"{human_bytes(t.bytes):>10} {t.failures:>5}")
+        out.append(
+            f"{t.name[:24]:<24} {t.rows:>6} {t.contains:>6} {t.outside:>6} {t.stored:>6} "
+            f"{human_bytes(t.bytes):>10} {t.failures:>5}"
+        )
     if len(s.targets) > max_targets:
         out.append(f"… and {len(s.targets) - max_targets} more targets")
     out.append("")
     if s.plan:
         out.append(f"plan: {s.images} images; would download {human_bytes(s.planned_bytes)}")
     else:
-        out.append(f"{s.images} images: {s.stored_images} stored ({human_bytes(s.stored_bytes)}), "
-                   f"{s.downloaded} downloaded now ({human_bytes(s.downloaded_bytes)}), "
-                   f"s_region false positives {s.false_positive_rate:.1%}")
+        out.append(
+            f"{s.images} images: {s.stored_images} stored ({human_bytes(s.stored_bytes)}), "
+            f"{s.downloaded} downloaded now ({human_bytes(s.downloaded_bytes)}), "
+            f"s_region false positives {s.false_positive_rate:.1%}"
+        )
     for image, reason in s.failures[:10]:
         out.append(f"FAILED {image}: {redact(reason)}")
     if len(s.failures) > 10:

@@ -22,7 +22,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,10 @@ class RetryPolicy:
     deadline: float = 600.0  # seconds for all attempts of one call together
 
     def retrying(self, describe: str = "request") -> Retrying:
-        backoff = wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)
+        # exponential backoff plus jitter, so parallel workers do not retry in lockstep
+        backoff = wait_exponential(multiplier=self.initial_wait, max=self.max_wait) + wait_random(
+            0, max(self.initial_wait, 0.01)
+        )
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None

@@ -184,14 +184,22 @@ def test_dp1_naming_end_to_end():
 
     with EmbeddedArchive(ArchiveSettings(n_visits=24, naming="dp1")) as dp1:
         service = pyvo.dal.TAPService(dp1.tap_url)
-        rows = service.search(point_query(TARGET_RA, TARGET_DEC).replace(
-            "SELECT obs_publisher_did", "SELECT *")).to_table()
+        rows = service.search(
+            point_query(TARGET_RA, TARGET_DEC).replace("SELECT obs_publisher_did", "SELECT *")
+        ).to_table()
         assert set(rows["obs_collection"]) == {"LSST.DP1"}
-        assert {"lsst.visit_image", "lsst.difference_image", "lsst.deep_coadd",
-                "lsst.template_coadd"} <= set(rows["dataproduct_subtype"])
+        assert {
+            "lsst.visit_image",
+            "lsst.difference_image",
+            "lsst.deep_coadd",
+            "lsst.template_coadd",
+        } <= set(rows["dataproduct_subtype"])
         visit = rows[rows["dataproduct_subtype"] == "lsst.visit_image"][0]
         assert visit["obs_publisher_did"].startswith("ivo://org.rubinobs/lsst-dp1?repo=dp1&id=")
-        link = next(r for r in DatalinkResults.from_result_url(visit["access_url"])
-                    if r["semantics"] == "#this")
+        link = next(
+            r
+            for r in DatalinkResults.from_result_url(visit["access_url"])
+            if r["semantics"] == "#this"
+        )
         with fits.open(link["access_url"], use_fsspec=True, lazy_load_hdus=True) as hdul:
             assert hdul[1].header["CTYPE1"] == "RA---TAN-SIP"

@@ -155,11 +155,47 @@ def test_run_publishes_table_and_markdown_artifacts(first_run):
 
     async def read(key):
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
 
     _, summary, _ = first_run
     ours = [a for a in asyncio.run(read("harvest-targets")) if str(a.flow_run_id) == summary.run_id]
-    markdown = [a for a in asyncio.run(read("harvest-summary")) if str(a.flow_run_id) == summary.run_id]
+    markdown = [
+        a for a in asyncio.run(read("harvest-summary")) if str(a.flow_run_id) == summary.run_id
+    ]
     assert len(ours) == 1 and len(markdown) == 1
     assert "seed" in str(ours[0].data)
     assert "false-positive rate" in markdown[0].data and summary.run_id in markdown[0].data
+
+
+def test_harvest_survives_dropped_connections_and_503s(tmp_path):
+    """Seed §1.2's dropped connections, on every endpoint: retried, nothing lost or partial."""
+    from simarchive.faults import FaultPlan
+    from simarchive.server import ArchiveSettings, EmbeddedArchive
+
+    faults = [
+        f"{e}.{k}"
+        for e in ("tap", "datalink", "files")
+        for k in ("drop=0.2", "unavailable=0.05", "retry_after=0")
+    ] + ["files.truncate=0.02"]
+    with EmbeddedArchive(ArchiveSettings(n_visits=24)) as flaky:
+        flaky.set_faults(FaultPlan.parse(faults, seed=3))
+        params = params_for(
+            flaky, tmp_path, retry={"attempts": 12, "initial_wait": 0.02, "max_wait": 0.2}
+        )
+        summary = harvest(params)
+        injected = flaky.faults.report()
+        truth = flaky.truth(TARGET_RA, TARGET_DEC)
+    assert (
+        sum(injected.get("files", {}).values()) > 0
+        and sum(injected.get("tap_async", {}).values()) > 0
+    )
+    assert summary.ok, summary.failures
+    rows = read_rows(tmp_path)
+    assert all(
+        r["verdict"] == ("contains" if r["obs_publisher_did"] in truth else "outside") for r in rows
+    )
+    stored = {r["obs_publisher_did"] for r in rows if r["stored"]}
+    assert stored == {r["obs_publisher_did"] for r in rows} & truth
+    assert not [p for p in tmp_path.rglob("*") if ".part-" in p.name]
