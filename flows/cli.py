@@ -105,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     from .config import ConfigError, build_params
 
     try:
-        params = build_params(args.config, _overrides(args))
+        overrides = _overrides(args)
+        params = build_params(args.config, overrides)
     except ConfigError as exc:
         print(f"obsharvest run: {exc}", file=sys.stderr)
         return 2
@@ -123,19 +124,19 @@ def _run(args: argparse.Namespace) -> int:
     except errors as exc:
         print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
         return 2
-    try:
-        with bars(enabled=sys.stderr.isatty() and not args.verbose):
-            summary = harvest(params)
-    except errors as exc:
-        print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
+    with bars(enabled=sys.stderr.isatty() and not args.verbose):
+        state = harvest(profile=args.config, overrides=overrides, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, errors):
+        print(f"obsharvest run: {_one_line(outcome)}", file=sys.stderr)
         return 2
+    if isinstance(outcome, BaseException):
+        raise outcome  # a bug, not the user's doing: show the traceback
+    summary = outcome
     print(text(summary))
     if summary.failures:
-        print(
-            f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
-            "'failure' column); rerun to retry them",
-            file=sys.stderr,
-        )
+        print(f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
+              "'failure' column); rerun to retry them", file=sys.stderr)
         return 1
     return 0
 

@@ -11,14 +11,19 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import pyvo
 from astropy.table import Table, vstack
 from prefect import flow, get_run_logger, task
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 from pyvo.dal import DALQueryError
 
 from tasks import assemble
+from tasks import incremental as incremental_state
 from tasks.adql import AdqlValueError, Constraints
 from tasks.datalink import DatalinkAuthError, DatalinkResolver
 from tasks.http import ServiceSession, resolve_token
@@ -30,8 +35,9 @@ from tasks.retry import RetryPolicy, one_line
 from tasks.storage import ObjectStore
 from tasks.targets import TargetError, read_targets, single_target
 
-from . import progress
-from .params import HarvestParams
+from . import progress, report
+from .config import build_params
+from .params import Band, CalibLevel, HarvestParams, Subtype
 
 log = logging.getLogger(__name__)
 # Errors that are the user's to fix: they end the run; anything else fails only its batch.
@@ -74,7 +80,7 @@ def _constraints(params: HarvestParams) -> Constraints:
     )
 
 
-@task(name="load-targets")
+@task(name="load-targets", tags=["obsharvest"])
 def load_targets(params: HarvestParams) -> list[Target]:
     if params.targets:
         targets = read_targets(params.targets, default_radius=params.radius)
@@ -84,9 +90,13 @@ def load_targets(params: HarvestParams) -> list[Target]:
     return targets
 
 
-@task(name="query-obscore", task_run_name="query-{label}")
+@task(name="query-obscore", task_run_name="query-{label}", tags=["obsharvest", "tap"])
 def query_batch(
-    params: HarvestParams, conn: Connection, targets: list[Target], label: str
+    params: HarvestParams,
+    conn: Connection,
+    targets: list[Target],
+    constraints: Constraints,
+    label: str,
 ) -> Table:
     session = conn.session()
     service = pyvo.dal.TAPService(conn.tap_url, session=session)
@@ -105,7 +115,7 @@ def query_batch(
     )
     queries: list[str] = []
     rows = query_targets(
-        service, targets, _constraints(params), strategy, features, options, on_query=queries.append
+        service, targets, constraints, strategy, features, options, on_query=queries.append
     )
     get_run_logger().info(
         "%d targets: %d queries, %d (target, image) rows", len(targets), len(queries), len(rows)
@@ -114,7 +124,7 @@ def query_batch(
     return rows
 
 
-@task(name="process-images", task_run_name="images-{label}")
+@task(name="process-images", task_run_name="images-{label}", tags=["obsharvest", "images"])
 def image_batch(
     params: HarvestParams, conn: Connection, works: list[ImageWork], label: str
 ) -> list[ImageOutcome]:
@@ -152,10 +162,16 @@ def image_batch(
         sum(1 for o in outcomes if o.stored),
         len(failed),
     )
+    if failed:  # a failed task run in the UI, with the reasons in its logs; data kept
+        return Failed(
+            message=f"{len(failed)} of {len(works)} images failed; first: "
+            f"{failed[0].key}: {failed[0].failure}",
+            data=outcomes,
+        )
     return outcomes
 
 
-@task(name="write-metadata")
+@task(name="write-metadata", tags=["obsharvest"])
 def write_metadata(
     params: HarvestParams,
     rows: Table,
@@ -207,45 +223,68 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts))
 
 
-def run_harvest(params: HarvestParams, run_id: str) -> assemble.Summary:
-    """The harvest as plain sequential calls of the tasks (Prefect runs them as tasks)."""
+def _query_all(
+    params: HarvestParams, conn: Connection, targets: list[Target], constraints: Constraints, logger
+) -> tuple[Table, list[tuple[str, str]]]:
+    """Query every target (in coarse batches), keeping failed batches as reported failures."""
+    chunks = list(_chunks(targets, params.concurrency.targets_per_task))
+    futures = [
+        query_batch.submit(params, conn, chunk, constraints, f"{i + 1}-of-{len(chunks)}")
+        for i, chunk in enumerate(chunks)
+    ]
+    tables, failures = [], []
+    for future, chunk in zip(futures, chunks, strict=True):
+        try:
+            tables.append(future.result())
+        except USER_ERRORS:
+            raise
+        except Exception as exc:  # retries exhausted: these targets are missing, say why
+            reason = f"ObsCore query failed: {one_line(exc)}"
+            logger.error("%d targets not queried: %s", len(chunk), reason)
+            failures += [(f"target {t.name}", reason) for t in chunk]
+    tables = [t for t in tables if len(t)]
+    rows = vstack(tables, metadata_conflicts="silent") if tables else Table()
+    return rows, failures
+
+
+def run_harvest(
+    params: HarvestParams, run_id: str, *, incremental: bool = False
+) -> assemble.Summary:
+    """The harvest as a sequence of coarse task calls; returns the run's summary."""
     logger = get_run_logger()
+    base = _constraints(params)
     with _service(params) as conn:
         targets = load_targets(params)
         by_name = {t.name: t for t in targets}
         progress.start("query", len(targets))
-        futures = [
-            query_batch.submit(params, conn, chunk, f"{i + 1}")
-            for i, chunk in enumerate(_chunks(targets, params.concurrency.targets_per_task))
-        ]
-        tables, query_failures = [], []
-        for future, chunk in zip(
-            futures, _chunks(targets, params.concurrency.targets_per_task), strict=True
-        ):
-            try:
-                tables.append(future.result())
-            except USER_ERRORS:
-                raise
-            except Exception as exc:  # retries exhausted: these targets are missing, say why
-                reason = f"ObsCore query failed: {one_line(exc)}"
-                logger.error("%d targets not queried: %s", len(chunk), reason)
-                query_failures += [(f"target {t.name}", reason) for t in chunk]
-        tables = [t for t in tables if len(t)]
-        rows = vstack(tables, metadata_conflicts="silent") if tables else Table()
+        state = None
+        if incremental:
+            state = incremental_state.load(
+                params.output_url,
+                params.output_storage_options,
+                incremental_state.constraints_key(base),
+            )
+            groups = incremental_state.windows(targets, state)
+        else:
+            groups = {None: targets}
+        parts, query_failures = [], []
+        for watermark, group in groups.items():
+            constraints = base
+            if watermark is not None:
+                start = max(watermark, base.t_min) if base.t_min is not None else watermark
+                constraints = base.with_time(start, base.t_max)
+                logger.info("%d targets: incremental window from MJD %.6f", len(group), start)
+            rows_part, failed = _query_all(params, conn, group, constraints, logger)
+            parts.append(rows_part)
+            query_failures += failed
+        parts = [p for p in parts if len(p)]
+        rows = vstack(parts, metadata_conflicts="silent") if parts else Table()
         metadata = MetadataStore(params.output_url, params.output_storage_options)
         priors = assemble.priors_from(metadata.read())
         works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
         logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
         progress.start("images", len(works))
-        batches = list(_chunks(works, params.concurrency.images_per_task))
-        futures = [
-            image_batch.submit(params, conn, batch, f"{i + 1}-of-{len(batches)}")
-            for i, batch in enumerate(batches)
-        ]
-        outcomes: dict[str, ImageOutcome] = {}
-        for future in futures:
-            for outcome in future.result():
-                outcomes[outcome.key] = outcome
+        outcomes = _process_all(params, conn, works, logger)
         paths = write_metadata(params, rows, by_name, outcomes, run_id) if len(rows) else []
         summary = assemble.summarize(
             rows, works, outcomes, run_id, band_column=params.service.band_column, plan=params.plan
@@ -254,26 +293,173 @@ def run_harvest(params: HarvestParams, run_id: str) -> assemble.Summary:
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
         summary.storage_url = params.storage_url
         logger.info("metadata written: %d files", len(paths))
+        if state is not None and summary.ok and not params.plan:
+            t_min = (
+                [float(v) for v in rows["t_min"]] if len(rows) and "t_min" in rows.colnames else []
+            )
+            incremental_state.save(
+                params.output_url,
+                params.output_storage_options,
+                incremental_state.advanced(
+                    state,
+                    targets,
+                    t_min,
+                    {"run_id": run_id, "images": summary.images, "stored": summary.stored_images},
+                ),
+            )
         return summary
 
 
-@flow(name="harvest", task_runner=ThreadPoolTaskRunner(max_workers=2), persist_result=False)
-def harvest(params: HarvestParams) -> assemble.Summary:
-    """Harvest images containing each target from an ObsTAP service into object storage."""
+def _process_all(
+    params: HarvestParams, conn: Connection, works: list[ImageWork], logger
+) -> dict[str, ImageOutcome]:
+    """Image batches as tasks; a progress artifact follows them as they finish."""
+    batches = list(_chunks(works, params.concurrency.images_per_task))
+    futures = [
+        image_batch.submit(params, conn, batch, f"{i + 1}-of-{len(batches)}")
+        for i, batch in enumerate(batches)
+    ]
+    tracker = report.ProgressTracker(len(works))
+    outcomes: dict[str, ImageOutcome] = {}
+    for future, batch in zip(futures, batches, strict=True):
+        try:
+            result = future.result(raise_on_failure=False)
+        except Exception as exc:  # the task crashed: its images are failures with the reason
+            result = exc
+        if isinstance(result, BaseException) or result is None:
+            reason = f"image batch failed: {one_line(result) if result else 'no result'}"
+            result = [ImageOutcome(w.key, {}, failure=reason) for w in batch]
+        for outcome in result:
+            outcomes[outcome.key] = outcome
+        tracker.advance(len(batch))
+    return outcomes
+
+
+def _flat_overrides(**values: Any) -> dict[str, Any]:
+    """The flow's top-level parameters as dotted overrides of the profile."""
+    mapping = {
+        "bands": "constraints.bands",
+        "subtypes": "constraints.subtypes",
+        "calib_levels": "constraints.calib_levels",
+        "time_start": "constraints.time_start",
+        "time_end": "constraints.time_end",
+    }
+    out = {}
+    for name, value in values.items():
+        if value is None or (name == "plan" and value is False):
+            continue
+        out[mapping.get(name, name)] = value
+    return out
+
+
+def _run_name() -> str:
     from prefect.runtime import flow_run
 
-    run_id = str(flow_run.id or uuid.uuid4())
-    summary = run_harvest(params, run_id)
-    from .report import publish
+    p = flow_run.parameters or {}
+    what = (
+        f"{p['ra']},{p['dec']}"
+        if p.get("ra") is not None
+        else str(p.get("targets") or "targets").rsplit("/", 1)[-1]
+    )
+    mode = "plan" if p.get("plan") else ("incremental" if p.get("incremental") else "full")
+    return f"harvest-{what}-{mode}-{datetime.now(UTC):%Y%m%d-%H%M}"
 
-    publish(summary)
+
+@flow(
+    name="harvest",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    persist_result=False,
+)
+def harvest(
+    profile: Annotated[
+        str | None, Field(description="YAML profile in config/")
+    ] = "config/local.yaml",
+    targets: Annotated[
+        str | None, Field(description="target list (CSV/ECSV/Parquet/VOTable path or URL)")
+    ] = None,
+    ra: Annotated[float | str | None, Field(description="one target: RA (deg or hh:mm:ss)")] = None,
+    dec: Annotated[
+        float | str | None, Field(description="one target: Dec (deg or dd:mm:ss)")
+    ] = None,
+    radius: Annotated[
+        float | None, Field(gt=0, le=10, description="deg: overlap, not containment")
+    ] = None,
+    target_name: str | None = None,
+    bands: list[Band] | None = None,
+    subtypes: list[Subtype] | None = None,
+    calib_levels: list[CalibLevel] | None = None,
+    time_start: Annotated[float | str | None, Field(description="MJD or ISO time (UTC)")] = None,
+    time_end: Annotated[float | str | None, Field(description="MJD or ISO time (UTC)")] = None,
+    output_url: Annotated[str | None, Field(description="where metadata/ and fits/ go")] = None,
+    plan: Annotated[
+        bool, Field(description="dry run: verify, write Parquet, download nothing")
+    ] = False,
+    incremental: Annotated[
+        bool, Field(description="only what is new since the last good run")
+    ] = False,
+    overrides: Annotated[
+        dict[str, Any] | None,
+        Field(description='other settings as dotted keys, e.g. {"query.maxrec": 5000}'),
+    ] = None,
+) -> assemble.Summary:
+    """Harvest the images that truly contain each target from an ObsTAP service.
+
+    The profile gives the service and defaults; the other parameters override it. Every
+    value is validated before any work starts.
+    """
+    from prefect.runtime import flow_run
+
+    values = _flat_overrides(
+        targets=targets,
+        ra=ra,
+        dec=dec,
+        radius=radius,
+        target_name=target_name,
+        bands=bands,
+        subtypes=subtypes,
+        calib_levels=calib_levels,
+        time_start=time_start,
+        time_end=time_end,
+        output_url=output_url,
+        plan=plan,
+    )
+    values.update(overrides or {})
+    params = build_params(profile, values)
+    preflight(params)
+    run_id = str(flow_run.id or uuid.uuid4())
+    summary = run_harvest(params, run_id, incremental=incremental)
+    report.publish(summary)
+    if not summary.ok:
+        return Failed(message=report.failure_message(summary), data=summary)
     return summary
 
 
-def summary_dict(summary: assemble.Summary) -> dict:
-    from dataclasses import asdict
+def harvest_params(params: HarvestParams, *, incremental: bool = False) -> assemble.Summary:
+    """Run the flow for an already-built ``HarvestParams`` (tests, Python callers).
 
-    data = asdict(summary)
-    data["false_positive_rate"] = summary.false_positive_rate
-    data["ok"] = summary.ok
-    return data
+    Returns the summary whether or not some images failed (``summary.ok`` says); errors
+    that ended the run are raised.
+    """
+    data = params.model_dump(mode="json")
+    state = harvest(profile=None, overrides=_dotted(data), incremental=incremental,
+                    return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _dotted(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if (
+            isinstance(value, dict)
+            and value
+            and key not in ("storage_options", "output_storage_options", "dask_cluster_kwargs")
+        ):
+            out.update(_dotted(value, name + "."))
+        else:
+            out[name] = value
+    return out

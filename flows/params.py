@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from astropy.time import Time
@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _BAND = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 _SUBTYPE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+# Value types shared with the flow's signature, so the Prefect UI form and the server's
+# parameter validation refuse bad values before a run starts.
+Band = Annotated[str, Field(pattern=_BAND.pattern, description="band, e.g. i")]
+Subtype = Annotated[str, Field(pattern=_SUBTYPE.pattern, description="dataproduct_subtype")]
+CalibLevel = Annotated[int, Field(ge=0, le=4)]
 
 
 class Model(BaseModel):

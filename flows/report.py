@@ -1,11 +1,53 @@
-"""The run's Prefect artifacts: a per-target table and a markdown summary."""
+"""The run's Prefect artifacts: progress, a per-target table, a markdown summary, links."""
 
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+import os
+from urllib.parse import urlsplit
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from tasks.assemble import Summary
+from tasks.redact import redact
 from tasks.report import markdown, target_rows
+
+
+def _link(url: str) -> str:
+    """A clickable form of an output location (local paths become file:// URLs)."""
+    if urlsplit(url).scheme:
+        return url
+    return "file://" + os.path.abspath(url)
+
+
+class ProgressTracker:
+    """A progress artifact, updated as image batches finish."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        try:
+            self._id = create_progress_artifact(
+                0.0, key="harvest-progress", description="Images decided and stored"
+            )
+        except Exception:  # outside a run (or no API): progress is a nicety, not a need
+            self._id = None
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self._id is not None:
+            update_progress_artifact(self._id, 100.0 * self.done / self.total)
+
+
+def failure_message(summary: Summary, limit: int = 5) -> str:
+    head = "; ".join(f"{image}: {reason}" for image, reason in summary.failures[:limit])
+    more = f" (and {len(summary.failures) - limit} more)" if len(summary.failures) > limit else ""
+    return redact(f"{len(summary.failures)} images or targets failed: {head}{more}")
 
 
 def publish(summary: Summary) -> None:
@@ -17,4 +59,16 @@ def publish(summary: Summary) -> None:
     )
     create_markdown_artifact(
         key="harvest-summary", markdown=markdown(summary), description="Harvest summary"
+    )
+    create_link_artifact(
+        key="harvest-parquet",
+        link=_link(summary.metadata_url),
+        link_text="Parquet metadata",
+        description="ObsCore rows with verdicts",
+    )
+    create_link_artifact(
+        key="harvest-fits",
+        link=_link(summary.storage_url),
+        link_text="Stored FITS",
+        description="Images that contain a target",
     )

@@ -10,7 +10,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 import simarchive.geometry as geo
-from flows.harvest import harvest
+from flows.harvest import harvest_params
 from flows.params import HarvestParams
 
 from .conftest import TARGET_DEC, TARGET_RA
@@ -39,7 +39,7 @@ def read_rows(output):
 def first_run(archive, tmp_path_factory):
     output = tmp_path_factory.mktemp("harvest")
     archive.reset_stats()
-    summary = harvest(params_for(archive, output))
+    summary = harvest_params(params_for(archive, output))
     return output, summary, archive.stats()
 
 
@@ -88,7 +88,7 @@ def test_only_true_matches_are_stored_and_open_with_the_right_wcs(first_run):
 def test_second_run_fetches_nothing_and_keeps_one_row_per_pair(first_run, archive):
     output, first, _ = first_run
     archive.reset_stats()
-    again = harvest(params_for(archive, output))
+    again = harvest_params(params_for(archive, output))
     stats = archive.stats()
     assert "files" not in stats  # no header bytes, no image bytes
     assert "datalink" not in stats
@@ -100,7 +100,7 @@ def test_second_run_fetches_nothing_and_keeps_one_row_per_pair(first_run, archiv
 
 def test_plan_mode_writes_verdicts_and_downloads_nothing(archive, tmp_path):
     archive.reset_stats()
-    summary = harvest(params_for(archive, tmp_path, plan=True))
+    summary = harvest_params(params_for(archive, tmp_path, plan=True))
     rows = read_rows(tmp_path)
     assert rows and all(r["verdict"] in ("contains", "outside") for r in rows)
     assert not any(r["stored"] for r in rows)
@@ -134,7 +134,7 @@ def test_verification_reads_under_a_thousandth_of_100mb_class_images(tmp_path):
             big, tmp_path, plan=True, constraints={"calib_levels": [2], "extra_where": where}
         )
         big.reset_stats()
-        summary = harvest(params)
+        summary = harvest_params(params)
         rows = read_rows(tmp_path)
         assert {r["obs_publisher_did"] for r in rows} == set(chosen)
         assert {r["obs_publisher_did"] for r in rows if r["verdict"] == "contains"} == set(inside)
@@ -184,7 +184,7 @@ def test_harvest_survives_dropped_connections_and_503s(tmp_path):
         params = params_for(
             flaky, tmp_path, retry={"attempts": 12, "initial_wait": 0.02, "max_wait": 0.2}
         )
-        summary = harvest(params)
+        summary = harvest_params(params)
         injected = flaky.faults.report()
         truth = flaky.truth(TARGET_RA, TARGET_DEC)
     assert (
