@@ -21,7 +21,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 class FitsCache:
     def __init__(self, sky, directory: Path) -> None:
-        self._sky = sky
+        self.sky = sky  # replaced when the archive publishes new visits
         self._dir = directory
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -33,7 +33,7 @@ class FitsCache:
     def ensure(self, product) -> tuple[Path, str]:
         """Return the file for ``product`` and its MD5 (the ETag), writing it if needed."""
         return self.ensure_derived(
-            product.file_path, lambda tmp: self._sky.write_fits(product.id, tmp)
+            product.file_path, lambda tmp: self.sky.write_fits(product.id, tmp)
         )
 
     def ensure_derived(self, rel_path: str, write: Callable[[str], None]) -> tuple[Path, str]:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -160,30 +160,48 @@ class EmbeddedArchive:
         self.datalink_url = f"{self.base_url}/datalink/links"
         self.signer = UrlSigner(self.settings.url_lifetime)
         self.soda_url = f"{self.base_url}/cutout/sync"
-        self._products_by_path = {p.file_path: p for p in self.sky.products}
-        self._products_by_did = {p.obs_publisher_did: p for p in self.sky.products}
         if self.settings.cache_dir:
             self._tmp = None
-            cache = (
-                Path(self.settings.cache_dir)
-                / f"seed{self.settings.seed}-bin{self.settings.binning}"
-            )
+            s = self.settings
+            cache = Path(s.cache_dir) / f"seed{s.seed}-{s.naming}-bin{s.binning}"
         else:
             self._tmp = tempfile.mkdtemp(prefix="simarchive-")
             cache = Path(self._tmp)
         self.files = FitsCache(self.sky, cache)
+        self._load_sky(self.sky)
+        self.jobs = JobStore(self._run_job, workers=self.settings.async_workers)
+        self._stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
+        self._stats_lock = threading.Lock()
+
+    def _load_sky(self, sky: Sky) -> None:
+        """Publish a sky: products, ObsCore and TAP_SCHEMA (swapped whole, so a request in
+        flight sees either the old archive or the new one)."""
         obscore = PublishedTable(
             "ivoa",
             "ivoa.ObsCore",
             "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model",
-            self.sky.obscore_table(self.datalink_url),
+            sky.obscore_table(self.datalink_url),
             1,
         )
-        self.published = [obscore, *build_tap_schema([obscore])]
-        self.tables = {t.key: t.data for t in self.published}
-        self.jobs = JobStore(self._run_job, workers=self.settings.async_workers)
-        self._stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
-        self._stats_lock = threading.Lock()
+        published = [obscore, *build_tap_schema([obscore])]
+        self._products_by_path = {p.file_path: p for p in sky.products}
+        self._products_by_did = {p.obs_publisher_did: p for p in sky.products}
+        self.files.sky = sky
+        self.published = published
+        self.tables = {t.key: t.data for t in published}
+        self.sky = sky
+
+    def add_visits(self, n: int) -> int:
+        """Time moves on: ``n`` new visits are observed and published (deterministically).
+
+        Returns the number of ObsCore rows added. Earlier images keep their IDs and files.
+        """
+        if n < 1:
+            raise ValueError("add at least one visit")
+        config = self.sky.config
+        before = len(self.sky)
+        self._load_sky(Sky(replace(config, extra_visits=config.extra_visits + n)))
+        return len(self.sky) - before
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> EmbeddedArchive:
@@ -298,6 +316,12 @@ class EmbeddedArchive:
             return text(200, "faults set")
         if head == "_truth":
             return self._truth(request)
+        if head == "_visits" and request.method == "POST":
+            try:
+                added = self.add_visits(int(request.param("n", "1")))
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            return Response(200, json.dumps({"rows_added": added}).encode(), "application/json")
         return text(404, f"no such resource: {request.path}")
 
     def _tap(self, request: Request, parts: list[str]) -> Response:

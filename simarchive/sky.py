@@ -143,8 +143,12 @@ class SkyConfig:
     naming: str = "dp02"
     field_ra: float = 62.0
     field_dec: float = -37.0
+    extra_visits: int = 0
+    """Visits observed after the survey ("time moves on"); the others stay unchanged."""
 
     def __post_init__(self) -> None:
+        if self.extra_visits < 0:
+            raise ValueError("extra_visits must be >= 0")
         if self.binning < 1:
             raise ValueError("binning must be >= 1")
         if self.n_visits < 1:
@@ -177,7 +181,12 @@ class Sky:
         self.naming = get_naming(config.naming)
         self.camera = get_camera(self.naming.survey.camera)
         self.visits: Visits = make_visits(
-            config.seed, config.n_visits, config.field_ra, config.field_dec, self.naming.survey
+            config.seed,
+            config.n_visits,
+            config.field_ra,
+            config.field_dec,
+            self.naming.survey,
+            extra_visits=config.extra_visits,
         )
         self.tract: Tract = place_tract(
             self.naming.tract, config.field_ra, config.field_dec, SKYMAPS[self.naming.skymap]

@@ -11,7 +11,7 @@ draws, so DP0.2 stays exactly what it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Final
 
 import numpy as np
@@ -99,14 +99,56 @@ def make_visits(
     field_ra: float,
     field_dec: float,
     shape: SurveyShape | None = None,
+    extra_visits: int = 0,
 ) -> Visits:
     """Deterministic visits from the seed, laid out as the release's survey shape says
-    (default: DP0.2's)."""
+    (default: DP0.2's).
+
+    ``extra_visits`` are later visits ("time moves on"): drawn from their own random
+    stream and dated after the survey, so the first ``n_visits`` are unchanged by them.
+    """
+    base = _draw_visits(seed, n_visits, field_ra, field_dec, shape, stream=(STREAM_VISITS,))
+    if extra_visits <= 0:
+        return base
+    later = _draw_visits(
+        seed,
+        extra_visits,
+        field_ra,
+        field_dec,
+        shape,
+        stream=(STREAM_VISITS, 1),
+        after=float(base.t_max.max()),
+    )
+    if (shape or get_naming("dp02").survey).visit_ids != VISIT_IDS_DAY_OBS:
+        later = replace(
+            later, visit=int(base.visit.max()) + 1 + np.arange(extra_visits, dtype=np.int64)
+        )
+    return Visits(
+        **{
+            f.name: np.concatenate([getattr(base, f.name), getattr(later, f.name)])
+            for f in fields(Visits)
+        }
+    )
+
+
+def _draw_visits(
+    seed: int,
+    n_visits: int,
+    field_ra: float,
+    field_dec: float,
+    shape: SurveyShape | None,
+    *,
+    stream: tuple[int, ...],
+    after: float | None = None,
+) -> Visits:
     if n_visits < 1:
         raise ValueError("n_visits must be positive")
     if shape is None:
         shape = get_naming("dp02").survey
-    rng = np.random.default_rng(np.random.SeedSequence([seed, STREAM_VISITS]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, *stream]))
+    if after is not None:  # later visits: the nights right after the survey so far
+        start = np.floor(after) + 1
+        shape = replace(shape, mjd_range=(start, start + max(3.0, n_visits / 10)))
     counts = band_counts(n_visits)
     bands = rng.permutation(np.repeat(np.array(BANDS), [counts[b] for b in BANDS]))
 
