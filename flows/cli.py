@@ -135,8 +135,11 @@ def _run(args: argparse.Namespace) -> int:
     summary = outcome
     print(text(summary))
     if summary.failures:
-        print(f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
-              "'failure' column); rerun to retry them", file=sys.stderr)
+        print(
+            f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
+            "'failure' column); rerun to retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

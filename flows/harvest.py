@@ -442,8 +442,9 @@ def harvest_params(params: HarvestParams, *, incremental: bool = False) -> assem
     that ended the run are raised.
     """
     data = params.model_dump(mode="json")
-    state = harvest(profile=None, overrides=_dotted(data), incremental=incremental,
-                    return_state=True)
+    state = harvest(
+        profile=None, overrides=_dotted(data), incremental=incremental, return_state=True
+    )
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result

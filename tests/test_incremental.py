@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pyvo
 import pytest
+import pyvo
 
 from flows.harvest import harvest_params
 from simarchive.server import ArchiveSettings, EmbeddedArchive
