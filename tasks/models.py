@@ -26,6 +26,7 @@ class Verdict(StrEnum):
 
     CONTAINS = "contains"  # on the pixels (or, with a radius, the circle overlaps them)
     OUTSIDE = "outside"  # only inside the padded s_region (seed §1.1)
+    NO_DATA = "no_data"  # on the pixel grid, but the pixel is flagged NO_DATA (§1.1: lost amps)
     NO_WCS = "no_wcs"  # no celestial WCS in any HDU
     ERROR = "error"  # the header could not be read or the transform failed
 
