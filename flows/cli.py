@@ -169,6 +169,18 @@ def _one_line(exc: BaseException) -> str:
     return redact(" ".join(str(exc).split()) or type(exc).__name__)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    _quiet_prefect(args.verbose)
+    from .serve import serve_deployments
+
+    try:
+        serve_deployments(args.prefect_file, only=args.only)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"obsharvest serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="obsharvest", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -268,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any parameter, e.g. query.maxrec=5000 (repeatable)",
     )
     run.set_defaults(func=_run)
+
+    serve = commands.add_parser(
+        "serve", help="serve the deployments of deployments/prefect.yaml without a work pool"
+    )
+    serve.add_argument("--prefect-file", default="deployments/prefect.yaml")
+    serve.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="serve only these deployments (repeatable)",
+    )
+    serve.set_defaults(func=_serve)
     return parser
 
 

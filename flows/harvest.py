@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import pyvo
 from astropy.table import Table, vstack
 from prefect import flow, get_run_logger, task
+from prefect.concurrency.sync import concurrency
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
@@ -38,6 +39,7 @@ from tasks.targets import TargetError, read_targets, single_target
 from . import progress, report
 from .config import build_params
 from .params import Band, CalibLevel, HarvestParams, Subtype
+from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
 # Errors that are the user's to fix: they end the run; anything else fails only its batch.
@@ -80,6 +82,19 @@ def _constraints(params: HarvestParams) -> Constraints:
     )
 
 
+@contextlib.contextmanager
+def _archive_slot(params: HarvestParams) -> Iterator[None]:
+    """One slot of the Prefect global concurrency limit named in the parameters, held for a
+    whole batch (each acquire is an API call: per batch, not per request). No name, no slot;
+    a name without a limit on the server does not block (``strict=False``)."""
+    name = params.execution.archive_concurrency_limit
+    if not name:
+        yield
+        return
+    with concurrency(name, occupy=1, strict=False):
+        yield
+
+
 @task(name="load-targets", tags=["obsharvest"])
 def load_targets(params: HarvestParams) -> list[Target]:
     if params.targets:
@@ -107,16 +122,17 @@ def query_batch(
         deadline=params.query.deadline_seconds,
         retry=retry,
     )
-    features = probe_features(service, retry)
     strategy = Strategy(
         kind=params.query.strategy,
         batch_size=params.query.batch_size,
         prefilter_radius=params.query.prefilter_radius,
     )
     queries: list[str] = []
-    rows = query_targets(
-        service, targets, constraints, strategy, features, options, on_query=queries.append
-    )
+    with _archive_slot(params):
+        features = probe_features(service, retry)
+        rows = query_targets(
+            service, targets, constraints, strategy, features, options, on_query=queries.append
+        )
     get_run_logger().info(
         "%d targets: %d queries, %d (target, image) rows", len(targets), len(queries), len(rows)
     )
@@ -143,15 +159,16 @@ def image_batch(
         download_workers=c.download_workers,
         retry=_retry(params),
     )
-    outcomes = process_images(
-        works,
-        resolver,
-        store,
-        settings,
-        on_done=lambda o: progress.advance(
-            "images", 1, o.stored.size if o.stored and o.downloaded else 0
-        ),
-    )
+    with _archive_slot(params):
+        outcomes = process_images(
+            works,
+            resolver,
+            store,
+            settings,
+            on_done=lambda o: progress.advance(
+                "images", 1, o.stored.size if o.stored and o.downloaded else 0
+            ),
+        )
     failed = [o for o in outcomes if o.failure]
     logger = get_run_logger()
     for outcome in failed[:20]:
@@ -304,7 +321,12 @@ def run_harvest(
                     state,
                     targets,
                     t_min,
-                    {"run_id": run_id, "images": summary.images, "stored": summary.stored_images},
+                    {
+                        "run_id": run_id,
+                        "images": summary.images,
+                        "stored": summary.stored_images,
+                        "downloaded": summary.downloaded,
+                    },
                 ),
             )
         return summary
@@ -428,11 +450,19 @@ def harvest(
     params = build_params(profile, values)
     preflight(params)
     run_id = str(flow_run.id or uuid.uuid4())
-    summary = run_harvest(params, run_id, incremental=incremental)
+    runner = task_runner_for(params.execution, params.concurrency.task_workers)
+    if runner == harvest.task_runner:
+        summary = run_harvest(params, run_id, incremental=incremental)
+    else:  # a subflow with its own task runner: Dask, or another thread count
+        body = harvest_run.with_options(task_runner=runner)
+        summary = body(params, run_id, incremental=incremental)
     report.publish(summary)
     if not summary.ok:
         return Failed(message=report.failure_message(summary), data=summary)
     return summary
+
+
+harvest_run = flow(run_harvest, name="harvest-run", persist_result=False)
 
 
 def harvest_params(params: HarvestParams, *, incremental: bool = False) -> assemble.Summary:

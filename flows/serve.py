@@ -1,0 +1,61 @@
+"""``obsharvest serve``: the deployments of ``deployments/prefect.yaml`` via Prefect's
+``serve`` — the no-work-pool route, one long-running process that schedules and runs.
+
+The YAML stays the single description of the deployments; this reads its names,
+schedules, parameters, tags and concurrency and turns each into ``harvest.to_deployment``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def deployment_specs(prefect_file: str | Path, only: list[str] | None = None) -> list[dict]:
+    path = Path(prefect_file)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    specs = [d for d in data.get("deployments", []) if d.get("entrypoint", "").endswith(":harvest")]
+    if only:
+        unknown = set(only) - {d["name"] for d in specs}
+        if unknown:
+            raise ValueError(f"{path}: no deployment named {', '.join(sorted(unknown))}")
+        specs = [d for d in specs if d["name"] in only]
+    if not specs:
+        raise ValueError(f"{path}: no deployments of flows/harvest.py:harvest")
+    return specs
+
+
+def serve_deployments(prefect_file: str | Path, only: list[str] | None = None) -> None:
+    from prefect import serve
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.client.schemas.schedules import construct_schedule
+
+    from .harvest import harvest
+
+    deployments = []
+    for spec in deployment_specs(prefect_file, only):
+        schedules = [
+            construct_schedule(cron=s["cron"], timezone=s.get("timezone"))
+            if "cron" in s
+            else construct_schedule(interval=s["interval"])
+            for s in spec.get("schedules") or []
+        ]
+        limit = spec.get("concurrency_limit")
+        if isinstance(limit, dict):
+            limit = ConcurrencyLimitConfig(
+                limit=limit["limit"], collision_strategy=limit.get("collision_strategy", "ENQUEUE")
+            )
+        deployments.append(
+            harvest.to_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                parameters=spec.get("parameters") or {},
+                schedules=schedules or None,
+                concurrency_limit=limit,
+            )
+        )
+    serve(*deployments)

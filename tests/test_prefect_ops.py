@@ -1,0 +1,241 @@
+"""Operating obsharvest with Prefect, for real: a ``prefect server`` on 127.0.0.1, the
+deployments of deployments/prefect.yaml on a process work pool with a worker, a manual
+run with parameters, a scheduled incremental deployment firing twice, bad parameters
+refused, and the Prefect UI checked in headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import TARGET_DEC, TARGET_RA
+from .prefect_server import BIN, background, prefect_server
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory, archive):
+    home = tmp_path_factory.mktemp("prefect-ops")
+    with prefect_server(home) as server:
+        server.cli("work-pool", "create", "obsharvest", "--type", "process")
+        deployed = server.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+        assert "harvest/nightly" in deployed.stdout and "harvest/manual" in deployed.stdout
+        with background(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "obsharvest"],
+            server.env,
+            home / "worker.log",
+        ):
+            yield server, home
+
+
+def service_overrides(archive) -> str:
+    return json.dumps({"service.tap_url": archive.tap_url, "service.embedded": None})
+
+
+def deployment(server, name: str) -> dict:
+    return server.get(f"/deployments/name/harvest/{name}")
+
+
+def test_deployments_are_registered_as_designed(ops):
+    server, _ = ops
+    nightly, manual = deployment(server, "nightly"), deployment(server, "manual")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
+    assert nightly["parameters"]["incremental"] is True
+    assert nightly["work_pool_name"] == manual["work_pool_name"] == "obsharvest"
+    assert manual["schedules"] == []
+    assert "bands" in manual["parameter_openapi_schema"]["properties"]  # the UI form
+
+
+def test_bad_parameters_are_refused_before_any_run(ops):
+    server, _ = ops
+    done = server.cli(
+        "deployment", "run", "harvest/manual", "--param", 'bands=["i x"]', check=False
+    )
+    text = done.stdout + done.stderr
+    assert "bands" in text and "does not match" in text
+    assert "Created flow run" not in text
+
+
+def _trigger_manual(server, archive, out: Path) -> str:
+    done = server.cli(
+        "deployment",
+        "run",
+        "harvest/manual",
+        "--param",
+        f"ra={TARGET_RA}",
+        "--param",
+        f"dec={TARGET_DEC}",
+        "--param",
+        'bands=["i"]',
+        "--param",
+        "calib_levels=[2]",
+        "--param",
+        f"output_url={out}",
+        "--param",
+        f"overrides={service_overrides(archive)}",
+    )
+    match = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)
+    assert match, done.stdout
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def manual_run(ops, archive, tmp_path_factory):
+    server, home = ops
+    out = tmp_path_factory.mktemp("manual-output")
+    run_id = _trigger_manual(server, archive, out)
+    run = server.wait_run(run_id)
+    assert run["state_type"] == "COMPLETED", (home / "worker.log").read_text()[-4000:]
+    return run, out
+
+
+def test_manual_run_with_parameters_harvests(manual_run, archive):
+    run, out = manual_run
+    assert run["name"].startswith("harvest-62.0,-37.0-full-")
+    assert {"obsharvest", "manual"} <= set(run["tags"])
+    import pyarrow.dataset as ds
+
+    rows = ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
+    truth = archive.truth(TARGET_RA, TARGET_DEC)
+    assert rows and {r["obs_publisher_did"] for r in rows if r["stored"]} == (
+        {r["obs_publisher_did"] for r in rows} & truth
+    )
+
+
+def test_run_artifacts_are_published(ops, manual_run):
+    server, _ = ops
+    run, _ = manual_run
+    artifacts = server.post(
+        "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+    )
+    by_key = {a["key"]: a for a in artifacts if a["key"]}
+    assert {
+        "harvest-progress",
+        "harvest-targets",
+        "harvest-summary",
+        "harvest-parquet",
+        "harvest-fits",
+    } <= set(by_key)
+    assert by_key["harvest-progress"]["data"] == pytest.approx(100.0)
+    assert "false-positive rate" in by_key["harvest-summary"]["data"]
+    tasks = server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    assert sorted(t["name"].split("-")[0] for t in tasks) == ["images", "load", "query", "write"]
+
+
+def test_scheduled_incremental_runs_fire_and_the_second_stores_nothing(ops, archive, tmp_path):
+    server, home = ops
+    targets = tmp_path / "targets.csv"
+    targets.write_text(f"name,ra,dec\nseed,{TARGET_RA},{TARGET_DEC}\n")
+    nightly = deployment(server, "nightly")
+    params = dict(
+        nightly["parameters"],
+        targets=str(targets),
+        output_url=str(tmp_path / "out"),
+        bands=["i"],
+        calib_levels=[2],
+        overrides=json.loads(service_overrides(archive)),
+    )
+    server.patch(f"/deployments/{nightly['id']}", {"parameters": params})
+    server.post(
+        f"/deployments/{nightly['id']}/schedules", [{"schedule": {"interval": 5}, "active": True}]
+    )  # a short interval for the test
+    deadline = time.monotonic() + 300
+    done = []
+    while time.monotonic() < deadline and len(done) < 2:
+        runs = server.post(
+            "/flow_runs/filter",
+            {
+                "deployments": {"id": {"any_": [nightly["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}},
+            },
+        )
+        done = sorted(runs, key=lambda r: r["start_time"])
+        time.sleep(2)
+    assert len(done) >= 2, (home / "worker.log").read_text()[-4000:]
+    assert [r["state_type"] for r in done[:2]] == ["COMPLETED", "COMPLETED"]
+    assert "incremental" in done[0]["name"]
+    state = json.loads((tmp_path / "out" / "state" / "incremental.json").read_text())
+    assert state["runs"][0]["downloaded"] > 0
+    assert state["runs"][1]["downloaded"] == 0  # unchanged archive: nothing new to store
+    for schedule in server.get(f"/deployments/{nightly['id']}/schedules"):
+        server.patch(f"/deployments/{nightly['id']}/schedules/{schedule['id']}", {"active": False})
+
+
+def test_prefect_ui_shows_the_run_completed_with_its_artifacts(ops, manual_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    server, _ = ops
+    run, _ = manual_run
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(f"{server.url}/runs/flow-run/{run['id']}")
+
+        def body() -> str:
+            return driver.find_element(By.TAG_NAME, "body").text
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ("Completed" in body() and run["name"] in body()):
+            time.sleep(0.5)
+        assert "Completed" in body() and run["name"] in body()
+        driver.save_screenshot(str(tmp_path / "flow-run.png"))
+        # the innermost element reading "Artifacts": the tab of the flow run page
+        tab = driver.find_element(
+            By.XPATH, "//*[contains(., 'Artifacts') and not(*[contains(., 'Artifacts')])]"
+        )
+        tab.click()
+        while time.monotonic() < deadline and "harvest-summary" not in body():
+            time.sleep(0.5)
+        text = body()
+        driver.save_screenshot(str(tmp_path / "flow-run-artifacts.png"))
+    finally:
+        driver.quit()
+    for key in ("harvest-summary", "harvest-targets", "harvest-parquet", "harvest-fits"):
+        assert key in text
+    assert (tmp_path / "flow-run-artifacts.png").stat().st_size > 10_000
+
+
+def test_obsharvest_serve_runs_deployments_without_a_work_pool(archive, tmp_path):
+    """The no-work-pool route: one `obsharvest serve` process registers and runs them
+    (its own Prefect server, so no worker of the other tests can pick the run up)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with (
+        prefect_server(home) as server,
+        background([str(BIN / "obsharvest"), "serve"], server.env, tmp_path / "serve.log"),
+    ):
+        deadline = time.monotonic() + 90
+        names: set[str] = set()
+        while time.monotonic() < deadline and names != {"nightly", "manual"}:
+            names = {d["name"] for d in server.post("/deployments/filter", {})}
+            time.sleep(1)
+        assert names == {"nightly", "manual"}, (tmp_path / "serve.log").read_text()[-3000:]
+        assert deployment(server, "manual")["work_pool_name"] is None
+        assert deployment(server, "nightly")["schedules"]
+        run_id = _trigger_manual(server, archive, tmp_path / "out")
+        run = server.wait_run(run_id)
+    assert run["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
+    assert (tmp_path / "out" / "metadata").exists()
