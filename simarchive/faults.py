@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from .httpcore import Connection, Request, Response, iter_body, text, write_body
 
-KINDS_RATE = ("drop", "unavailable", "throttled", "truncate", "slow_first_byte")
+KINDS_RATE = ("drop", "unavailable", "throttled", "truncate", "slow_first_byte", "expired")
 KINDS_VALUE = ("latency", "bandwidth", "retry_after", "first_byte_delay")
 
 
@@ -32,6 +32,7 @@ class FaultSpec:
     throttled: float = 0.0  # 429 Too Many Requests with Retry-After
     truncate: float = 0.0  # send the headers and part of the body, then close
     slow_first_byte: float = 0.0  # wait first_byte_delay before the first body byte
+    expired: float = 0.0  # 403 "Request has expired", as a signed URL past its lifetime
     latency: float = 0.0  # seconds added to every request
     bandwidth: float = 0.0  # bytes per second per connection (0: unlimited)
     retry_after: float = 1.0  # seconds announced in Retry-After
@@ -184,6 +185,11 @@ class FaultInjector:
             response = text(429, "too many requests (injected fault)")
             response.headers["Retry-After"] = _seconds(spec.retry_after)
             return response
+        if spec.expired and draw(seed, endpoint, number, "expired") < spec.expired:
+            self._count(endpoint, "expired")
+            body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                    b"<Message>Request has expired</Message></Error>")
+            return Response(403, body, "application/xml")
         decision = Decision(bandwidth=spec.bandwidth)
         if spec.truncate and draw(seed, endpoint, number, "truncate") < spec.truncate:
             decision.truncate = True
