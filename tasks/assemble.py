@@ -30,6 +30,21 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def failure_of(outcome: ImageOutcome) -> str | None:
+    """Why this image is not done: its failure, or an unusable header (verdict ERROR).
+
+    An ERROR verdict (garbage bytes, a truncated header, a WCS that cannot be built) is
+    neither stored nor outside: the image is not accounted for, a later run verifies it
+    again, and an incremental watermark must not move past it.
+    """
+    if outcome.failure:
+        return outcome.failure
+    for verdict in outcome.verdicts.values():
+        if verdict.verdict == Verdict.ERROR:
+            return f"header not usable: {verdict.reason or 'unknown error'}"
+    return None
+
+
 def image_works(
     rows: Table,
     targets: Mapping[str, Target],
@@ -140,7 +155,7 @@ def metadata_rows(
         values["storage_uri"].append(stored.uri if stored else None)
         values["file_size"].append(stored.size if stored else None)
         values["sha256"].append(stored.sha256 if stored else None)
-        values["failure"].append(outcome.failure if outcome else "image was not processed")
+        values["failure"].append(failure_of(outcome) if outcome else "image was not processed")
         values["run_id"].append(run_id)
         values["harvested_at"].append(when)
     return with_harvest_columns(obscore, values)
@@ -219,7 +234,7 @@ def summarize(
         if outcome and outcome.stored:
             entry.stored += 1
             entry.bytes += outcome.stored.size
-        if outcome is None or outcome.failure:
+        if outcome is None or failure_of(outcome):
             entry.failures += 1
     counts: Counter[str] = Counter()
     subtype = (
@@ -241,8 +256,9 @@ def summarize(
         if outcome is None:
             summary.failures.append((work.key, "image was not processed"))
             continue
-        if outcome.failure:
-            summary.failures.append((work.key, outcome.failure))
+        failure = failure_of(outcome)
+        if failure:
+            summary.failures.append((work.key, failure))
         if outcome.reused:
             summary.reused += 1
         if outcome.stored:

@@ -313,6 +313,8 @@ def _classify(exc: BaseException, url: str) -> HeaderReadError | None:
     def cause(e: BaseException) -> str:
         return f"{type(e).__name__}: {_one_line(_redact_text(str(e)))}"
 
+    if any(isinstance(e, aiohttp.TooManyRedirects) for e in chain):  # its status is 0
+        return HeaderReadError(f"too many redirects (a redirect loop?) for {where}", url=url)
     for e in chain:
         status = _http_status(e)
         if status is None:

@@ -24,6 +24,7 @@ import requests
 from astropy.io.votable import parse as parse_votable
 from pyvo.dal.adhoc import DatalinkResults
 
+from .crashpoints import crashpoint
 from .redact import redact, strip_query
 from .retry import RetryPolicy, TransientError, one_line
 
@@ -92,7 +93,10 @@ def _links_from(
             ctype = str(row["content_type"]) if "content_type" in table.colnames else None
             out[ident] = AccessLink(ident, str(row["access_url"]), length, ctype, None, now)
         elif errors:
-            out[ident] = AccessLink(ident, error=f"Datalink: {redact(errors[0])}", resolved_at=now)
+            message = " ".join(redact(errors[0]).split())  # one line, whatever was sent
+            if len(message) > 300:
+                message = message[:299] + "…"
+            out[ident] = AccessLink(ident, error=f"Datalink: {message}", resolved_at=now)
         else:
             out[ident] = AccessLink(
                 ident, error="Datalink: no #this link for this ID", resolved_at=now
@@ -138,13 +142,19 @@ class DatalinkResolver:
                     f"Datalink answered {reply.status_code}",
                     float(after) if after and after.isdigit() else None,
                 )
+            where = strip_query(endpoint)
+            ctype = reply.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
             if reply.status_code >= 400:
-                raise ValueError(f"Datalink answered {reply.status_code}: {reply.text[:200]}")
+                said = "" if "html" in ctype else f": {' '.join(reply.text[:200].split())}"
+                raise ValueError(f"Datalink {where} answered {reply.status_code}{said}")
+            crashpoint("datalink")
             try:
                 votable = parse_votable(io.BytesIO(reply.content))
                 return DatalinkResults(votable, url=endpoint, session=self.session)
             except Exception as exc:  # HTML error page, truncated body: try again
-                raise TransientError(f"Datalink reply is not a VOTable: {one_line(exc)}") from exc
+                raise TransientError(
+                    f"Datalink {where} answered {ctype}, not a VOTable: {one_line(exc)}"
+                ) from None
 
         return self.retry.call(once, f"Datalink {strip_query(endpoint)}")
 

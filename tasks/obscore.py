@@ -18,17 +18,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyvo
 from astropy.table import Table, vstack
-from pyvo.dal import DALOverflowWarning, DALQueryError
+from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError
 
 from simarchive import geometry
 
 from .adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
+from .crashpoints import crashpoint
 from .models import Target
-from .retry import RetryPolicy, TransientError
+from .redact import strip_query
+from .retry import RetryPolicy, TransientError, is_transient, one_line
 
 log = logging.getLogger(__name__)
 
 FINAL_PHASES = {"COMPLETED", "ERROR", "ABORTED"}
+UWS_PHASES = FINAL_PHASES | {"PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", "UNKNOWN"}
 GEOMETRY_FEATURES = "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo"
 UPLOAD_INLINE = "ivo://ivoa.net/std/TAPRegExt#upload-inline"
 EARLIEST_MJD, LATEST_MJD = 40000.0, 80000.0  # bounds for splitting an open time range
@@ -36,6 +39,14 @@ EARLIEST_MJD, LATEST_MJD = 40000.0, 80000.0  # bounds for splitting an open time
 
 class QueryError(Exception):
     """A query failed for good (bad ADQL, deadline passed, cannot split): not retried."""
+
+
+class ServiceError(Exception):
+    """The service kept failing (5xx, dropped connections, HTML pages): retries exhausted.
+
+    Not the user's query: the caller reports the targets of this query as failed and goes
+    on. The message names the service (without query string) and the last failure.
+    """
 
 
 @dataclass(frozen=True)
@@ -84,28 +95,56 @@ def run_query(
     options: QueryOptions,
     uploads: dict | None = None,
 ) -> tuple[Table, bool]:
-    """Run one query to completion: (rows, overflowed)."""
-    if options.mode == "sync":
+    """Run one query to completion: (rows, overflowed).
 
-        def sync():
+    Raises ``DALQueryError`` (the query is wrong, with the service's message),
+    :class:`QueryError` (deadline) or :class:`ServiceError` (transient failures outlasted
+    the retry policy).
+    """
+    attempts = 0
+
+    def once():
+        nonlocal attempts
+        attempts += 1
+        if options.mode == "sync":
             return service.run_sync(adql, maxrec=options.maxrec, uploads=uploads)
+        return _run_async(service, adql, options, uploads)
 
-        result = options.retry.call(sync, "sync TAP query")
-    else:
-        result = options.retry.call(
-            lambda: _run_async(service, adql, options, uploads), "async TAP query"
-        )
+    describe = f"{options.mode} TAP query"
+    try:
+        result = options.retry.call(once, describe)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise ServiceError(
+            f"{describe} to {strip_query(str(service.baseurl))} failed {attempts} times; "
+            f"last: {_reply_problem(exc)}"
+        ) from None
     overflow = str(result.status[0]).upper() == "OVERFLOW"
     return result.to_table(), overflow
+
+
+def _reply_problem(exc: BaseException) -> str:
+    """The last failure in one line; a reply that is no VOTable is named as such."""
+    text = one_line(exc)
+    if isinstance(exc, DALFormatError) and "E19" in text:
+        return f"the reply is not a VOTable (an HTML error page?): {text}"
+    return text
 
 
 def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
     job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
     try:
         job.run()
+        crashpoint("query")
         deadline = time.monotonic() + options.deadline
         while True:
             phase = job.phase
+            if phase not in UWS_PHASES:  # pyvo gives None for an HTML page: do not poll it
+                raise TransientError(
+                    f"TAP job {strip_query(str(job.url))} has no UWS phase "
+                    f"(got {str(phase)[:40]!r}): the reply is not a UWS job document"
+                )
             if phase in FINAL_PHASES:
                 break
             remaining = deadline - time.monotonic()
