@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pyvo.dal import DALQueryError
 from tasks import assemble
 from tasks import incremental as incremental_state
 from tasks.adql import AdqlValueError, Constraints
+from tasks.crashpoints import crashpoint
 from tasks.datalink import DatalinkAuthError, DatalinkResolver
 from tasks.http import ServiceSession, resolve_token
 from tasks.images import ImageOutcome, ImageSettings, ImageWork, process_images
@@ -86,13 +88,21 @@ def _constraints(params: HarvestParams) -> Constraints:
 def _archive_slot(params: HarvestParams) -> Iterator[None]:
     """One slot of the Prefect global concurrency limit named in the parameters, held for a
     whole batch (each acquire is an API call: per batch, not per request). No name, no slot;
-    a name without a limit on the server does not block (``strict=False``)."""
+    a name without a limit on the server does not block (``strict=False``). The task's log
+    says how long it waited and held the slot."""
     name = params.execution.archive_concurrency_limit
     if not name:
         yield
         return
+    logger = get_run_logger()
+    asked = time.monotonic()
     with concurrency(name, occupy=1, strict=False):
-        yield
+        held = time.monotonic()
+        logger.info("holding a slot of concurrency limit %r (waited %.1f s)", name, held - asked)
+        try:
+            yield
+        finally:
+            logger.info("releasing the slot of %r after %.1f s", name, time.monotonic() - held)
 
 
 @task(name="load-targets", tags=["obsharvest"])
@@ -158,6 +168,11 @@ def image_batch(
         verify_workers=c.verify_workers,
         download_workers=c.download_workers,
         retry=_retry(params),
+        mask=params.verification.mask,
+        mode=params.products.mode,
+        cutout_radius=params.products.cutout_radius,
+        quicklook=params.products.quicklook,
+        auth_headers=session.auth_headers,
     )
     with _archive_slot(params):
         outcomes = process_images(
@@ -200,6 +215,17 @@ def write_metadata(
         return []
     table = assemble.metadata_rows(rows, targets, outcomes, run_id)
     return MetadataStore(params.output_url, params.output_storage_options).merge(table)
+
+
+@task(name="quicklook-gallery", tags=["obsharvest"])
+def gallery(params: HarvestParams, rows: Table, targets: dict[str, Target],
+            outcomes: dict[str, ImageOutcome]) -> str:
+    from tasks.gallery import write_gallery
+
+    index, markdown = write_gallery(rows, targets, outcomes, params.output_url,
+                                    params.output_storage_options)
+    report.publish_gallery(markdown, index)
+    return index
 
 
 def preflight(params: HarvestParams) -> None:
@@ -303,6 +329,8 @@ def run_harvest(
         progress.start("images", len(works))
         outcomes = _process_all(params, conn, works, logger)
         paths = write_metadata(params, rows, by_name, outcomes, run_id) if len(rows) else []
+        if params.products.quicklook and len(rows) and not params.plan:
+            gallery(params, rows, by_name, outcomes)
         summary = assemble.summarize(
             rows, works, outcomes, run_id, band_column=params.service.band_column, plan=params.plan
         )
@@ -456,6 +484,7 @@ def harvest(
     else:  # a subflow with its own task runner: Dask, or another thread count
         body = harvest_run.with_options(task_runner=runner)
         summary = body(params, run_id, incremental=incremental)
+    crashpoint("report")
     report.publish(summary)
     if not summary.ok:
         return Failed(message=report.failure_message(summary), data=summary)

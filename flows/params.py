@@ -183,12 +183,63 @@ class Verification(Model):
         "record-only: verify, download everything; off: no header reads",
     )
     margin_px: float = Field(0.0, ge=0, le=1000, description="pixels of tolerance at the edges")
+    mask: bool = Field(
+        False, description="stricter: the target's pixel must not be flagged NO_DATA in the MASK "
+        "(dead amplifiers do not change s_region; seed 1.1)")
     header_block_size: int = Field(32768, ge=2880, description="bytes per HTTP range read")
+
+
+class Products(Model):
+    """What to store for a (target, image) pair that matches."""
+
+    mode: Literal["image", "cutout"] = Field(
+        "image", description="image: the whole file, once per image; cutout: a SODA cutout "
+        "around each target, stored as {...}/{obs_id}/{target}.fits")
+    cutout_radius: float | None = Field(
+        None, gt=0, le=5, description="deg; cutout circle for point targets (radius targets use theirs)")
+    quicklook: bool = Field(False, description="a PNG (zscale, grid, target, s_region) beside each stored file")
 
 
 class Storage(Model):
     url: str | None = Field(None, description="where FITS go; default <output_url>/fits")
     storage_options: dict = Field(default_factory=dict)
+
+
+class Execution(Model):
+    """Where the harvest's tasks run and how hard the archive may be hit, across runs.
+
+    ``threads`` (default): the tasks of one run share a thread pool of
+    ``concurrency.task_workers`` in the flow's process. ``dask``: they are sent to a Dask
+    cluster -- an existing scheduler (``dask_address``) or one started for the run
+    (``dask_cluster_class`` with ``dask_cluster_kwargs``, scaled by ``dask_adapt_kwargs``,
+    e.g. ``dask_jobqueue.SLURMCluster``). Dask workers must reach the same Prefect API
+    (``PREFECT_API_URL``), the archive and the storage as the flow.
+    """
+
+    runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(None, description="an existing scheduler, tcp://host:8786")
+    dask_cluster_class: str | None = Field(
+        None, description="e.g. dask_jobqueue.SLURMCluster or distributed.LocalCluster"
+    )
+    dask_cluster_kwargs: dict = Field(default_factory=dict)
+    dask_adapt_kwargs: dict = Field(
+        default_factory=dict, description="e.g. {minimum: 1, maximum: 10} to scale with load"
+    )
+    archive_concurrency_limit: str | None = Field(
+        None,
+        description="Prefect global concurrency limit: each query or image batch holds one "
+        "slot, shared by every run and worker; None: no limit",
+    )
+
+    @model_validator(mode="after")
+    def _dask(self) -> Execution:
+        if self.runner == "threads" and (self.dask_address or self.dask_cluster_class):
+            raise ValueError("dask_address/dask_cluster_class need runner: dask")
+        if self.dask_address and (
+            self.dask_cluster_class or self.dask_cluster_kwargs or self.dask_adapt_kwargs
+        ):
+            raise ValueError("give dask_address or dask_cluster_*/dask_adapt_kwargs, not both")
+        return self
 
 
 class HarvestParams(Model):
@@ -209,7 +260,9 @@ class HarvestParams(Model):
     concurrency: Concurrency = Field(default_factory=Concurrency)
     retry: Retry = Field(default_factory=Retry)
     verification: Verification = Field(default_factory=Verification)
+    products: Products = Field(default_factory=Products)
     storage: Storage = Field(default_factory=Storage)
+    execution: Execution = Field(default_factory=Execution)
     output_url: str = Field(
         "output/harvest", description="holds metadata/ (Parquet) and, by default, fits/"
     )
@@ -225,6 +278,9 @@ class HarvestParams(Model):
             raise ValueError("give both ra and dec")
         if single == (self.targets is not None):
             raise ValueError("give either targets (a file) or ra and dec, not both or neither")
+        if self.products.mode == "cutout" and self.plan is False and not (
+                self.radius or self.products.cutout_radius or self.targets):
+            raise ValueError("cutout mode needs a radius: set radius or products.cutout_radius")
         return self
 
     @property

@@ -72,3 +72,17 @@ def publish(summary: Summary) -> None:
         link_text="Stored FITS",
         description="Images that contain a target",
     )
+
+
+def publish_gallery(markdown_text: str, index_uri: str) -> None:
+    create_markdown_artifact(
+        key="harvest-gallery",
+        markdown=markdown_text,
+        description="Quicklook PNGs and footprint maps by target",
+    )
+    create_link_artifact(
+        key="harvest-gallery-index",
+        link=_link(index_uri),
+        link_text="Gallery (static HTML)",
+        description="index.html beside the output",
+    )

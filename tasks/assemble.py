@@ -6,6 +6,7 @@ sequence of task calls and every rule here is tested without Prefect or a networ
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ def image_works(
             if "dataproduct_subtype" in rows.colnames
             else "image",
             (_text(row[band_column]) if has_band else "") or "none",
-            _text(row["obs_id"]) or did,
+            # obs_id is not unique (DP0.2 shares it across raw/calexp/diff; DP1 across
+            # a visit's detectors): a short hash of obs_publisher_did keeps keys apart
+            f"{_text(row['obs_id']) or 'image'}_{hashlib.sha1(did.encode()).hexdigest()[:8]}",
         )
         works.append(
             ImageWork(
@@ -82,6 +85,7 @@ def image_works(
                 storage_key=key,
                 targets=tuple(targets[n] for n in names),
                 priors={n: priors[(n, did)] for n in names if (n, did) in priors},
+                s_region=_text(row["s_region"]) if "s_region" in rows.colnames else "",
             )
         )
     return works
@@ -141,7 +145,7 @@ def metadata_rows(
         target = targets[name]
         outcome = outcomes.get(did)
         verdict = outcome.verdicts.get(name) if outcome else None
-        stored = outcome.stored if outcome else None
+        stored = outcome.stored_for(name) if outcome else None
         values["target_name"].append(name)
         values["target_ra"].append(target.ra)
         values["target_dec"].append(target.dec)
@@ -156,6 +160,10 @@ def metadata_rows(
         values["file_size"].append(stored.size if stored else None)
         values["sha256"].append(stored.sha256 if stored else None)
         values["failure"].append(failure_of(outcome) if outcome else "image was not processed")
+        values["cutout_circle"].append(
+            (outcome.cutout_circles.get(name) or None) if outcome else None
+        )
+        values["quicklook_uri"].append((outcome.quicklooks.get(name) or None) if outcome else None)
         values["run_id"].append(run_id)
         values["harvested_at"].append(when)
     return with_harvest_columns(obscore, values)
@@ -231,9 +239,10 @@ def summarize(
             entry.outside += 1
         else:
             entry.undecided += 1
-        if outcome and outcome.stored:
+        stored = outcome.stored_for(name) if outcome else None
+        if stored:
             entry.stored += 1
-            entry.bytes += outcome.stored.size
+            entry.bytes += stored.size
         if outcome is None or failure_of(outcome):
             entry.failures += 1
     counts: Counter[str] = Counter()
@@ -261,12 +270,14 @@ def summarize(
             summary.failures.append((work.key, failure))
         if outcome.reused:
             summary.reused += 1
-        if outcome.stored:
+        objects = outcome.stored_objects  # the image, or its cutouts
+        if objects:
+            size = sum(o.size for o in objects)
             summary.stored_images += 1
-            summary.stored_bytes += outcome.stored.size
+            summary.stored_bytes += size
             if outcome.downloaded:
                 summary.downloaded += 1
-                summary.downloaded_bytes += outcome.stored.size
+                summary.downloaded_bytes += sum(o.size for o in objects if not o.skipped)
             elif not outcome.reused:
                 summary.already_stored += 1
         elif plan and outcome.wanted and outcome.content_length:

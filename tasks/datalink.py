@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
@@ -46,6 +46,35 @@ class AccessLink:
     content_type: str | None = None
     error: str | None = None  # why there is no URL (error_message row, no #this, ...)
     resolved_at: float = 0.0
+    soda_url: str | None = None  # the #cutout row's SODA sync endpoint, if offered
+    soda_id: str | None = None  # the ID to send it
+
+
+SODA_SYNC = "ivo://ivoa.net/std/SODA#sync-1.0"
+CUTOUT = "#cutout"
+
+
+def _soda_services(results: DatalinkResults) -> dict[str, tuple[str, str | None]]:
+    """SODA sync descriptors of a Datalink reply: resource ID → (accessURL, fixed ID value)."""
+    services = {}
+    for resource in results.votable.resources:
+        if resource.type != "meta" or resource.utype != "adhoc:service":
+            continue
+        params = {p.name: p for p in resource.params}
+        standard = str(params["standardID"].value) if "standardID" in params else ""
+        if not standard.startswith(SODA_SYNC) or "accessURL" not in params:
+            continue
+        fixed = None
+        for group in resource.groups:
+            if group.name == "inputParams":
+                for param in group.entries:
+                    if getattr(param, "name", "").upper() == "ID" and not getattr(
+                        param, "ref", None
+                    ):
+                        value = param.value
+                        fixed = value.decode() if isinstance(value, bytes) else (str(value) or None)
+        services[resource.ID or ""] = (str(params["accessURL"].value), fixed)
+    return services
 
 
 def split_access_url(access_url: str) -> tuple[str, str]:
@@ -67,6 +96,7 @@ def _links_from(
     results: DatalinkResults, wanted: Sequence[str], now: float
 ) -> dict[str, AccessLink]:
     table = results.to_table()
+    soda = _soda_services(results)
     by_id: dict[str, list] = defaultdict(list)
     for row in table:
         by_id[str(row["ID"])].append(row)
@@ -91,7 +121,15 @@ def _links_from(
             except (TypeError, ValueError):
                 length = None
             ctype = str(row["content_type"]) if "content_type" in table.colnames else None
-            out[ident] = AccessLink(ident, str(row["access_url"]), length, ctype, None, now)
+            soda_url = soda_id = None
+            cutouts = [r for r in rows if str(r["semantics"]) == CUTOUT]
+            if cutouts and "service_def" in table.colnames:
+                service = soda.get(str(cutouts[0]["service_def"]))
+                if service is not None:
+                    soda_url, soda_id = service[0], service[1] or ident
+            out[ident] = AccessLink(
+                ident, str(row["access_url"]), length, ctype, None, now, soda_url, soda_id
+            )
         elif errors:
             message = " ".join(redact(errors[0]).split())  # one line, whatever was sent
             if len(message) > 300:
@@ -213,13 +251,5 @@ class DatalinkResolver:
             for pairs, future in futures:
                 links = future.result()
                 for key, ident in pairs:
-                    link = links[ident]
-                    result[key] = AccessLink(
-                        key,
-                        link.url,
-                        link.content_length,
-                        link.content_type,
-                        link.error,
-                        link.resolved_at,
-                    )
+                    result[key] = replace(links[ident], key=key)
         return result

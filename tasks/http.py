@@ -46,6 +46,12 @@ class ServiceSession(requests.Session):
         self.mount("https://", adapter)
         self.headers["User-Agent"] = user_agent
 
+    def auth_headers(self, url: str) -> dict[str, str]:
+        """The Authorization header for ``url`` if it is a service host, else nothing."""
+        if self._token and host_of(url) in self._hosts:
+            return {"Authorization": f"Bearer {self._token}"}
+        return {}
+
     def allow_host(self, url: str) -> None:
         self._hosts.add(host_of(url))
 

@@ -8,6 +8,7 @@ earlier run over the same output are not touched again: no Datalink, no header b
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 
 import requests
 
-from . import containment
+from . import containment, mask, quicklook
+from .cutouts import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
 from .datalink import AccessLink, DatalinkResolver
 from .models import Containment, StoredObject, Target, Verdict
 from .retry import RetryPolicy, one_line
@@ -51,17 +53,29 @@ class ImageWork:
     storage_key: str
     targets: tuple[Target, ...]
     priors: Mapping[str, Prior] = field(default_factory=dict)  # by target name
+    s_region: str = ""  # for the quicklook's outline
 
 
 @dataclass(frozen=True)
 class ImageOutcome:
     key: str
     verdicts: dict[str, Containment]
-    stored: StoredObject | None = None
+    stored: StoredObject | None = None  # the whole image (image mode)
     failure: str | None = None
     content_length: int | None = None
     reused: bool = False  # decided earlier; nothing fetched this run
     downloaded: bool = False  # bytes of the file were transferred this run
+    cutouts: dict[str, StoredObject] = field(default_factory=dict)  # cutout mode, by target
+    cutout_circles: dict[str, str] = field(default_factory=dict)  # "ra dec r" asked, by target
+    quicklooks: dict[str, str] = field(default_factory=dict)  # PNG URI, by target
+
+    def stored_for(self, target: str) -> StoredObject | None:
+        """What is stored for this (target, image) pair: its cutout, or the image."""
+        return self.cutouts.get(target) if self.cutouts or self.cutout_circles else self.stored
+
+    @property
+    def stored_objects(self) -> list[StoredObject]:
+        return [self.stored] if self.stored else list(self.cutouts.values())
 
     @property
     def wanted(self) -> bool:
@@ -77,6 +91,11 @@ class ImageSettings:
     verify_workers: int = 8
     download_workers: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    mask: bool = False  # also require the target pixel not to be flagged NO_DATA
+    mode: str = "image"  # "image" | "cutout"
+    cutout_radius: float | None = None  # deg, for point targets in cutout mode
+    quicklook: bool = False  # a PNG next to every stored image or cutout
+    auth_headers: Callable[[str], dict[str, str]] | None = None  # service-host auth (SODA)
 
 
 DECIDED = {Verdict.CONTAINS.value, Verdict.OUTSIDE.value, Verdict.NO_WCS.value}
@@ -106,6 +125,26 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
     )
     if not needs_file:
         return ImageOutcome(work.key, verdicts, reused=True)
+    if settings.mode == "cutout":
+        cutouts = {}
+        for target, prior in zip(work.targets, priors, strict=True):
+            if prior.verdict != Verdict.CONTAINS.value and settings.verification == "skip":
+                continue
+            if not prior.stored or prior.size is None:
+                return None
+            found = store.exists_same(
+                cutout_key(work.storage_key, target.name), prior.size, prior.sha256
+            )
+            if found is None:
+                return None
+            cutouts[target.name] = found
+        return ImageOutcome(
+            work.key,
+            verdicts,
+            cutouts=cutouts,
+            reused=True,
+            cutout_circles={n: "" for n in cutouts},
+        )
     sized = [p for p in priors if p.stored and p.size is not None]
     if not sized:
         return None
@@ -156,6 +195,127 @@ def _with_fresh_url(
     raise AssertionError("unreachable")
 
 
+def _mask_checked(
+    links: _Links, work: ImageWork, verdicts: dict[str, Containment], settings: ImageSettings
+) -> dict[str, Containment]:
+    """The stricter verdict: a point on a NO_DATA pixel (a dead amplifier, seed §1.1) is
+    not on the data. Circles are left alone: they may still reach good pixels."""
+    out = dict(verdicts)
+    for target in work.targets:
+        verdict = verdicts.get(target.name)
+        if verdict is None or verdict.verdict != Verdict.CONTAINS or target.radius:
+            continue
+        check = _with_fresh_url(
+            links,
+            work.key,
+            lambda url, v=verdict: mask.mask_flags(
+                url, v.hdu, v.x, v.y, block_size=settings.block_size
+            ),
+            settings.retry,
+            f"mask of {work.key}",
+        )
+        out[target.name] = mask.apply_mask(verdict, check)
+    return out
+
+
+def _first_wanted(work: ImageWork, verdicts: dict[str, Containment]) -> Target:
+    for target in work.targets:
+        v = verdicts.get(target.name)
+        if v is not None and v.verdict == Verdict.CONTAINS:
+            return target
+    return work.targets[0]
+
+
+def _s_region(work: ImageWork) -> str | None:
+    return work.s_region or None
+
+
+def _quicklook(
+    store: ObjectStore,
+    stored: StoredObject,
+    key: str,
+    target: Target,
+    work: ImageWork,
+    verdicts: dict[str, Containment],
+) -> str:
+    """Render the PNG beside the stored FITS; a failure here never fails the image."""
+    png_key = key[: -len(".fits")] + ".png" if key.endswith(".fits") else key + ".png"
+    try:
+        buffer = io.BytesIO()
+        with store.fs.open(store.path(stored.key), "rb") as fh:
+            data = fh.read()
+        quicklook.quicklook_png(
+            data,
+            target,
+            _s_region(work),
+            buffer,
+            containment=verdicts.get(target.name),
+            title=work.key,
+        )
+        return store.put_stream(png_key, [buffer.getvalue()]).uri
+    except Exception as exc:  # the image is stored; only its picture is missing
+        log.warning("quicklook for %s failed: %s", work.key, one_line(exc))
+        return ""
+
+
+def _cutouts(
+    links: _Links,
+    work: ImageWork,
+    verdicts: dict[str, Containment],
+    store: ObjectStore,
+    settings: ImageSettings,
+    downloads: threading.Semaphore,
+    session: requests.Session,
+) -> ImageOutcome:
+    """One SODA cutout per wanted target of the image, verified and stored like images."""
+    link = links.get(work.key)
+    if not link.soda_url or not link.soda_id:
+        raise _ImageFailure("no #cutout (SODA) service offered for this image")
+    cutouts: dict[str, StoredObject] = {}
+    circles: dict[str, str] = {}
+    looks: dict[str, str] = {}
+    for target in work.targets:
+        v = verdicts.get(target.name)
+        if settings.verification == "skip" and (v is None or v.verdict != Verdict.CONTAINS):
+            continue
+        request = CutoutRequest(
+            link.soda_url,
+            link.soda_id,
+            target.ra,
+            target.dec,
+            cutout_radius(target, settings.cutout_radius),
+        )
+        key = cutout_key(work.storage_key, target.name)
+        prior = work.priors.get(target.name)
+        found = (
+            store.exists_same(key, prior.size, prior.sha256)
+            if prior and prior.stored and prior.size is not None
+            else None
+        )
+        if found is None:
+            headers = settings.auth_headers(request.soda_url) if settings.auth_headers else None
+            with downloads:
+                found = settings.retry.call(
+                    lambda r=request, k=key, h=headers: fetch_cutout(
+                        r, store, k, headers=h, session=session
+                    ),
+                    f"cutout of {work.key} for {target.name}",
+                )
+        cutouts[target.name] = found
+        circles[target.name] = request.circle
+        if settings.quicklook:
+            looks[target.name] = _quicklook(store, found, key, target, work, verdicts)
+    return ImageOutcome(
+        work.key,
+        verdicts,
+        cutouts=cutouts,
+        cutout_circles=circles,
+        content_length=link.content_length,
+        downloaded=any(not c.skipped for c in cutouts.values()),
+        quicklooks=looks,
+    )
+
+
 class _ImageFailure(Exception):
     """This image cannot be completed; the message becomes its failure reason."""
 
@@ -191,14 +351,9 @@ def process_images(
             if link.url is None:
                 raise _ImageFailure(link.error or "Datalink gave no URL")
             known = prior_verdicts(work)  # e.g. decided by a plan run: no header read again
-            if settings.verification == "off":
-                wanted = True
-            elif known is not None:
+            if known is not None:
                 verdicts = known
-                wanted = settings.verification == "record-only" or any(
-                    c.verdict == Verdict.CONTAINS for c in verdicts.values()
-                )
-            else:
+            elif settings.verification != "off":
                 verdicts = _with_fresh_url(
                     links,
                     work.key,
@@ -211,12 +366,16 @@ def process_images(
                     settings.retry,
                     f"header of {work.key}",
                 )
-                wanted = settings.verification == "record-only" or any(
-                    c.verdict == Verdict.CONTAINS for c in verdicts.values()
-                )
+            if settings.mask and known is None and verdicts:
+                verdicts = _mask_checked(links, work, verdicts, settings)
+            wanted = settings.verification != "skip" or any(
+                c.verdict == Verdict.CONTAINS for c in verdicts.values()
+            )
             length = links.get(work.key).content_length
             if settings.plan or not wanted:
                 return ImageOutcome(work.key, verdicts, content_length=length)
+            if settings.mode == "cutout":
+                return _cutouts(links, work, verdicts, store, settings, downloads, download_session)
             with downloads:
                 stored = _with_fresh_url(
                     links,
@@ -231,12 +390,19 @@ def process_images(
                     settings.retry,
                     f"download of {work.key}",
                 )
+            looks = {}
+            if settings.quicklook:
+                first = _first_wanted(work, verdicts)
+                looks = {
+                    first.name: _quicklook(store, stored, work.storage_key, first, work, verdicts)
+                }
             return ImageOutcome(
                 work.key,
                 verdicts,
                 stored=stored,
                 content_length=length,
                 downloaded=not stored.skipped,
+                quicklooks=looks,
             )
         except _ImageFailure as exc:
             return ImageOutcome(

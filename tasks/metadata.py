@@ -3,12 +3,15 @@
 Columns keep their VOTable units, descriptions, UCDs and utypes as Arrow field metadata,
 so the Parquet explains itself. The dataset lives under ``<output>/metadata/`` split by
 subtype and band (one file each); a rerun merges into it, replacing the rows of the pairs
-it touched, so each (target, image) pair has exactly one current row. Files are written
-under a temporary name and moved into place: a crash leaves the old file or the new one.
+it touched, so each (target, image) pair has exactly one current row. A crash leaves the old
+file or the new one: on object stores (S3, GCS, Azure) an object appears only when its
+upload completes, so the file is written in place and the upload aborted on error; elsewhere
+it is written under a temporary name and moved into place (a rename).
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import re
 import uuid
@@ -20,6 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.table import Table
+
+from .crashpoints import crashpoint
+from .storage import DIRECT_WRITE_PROTOCOLS
+
+log = logging.getLogger(__name__)
 
 METADATA_DIR = "metadata"
 FILE_NAME = "obscore.parquet"
@@ -49,6 +57,8 @@ HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
     ("file_size", pa.int64(), "Size of the stored file", "byte"),
     ("sha256", pa.string(), "SHA-256 of the stored file", None),
     ("failure", pa.string(), "Why this image could not be verified or stored", None),
+    ("cutout_circle", pa.string(), "Cutout mode: the SODA CIRCLE asked (ra dec radius)", "deg"),
+    ("quicklook_uri", pa.string(), "Where the quicklook PNG is stored", None),
     ("run_id", pa.string(), "The harvest run that last decided this row", None),
     ("harvested_at", pa.timestamp("us", tz="UTC"), "When that run decided this row", None),
 ]
@@ -138,6 +148,7 @@ class MetadataStore:
 
     def _files(self) -> list[str]:
         fs, root = self.fs_root
+        fs.invalidate_cache(root)  # s3fs caches listings; another process may have written
         if not fs.exists(root):
             return []
         return sorted(p for p in fs.find(root) if p.endswith("/" + FILE_NAME))
@@ -175,6 +186,7 @@ class MetadataStore:
             chunk = new.take(pa.array(index))
             directory = posixpath.join(root, *key)
             path = posixpath.join(directory, FILE_NAME)
+            fs.invalidate_cache(path)
             if fs.exists(path):
                 with fs.open(path, "rb") as fh:
                     old = pq.read_table(fh)
@@ -189,14 +201,46 @@ class MetadataStore:
                 chunk = pa.concat_tables(
                     [old.take(pa.array(keep, type=pa.int64())), chunk], promote_options="permissive"
                 )
-            fs.makedirs(directory, exist_ok=True)
-            tmp = posixpath.join(directory, f".{FILE_NAME}.{uuid.uuid4().hex}.tmp")
-            try:
-                with fs.open(tmp, "wb") as fh:
-                    pq.write_table(chunk, fh, compression="zstd")
-                fs.mv(tmp, path)
-            finally:
-                if fs.exists(tmp):
-                    fs.rm(tmp)
+            if _direct_write(fs):
+                _write_object(fs, path, chunk)
+            else:
+                fs.makedirs(directory, exist_ok=True)
+                # temporaries of a writer that was killed: one writer per output, so any
+                # left here are orphans (a run's merge is a single, short step)
+                for orphan in fs.glob(posixpath.join(directory, f".{FILE_NAME}.*.tmp")):
+                    fs.rm(orphan)
+                tmp = posixpath.join(directory, f".{FILE_NAME}.{uuid.uuid4().hex}.tmp")
+                try:
+                    with fs.open(tmp, "wb") as fh:
+                        pq.write_table(chunk, fh, compression="zstd")
+                    crashpoint("parquet")
+                    fs.mv(tmp, path)
+                finally:
+                    if fs.exists(tmp):
+                        fs.rm(tmp)
             written.append(path)
         return written
+
+
+def _direct_write(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protocols & DIRECT_WRITE_PROTOCOLS)
+
+
+def _write_object(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+    """Write Parquet straight to an object store key: it appears only if ``close()`` completes
+    the upload. On error the upload is discarded (``close()`` would publish a partial file)."""
+    handle = fs.open(path, "wb")
+    try:
+        pq.write_table(table, handle, compression="zstd")
+        crashpoint("parquet")  # written, not yet published: the old file must survive
+    except BaseException:
+        discard = getattr(handle, "discard", None)
+        try:
+            if discard is not None:
+                discard()
+        except Exception as exc:  # the write's own error is the one to report
+            log.warning("discarding the upload of %s failed: %s", path, exc)
+        handle.closed = True  # keep __del__ from committing what was buffered
+        raise
+    handle.close()

@@ -10,6 +10,9 @@ worst outcome. How that is achieved depends on the file system:
   on failure, call the file's ``discard()`` (s3fs aborts the multipart upload) instead of
   ``close()``. Incomplete multipart uploads that a killed process leaves behind are
   invisible and billed; a bucket lifecycle rule (AbortIncompleteMultipartUpload) reaps them.
+  The write buffer, which is also the multipart part size, is set to
+  :data:`WRITE_BLOCK_SIZE`: s3fs's default (50 MiB) would hold that much per upload in
+  memory, times the download workers. ``mv`` is not used there (on S3 it is copy + delete).
 - Everything else (local disk, memory, ...) shows bytes as they are written, so we write
   ``.{name}.part-{uuid}`` in the same directory and ``mv`` it into place after
   verification (a rename on a local disk: atomic). :meth:`ObjectStore.delete_partials`
@@ -37,6 +40,7 @@ from typing import Any
 
 import fsspec
 
+from .crashpoints import crashpoint
 from .models import StoredObject
 from .storage_errors import (
     DownloadError,
@@ -73,6 +77,9 @@ SIDECAR_SUFFIX = ".sha256"
 PART_MARKER = ".part-"
 STALE_PARTIAL_SECONDS = 3600.0  # a temp older than this belongs to a dead run
 _READ_BLOCK = 1 << 20
+# buffer per direct write = multipart part size: >= S3's 5 MiB minimum, a multiple of GCS's
+# 256 KiB resumable-upload granule; 10,000 parts of it allow objects up to 80 GiB
+WRITE_BLOCK_SIZE = 8 << 20
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
@@ -117,8 +124,10 @@ class ObjectStore:
         storage_options: dict[str, Any] | None = None,
         *,
         direct_write: bool | None = None,
+        write_block_size: int = WRITE_BLOCK_SIZE,
     ) -> None:
         self.root_url = root
+        self.write_block_size = write_block_size
         self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
         self.root = path.rstrip("/") or path
         if direct_write is None:
@@ -185,6 +194,9 @@ class ObjectStore:
         compute its checksums, and the sidecar is written for next time.
         """
         path = self.path(key)
+        # s3fs and friends answer info() from a cached listing of the parent when they have
+        # one; another process (a Dask worker, a concurrent run) may have written since
+        self.fs.invalidate_cache(path)
         try:
             info = self.fs.info(path)
         except FileNotFoundError:
@@ -222,7 +234,7 @@ class ObjectStore:
         expected_md5: str | None = None,
     ) -> StoredObject:
         """Write ``chunks`` to ``key``, verified, in memory bounded by one chunk (+ the
-        file system's write buffer: 5 MB for s3fs).
+        write buffer on object stores: about twice ``write_block_size``).
 
         Raises :class:`IntegrityError` when the size or MD5 differs from what was expected
         (the size as soon as it is exceeded); any exception from ``chunks`` propagates.
@@ -238,7 +250,10 @@ class ObjectStore:
             target = f"{parent}/.{name}{PART_MARKER}{uuid.uuid4().hex}"
             self.fs.makedirs(parent, exist_ok=True)
         sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-        handle = self.fs.open(target, "wb")
+        if self.direct_write:
+            handle = self.fs.open(target, "wb", block_size=self.write_block_size)
+        else:
+            handle = self.fs.open(target, "wb")
         committed = False
         try:
             for chunk in chunks:
@@ -252,6 +267,7 @@ class ObjectStore:
                 sha.update(chunk)
                 md5.update(chunk)
                 handle.write(chunk)
+                crashpoint("download")
             if expected_size is not None and size != expected_size:
                 raise IntegrityError(f"{key}: received {size} bytes, expected {expected_size}")
             md5_hex = md5.hexdigest()
