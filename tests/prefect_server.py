@@ -57,8 +57,13 @@ class PrefectServer:
         reply.raise_for_status()
         return reply.json() if reply.content else None
 
-    def patch(self, path: str, body: dict):
-        requests.patch(self.api + path, json=body, timeout=30).raise_for_status()
+    def patch(self, path: str, body: dict, retries: int = 1):
+        for attempt in range(retries):
+            reply = requests.patch(self.api + path, json=body, timeout=30)
+            if reply.status_code != 503 or attempt == retries - 1:  # SQLite busy: try again
+                reply.raise_for_status()
+                return
+            time.sleep(1)
 
     def wait_run(self, run_id: str, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout

@@ -26,10 +26,11 @@ def ops(tmp_path_factory, archive):
         server.cli("work-pool", "create", "obsharvest", "--type", "process")
         deployed = server.cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
         assert "harvest/nightly" in deployed.stdout and "harvest/manual" in deployed.stdout
-        with background(
-            [str(BIN / "prefect"), "worker", "start", "--pool", "obsharvest"],
-            server.env,
-            home / "worker.log",
+        # two workers taking one run at a time: the sharded route must use both
+        worker = [str(BIN / "prefect"), "worker", "start", "--pool", "obsharvest", "--limit", "1"]
+        with (
+            background([*worker, "--name", "w1"], server.env, home / "worker.log"),
+            background([*worker, "--name", "w2"], server.env, home / "worker2.log"),
         ):
             yield server, home
 
@@ -164,7 +165,9 @@ def test_scheduled_incremental_runs_fire_and_the_second_stores_nothing(ops, arch
     assert state["runs"][0]["downloaded"] > 0
     assert state["runs"][1]["downloaded"] == 0  # unchanged archive: nothing new to store
     for schedule in server.get(f"/deployments/{nightly['id']}/schedules"):
-        server.patch(f"/deployments/{nightly['id']}/schedules/{schedule['id']}", {"active": False})
+        server.patch(
+            f"/deployments/{nightly['id']}/schedules/{schedule['id']}", {"active": False}, retries=5
+        )
 
 
 def test_prefect_ui_shows_the_run_completed_with_its_artifacts(ops, manual_run, tmp_path):
@@ -239,3 +242,57 @@ def test_obsharvest_serve_runs_deployments_without_a_work_pool(archive, tmp_path
         run = server.wait_run(run_id)
     assert run["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
     assert (tmp_path / "out" / "metadata").exists()
+
+
+def test_shards_on_two_workers_equal_one_run(ops, archive, tmp_path, prefect_harness):
+    """The Prefect-native route beyond one process: shards of a target list as flow runs
+    of the manual deployment, served by the pool's two workers, merged into one output."""
+    import hashlib
+
+    import pyarrow.dataset as ds
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.harvest import harvest
+    from flows.shard import harvest_sharded
+
+    server, home = ops
+    overrides = {
+        "service.tap_url": archive.tap_url,
+        "service.embedded": None,
+        "constraints.bands": ["i"],
+        "constraints.calib_levels": [2],
+    }
+    targets = str(Path(__file__).resolve().parents[1] / "config" / "demo-targets.csv")
+    assert harvest(
+        profile="config/local.yaml",
+        targets=targets,
+        output_url=str(tmp_path / "single"),
+        overrides=overrides,
+    ).ok
+    with temporary_settings(updates={PREFECT_API_URL: server.api}):
+        result = harvest_sharded(
+            targets=targets,
+            shards=2,
+            profile="config/local.yaml",
+            output_url=str(tmp_path / "sharded"),
+            overrides=overrides,
+            timeout=600,
+        )
+    assert result["shards"] == 2
+    logs = [(home / name).read_text() for name in ("worker.log", "worker2.log")]
+    assert all(any(r in log for r in result["flow_runs"]) for log in logs), (
+        "both workers ran a shard"
+    )
+
+    def pairs(output: Path) -> set:
+        rows = ds.dataset(str(output / "metadata"), format="parquet").to_table().to_pylist()
+        return {(r["target_name"], r["obs_publisher_did"], r["verdict"]) for r in rows}
+
+    def objects(root: Path) -> dict:
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*.fits")
+        }
+
+    assert pairs(tmp_path / "sharded") == pairs(tmp_path / "single")
+    assert objects(tmp_path / "sharded" / "fits") == objects(tmp_path / "single" / "fits")

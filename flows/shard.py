@@ -1,0 +1,104 @@
+"""The Prefect-native way to use more machines: shards of a target list as separate flow
+runs of a deployment, picked up by however many workers serve its work pool.
+
+Each shard writes its Parquet under its own prefix (concurrent merges into one Parquet
+would race) and its FITS into the shared storage (same keys, atomic writes: an image
+found by two shards is stored once); when every shard is done, their Parquet is merged
+into the output's ``metadata/``. The parent flow holds no slot while it waits.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import time
+from typing import Annotated, Any
+
+import fsspec
+from astropy.table import Table
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.states import Failed
+from pydantic import Field
+
+from tasks.metadata import MetadataStore
+from tasks.targets import read_targets
+
+from .config import build_params
+
+SHARD_DIR = "shards"
+
+
+def shard_targets(targets: list, shards: int) -> list[list]:
+    """Round-robin, so shards are even however the list is sorted."""
+    groups = [targets[i::shards] for i in range(max(1, min(shards, len(targets))))]
+    return [g for g in groups if g]
+
+
+def _write_csv(fs, path: str, group: list) -> None:
+    table = Table({"name": [t.name for t in group], "ra": [t.ra for t in group],
+                   "dec": [t.dec for t in group],
+                   "radius": [t.radius if t.radius else float("nan") for t in group]})
+    buffer = io.StringIO()
+    table.write(buffer, format="ascii.csv")
+    with fs.open(path, "w") as fh:
+        fh.write(buffer.getvalue())
+
+
+def _wait(runs: list, timeout: float) -> list:
+    """Wait for the shard flow runs to finish (polling the API; no slot is held)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            finals = [client.read_flow_run(run.id) for run in runs]
+            if all(r.state and r.state.is_final() for r in finals) or time.monotonic() > deadline:
+                return finals
+            time.sleep(2)
+
+
+@flow(name="harvest-sharded")
+def harvest_sharded(
+    targets: Annotated[str, Field(description="the whole target list (path or URL)")],
+    shards: Annotated[int, Field(ge=1, le=1000, description="flow runs to split it into")] = 2,
+    deployment: str = "harvest/manual",
+    profile: str | None = "config/local.yaml",
+    output_url: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    timeout: float = 3600,
+):
+    """Split ``targets`` into shards, run each as a flow run of ``deployment``, merge."""
+    logger = get_run_logger()
+    values = dict(overrides or {})
+    if output_url:
+        values["output_url"] = output_url
+    params = build_params(profile, {**values, "targets": targets})  # validated up front
+    everything = read_targets(params.targets, default_radius=params.radius)
+    out = params.output_url.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(out, **params.output_storage_options)
+    shard_root = posixpath.join(root, SHARD_DIR)
+    fs.makedirs(shard_root, exist_ok=True)
+    runs = []
+    for i, group in enumerate(shard_targets(everything, shards)):
+        path = posixpath.join(shard_root, f"targets-{i}.csv")
+        _write_csv(fs, path, group)
+        shard_values = {**values, "output_url": f"{out}/{SHARD_DIR}/{i}",
+                        "storage.url": params.storage_url}
+        runs.append(run_deployment(
+            deployment, timeout=0, as_subflow=True,
+            parameters={"profile": profile, "targets": fs.unstrip_protocol(path),
+                        "overrides": shard_values},
+        ))
+        logger.info("shard %d: %d targets → flow run %s", i, len(group), runs[-1].name)
+    finals = _wait(runs, timeout)
+    failed = [r for r in finals if not r.state or not r.state.is_completed()]
+    merged = MetadataStore(out, params.output_storage_options)
+    for i in range(len(runs)):
+        shard = MetadataStore(f"{out}/{SHARD_DIR}/{i}", params.output_storage_options).read()
+        if shard is not None:
+            merged.merge(shard)
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(finals)} shards did not complete: "
+                      + ", ".join(r.name for r in failed))
+    return {"shards": len(runs), "flow_runs": [str(r.id) for r in finals]}
