@@ -335,35 +335,26 @@ def _complete(
         if upload:
             return _refine_upload(rows, targets, features)
         return associate(rows, targets, intersects=features.intersects)
+
+    def again(subset, narrower: Constraints) -> Table:
+        return _complete(
+            service,
+            subset,
+            narrower,
+            strategy,
+            features,
+            options,
+            on_query,
+            upload=upload,
+            with_radius=with_radius,
+        )
+
     if len(targets) > 1:
         half = len(targets) // 2
         log.info("MAXREC overflow for %d targets: splitting", len(targets))
-        parts = [
-            _complete(
-                service,
-                targets[:half],
-                constraints,
-                strategy,
-                features,
-                options,
-                on_query,
-                upload=upload,
-                with_radius=with_radius,
-            ),
-            _complete(
-                service,
-                targets[half:],
-                constraints,
-                strategy,
-                features,
-                options,
-                on_query,
-                upload=upload,
-                with_radius=with_radius,
-            ),
-        ]
-        parts = [p for p in parts if len(p)]
-        return vstack(parts, metadata_conflicts="silent") if parts else parts_or_empty(rows)
+        return _joined(
+            rows, [again(targets[:half], constraints), again(targets[half:], constraints)]
+        )
     lo = constraints.t_min if constraints.t_min is not None else EARLIEST_MJD
     hi = constraints.t_max if constraints.t_max is not None else LATEST_MJD
     if hi - lo < 1e-5:
@@ -373,30 +364,16 @@ def _complete(
         )
     mid = (lo + hi) / 2
     log.info("MAXREC overflow for %s: splitting time %.5f-%.5f", targets[0].name, lo, hi)
-    parts = [
-        _complete(
-            service,
-            targets,
-            constraints.with_time(lo, mid),
-            strategy,
-            features,
-            options,
-            on_query,
-            upload=upload,
-            with_radius=with_radius,
-        ),
-        _complete(
-            service,
-            targets,
-            constraints.with_time(mid, hi),
-            strategy,
-            features,
-            options,
-            on_query,
-            upload=upload,
-            with_radius=with_radius,
-        ),
-    ]
+    return _joined(
+        rows,
+        [
+            again(targets, constraints.with_time(lo, mid)),
+            again(targets, constraints.with_time(mid, hi)),
+        ],
+    )
+
+
+def _joined(rows: Table, parts: list[Table]) -> Table:
     parts = [p for p in parts if len(p)]
     return vstack(parts, metadata_conflicts="silent") if parts else parts_or_empty(rows)
 
