@@ -72,27 +72,66 @@ def test_runner_factory():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from distributed import LocalCluster
+    """A scheduler and two worker processes, each its own OS process (``dask scheduler``,
+    ``dask worker --nworkers 2``), so nothing of Dask runs inside the test process."""
+    import time
+    from types import SimpleNamespace
+
+    from distributed import Client
     from prefect.settings import PREFECT_API_URL
+
+    from .prefect_server import BIN, background, free_port
 
     api = PREFECT_API_URL.value()
     assert api, "the Prefect test harness must be running"
     env = {
+        **os.environ,
         "PREFECT_API_URL": api,
         "PREFECT_HOME": os.environ["PREFECT_HOME"],
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": str(REPO),
     }
-    with LocalCluster(
-        n_workers=2,
-        processes=True,
-        threads_per_worker=2,
-        host="127.0.0.1",
-        dashboard_address=None,
-        env=env,
-        local_directory=str(tmp_path_factory.mktemp("dask")),
-    ) as running:
-        yield running
+    logs = tmp_path_factory.mktemp("dask")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    scheduler = [
+        str(BIN / "dask"),
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--no-dashboard",
+    ]
+    workers = [
+        str(BIN / "dask"),
+        "worker",
+        address,
+        "--nworkers",
+        "2",
+        "--nthreads",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--no-dashboard",
+        "--local-directory",
+        str(logs),
+    ]
+    with (
+        background(scheduler, env, logs / "scheduler.log"),
+        background(workers, env, logs / "workers.log"),
+    ):
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    if len(client.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (logs / "workers.log").read_text()[-2000:]
+            time.sleep(1)
+        yield SimpleNamespace(scheduler_address=address)
 
 
 def test_dask_harvest_equals_the_threaded_one(archive, cluster, tmp_path):
@@ -101,7 +140,7 @@ def test_dask_harvest_equals_the_threaded_one(archive, cluster, tmp_path):
     threads = harvest_params(
         params_for(archive, tmp_path / "threads", concurrency={"images_per_task": 8})
     )
-    with Client(cluster) as client, get_task_stream(client) as stream:
+    with Client(cluster.scheduler_address) as client, get_task_stream(client) as stream:
         dask = harvest_params(
             params_for(
                 archive,
