@@ -218,12 +218,17 @@ def write_metadata(
 
 
 @task(name="quicklook-gallery", tags=["obsharvest"])
-def gallery(params: HarvestParams, rows: Table, targets: dict[str, Target],
-            outcomes: dict[str, ImageOutcome]) -> str:
+def gallery(
+    params: HarvestParams,
+    rows: Table,
+    targets: dict[str, Target],
+    outcomes: dict[str, ImageOutcome],
+) -> str:
     from tasks.gallery import write_gallery
 
-    index, markdown = write_gallery(rows, targets, outcomes, params.output_url,
-                                    params.output_storage_options)
+    index, markdown = write_gallery(
+        rows, targets, outcomes, params.output_url, params.output_storage_options
+    )
     report.publish_gallery(markdown, index)
     return index
 
@@ -239,8 +244,14 @@ def preflight(params: HarvestParams) -> None:
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+    """Batches of at most ``size``, as even as possible (304 items by 250 → 152 + 152), so
+    the last task does not run alone with most of the pool idle."""
+    if not items:
+        return
+    count = -(-len(items) // max(1, size))
+    step = -(-len(items) // count)
+    for start in range(0, len(items), step):
+        yield list(items[start : start + step])
 
 
 @contextlib.contextmanager

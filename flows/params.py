@@ -166,7 +166,7 @@ class Concurrency(Model):
     datalink_workers: int = Field(4, ge=1, le=64)
     datalink_batch: int = Field(50, ge=1, le=1000, description="IDs per Datalink request")
     verify_workers: int = Field(8, ge=1, le=128, description="header reads at once per task")
-    download_workers: int = Field(4, ge=1, le=64, description="downloads at once per task")
+    download_workers: int = Field(8, ge=1, le=64, description="downloads at once per task")
 
 
 class Retry(Model):

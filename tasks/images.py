@@ -155,17 +155,36 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
 
 
 class _Links:
-    """Signed URLs for a batch, re-resolved one by one when they expire."""
+    """Signed URLs for a batch, resolved a Datalink request's worth at a time as the image
+    threads reach them (so header reads and downloads start while later IDs are still
+    being resolved, and a URL is fresh when used), re-resolved one by one on expiry."""
 
     def __init__(self, resolver: DatalinkResolver, works: Sequence[ImageWork]) -> None:
         self._resolver = resolver
         self._access = {w.key: w.access_url for w in works}
-        self._links: dict[str, AccessLink] = resolver.resolve(self._access) if works else {}
+        size = max(1, resolver.batch_size)
+        keys = [w.key for w in works]
+        self._groups = [keys[i : i + size] for i in range(0, len(keys), size)]
+        self._group_of = {k: i // size for i, k in enumerate(keys)}
+        self._group_locks = [threading.Lock() for _ in self._groups]
+        self._links: dict[str, AccessLink] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> AccessLink:
         with self._lock:
-            return self._links[key]
+            link = self._links.get(key)
+        if link is not None:
+            return link
+        group = self._group_of[key]
+        with self._group_locks[group]:  # one request per group, whichever thread comes first
+            with self._lock:
+                link = self._links.get(key)
+            if link is None:
+                resolved = self._resolver.resolve({k: self._access[k] for k in self._groups[group]})
+                with self._lock:
+                    self._links.update(resolved)
+                    link = self._links[key]
+        return link
 
     def refresh(self, key: str) -> AccessLink:
         link = self._resolver.resolve({key: self._access[key]})[key]
@@ -209,7 +228,11 @@ def _mask_checked(
             links,
             work.key,
             lambda url, v=verdict: mask.mask_flags(
-                url, v.hdu, v.x, v.y, block_size=settings.block_size
+                url,
+                v.hdu,
+                v.x,
+                v.y,
+                block_size=header_block(settings.block_size, links.get(work.key).content_length),
             ),
             settings.retry,
             f"mask of {work.key}",
@@ -316,6 +339,15 @@ def _cutouts(
     )
 
 
+def header_block(limit: int, content_length: int | None) -> int:
+    """Bytes per range read of a header: at most ``limit``, and at most ~0.5% of the file
+    when its size is known, so small files are not read in large part (FITS headers come
+    in 2880-byte blocks; 8 kB holds a primary header and the start of the next)."""
+    if not content_length:
+        return limit
+    return max(8192, min(limit, content_length // 200))
+
+
 class _ImageFailure(Exception):
     """This image cannot be completed; the message becomes its failure reason."""
 
@@ -361,7 +393,7 @@ def process_images(
                         url,
                         list(work.targets),
                         margin_px=settings.margin_px,
-                        block_size=settings.block_size,
+                        block_size=header_block(settings.block_size, link.content_length),
                     ),
                     settings.retry,
                     f"header of {work.key}",

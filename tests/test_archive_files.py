@@ -131,12 +131,12 @@ def test_datalink_many_ids_in_one_post(calexps, archive):
 
 
 def test_expired_signed_url_is_refused():
-    with EmbeddedArchive(ArchiveSettings(n_visits=12, url_lifetime=1)) as short:
+    with EmbeddedArchive(ArchiveSettings(n_visits=12, url_lifetime=4)) as short:
         service = pyvo.dal.TAPService(short.tap_url)
         row = service.search("SELECT TOP 1 access_url FROM ivoa.ObsCore WHERE calib_level = 2")[0]
         url = this_row(DatalinkResults.from_result_url(row["access_url"]))["access_url"]
         assert requests.head(url, timeout=30).status_code == 200
-        time.sleep(2.1)
+        time.sleep(5.1)
         expired = requests.get(url, timeout=10)
         assert expired.status_code == 403 and b"expired" in expired.content
         fresh = this_row(DatalinkResults.from_result_url(row["access_url"]))["access_url"]
