@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo archive lint clean system-deps
+.PHONY: venv test demo archive lint clean bench system-deps
 
 venv: $(STAMP)
 
@@ -35,6 +35,9 @@ demo: venv
 
 archive: venv
 	$(BIN)/obsharvest archive --host 127.0.0.1 --port 8765
+
+bench: venv
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
