@@ -47,23 +47,24 @@ class PrefectServer:
             raise AssertionError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done
 
+    def _request(self, method: str, path: str, body=None, retries: int = 10):
+        """One API call; a 503 (the server's SQLite busy under load) is tried again."""
+        for attempt in range(retries):
+            reply = requests.request(method, self.api + path, json=body, timeout=30)
+            if reply.status_code != 503 or attempt == retries - 1:
+                reply.raise_for_status()
+                return reply.json() if reply.content else None
+            time.sleep(1)
+        return None
+
     def get(self, path: str):
-        reply = requests.get(self.api + path, timeout=30)
-        reply.raise_for_status()
-        return reply.json()
+        return self._request("GET", path)
 
     def post(self, path: str, body: dict | list):
-        reply = requests.post(self.api + path, json=body, timeout=30)
-        reply.raise_for_status()
-        return reply.json() if reply.content else None
+        return self._request("POST", path, body)
 
-    def patch(self, path: str, body: dict, retries: int = 1):
-        for attempt in range(retries):
-            reply = requests.patch(self.api + path, json=body, timeout=30)
-            if reply.status_code != 503 or attempt == retries - 1:  # SQLite busy: try again
-                reply.raise_for_status()
-                return
-            time.sleep(1)
+    def patch(self, path: str, body: dict, retries: int = 10):
+        self._request("PATCH", path, body, retries=retries)
 
     def wait_run(self, run_id: str, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout
