@@ -15,6 +15,7 @@ import requests
 from pyvo.dal import DALOverflowWarning, DALQueryError
 
 from .conftest import TARGET_DEC, TARGET_RA
+from .test_sky import SEED_COLUMNS
 
 POINT_QUERY = (
     "SELECT * FROM ivoa.ObsCore "
@@ -88,45 +89,7 @@ def test_seed_section2_schema_queries(service):
         "FROM tap_schema.columns WHERE table_name = 'ivoa.ObsCore'"
     ).to_table()
     by_name = {row["column_name"]: row for row in columns}
-    seed_columns = {
-        "access_format",
-        "access_url",
-        "calib_level",
-        "dataproduct_subtype",
-        "dataproduct_type",
-        "em_max",
-        "em_min",
-        "em_res_power",
-        "em_xel",
-        "facility_name",
-        "instrument_name",
-        "lsst_band",
-        "lsst_ccdvisitid",
-        "lsst_detector",
-        "lsst_filter",
-        "lsst_patch",
-        "lsst_tract",
-        "lsst_visit",
-        "o_ucd",
-        "obs_collection",
-        "obs_id",
-        "obs_publisher_did",
-        "obs_title",
-        "pol_xel",
-        "s_dec",
-        "s_fov",
-        "s_ra",
-        "s_region",
-        "s_resolution",
-        "s_xel1",
-        "s_xel2",
-        "t_exptime",
-        "t_max",
-        "t_min",
-        "t_resolution",
-        "t_xel",
-        "target_name",
-    }
+    seed_columns = set(SEED_COLUMNS)
     assert seed_columns <= set(by_name)
     assert by_name["s_ra"]["datatype"] == "double" and by_name["s_ra"]["unit"] == "deg"
     assert by_name["lsst_ccdvisitid"]["datatype"] == "long"

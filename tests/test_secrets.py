@@ -39,6 +39,7 @@ from tasks.storage import ObjectStore
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .crafted_server import CraftedServer, Reply, datalink
+from .test_harvest_flow import params_for as flow_params_for
 
 TOKEN = "rsp-" + secrets.token_urlsafe(40)  # long and random: found only if leaked
 SIGNATURE = re.compile(r"Signature=(?!\*\*\*)[^&\s'\"<>]+|Expires=\d")
@@ -61,17 +62,9 @@ def secured():
 
 
 def params_for(archive, output, **extra) -> HarvestParams:
-    data = {
-        "service": {"tap_url": archive.tap_url},
-        "ra": TARGET_RA,
-        "dec": TARGET_DEC,
-        "target_name": "seed",
-        "constraints": {"bands": ["i"], "calib_levels": [2]},
-        "output_url": str(output),
-        "retry": {"attempts": 2, "initial_wait": 0.01, "max_wait": 0.05},
-    }
-    data.update(extra)
-    return HarvestParams.model_validate(data)
+    """The flow tests' parameters, with a short retry budget so fault runs stay quick."""
+    extra.setdefault("retry", {"attempts": 2, "initial_wait": 0.01, "max_wait": 0.05})
+    return flow_params_for(archive, output, **extra)
 
 
 class _Collect(logging.Handler):
