@@ -22,9 +22,16 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# A rare, not yet explained segfault (garbage collection inside a C extension, seen in 2
+# of ~7 full runs) kills pytest outright; a crash (exit >= 128) runs the suite once more
+# and says so. Test failures (exit 1) are never retried.
 test: venv system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -ge 128 ]; then \
+	  echo "pytest crashed (exit $$rc): known intermittent segfault, running the suite once more"; \
+	  $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); \
+	else exit $$rc; fi
 
 lint: venv
 	$(BIN)/ruff check .
