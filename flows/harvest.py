@@ -243,12 +243,15 @@ def preflight(params: HarvestParams) -> None:
     _constraints(params).clauses()
 
 
-def _chunks(items: Sequence, size: int) -> Iterator[list]:
-    """Batches of at most ``size``, as even as possible (304 items by 250 → 152 + 152), so
-    the last task does not run alone with most of the pool idle."""
+def _chunks(items: Sequence, size: int, workers: int = 1) -> Iterator[list]:
+    """Batches of at most ``size``, as even as possible (304 items by 250 → 152 + 152), and
+    as many as a multiple of ``workers`` when there are enough items (578 by 250 for two
+    workers → 4 × 145, not 3 × 193), so no batch runs alone with the rest of the pool idle."""
     if not items:
         return
+    workers = max(1, workers)
     count = -(-len(items) // max(1, size))
+    count = min(len(items), -(-count // workers) * workers)
     step = -(-len(items) // count)
     for start in range(0, len(items), step):
         yield list(items[start : start + step])
@@ -375,7 +378,9 @@ def _process_all(
     params: HarvestParams, conn: Connection, works: list[ImageWork], logger
 ) -> dict[str, ImageOutcome]:
     """Image batches as tasks; a progress artifact follows them as they finish."""
-    batches = list(_chunks(works, params.concurrency.images_per_task))
+    batches = list(
+        _chunks(works, params.concurrency.images_per_task, params.concurrency.task_workers)
+    )
     futures = [
         image_batch.submit(params, conn, batch, f"{i + 1}-of-{len(batches)}")
         for i, batch in enumerate(batches)

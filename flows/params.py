@@ -184,8 +184,10 @@ class Verification(Model):
     )
     margin_px: float = Field(0.0, ge=0, le=1000, description="pixels of tolerance at the edges")
     mask: bool = Field(
-        False, description="stricter: the target's pixel must not be flagged NO_DATA in the MASK "
-        "(dead amplifiers do not change s_region; seed 1.1)")
+        False,
+        description="stricter: the target's pixel must not be flagged NO_DATA in the MASK "
+        "(dead amplifiers do not change s_region; seed 1.1)",
+    )
     header_block_size: int = Field(32768, ge=2880, description="bytes per HTTP range read")
 
 
@@ -193,11 +195,19 @@ class Products(Model):
     """What to store for a (target, image) pair that matches."""
 
     mode: Literal["image", "cutout"] = Field(
-        "image", description="image: the whole file, once per image; cutout: a SODA cutout "
-        "around each target, stored as {...}/{obs_id}/{target}.fits")
+        "image",
+        description="image: the whole file, once per image; cutout: a SODA cutout "
+        "around each target, stored as {...}/{obs_id}/{target}.fits",
+    )
     cutout_radius: float | None = Field(
-        None, gt=0, le=5, description="deg; cutout circle for point targets (radius targets use theirs)")
-    quicklook: bool = Field(False, description="a PNG (zscale, grid, target, s_region) beside each stored file")
+        None,
+        gt=0,
+        le=5,
+        description="deg; cutout circle for point targets (radius targets use theirs)",
+    )
+    quicklook: bool = Field(
+        False, description="a PNG (zscale, grid, target, s_region) beside each stored file"
+    )
 
 
 class Storage(Model):
@@ -278,8 +288,11 @@ class HarvestParams(Model):
             raise ValueError("give both ra and dec")
         if single == (self.targets is not None):
             raise ValueError("give either targets (a file) or ra and dec, not both or neither")
-        if self.products.mode == "cutout" and self.plan is False and not (
-                self.radius or self.products.cutout_radius or self.targets):
+        if (
+            self.products.mode == "cutout"
+            and self.plan is False
+            and not (self.radius or self.products.cutout_radius or self.targets)
+        ):
             raise ValueError("cutout mode needs a radius: set radius or products.cutout_radius")
         return self
 

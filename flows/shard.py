@@ -36,9 +36,14 @@ def shard_targets(targets: list, shards: int) -> list[list]:
 
 
 def _write_csv(fs, path: str, group: list) -> None:
-    table = Table({"name": [t.name for t in group], "ra": [t.ra for t in group],
-                   "dec": [t.dec for t in group],
-                   "radius": [t.radius if t.radius else float("nan") for t in group]})
+    table = Table(
+        {
+            "name": [t.name for t in group],
+            "ra": [t.ra for t in group],
+            "dec": [t.dec for t in group],
+            "radius": [t.radius if t.radius else float("nan") for t in group],
+        }
+    )
     buffer = io.StringIO()
     table.write(buffer, format="ascii.csv")
     with fs.open(path, "w") as fh:
@@ -83,13 +88,23 @@ def harvest_sharded(
     for i, group in enumerate(shard_targets(everything, shards)):
         path = posixpath.join(shard_root, f"targets-{i}.csv")
         _write_csv(fs, path, group)
-        shard_values = {**values, "output_url": f"{out}/{SHARD_DIR}/{i}",
-                        "storage.url": params.storage_url}
-        runs.append(run_deployment(
-            deployment, timeout=0, as_subflow=True,
-            parameters={"profile": profile, "targets": fs.unstrip_protocol(path),
-                        "overrides": shard_values},
-        ))
+        shard_values = {
+            **values,
+            "output_url": f"{out}/{SHARD_DIR}/{i}",
+            "storage.url": params.storage_url,
+        }
+        runs.append(
+            run_deployment(
+                deployment,
+                timeout=0,
+                as_subflow=True,
+                parameters={
+                    "profile": profile,
+                    "targets": fs.unstrip_protocol(path),
+                    "overrides": shard_values,
+                },
+            )
+        )
         logger.info("shard %d: %d targets → flow run %s", i, len(group), runs[-1].name)
     finals = _wait(runs, timeout)
     failed = [r for r in finals if not r.state or not r.state.is_completed()]
@@ -99,6 +114,8 @@ def harvest_sharded(
         if shard is not None:
             merged.merge(shard)
     if failed:
-        return Failed(message=f"{len(failed)} of {len(finals)} shards did not complete: "
-                      + ", ".join(r.name for r in failed))
+        return Failed(
+            message=f"{len(failed)} of {len(finals)} shards did not complete: "
+            + ", ".join(r.name for r in failed)
+        )
     return {"shards": len(runs), "flow_runs": [str(r.id) for r in finals]}

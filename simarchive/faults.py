@@ -3,7 +3,11 @@
 Each request to an endpoint is numbered; whether its n-th request is dropped, refused or
 cut short is a pure function of (seed, endpoint, n, fault), so a test that fails can be
 rerun with the same faults in the same places even though threads interleave
-differently. Faults act on the raw connection (see ``httpcore``): a dropped connection
+differently. Expiry is different because it is a property of a URL, not of a request: a
+signed URL that has expired stays expired, and only a freshly resolved one can work. So
+``files.expired`` decides, per file and per issue of its URL (a pure function of seed, file
+and how many URLs that file has been given), whether Datalink hands out a URL that is
+already past its lifetime; the file server's own signature check then answers 403. Faults act on the raw connection (see ``httpcore``): a dropped connection
 sends nothing at all, which is what makes pyvo raise the seed tutorial's
 ``DALServiceError('Connection aborted.', RemoteDisconnected(...))``.
 """
@@ -32,7 +36,7 @@ class FaultSpec:
     throttled: float = 0.0  # 429 Too Many Requests with Retry-After
     truncate: float = 0.0  # send the headers and part of the body, then close
     slow_first_byte: float = 0.0  # wait first_byte_delay before the first body byte
-    expired: float = 0.0  # 403 "Request has expired", as a signed URL past its lifetime
+    expired: float = 0.0  # share of signed URLs handed out already past their lifetime (403)
     latency: float = 0.0  # seconds added to every request
     bandwidth: float = 0.0  # bytes per second per connection (0: unlimited)
     retry_after: float = 1.0  # seconds announced in Retry-After
@@ -147,6 +151,22 @@ class FaultInjector:
             self._counters: dict[str, int] = defaultdict(int)
             self._bucket = _TokenBucket(plan.total_bandwidth) if plan.total_bandwidth > 0 else None
             self.injected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            self._issued: dict[str, int] = defaultdict(int)
+
+    def issue_expired(self, path: str) -> bool:
+        """Whether the URL now being signed for ``path`` is handed out already expired.
+
+        The n-th URL issued for a file is drawn from (seed, path, n): independent of the
+        order in which threads resolve Datalink, and fresh for every re-resolution.
+        """
+        with self._lock:
+            spec = self.plan.spec_for("files")
+            number = self._issued[path]
+            self._issued[path] += 1
+        if spec.expired and draw(self.plan.seed, f"files:{path}", number, "expired") < spec.expired:
+            self._count("files", "expired")
+            return True
+        return False
 
     def _count(self, endpoint: str, kind: str) -> None:
         with self._lock:
@@ -185,11 +205,6 @@ class FaultInjector:
             response = text(429, "too many requests (injected fault)")
             response.headers["Retry-After"] = _seconds(spec.retry_after)
             return response
-        if spec.expired and draw(seed, endpoint, number, "expired") < spec.expired:
-            self._count(endpoint, "expired")
-            body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
-                    b"<Message>Request has expired</Message></Error>")
-            return Response(403, body, "application/xml")
         decision = Decision(bandwidth=spec.bandwidth)
         if spec.truncate and draw(seed, endpoint, number, "truncate") < spec.truncate:
             decision.truncate = True

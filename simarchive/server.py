@@ -595,7 +595,9 @@ class EmbeddedArchive:
             return self._products_by_did.get(ident)
 
     def _sign(self, product) -> str:
-        return self.signer.sign(self.signed_base_url, f"/files/{product.file_path}")
+        path = f"/files/{product.file_path}"
+        stale = self.faults.issue_expired(path)  # the injected 'files.expired' fault
+        return self.signer.sign(self.signed_base_url, path, lifetime=-60 if stale else None)
 
     def _file(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):

@@ -36,9 +36,10 @@ class UrlSigner:
         digest = hmac.new(self._secret, f"GET\n{expires}\n{path}".encode(), hashlib.sha1).digest()
         return base64.b64encode(digest).decode()
 
-    def sign(self, base_url: str, path: str) -> str:
-        """Return ``base_url + path`` with a signature valid for ``lifetime`` seconds."""
-        expires = int(self._clock() + self.lifetime)
+    def sign(self, base_url: str, path: str, *, lifetime: float | None = None) -> str:
+        """Return ``base_url + path`` with a signature valid for ``lifetime`` seconds
+        (the signer's own by default; a negative one gives a URL that has already expired)."""
+        expires = int(self._clock() + (self.lifetime if lifetime is None else lifetime))
         signature = quote(self._signature(path, expires), safe="")
         return f"{base_url}{quote(path)}?AWSAccessKeyId={ACCESS_KEY_ID}&Signature={signature}&Expires={expires}"
 

@@ -32,9 +32,15 @@ VERSION = 1
 
 def constraints_key(constraints: Constraints) -> str:
     """What must not change for watermarks to stay valid (everything but the time window)."""
-    text = json.dumps([sorted(constraints.bands), sorted(constraints.subtypes),
-                       sorted(constraints.calib_levels), constraints.extra_where,
-                       constraints.band_column])
+    text = json.dumps(
+        [
+            sorted(constraints.bands),
+            sorted(constraints.subtypes),
+            sorted(constraints.calib_levels),
+            constraints.extra_where,
+            constraints.band_column,
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -45,8 +51,15 @@ class State:
     runs: list[dict] = field(default_factory=list)  # the last few successful runs
 
     def to_json(self) -> str:
-        return json.dumps({"version": VERSION, "constraints": self.key,
-                           "watermarks": self.watermarks, "runs": self.runs[-20:]}, indent=1)
+        return json.dumps(
+            {
+                "version": VERSION,
+                "constraints": self.key,
+                "watermarks": self.watermarks,
+                "runs": self.runs[-20:],
+            },
+            indent=1,
+        )
 
 
 def _fs(output_url: str, storage_options: Mapping | None):
@@ -66,8 +79,11 @@ def load(output_url: str, storage_options: Mapping | None, key: str) -> State:
         return State(key)  # a damaged state only costs a full (cheap) re-query
     if data.get("version") != VERSION or data.get("constraints") != key:
         return State(key, runs=list(data.get("runs", [])))
-    return State(key, {str(k): float(v) for k, v in data.get("watermarks", {}).items()},
-                 list(data.get("runs", [])))
+    return State(
+        key,
+        {str(k): float(v) for k, v in data.get("watermarks", {}).items()},
+        list(data.get("runs", [])),
+    )
 
 
 def save(output_url: str, storage_options: Mapping | None, state: State) -> None:
@@ -89,8 +105,9 @@ def windows(targets: Sequence[Target], state: State) -> dict[float | None, list[
     return groups
 
 
-def advanced(state: State, targets: Sequence[Target], t_min_values: Sequence[float],
-             run: Mapping) -> State:
+def advanced(
+    state: State, targets: Sequence[Target], t_min_values: Sequence[float], run: Mapping
+) -> State:
     """The state after a successful run: every target is complete up to the newest image
     start time seen (or keeps its old watermark when the run saw nothing new)."""
     values = np.asarray([v for v in t_min_values if v is not None], dtype=float)

@@ -158,3 +158,32 @@ def test_faults_can_be_set_over_http(faulty):
         requests.get(faulty.tap_url + "/availability", timeout=10)
     bad = requests.post(faulty.base_url + "/_faults", data={"fault": "tap.boom=1"}, timeout=10)
     assert bad.status_code == 400 and "unknown kind" in bad.text
+
+
+def _this_url(faulty, access_url: str) -> str:
+    link = DatalinkResults.from_result_url(access_url)
+    return next(r for r in link if r["semantics"] == "#this")["access_url"]
+
+
+def test_expired_urls_stay_expired_and_repeat_for_a_seed(faulty):
+    """An expired signed URL is refused every time; a fresh one is a new draw, and which
+    issues are expired depends only on (seed, file, issue number), not on request order."""
+    service = pyvo.dal.TAPService(faulty.tap_url)
+    rows = service.search("SELECT TOP 6 access_url FROM ivoa.ObsCore WHERE calib_level = 2")
+    plan = FaultPlan.parse(["files.expired=0.5"], seed=3)
+
+    def outcomes(order: list[int]) -> dict[tuple[int, int], int]:
+        faulty.set_faults(plan)
+        seen = {}
+        for issue in range(3):
+            for i in order:
+                url = _this_url(faulty, rows[i]["access_url"])
+                codes = {requests.head(url, timeout=10).status_code for _ in range(2)}
+                assert len(codes) == 1  # an expired URL does not come back to life
+                seen[(i, issue)] = codes.pop()
+        return seen
+
+    forward = outcomes(list(range(6)))
+    assert set(forward.values()) == {200, 403}
+    assert faulty.faults.report()["files"]["expired"] == list(forward.values()).count(403)
+    assert outcomes(list(reversed(range(6)))) == forward
