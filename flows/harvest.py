@@ -28,6 +28,7 @@ from tasks import assemble
 from tasks import incremental as incremental_state
 from tasks.adql import AdqlValueError, Constraints
 from tasks.crashpoints import crashpoint
+from tasks.credentials import CredentialsError, is_s3, load_aws_block, merged
 from tasks.datalink import DatalinkAuthError, DatalinkResolver
 from tasks.http import ServiceSession, resolve_token
 from tasks.images import ImageOutcome, ImageSettings, ImageWork, process_images
@@ -45,7 +46,14 @@ from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
 # Errors that are the user's to fix: they end the run; anything else fails only its batch.
-USER_ERRORS = (TargetError, AdqlValueError, DatalinkAuthError, QueryError, DALQueryError)
+USER_ERRORS = (
+    TargetError,
+    AdqlValueError,
+    DatalinkAuthError,
+    QueryError,
+    DALQueryError,
+    CredentialsError,
+)
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,25 @@ def preflight(params: HarvestParams) -> None:
     else:
         single_target(params.ra, params.dec, params.radius, params.target_name)
     _constraints(params).clauses()
+    if params.storage.aws_credentials_block:
+        load_aws_block(params.storage.aws_credentials_block)
+
+
+def with_storage_credentials(params: HarvestParams) -> HarvestParams:
+    """``params`` with the AwsCredentials block's options merged into the s3:// locations'
+    storage options. Done inside the run, so the secrets never become flow parameters
+    (which the Prefect server stores and shows); explicit options win over the block's."""
+    name = params.storage.aws_credentials_block
+    if not name:
+        return params
+    base = load_aws_block(name)
+    update: dict[str, Any] = {}
+    if is_s3(params.output_url):
+        update["output_storage_options"] = merged(base, params.output_storage_options)
+    own = params.storage.storage_options
+    if is_s3(params.storage_url) and (own or not is_s3(params.output_url)):
+        update["storage"] = params.storage.model_copy(update={"storage_options": merged(base, own)})
+    return params.model_copy(update=update)
 
 
 def _chunks(items: Sequence, size: int, workers: int = 1) -> Iterator[list]:
@@ -309,6 +336,7 @@ def run_harvest(
 ) -> assemble.Summary:
     """The harvest as a sequence of coarse task calls; returns the run's summary."""
     logger = get_run_logger()
+    params = with_storage_credentials(params)
     base = _constraints(params)
     with _service(params) as conn:
         targets = load_targets(params)

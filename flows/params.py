@@ -213,6 +213,11 @@ class Products(Model):
 class Storage(Model):
     url: str | None = Field(None, description="where FITS go; default <output_url>/fits")
     storage_options: dict = Field(default_factory=dict)
+    aws_credentials_block: str | None = Field(
+        None,
+        description="name of a prefect-aws AwsCredentials block for the s3:// locations "
+        "(keeps secrets out of these parameters)",
+    )
 
 
 class Execution(Model):
@@ -294,6 +299,13 @@ class HarvestParams(Model):
             and not (self.radius or self.products.cutout_radius or self.targets)
         ):
             raise ValueError("cutout mode needs a radius: set radius or products.cutout_radius")
+        if self.storage.aws_credentials_block and not any(
+            url.lower().startswith(("s3://", "s3a://"))
+            for url in (self.output_url, self.storage_url)
+        ):
+            raise ValueError(
+                "storage.aws_credentials_block is for S3: output_url or storage.url must be s3://"
+            )
         return self
 
     @property

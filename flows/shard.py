@@ -25,6 +25,7 @@ from tasks.metadata import MetadataStore
 from tasks.targets import read_targets
 
 from .config import build_params
+from .harvest import with_storage_credentials
 
 SHARD_DIR = "shards"
 
@@ -79,6 +80,7 @@ def harvest_sharded(
     if output_url:
         values["output_url"] = output_url
     params = build_params(profile, {**values, "targets": targets})  # validated up front
+    params = with_storage_credentials(params)  # for this flow's own reads and writes
     everything = read_targets(params.targets, default_radius=params.radius)
     out = params.output_url.rstrip("/")
     fs, root = fsspec.core.url_to_fs(out, **params.output_storage_options)

@@ -334,6 +334,60 @@ def test_harvest_into_s3_then_rerun_fetches_nothing(s3, bucket, archive, monkeyp
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_harvest_into_s3_with_an_aws_credentials_block(s3, bucket, archive, monkeypatch, all_logs):
+    """The prefect-aws route: the flow names a block; the secret lives only in the block."""
+    import s3fs
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from flows.harvest import harvest_params
+
+    from .test_harvest_flow import params_for
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no other way in
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    block = f"seaweed-{bucket}"
+    AwsCredentials(
+        aws_access_key_id=TEST_KEY,
+        aws_secret_access_key=TEST_SECRET,
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3),
+    ).save(block, overwrite=True)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    output = f"s3://{bucket}/block-run"
+    summary = harvest_params(params_for(archive, output, storage={"aws_credentials_block": block}))
+    assert summary.ok and summary.stored_images > 0
+
+    client = s3_client(s3)
+    fits_keys = [k for k in _keys(client, bucket, "block-run/fits/") if k.endswith(".fits")]
+    assert len(fits_keys) == summary.stored_images
+    assert _keys(client, bucket, "block-run/metadata/")
+    assert TEST_SECRET not in json.dumps(_flow_run_parameters(summary.run_id))
+    assert TEST_SECRET not in "\n".join(all_logs + _api_logs([summary.run_id]))
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_unknown_credentials_block_is_one_clear_line(tmp_path):
+    from flows.harvest import preflight
+    from flows.params import HarvestParams
+    from tasks.credentials import CredentialsError
+
+    params = HarvestParams.model_validate(
+        {
+            "service": {"tap_url": "http://127.0.0.1:9/tap"},
+            "ra": 62,
+            "dec": -37,
+            "output_url": "s3://bucket/x",
+            "storage": {"aws_credentials_block": "no-such-block"},
+        }
+    )
+    with pytest.raises(CredentialsError, match="no AwsCredentials block named 'no-such-block'"):
+        preflight(params)
+
+
 def test_seaweed_binds_loopback_only(s3):
     """Every port the S3 test server opened is on 127.0.0.1."""
     import psutil
