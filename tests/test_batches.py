@@ -13,7 +13,9 @@ from flows.harvest import _chunks
         (304, 250, 1, [152, 152]),  # even, not 250 + 54
         (578, 250, 2, [145, 145, 145, 143]),  # a multiple of the workers, not 3 x 193
         (578, 250, 1, [193, 193, 192]),
-        (10, 250, 2, [5, 5]),
+        (10, 250, 2, [10]),  # one batch is enough: one task
+        (260, 250, 2, [130, 130]),
+        (7, 2, 4, [2, 2, 2, 1]),
         (1, 250, 4, [1]),  # never more batches than items
         (0, 250, 2, []),
     ],
