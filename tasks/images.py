@@ -24,7 +24,7 @@ from .datalink import AccessLink, DatalinkResolver
 from .models import Containment, StoredObject, Target, Verdict
 from .retry import RetryPolicy, one_line
 from .storage import ObjectStore
-from .storage_errors import IntegrityError, NotFoundError, UrlExpiredError
+from .storage_errors import IntegrityError, NotFoundError, StorageError, UrlExpiredError
 from .storage_http import download
 
 log = logging.getLogger(__name__)
@@ -455,7 +455,9 @@ def process_images(
                 content_length=link.content_length,
             )
         except Exception as exc:  # retries exhausted or an unexpected reply: record, go on
-            log.warning("image %s failed: %s", work.key, one_line(exc))
+            expected = isinstance(exc, (StorageError, containment.HeaderReadError, OSError))
+            # anything else is a bug in obsharvest: keep its traceback in the log
+            log.warning("image %s failed: %s", work.key, one_line(exc), exc_info=not expected)
             return ImageOutcome(
                 work.key, verdicts, failure=one_line(exc), content_length=link.content_length
             )
