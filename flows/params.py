@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from astropy.time import Time
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.credentials import is_s3
+
 _BAND = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 _SUBTYPE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -299,9 +301,8 @@ class HarvestParams(Model):
             and not (self.radius or self.products.cutout_radius or self.targets)
         ):
             raise ValueError("cutout mode needs a radius: set radius or products.cutout_radius")
-        if self.storage.aws_credentials_block and not any(
-            url.lower().startswith(("s3://", "s3a://"))
-            for url in (self.output_url, self.storage_url)
+        if self.storage.aws_credentials_block and not (
+            is_s3(self.output_url) or is_s3(self.storage_url)
         ):
             raise ValueError(
                 "storage.aws_credentials_block is for S3: output_url or storage.url must be s3://"
