@@ -49,6 +49,7 @@ class Options:
     limit_workers: int = 16
     faults: list[str] = field(default_factory=list)
     cache_dir: Path = ROOT / ".cache" / "bench"
+    archive_process: bool = True  # False: the archive shares the clients' process (and GIL)
     start_prefect: bool = True  # False: the caller has a Prefect API configured (tests)
 
     @property
@@ -100,6 +101,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--fault", action="append", default=[], help="extra archive fault, e.g. files.bandwidth=1e7"
     )
     p.add_argument("--cache-dir", type=Path, default=d.cache_dir, help="generated FITS kept here")
+    p.add_argument(
+        "--archive-in-process",
+        action="store_true",
+        help="serve from this process (its threads then compete with the clients' for the GIL)",
+    )
     a = p.parse_args(argv)
     if a.targets < 1 or a.runs < 1:
         p.error("--targets and --runs must be at least 1")
@@ -117,6 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         limit_workers=a.limit_workers,
         faults=a.fault,
         cache_dir=a.cache_dir,
+        archive_process=not a.archive_in_process,
     )
 
 
@@ -169,7 +176,14 @@ def run(options: Options) -> tuple[report.Table, Measured]:
     from .baseline import run_baseline
     from .harvest_run import add_prefect_facts, run_harvest
     from .limit import run_limit, signed_urls
-    from .workload import set_network, spread_targets, start_archive, warm, write_targets_csv
+    from .workload import (
+        set_network,
+        spread_targets,
+        start_archive,
+        warm,
+        warmed_server,
+        write_targets_csv,
+    )
 
     m = Measured()
     work = Path(tempfile.mkdtemp(prefix="obsharvest-bench-"))
@@ -182,6 +196,7 @@ def run(options: Options) -> tuple[report.Table, Measured]:
         archive = start_archive(options.visits, options.binning, options.cache_dir)
         say(f"archive at {archive.tap_url}; warming its FITS cache in {options.cache_dir}")
         catalogue = warm(archive, [*targets, *targets2])
+        archive = warmed_server(archive, options.archive_process)
         cat = catalogue.subset(targets)
         cat2 = catalogue.subset(targets2)
         csv1 = write_targets_csv(targets, work / "targets-n.csv")
@@ -233,6 +248,7 @@ def run(options: Options) -> tuple[report.Table, Measured]:
                 big = start_archive(options.visits, options.big_binning, options.cache_dir)
                 say(f"RSS: warming binning {options.big_binning} files")
                 big_cat = warm(big, rss_targets)
+                big = warmed_server(big, options.archive_process)
                 set_network(big, network)
                 m.rss_small = _rss(archive.tap_url, rss_csv, work / "rss-small", child_env)
                 say(f"RSS: binning {options.binning}: peak {m.rss_small.peak_mb:.0f} MB")

@@ -8,11 +8,16 @@ archive's data (the seed's §4.1.1 query: i-band calexps whose ``s_region`` cont
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyvo
+import requests
 
 from simarchive.faults import FaultPlan
 from simarchive.server import ArchiveSettings, EmbeddedArchive
@@ -108,8 +113,82 @@ def start_archive(n_visits: int, binning: int, cache_dir: Path, seed: int = 42) 
     return EmbeddedArchive(settings).start()
 
 
-def set_network(archive: EmbeddedArchive, items: Sequence[str]) -> None:
-    archive.set_faults(FaultPlan.parse(list(items)))
+class ArchiveProcess:
+    """The embedded archive as its own process (``obsharvest archive``), as a real archive
+    is another machine: in-process, the server's threads would compete for the client's
+    GIL, and the client that does more work (hashing, writing, Prefect) would be charged
+    for the server's scheduling delays too. Same seed and cache directory as the warmed
+    in-process archive, so the same products and files. Counters and faults go over the
+    archive's own test endpoints (``/_stats``, ``/_stats/reset``, ``/_faults``)."""
+
+    def __init__(self, n_visits: int, binning: int, cache_dir: Path, seed: int = 42) -> None:
+        root = Path(__file__).resolve().parent.parent
+        cmd = [
+            sys.executable, "-m", "flows.cli", "archive", "--host", "127.0.0.1", "--port", "0",
+            "--seed", str(seed), "--visits", str(n_visits), "--binning", str(binning),
+            "--cache-dir", str(cache_dir),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.tap_url = self._line("TAP service:")
+        self.datalink_url = self._line("Datalink:")
+        self.base_url = self.tap_url.rsplit("/tap", 1)[0]
+        self._http = requests.Session()
+
+    def _line(self, prefix: str) -> str:
+        deadline = time.monotonic() + 120
+        assert self._proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"archive process exited ({self._proc.poll()}) before {prefix}")
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+        raise RuntimeError(f"archive process did not print {prefix!r} within 120 s")
+
+    def stats(self) -> dict:
+        reply = self._http.get(f"{self.base_url}/_stats", timeout=30)
+        reply.raise_for_status()
+        endpoints = reply.json()["endpoints"]
+        for counters in endpoints.values():  # JSON made the status codes strings
+            if isinstance(counters.get("status"), dict):
+                counters["status"] = {int(k): v for k, v in counters["status"].items()}
+        return endpoints
+
+    def reset_stats(self) -> None:
+        self._http.post(f"{self.base_url}/_stats/reset", timeout=30).raise_for_status()
+
+    def set_faults(self, items: Sequence[str], seed: int = 0) -> None:
+        data = [("fault", i) for i in items] + [("seed", str(seed))]
+        self._http.post(f"{self.base_url}/_faults", data=data, timeout=30).raise_for_status()
+
+    def stop(self) -> None:
+        self._http.close()
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def warmed_server(archive: EmbeddedArchive, own_process: bool) -> EmbeddedArchive | ArchiveProcess:
+    """The archive the timed runs talk to: the warmed one, or (``own_process``) the same
+    archive restarted as its own process over the warmed cache."""
+    if not own_process:
+        return archive
+    s = archive.settings
+    archive.stop()
+    return ArchiveProcess(s.n_visits, s.binning, Path(s.cache_dir), s.seed)
+
+
+def set_network(archive: EmbeddedArchive | ArchiveProcess, items: Sequence[str]) -> None:
+    if isinstance(archive, ArchiveProcess):
+        archive.set_faults(list(items))
+    else:
+        archive.set_faults(FaultPlan.parse(list(items)))
 
 
 def warm(archive: EmbeddedArchive, targets: Sequence[BenchTarget]) -> Catalogue:
