@@ -1,9 +1,9 @@
 """``make bench``: obsharvest against the seed notebook's loop and the raw-transfer limit.
 
-One process starts the embedded archive with a latency per request and a bandwidth cap,
-warms its FITS cache (under ``.cache/``, so generation is never timed), starts a
-temporary Prefect API (``prefect_test_harness``, before any timing), and then runs, on
-the same N targets, interleaved run by run:
+One process starts the embedded archive, warms its FITS cache (under ``.cache/``, so
+generation is never timed), restarts it as its own process over that cache with a latency
+per request and a bandwidth cap, starts a temporary Prefect API (``prefect_test_harness``,
+before any timing), and then runs, on the same N targets, interleaved run by run:
 
 1. obsharvest with default settings (fresh output directory each run),
 2. the raw-transfer limit for exactly the files that run stored,
@@ -462,12 +462,19 @@ def notes(options: Options, m: Measured, cat, cat2, hb, hl, hv) -> list[str]:
     )
     speed = R.median([1 / r for r in hb])
     bound = R.median([m.baseline[i].seconds / m.limit[i].seconds for i in range(options.runs)])
-    if speed < R.SPEEDUP_MIN:
+    if speed < R.SPEEDUP_MIN and bound < R.SPEEDUP_MIN:
         out.append(
             f"obsharvest / baseline MISS: even the raw transfer of the stored files alone is only "
             f"{bound:.1f}x faster than the baseline here, so no client can reach "
             f"{R.SPEEDUP_MIN:.0f}x on this network: the bandwidth cap, not obsharvest, bounds "
             "the speed-up (see the README's notes)"
+        )
+    elif speed < R.SPEEDUP_MIN:
+        out.append(
+            f"obsharvest / baseline MISS: the raw transfer is {bound:.1f}x faster than the "
+            f"baseline, so {R.SPEEDUP_MIN:.0f}x is possible on this network; obsharvest's "
+            f"{speed:.1f}x is bounded by its own round trips (header reads, Datalink, queries) "
+            "and how many run at once (concurrency.verify_workers x task_workers)"
         )
     if R.median(hl) > R.LIMIT_MAX:
         h = m.harvest[R.median_index([x.seconds for x in m.harvest])]
