@@ -7,8 +7,10 @@ differently. Expiry is different because it is a property of a URL, not of a req
 signed URL that has expired stays expired, and only a freshly resolved one can work. So
 ``files.expired`` decides, per file and per issue of its URL (a pure function of seed, file
 and how many URLs that file has been given), whether Datalink hands out a URL that is
-already past its lifetime; the file server's own signature check then answers 403. Faults act on the raw connection (see ``httpcore``): a dropped connection
-sends nothing at all, which is what makes pyvo raise the seed tutorial's
+already past its lifetime; the file server's own signature check then answers 403.
+
+Faults act on the raw connection (see ``httpcore``): a dropped connection sends nothing at
+all, which is what makes pyvo raise the seed tutorial's
 ``DALServiceError('Connection aborted.', RemoteDisconnected(...))``.
 """
 
