@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ class ArchiveProcess:
         self.datalink_url = self._line("Datalink:")
         self.base_url = self.tap_url.rsplit("/tap", 1)[0]
         self._http = requests.Session()
+        # keep reading what it prints, so a full pipe can never block the server
+        threading.Thread(target=self._proc.stdout.read, daemon=True).start()
 
     def _line(self, prefix: str) -> str:
         deadline = time.monotonic() + 120
