@@ -170,7 +170,11 @@ def image_batch(
     c = params.concurrency
     session = conn.session(pool=max(c.datalink_workers, 4))
     resolver = DatalinkResolver(
-        session, batch_size=c.datalink_batch, workers=c.datalink_workers, retry=_retry(params)
+        session,
+        batch_size=c.datalink_batch,
+        workers=c.datalink_workers,
+        retry=_retry(params),
+        timeout=(params.retry.connect_timeout, params.retry.read_timeout),
     )
     store = ObjectStore(params.storage_url, params.storage_options)
     settings = ImageSettings(
@@ -186,6 +190,8 @@ def image_batch(
         cutout_radius=params.products.cutout_radius,
         quicklook=params.products.quicklook,
         auth_headers=session.auth_headers,
+        timeout=(params.retry.connect_timeout, params.retry.read_timeout),
+        cutout_fallback=params.products.cutout_fallback == "image",
     )
     with _archive_slot(params):
         outcomes = process_images(
@@ -299,6 +305,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
     if svc.embedded is None:
         yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts))
         return
+    from simarchive.faults import FaultPlan
     from simarchive.server import ArchiveSettings, EmbeddedArchive
 
     e = svc.embedded
@@ -309,6 +316,10 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         binning=e.binning,
         profile=e.profile,
         naming=e.naming,
+        access_style=e.access_style,
+        datalink_multi_id=e.datalink_multi_id,
+        datalink_order=e.datalink_order,
+        faults=FaultPlan.parse(e.faults, seed=e.seed),
     )
     with EmbeddedArchive(settings) as archive:
         yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts))

@@ -48,6 +48,21 @@ class EmbeddedArchive(Model):
     profile: Literal["generic", "rubin"] = "generic"
     naming: Literal["dp02", "dp1"] = "dp02"
     port: int = Field(0, ge=0, le=65535)
+    # what ObsCore's access_url is, as real archives differ (see simarchive.server)
+    access_style: Literal["datalink", "product", "direct", "unlabelled", "descriptor"] = "datalink"
+    datalink_multi_id: Literal["all", "first"] = "all"
+    datalink_order: Literal["grouped", "shuffled"] = "grouped"
+    faults: list[str] = Field(
+        default_factory=list, description="injected faults, e.g. files.head_stall=1"
+    )
+
+    @field_validator("faults")
+    @classmethod
+    def _faults(cls, value: list[str]) -> list[str]:
+        from simarchive.faults import FaultPlan
+
+        FaultPlan.parse(value)  # raises ValueError naming the bad item
+        return value
 
 
 class Service(Model):
@@ -176,6 +191,16 @@ class Retry(Model):
     initial_wait: float = Field(0.5, ge=0)
     max_wait: float = Field(30.0, gt=0)
     deadline_seconds: float = Field(600.0, gt=0, description="all attempts of one request")
+    connect_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds to open a connection (every HTTP request)"
+    )
+    read_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="seconds a reply may pause between two bytes before it counts as "
+        "stalled (a transient failure: retried)",
+    )
 
 
 class Verification(Model):
@@ -209,6 +234,11 @@ class Products(Model):
     )
     quicklook: bool = Field(
         False, description="a PNG (zscale, grid, target, s_region) beside each stored file"
+    )
+    cutout_fallback: Literal["fail", "image"] = Field(
+        "fail",
+        description="cutout mode, where the archive offers no SODA service: fail (said at "
+        "plan time, before any work) or store the whole image",
     )
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 from astropy.table import Table
 
+from . import access
+from .access import descriptors_of
 from .adql import TARGET_COLUMN
 from .images import ImageOutcome, ImageWork, Prior
 from .metadata import obscore_to_arrow, with_harvest_columns
@@ -66,6 +68,16 @@ def image_works(
         first.setdefault(did, i)
     works = []
     has_band = band_column in rows.colnames
+    descriptors = descriptors_of(rows.meta)
+    datalink = access.find(descriptors, access.DATALINK_STANDARD)
+    soda = access.find(descriptors, access.SODA_SYNC_STANDARD)
+    has_format = "access_format" in rows.colnames
+
+    def column_value(row, descriptor: access.ServiceDescriptor | None) -> str | None:
+        if descriptor is None or descriptor.id_column not in rows.colnames:
+            return None
+        return _text(row[descriptor.id_column]) or None
+
     for did, names in by_image.items():
         row = rows[first[did]]
         key = object_key(
@@ -82,6 +94,11 @@ def image_works(
             ImageWork(
                 key=did,
                 access_url=_text(row["access_url"]),
+                access_format=_text(row["access_format"]) if has_format else "",
+                datalink_url=datalink.endpoint if datalink else None,
+                datalink_id=column_value(row, datalink),
+                soda_url=soda.endpoint if soda else None,
+                soda_id=column_value(row, soda),
                 storage_key=key,
                 targets=tuple(targets[n] for n in names),
                 priors={n: priors[(n, did)] for n in names if (n, did) in priors},
@@ -160,6 +177,7 @@ def metadata_rows(
         values["file_size"].append(stored.size if stored else None)
         values["sha256"].append(stored.sha256 if stored else None)
         values["failure"].append(failure_of(outcome) if outcome else "image was not processed")
+        values["access_route"].append(outcome.access if outcome else None)
         values["cutout_circle"].append(
             (outcome.cutout_circles.get(name) or None) if outcome else None
         )

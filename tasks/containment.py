@@ -4,7 +4,7 @@ Rubin's ``s_region`` for visit images is padded by about 250 px around each dete
 (seed tutorial §1.1), so an ObsCore ``CONTAINS(POINT, s_region)`` query also returns images
 whose pixels miss the target. The tutorial settles it with the pixel WCS of the image
 header (§4.1.4); this module does the same, reading only the header bytes over HTTP
-(``use_fsspec`` + ``lazy_load_hdus`` and a small block size: ~32 KB of a ~195 MB calexp).
+(explicit range GETs, never a HEAD, and ``lazy_load_hdus``: ~32 KB of a ~195 MB calexp).
 
 It does not use ``WCS.footprint_contains``: that returns False on *any* conversion
 exception (NOTES.md), which would turn "could not tell" into "outside". Here a failed
@@ -17,6 +17,7 @@ No Prefect here: a task wraps :func:`verify`; the exception types say what to do
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import re
 import warnings
@@ -187,21 +188,29 @@ def read_wcs_header(
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
     storage_options: dict | None = None,
+    opened: io.RawIOBase | None = None,
 ) -> tuple[int, fits.Header, tuple[int, int]]:
     """``(hdu_index, header, (naxis1, naxis2))`` of the first HDU with a celestial WCS.
 
     HDUs are read in order, lazily, and reading stops at the first hit, so a calexp
-    (primary header without WCS, then ``IMAGE``) costs one HEAD and one range request of
+    (primary header without WCS, then ``IMAGE``) costs one range request of
     ``block_size`` bytes; a raw (one primary HDU with WCS) the same. Pixel data is never
-    read. ``storage_options`` go to fsspec (e.g. ``{"headers": {"Authorization": ...}}``).
-
-    fsspec's HTTP file system reports every failure of its first HEAD/GET as
-    ``FileNotFoundError`` with the real cause (aiohttp ``ClientResponseError`` with
-    ``.status``, ``ClientConnectorError``, ...) chained: the chain is what decides the
-    type raised here. Those chained errors quote the signed URL, so they are not kept.
+    read. HTTP(S) URLs are read with explicit range GETs and never a HEAD
+    (:class:`tasks.ranged.RangedHttpFile`; some archives never answer HEAD);
+    ``opened`` is such a reader already opened by the caller (it has the first block).
+    ``storage_options`` go to the reader (``headers``, ``session``, ``size``,
+    ``timeout``) for HTTP, to fsspec for other URLs and paths.
     """
-    options = {"block_size": block_size, **(storage_options or {})}
+    options = dict(storage_options or {})
     try:
+        if opened is None and _is_http(url):
+            from .ranged import RangedHttpFile
+
+            opened = RangedHttpFile(url, block_size=block_size, **options)
+        if opened is not None:
+            with fits.open(opened, lazy_load_hdus=True, memmap=False) as hdul:
+                return _first_celestial(hdul, url)
+        options.setdefault("block_size", block_size)
         with fits.open(url, use_fsspec=True, lazy_load_hdus=True, fsspec_kwargs=options) as hdul:
             return _first_celestial(hdul, url)
     except HeaderReadError:
@@ -211,6 +220,10 @@ def read_wcs_header(
         if classified is None:
             raise
     raise classified from None
+
+
+def _is_http(url: str) -> bool:
+    return url.lower().startswith(("http://", "https://"))
 
 
 def _first_celestial(hdul: fits.HDUList, url: str) -> tuple[int, fits.Header, tuple[int, int]]:
@@ -569,6 +582,7 @@ def verify(
     margin_px: float = 0.0,
     block_size: int = DEFAULT_BLOCK_SIZE,
     storage_options: dict | None = None,
+    opened: io.RawIOBase | None = None,
 ) -> dict[str, Containment]:
     """Verdicts for every target on one image, keyed by target name, from ONE header read.
 
@@ -584,7 +598,7 @@ def verify(
         return {}
     try:
         index, header, shape = read_wcs_header(
-            url, block_size=block_size, storage_options=storage_options
+            url, block_size=block_size, storage_options=storage_options, opened=opened
         )
     except NoWcsError as exc:
         return {t.name: Containment(Verdict.NO_WCS, reason=str(exc)) for t in targets}

@@ -1,8 +1,15 @@
-"""Datalink: from an ObsCore ``access_url`` to the signed URL of the file (``#this``).
+"""Datalink: from an ObsCore row to the (often signed) URL of the file (``#this``).
 
-The seed tutorial calls ``DatalinkResults.from_result_url`` once per row. Here the IDs of
-unique images are resolved in batches (several IDs per POST, DataLink 1.1) on a bounded
-thread pool, falling back to one ID per request for services that answer only one.
+The seed tutorial calls ``DatalinkResults.from_result_url`` once per row. Here a row's
+Datalink is asked through a :class:`LinkRequest`: the TAP result's service descriptor and
+the row's ID (batchable), the links endpoint and ID of an ``access_url`` that carries
+exactly one ``ID`` (the RSP's shape; DataLink's ``{links}`` endpoint takes several IDs,
+so batchable too), or any other Datalink ``access_url`` used exactly as given, redirects
+followed (GAVO DaCHS's product URLs). Batches go out several IDs per POST (DataLink 1.1)
+on a bounded thread pool. A multi-ID reply is never trusted to cover every ID asked
+(some services answer only the first): the IDs it left out are asked again, in requests
+no larger than what the service did answer, and that size sticks for the endpoint. Reply
+rows are grouped by their ``ID`` column whatever their order.
 pyvo traps avoided (NOTES.md): ``iter_datalinks()`` breaks on the RSP's descriptor, and
 ``bysemantics('#this')`` fetches a vocabulary from the internet, so the ``semantics``
 column is filtered directly; ``from_result_url`` does not check the HTTP status, so the
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -48,6 +56,37 @@ class AccessLink:
     resolved_at: float = 0.0
     soda_url: str | None = None  # the #cutout row's SODA sync endpoint, if offered
     soda_id: str | None = None  # the ID to send it
+    access: str = "datalink"  # how the URL was found (tasks.access.Access)
+
+    @property
+    def refreshable(self) -> bool:
+        """Signed URLs from Datalink can be asked for again; a direct access_url cannot."""
+        return "datalink" in self.access
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """How to ask Datalink about one image: ``ident`` sent to ``endpoint`` (batchable),
+    or, with ``ident`` None, a GET on ``endpoint`` exactly as given (redirects followed)."""
+
+    endpoint: str
+    ident: str | None = None
+
+
+def link_request(
+    access_url: str, service_url: str | None = None, service_id: str | None = None
+) -> LinkRequest:
+    """The request for a row: its descriptor and ID if the TAP result gave them, else the
+    links endpoint of an ``access_url`` with exactly one ID, else the URL as given."""
+    if service_url and service_id:
+        return LinkRequest(service_url, service_id)
+    if not access_url:
+        raise ValueError("no access_url and no Datalink service descriptor for this row")
+    try:
+        endpoint, ident = split_access_url(access_url)
+    except ValueError:
+        return LinkRequest(access_url, None)
+    return LinkRequest(endpoint, ident)
 
 
 SODA_SYNC = "ivo://ivoa.net/std/SODA#sync-1.0"
@@ -93,14 +132,18 @@ def split_access_url(access_url: str) -> tuple[str, str]:
 
 
 def _links_from(
-    results: DatalinkResults, wanted: Sequence[str], now: float
-) -> dict[str, AccessLink]:
+    results: DatalinkResults, wanted: Sequence[str | None], now: float
+) -> dict[str | None, AccessLink]:
+    """Links by the ID asked. With one ID asked (or None: a URL used as given), a reply
+    whose rows all carry one other ID string (a service normalising it) is that ID's."""
     table = results.to_table()
     soda = _soda_services(results)
-    by_id: dict[str, list] = defaultdict(list)
+    by_id: dict[str | None, list] = defaultdict(list)
     for row in table:
         by_id[str(row["ID"])].append(row)
-    out = {}
+    if len(wanted) == 1 and wanted[0] not in by_id and len(by_id) == 1:
+        by_id[wanted[0]] = next(iter(by_id.values()))
+    out: dict[str | None, AccessLink] = {}
     for ident in wanted:
         rows = by_id.get(ident)
         if not rows:
@@ -128,22 +171,22 @@ def _links_from(
                 if service is not None:
                     soda_url, soda_id = service[0], service[1] or ident
             out[ident] = AccessLink(
-                ident, str(row["access_url"]), length, ctype, None, now, soda_url, soda_id
+                ident or "", str(row["access_url"]), length, ctype, None, now, soda_url, soda_id
             )
         elif errors:
             message = " ".join(redact(errors[0]).split())  # one line, whatever was sent
             if len(message) > 300:
                 message = message[:299] + "…"
-            out[ident] = AccessLink(ident, error=f"Datalink: {message}", resolved_at=now)
+            out[ident] = AccessLink(ident or "", error=f"Datalink: {message}", resolved_at=now)
         else:
             out[ident] = AccessLink(
-                ident, error="Datalink: no #this link for this ID", resolved_at=now
+                ident or "", error="Datalink: no #this link for this ID", resolved_at=now
             )
     return out
 
 
 class DatalinkResolver:
-    """Resolves IDs against one or more Datalink endpoints, batching where it can."""
+    """Resolves link requests against Datalink endpoints, batching where it can."""
 
     def __init__(
         self,
@@ -152,18 +195,30 @@ class DatalinkResolver:
         batch_size: int = 50,
         workers: int = 8,
         retry: RetryPolicy | None = None,
-        timeout: float = 120.0,
+        timeout: float | tuple[float, float] = (10.0, 120.0),
     ) -> None:
         self.session = session
         self.batch_size = max(1, batch_size)
         self.workers = max(1, workers)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
-        self._single_id: set[str] = set()  # endpoints that answered only one ID per request
+        self._limits: dict[str, int] = {}  # IDs per request a service has shown it answers
+        self._limits_lock = threading.Lock()
 
-    def _fetch(self, endpoint: str, ids: Sequence[str]) -> DatalinkResults:
+    def ids_per_request(self, endpoint: str) -> int:
+        with self._limits_lock:
+            return self._limits.get(endpoint, self.batch_size)
+
+    def _learn_limit(self, endpoint: str, answered: int) -> None:
+        with self._limits_lock:
+            current = self._limits.get(endpoint, self.batch_size)
+            self._limits[endpoint] = max(1, min(current, answered))
+
+    def _fetch(self, endpoint: str, ids: Sequence[str | None]) -> DatalinkResults:
         def once() -> DatalinkResults:
-            if len(ids) == 1:
+            if ids == [None]:  # the access_url as given; requests follows redirects
+                reply = self.session.get(endpoint, timeout=self.timeout)
+            elif len(ids) == 1:
                 reply = self.session.get(endpoint, params={"ID": ids[0]}, timeout=self.timeout)
             else:
                 reply = self.session.post(
@@ -196,49 +251,68 @@ class DatalinkResolver:
 
         return self.retry.call(once, f"Datalink {strip_query(endpoint)}")
 
-    def _resolve_batch(self, endpoint: str, ids: Sequence[str]) -> dict[str, AccessLink]:
+    def _ask(self, endpoint: str, ids: Sequence[str | None]) -> dict[str | None, AccessLink]:
+        """Links for ``ids``; IDs a multi-ID reply left out are asked again, in requests
+        no larger than what the service answered."""
+        pending, out = list(ids), {}
+        while pending:
+            size = self.ids_per_request(endpoint) if pending != [None] else 1
+            chunk, pending = pending[:size], pending[size:]
+            links = _links_from(self._fetch(endpoint, chunk), chunk, time.time())
+            out.update(links)
+            missing = [i for i in chunk if i not in links]
+            if missing and len(chunk) > 1:  # a service that answers fewer IDs than asked
+                answered = len(chunk) - len(missing)
+                log.info(
+                    "Datalink %s answered %d of %d IDs: asking at most %d per request",
+                    strip_query(endpoint),
+                    answered,
+                    len(chunk),
+                    max(1, answered),
+                )
+                self._learn_limit(endpoint, answered)
+                pending = missing + pending
+        return out
+
+    def _resolve_batch(
+        self, endpoint: str, ids: Sequence[str | None]
+    ) -> dict[str | None, AccessLink]:
         now = time.time()
         try:
-            if endpoint in self._single_id or len(ids) == 1:
-                out = {}
-                for ident in ids:
-                    out.update(_links_from(self._fetch(endpoint, [ident]), [ident], time.time()))
-            else:
-                out = _links_from(self._fetch(endpoint, ids), ids, now)
-                missing = [i for i in ids if i not in out]
-                if missing:  # an older service answered only the first ID
-                    self._single_id.add(endpoint)
-                    for ident in missing:
-                        out.update(
-                            _links_from(self._fetch(endpoint, [ident]), [ident], time.time())
-                        )
+            out = self._ask(endpoint, ids)
         except DatalinkAuthError:
             raise
         except Exception as exc:  # retries exhausted: every image of the batch fails, with why
             reason = f"Datalink failed: {one_line(exc)}"
-            return {i: AccessLink(i, error=reason, resolved_at=now) for i in ids}
+            return {i: AccessLink(i or "", error=reason, resolved_at=now) for i in ids}
         for ident in ids:
             out.setdefault(
                 ident,
-                AccessLink(ident, error="Datalink: ID missing from the reply", resolved_at=now),
+                AccessLink(
+                    ident or "", error="Datalink: ID missing from the reply", resolved_at=now
+                ),
             )
         return out
 
-    def resolve(self, access_urls: Mapping[str, str]) -> dict[str, AccessLink]:
-        """``{image key: ObsCore access_url}`` → ``{image key: AccessLink}``."""
-        by_endpoint: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    def resolve(self, wanted: Mapping[str, str | LinkRequest]) -> dict[str, AccessLink]:
+        """``{image key: LinkRequest or Datalink access_url}`` → ``{image key: AccessLink}``."""
+        batched: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
         result: dict[str, AccessLink] = {}
-        for key, access_url in access_urls.items():
-            try:
-                endpoint, ident = split_access_url(access_url)
-            except ValueError as exc:
-                result[key] = AccessLink(key, error=str(exc))
-                continue
-            by_endpoint[endpoint].append((key, ident))
+        for key, request in wanted.items():
+            if isinstance(request, str):
+                try:
+                    request = link_request(request)
+                except ValueError as exc:
+                    result[key] = AccessLink(key, error=str(exc))
+                    continue
+            batched[request.endpoint].append((key, request.ident))
         jobs = []
-        for endpoint, pairs in by_endpoint.items():
-            for start in range(0, len(pairs), self.batch_size):
-                jobs.append((endpoint, pairs[start : start + self.batch_size]))
+        for endpoint, pairs in batched.items():
+            singles = [p for p in pairs if p[1] is None]
+            many = [p for p in pairs if p[1] is not None]
+            jobs += [(endpoint, [p]) for p in singles]
+            size = self.ids_per_request(endpoint)
+            jobs += [(endpoint, many[i : i + size]) for i in range(0, len(many), size)]
         if not jobs:
             return result
         with ThreadPoolExecutor(

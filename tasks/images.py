@@ -14,14 +14,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import requests
 
 from . import containment, mask, quicklook
+from .access import Access, Kind, kind_of, sniff
 from .cutouts import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
-from .datalink import AccessLink, DatalinkResolver
+from .datalink import AccessLink, DatalinkResolver, LinkRequest, link_request
 from .models import Containment, StoredObject, Target, Verdict
+from .ranged import RangedHttpFile
+from .redact import strip_query
 from .retry import RetryPolicy, one_line
 from .storage import ObjectStore
 from .storage_errors import IntegrityError, NotFoundError, StorageError, UrlExpiredError
@@ -49,11 +52,26 @@ class Prior:
 @dataclass(frozen=True)
 class ImageWork:
     key: str  # obs_publisher_did: one image, however many targets it serves
-    access_url: str  # ObsCore access_url (Datalink)
+    access_url: str  # ObsCore access_url: a Datalink document or the file (access_format)
     storage_key: str
     targets: tuple[Target, ...]
     priors: Mapping[str, Prior] = field(default_factory=dict)  # by target name
     s_region: str = ""  # for the quicklook's outline
+    access_format: str = ""  # ObsCore access_format: says what access_url is
+    datalink_url: str | None = None  # the TAP result's Datalink service descriptor, if any
+    datalink_id: str | None = None  # this row's value of the column that descriptor names
+    soda_url: str | None = None  # the TAP result's SODA descriptor (for direct files)
+    soda_id: str | None = None
+
+    @property
+    def kind(self) -> Kind:
+        """What to do with access_url; a Datalink descriptor with an ID makes it Datalink."""
+        if self.datalink_url and self.datalink_id and not self.access_url:
+            return Kind.DATALINK
+        return kind_of(self.access_format)
+
+    def link_request(self) -> LinkRequest:
+        return link_request(self.access_url, self.datalink_url, self.datalink_id)
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class ImageOutcome:
     cutouts: dict[str, StoredObject] = field(default_factory=dict)  # cutout mode, by target
     cutout_circles: dict[str, str] = field(default_factory=dict)  # "ra dec r" asked, by target
     quicklooks: dict[str, str] = field(default_factory=dict)  # PNG URI, by target
+    access: str | None = None  # how the file was reached (tasks.access.Access)
 
     def stored_for(self, target: str) -> StoredObject | None:
         """What is stored for this (target, image) pair: its cutout, or the image."""
@@ -95,7 +114,14 @@ class ImageSettings:
     mode: str = "image"  # "image" | "cutout"
     cutout_radius: float | None = None  # deg, for point targets in cutout mode
     quicklook: bool = False  # a PNG next to every stored image or cutout
-    auth_headers: Callable[[str], dict[str, str]] | None = None  # service-host auth (SODA)
+    auth_headers: Callable[[str], dict[str, str]] | None = None  # service-host auth only
+    timeout: tuple[float, float] = (10.0, 60.0)  # connect, read (between bytes) seconds
+    cutout_fallback: bool = False  # cutout mode, no SODA offered: store the whole image
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        """The token for a service host (a direct file URL may live there), else nothing:
+        signed URLs on other hosts must never see it."""
+        return self.auth_headers(url) if self.auth_headers else {}
 
 
 DECIDED = {Verdict.CONTAINS.value, Verdict.OUTSIDE.value, Verdict.NO_WCS.value}
@@ -155,42 +181,103 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
 
 
 class _Links:
-    """Signed URLs for a batch, resolved a Datalink request's worth at a time as the image
-    threads reach them (so header reads and downloads start while later IDs are still
-    being resolved, and a URL is fresh when used), re-resolved one by one on expiry."""
+    """How each image of a batch is reached, decided by ObsCore's ``access_format``.
+
+    Datalink images: signed URLs resolved a Datalink request's worth at a time as the
+    image threads reach them (so header reads and downloads start while later IDs are
+    still being resolved, and a URL is fresh when used), re-resolved one by one on
+    expiry. Direct files: the access_url itself. Unlabelled ones: settled by the image
+    thread from the first reply (:meth:`settle`).
+    """
 
     def __init__(self, resolver: DatalinkResolver, works: Sequence[ImageWork]) -> None:
         self._resolver = resolver
-        self._access = {w.key: w.access_url for w in works}
+        self._works = {w.key: w for w in works}
         size = max(1, resolver.batch_size)
-        keys = [w.key for w in works]
+        keys = [w.key for w in works if w.kind == Kind.DATALINK]
         self._groups = [keys[i : i + size] for i in range(0, len(keys), size)]
         self._group_of = {k: i // size for i, k in enumerate(keys)}
         self._group_locks = [threading.Lock() for _ in self._groups]
         self._links: dict[str, AccessLink] = {}
         self._lock = threading.Lock()
 
+    def _route(self, key: str, sniffed: bool = False) -> Access:
+        work = self._works[key]
+        if sniffed:
+            return Access.SNIFFED_DATALINK
+        if work.datalink_url and work.datalink_id:
+            return Access.DESCRIPTOR
+        return Access.DATALINK
+
+    def _resolve(self, keys: Sequence[str], sniffed: bool = False) -> dict[str, AccessLink]:
+        wanted, out = {}, {}
+        for key in keys:
+            try:
+                wanted[key] = self._works[key].link_request()
+            except ValueError as exc:
+                out[key] = AccessLink(key, error=str(exc), access=self._route(key, sniffed))
+        for key, link in self._resolver.resolve(wanted).items():
+            out[key] = replace(link, access=self._route(key, sniffed))
+        return out
+
     def get(self, key: str) -> AccessLink:
         with self._lock:
             link = self._links.get(key)
         if link is not None:
             return link
+        work = self._works[key]
+        if key not in self._group_of:  # a direct or unlabelled access_url: no Datalink
+            if not work.access_url:
+                link = AccessLink(key, error="no access_url, and no Datalink descriptor to use")
+            else:
+                unknown = work.kind == Kind.UNKNOWN
+                link = AccessLink(
+                    key,
+                    work.access_url,
+                    content_type=work.access_format or None,
+                    access=UNSETTLED if unknown else Access.DIRECT,
+                    soda_url=work.soda_url if work.soda_id else None,
+                    soda_id=work.soda_id,
+                )
+            with self._lock:
+                return self._links.setdefault(key, link)
         group = self._group_of[key]
         with self._group_locks[group]:  # one request per group, whichever thread comes first
             with self._lock:
                 link = self._links.get(key)
             if link is None:
-                resolved = self._resolver.resolve({k: self._access[k] for k in self._groups[group]})
+                resolved = self._resolve(self._groups[group])
                 with self._lock:
                     self._links.update(resolved)
                     link = self._links[key]
         return link
 
-    def refresh(self, key: str) -> AccessLink:
-        link = self._resolver.resolve({key: self._access[key]})[key]
+    def settle(self, key: str, kind: Kind, size: int | None, content_type: str | None):
+        """An unlabelled access_url turned out to be the file, or a Datalink document."""
+        if kind == Kind.FILE:
+            link = replace(
+                self.get(key),
+                content_length=size,
+                content_type=content_type,
+                access=Access.SNIFFED_DIRECT,
+            )
+        else:
+            link = self._resolve([key], sniffed=True)[key]
         with self._lock:
             self._links[key] = link
         return link
+
+    def refresh(self, key: str) -> AccessLink:
+        old = self.get(key)
+        if not old.refreshable:
+            return old
+        link = self._resolve([key], sniffed=old.access == Access.SNIFFED_DATALINK)[key]
+        with self._lock:
+            self._links[key] = link
+        return link
+
+
+UNSETTLED = "unsettled"  # an unlabelled access_url before its first reply
 
 
 def _with_fresh_url(
@@ -205,6 +292,11 @@ def _with_fresh_url(
         try:
             return retry.call(lambda url=url: action(url), describe)
         except (UrlExpiredError, containment.UrlExpiredError):
+            if not link.refreshable:  # a direct file URL: nothing to resolve again
+                raise _ImageFailure(
+                    f"access refused (403) for {strip_query(url)}: check the access token "
+                    "and your rights to this collection"
+                ) from None
             if attempt == MAX_RESOLVES - 1:
                 raise _ImageFailure(
                     "signed URL refused (403) even after resolving Datalink again"
@@ -214,8 +306,51 @@ def _with_fresh_url(
     raise AssertionError("unreachable")
 
 
+def _reader_options(
+    settings: ImageSettings, session: requests.Session, url: str, size: int | None
+) -> dict:
+    """What :class:`tasks.ranged.RangedHttpFile` needs for one URL of this batch."""
+    return {
+        "session": session,
+        "headers": settings.headers_for(url),
+        "size": size,
+        "timeout": settings.timeout,
+    }
+
+
+def _settle(
+    links: _Links, work: ImageWork, settings: ImageSettings, session: requests.Session
+) -> tuple[AccessLink, RangedHttpFile | None]:
+    """An access_url whose access_format is missing or unknown: the first ranged GET
+    decides. FITS: it is the file (the reader, its first block read, is kept for the
+    header). A Datalink document: resolve it as one."""
+    url = work.access_url
+    block = header_block(settings.block_size, None)
+    reader = settings.retry.call(
+        lambda: RangedHttpFile(
+            url, block_size=block, **_reader_options(settings, session, url, None)
+        ),
+        f"access_url of {work.key}",
+    )
+    kind = sniff(reader.content_type, reader.read_range(0, 2880))
+    if kind == Kind.FILE:
+        return links.settle(work.key, kind, reader.size, reader.content_type), reader
+    reader.close()
+    if kind == Kind.DATALINK:
+        return links.settle(work.key, kind, None, None), None
+    shown = work.access_format or "empty"
+    raise _ImageFailure(
+        f"access_url answered {reader.content_type or 'no Content-Type'}, neither FITS nor "
+        f"a Datalink document (access_format {shown!r} does not say which to expect)"
+    )
+
+
 def _mask_checked(
-    links: _Links, work: ImageWork, verdicts: dict[str, Containment], settings: ImageSettings
+    links: _Links,
+    work: ImageWork,
+    verdicts: dict[str, Containment],
+    settings: ImageSettings,
+    session: requests.Session,
 ) -> dict[str, Containment]:
     """The stricter verdict: a point on a NO_DATA pixel (a dead amplifier, seed §1.1) is
     not on the data. Circles are left alone: they may still reach good pixels."""
@@ -233,6 +368,9 @@ def _mask_checked(
                 v.x,
                 v.y,
                 block_size=header_block(settings.block_size, links.get(work.key).content_length),
+                storage_options=_reader_options(
+                    settings, session, url, links.get(work.key).content_length
+                ),
             ),
             settings.retry,
             f"mask of {work.key}",
@@ -293,7 +431,7 @@ def _cutouts(
     """One SODA cutout per wanted target of the image, verified and stored like images."""
     link = links.get(work.key)
     if not link.soda_url or not link.soda_id:
-        raise _ImageFailure("no #cutout (SODA) service offered for this image")
+        raise _ImageFailure(NO_SODA)
     cutouts: dict[str, StoredObject] = {}
     circles: dict[str, str] = {}
     looks: dict[str, str] = {}
@@ -336,7 +474,11 @@ def _cutouts(
         content_length=link.content_length,
         downloaded=any(not c.skipped for c in cutouts.values()),
         quicklooks=looks,
+        access=link.access,
     )
+
+
+NO_SODA = "no SODA cutout service offered for this image (no #cutout link, no SODA descriptor)"
 
 
 def header_block(limit: int, content_length: int | None) -> int:
@@ -350,6 +492,16 @@ def header_block(limit: int, content_length: int | None) -> int:
 
 class _ImageFailure(Exception):
     """This image cannot be completed; the message becomes its failure reason."""
+
+
+def _failed(
+    work: ImageWork, links: _Links, verdicts: dict[str, Containment], reason: str
+) -> ImageOutcome:
+    link = links.get(work.key)
+    access = None if link.access == UNSETTLED else link.access
+    return ImageOutcome(
+        work.key, verdicts, failure=reason, content_length=link.content_length, access=access
+    )
 
 
 def process_images(
@@ -374,7 +526,12 @@ def process_images(
         return [outcomes[w.key] for w in works]
     links = _Links(resolver, fresh)
     downloads = threading.Semaphore(settings.download_workers)
-    download_session = requests.Session()  # no token: signed URLs live on other hosts
+    # one pool for header reads and downloads: keep-alive connections across images
+    pool_size = settings.verify_workers + settings.download_workers
+    data_session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    data_session.mount("http://", adapter)
+    data_session.mount("https://", adapter)
 
     def one(work: ImageWork) -> ImageOutcome:
         link = links.get(work.key)
@@ -382,32 +539,47 @@ def process_images(
         try:
             if link.url is None:
                 raise _ImageFailure(link.error or "Datalink gave no URL")
+            opened = None
+            if link.access == UNSETTLED:
+                link, opened = _settle(links, work, settings, data_session)
+                if link.url is None:
+                    raise _ImageFailure(link.error or "Datalink gave no URL")
             known = prior_verdicts(work)  # e.g. decided by a plan run: no header read again
             if known is not None:
                 verdicts = known
             elif settings.verification != "off":
-                verdicts = _with_fresh_url(
-                    links,
-                    work.key,
-                    lambda url: containment.verify(
+
+                def read_header(url: str) -> dict[str, Containment]:
+                    nonlocal opened
+                    reader, opened = (opened if opened and opened.url == url else None), None
+                    size = links.get(work.key).content_length
+                    return containment.verify(
                         url,
                         list(work.targets),
                         margin_px=settings.margin_px,
-                        block_size=header_block(settings.block_size, link.content_length),
-                    ),
-                    settings.retry,
-                    f"header of {work.key}",
+                        block_size=header_block(settings.block_size, size),
+                        storage_options=_reader_options(settings, data_session, url, size),
+                        opened=reader,
+                    )
+
+                verdicts = _with_fresh_url(
+                    links, work.key, read_header, settings.retry, f"header of {work.key}"
                 )
+            if opened is not None:
+                opened.close()
             if settings.mask and known is None and verdicts:
-                verdicts = _mask_checked(links, work, verdicts, settings)
+                verdicts = _mask_checked(links, work, verdicts, settings, data_session)
             wanted = settings.verification != "skip" or any(
                 c.verdict == Verdict.CONTAINS for c in verdicts.values()
             )
-            length = links.get(work.key).content_length
+            link = links.get(work.key)
+            length = link.content_length
             if settings.plan or not wanted:
-                return ImageOutcome(work.key, verdicts, content_length=length)
-            if settings.mode == "cutout":
-                return _cutouts(links, work, verdicts, store, settings, downloads, download_session)
+                return ImageOutcome(work.key, verdicts, content_length=length, access=link.access)
+            if settings.mode == "cutout" and (
+                (link.soda_url and link.soda_id) or not settings.cutout_fallback
+            ):
+                return _cutouts(links, work, verdicts, store, settings, downloads, data_session)
             with downloads:
                 stored = _with_fresh_url(
                     links,
@@ -416,8 +588,10 @@ def process_images(
                         url,
                         store,
                         work.storage_key,
-                        session=download_session,
+                        session=data_session,
+                        headers=settings.headers_for(url),
                         expected_size=links.get(work.key).content_length,
+                        timeout=settings.timeout,
                     ),
                     settings.retry,
                     f"download of {work.key}",
@@ -435,32 +609,19 @@ def process_images(
                 content_length=length,
                 downloaded=not stored.skipped,
                 quicklooks=looks,
+                access=links.get(work.key).access,
             )
         except _ImageFailure as exc:
-            return ImageOutcome(
-                work.key, verdicts, failure=str(exc), content_length=link.content_length
-            )
+            return _failed(work, links, verdicts, str(exc))
         except (NotFoundError, containment.NotFoundError):
-            return ImageOutcome(
-                work.key,
-                verdicts,
-                failure="file not found at the archive (404)",
-                content_length=link.content_length,
-            )
+            return _failed(work, links, verdicts, "file not found at the archive (404)")
         except IntegrityError as exc:
-            return ImageOutcome(
-                work.key,
-                verdicts,
-                failure=f"checksum or size mismatch: {one_line(exc)}",
-                content_length=link.content_length,
-            )
+            return _failed(work, links, verdicts, f"checksum or size mismatch: {one_line(exc)}")
         except Exception as exc:  # retries exhausted or an unexpected reply: record, go on
             expected = isinstance(exc, (StorageError, containment.HeaderReadError, OSError))
             # anything else is a bug in obsharvest: keep its traceback in the log
             log.warning("image %s failed: %s", work.key, one_line(exc), exc_info=not expected)
-            return ImageOutcome(
-                work.key, verdicts, failure=one_line(exc), content_length=link.content_length
-            )
+            return _failed(work, links, verdicts, one_line(exc))
 
     started = time.monotonic()
     with ThreadPoolExecutor(max(1, settings.verify_workers), thread_name_prefix="image") as pool:
@@ -468,6 +629,6 @@ def process_images(
             outcomes[work.key] = outcome
             if on_done:
                 on_done(outcome)
-    download_session.close()
+    data_session.close()
     log.info("%d images processed in %.1f s", len(fresh), time.monotonic() - started)
     return [outcomes[w.key] for w in works]

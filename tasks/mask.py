@@ -89,15 +89,14 @@ def mask_flags(
     position) and must have the same grid as HDU ``hdu_index``. Pixel ``i`` covers
     ``[i - 0.5, i + 0.5)``. A file without MASK, a MASK without a NO_DATA plane, a
     non-integer MASK or a target off the grid give ``no_data=False`` with a reason.
-    ``storage_options`` go to fsspec (e.g. ``{"headers": {"Authorization": ...}}``).
+    ``storage_options`` go to :class:`tasks.ranged.RangedHttpFile` for HTTP(S) URLs
+    (``headers``, ``session``, ``size``, ``timeout``), to fsspec otherwise.
     """
-    import fsspec
-
     url = os.fspath(url_or_path)
-    options = {"block_size": block_size, **(storage_options or {})}
+    options = dict(storage_options or {})
     try:
         with (
-            fsspec.open(url, "rb", **options) as handle,
+            _open(url, block_size, options) as handle,
             fits.open(handle, lazy_load_hdus=True, memmap=False) as hdul,
         ):
             return _check(hdul, handle, url, hdu_index, x, y)
@@ -108,6 +107,17 @@ def mask_flags(
         if classified is None:
             raise
     raise classified from None
+
+
+def _open(url: str, block_size: int, options: dict):
+    """HTTP(S): explicit range GETs, never a HEAD (:mod:`tasks.ranged`); else fsspec."""
+    if url.lower().startswith(("http://", "https://")):
+        from .ranged import RangedHttpFile
+
+        return RangedHttpFile(url, block_size=block_size, **options)
+    import fsspec
+
+    return fsspec.open(url, "rb", block_size=block_size, **options)
 
 
 def _check(hdul: fits.HDUList, handle, url: str, hdu_index: int, x: float, y: float) -> MaskCheck:
@@ -234,13 +244,13 @@ def _data_offset(hdul: fits.HDUList, index: int) -> int:
 
 
 def _read_exact(handle, start: int, size: int) -> bytes:
-    """Exactly ``size`` bytes at ``start``, without the read-ahead of the block cache.
+    """Exactly ``size`` bytes at ``start``, without the read-ahead of the block cache
+    (a whole ``block_size`` block for a 4-byte pixel). Local files just seek and read."""
+    from .ranged import RangedHttpFile
 
-    fsspec's buffered files (HTTP, S3, GCS) implement ``_fetch_range`` as one ranged
-    request that fails when the server ignores Range; the cache would otherwise fetch a
-    whole ``block_size`` block for a 4-byte pixel. Local files just seek and read.
-    """
-    fetch = getattr(handle, "_fetch_range", None)
+    if isinstance(handle, RangedHttpFile):
+        return handle.read_exact(start, size)
+    fetch = getattr(handle, "_fetch_range", None)  # fsspec's buffered remote files
     if callable(fetch) and not isinstance(handle, _local_file_types()):
         return bytes(fetch(start, start + size))
     handle.seek(start)

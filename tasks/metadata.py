@@ -57,6 +57,14 @@ HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
     ("file_size", pa.int64(), "Size of the stored file", "byte"),
     ("sha256", pa.string(), "SHA-256 of the stored file", None),
     ("failure", pa.string(), "Why this image could not be verified or stored", None),
+    (
+        "access_route",
+        pa.string(),
+        "How the file was reached: datalink (access_url), datalink-descriptor (the TAP "
+        "result's service descriptor), direct (access_url is the file), or sniffed-datalink "
+        "/ sniffed-direct when access_format did not say and the first reply decided",
+        None,
+    ),
     ("cutout_circle", pa.string(), "Cutout mode: the SODA CIRCLE asked (ra dec radius)", "deg"),
     ("quicklook_uri", pa.string(), "Where the quicklook PNG is stored", None),
     ("run_id", pa.string(), "The harvest run that last decided this row", None),

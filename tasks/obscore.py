@@ -22,6 +22,7 @@ from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError
 
 from simarchive import geometry
 
+from .access import DESCRIPTORS_META, service_descriptors
 from .adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from .crashpoints import crashpoint
 from .models import Target
@@ -121,7 +122,9 @@ def run_query(
             f"last: {_reply_problem(exc)}"
         ) from None
     overflow = str(result.status[0]).upper() == "OVERFLOW"
-    return result.to_table(), overflow
+    table = result.to_table()
+    table.meta[DESCRIPTORS_META] = [d.to_meta() for d in service_descriptors(result.votable)]
+    return table, overflow
 
 
 def _reply_problem(exc: BaseException) -> str:

@@ -1,0 +1,205 @@
+"""From an ObsCore row to the way its bytes are reached: by the standard, not by URL shape.
+
+ObsCore 1.1 (§4.7) says what ``access_url`` is through ``access_format``:
+
+- ``application/x-votable+xml;content=datalink``: a DataLink document. The URL may
+  carry ``?ID=`` (the RSP) or not (GAVO DaCHS's product URLs, which redirect to it).
+- a file format (``image/fits``, ``application/fits``, ``image/x-fits``, ...): the URL
+  is the file itself (MAST, IRSA, most DaCHS image collections). No Datalink.
+- empty or unknown: the first ranged GET's ``Content-Type`` decides (:func:`sniff`).
+
+A TAP result may also carry a DataLink *service descriptor* (DataLink 1.1 §4:
+``RESOURCE type="meta" utype="adhoc:service"`` with standardID ``…DataLink#links-1.0``,
+an ``accessURL`` and an ``inputParams`` ``ID`` PARAM whose ``ref`` names a FIELD): the
+standard way to ask the links service about several rows in one request, and the only
+way when a collection publishes no usable ``access_url``. The same shape with a SODA
+standardID offers cutouts for rows whose access_url is the file itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlencode
+
+DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links"
+SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync"
+DATALINK_CONTENT = "datalink"  # the content= parameter of the DataLink media type
+FITS_TYPES = frozenset(
+    {
+        "image/fits",
+        "application/fits",
+        "image/x-fits",
+        "application/x-fits",
+        "application/x-fits-bintable",
+        "application/x-fits-image",
+    }
+)
+FITS_MAGIC = b"SIMPLE  ="
+DESCRIPTORS_META = "obsharvest_service_descriptors"  # where query results keep them
+
+
+class Access(StrEnum):
+    """How an image's bytes are reached (recorded per row in the Parquet)."""
+
+    DATALINK = "datalink"  # access_format says Datalink; access_url used as given
+    DESCRIPTOR = "datalink-descriptor"  # Datalink through the TAP result's service descriptor
+    DIRECT = "direct"  # access_format says the access_url is the file
+    SNIFFED_DATALINK = "sniffed-datalink"  # no/unknown access_format; the reply was Datalink
+    SNIFFED_DIRECT = "sniffed-direct"  # no/unknown access_format; the reply was FITS
+
+
+class Kind(StrEnum):
+    DATALINK = "datalink"
+    FILE = "file"
+    UNKNOWN = "unknown"
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    """``'Application/X-VOTable+XML; content=datalink'`` → (type, {param: value})."""
+    parts = [p.strip() for p in str(value or "").split(";")]
+    params = {}
+    for part in parts[1:]:
+        name, _, val = part.partition("=")
+        params[name.strip().lower()] = val.strip().strip('"').lower()
+    return parts[0].lower(), params
+
+
+def is_datalink_type(value: str | None) -> bool:
+    """A DataLink media type (any capitalisation, spacing or parameter order)."""
+    kind, params = _media_type(value or "")
+    return kind in ("application/x-votable+xml", "text/xml") and (
+        params.get("content") == DATALINK_CONTENT
+    )
+
+
+def is_fits_type(value: str | None) -> bool:
+    kind, _ = _media_type(value or "")
+    return kind in FITS_TYPES or (kind.endswith("fits") and "/" in kind)
+
+
+def kind_of(access_format: str | None) -> Kind:
+    """What ObsCore's ``access_format`` says ``access_url`` is."""
+    if is_datalink_type(access_format):
+        return Kind.DATALINK
+    if is_fits_type(access_format):
+        return Kind.FILE
+    return Kind.UNKNOWN
+
+
+def sniff(content_type: str | None, first_bytes: bytes) -> Kind:
+    """What a reply is, from its ``Content-Type`` and first bytes (FITS starts with
+    ``SIMPLE  =``; a Datalink document is a VOTable, often labelled plain ``text/xml``)."""
+    if first_bytes.startswith(FITS_MAGIC):
+        return Kind.FILE
+    head = first_bytes[:2048].lstrip().lower()
+    kind, _ = _media_type(content_type or "")
+    xml = kind in ("application/x-votable+xml", "text/xml", "application/xml")
+    if is_datalink_type(content_type) or (xml and b"<votable" in head):
+        return Kind.DATALINK
+    return Kind.UNKNOWN
+
+
+@dataclass(frozen=True)
+class ServiceDescriptor:
+    """A service descriptor of a TAP result: where to call, and which column gives ``ID``."""
+
+    standard_id: str
+    access_url: str
+    id_column: str | None  # None: the descriptor names no column (the RSP's empty group)
+    fixed: tuple[tuple[str, str], ...] = ()  # other input params with fixed values
+
+    @property
+    def endpoint(self) -> str:
+        """``access_url`` with the descriptor's fixed input params (e.g. RESPONSEFORMAT)."""
+        if not self.fixed:
+            return self.access_url
+        joiner = "&" if "?" in self.access_url else "?"
+        return self.access_url + joiner + urlencode(self.fixed)
+
+    def to_meta(self) -> dict:
+        return {
+            "standard_id": self.standard_id,
+            "access_url": self.access_url,
+            "id_column": self.id_column,
+            "fixed": [list(p) for p in self.fixed],
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> ServiceDescriptor:
+        return cls(
+            str(meta["standard_id"]),
+            str(meta["access_url"]),
+            meta.get("id_column"),
+            tuple((str(k), str(v)) for k, v in meta.get("fixed", ())),
+        )
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def service_descriptors(votable) -> list[ServiceDescriptor]:
+    """Every ``adhoc:service`` descriptor of a parsed VOTable (astropy ``VOTableFile``),
+    with ``ref``s turned into the column names of the result table."""
+    try:
+        table = votable.get_first_table()
+        fields = list(table.fields)
+    except Exception:  # noqa: BLE001 - a result without a table has no rows to refer to
+        fields = []
+    names = {}
+    for f in fields:
+        for handle in (f.ID, f.name):
+            if handle:
+                names[handle] = f.name
+    out = []
+    for resource in _resources(votable.resources):
+        if resource.type != "meta" or resource.utype != "adhoc:service":
+            continue
+        params = {p.name: p for p in resource.params}
+        if "standardID" not in params or "accessURL" not in params:
+            continue
+        id_column, fixed = None, []
+        for group in resource.groups:
+            if group.name != "inputParams":
+                continue
+            for entry in group.entries:
+                name = getattr(entry, "name", "") or ""
+                ref = getattr(entry, "ref", None)
+                if name.upper() == "ID" and ref:
+                    id_column = names.get(ref)
+                elif not ref and _text(getattr(entry, "value", "")).strip():
+                    fixed.append((name, _text(entry.value).strip()))
+        out.append(
+            ServiceDescriptor(
+                _text(params["standardID"].value),
+                _text(params["accessURL"].value),
+                id_column,
+                tuple(fixed),
+            )
+        )
+    return out
+
+
+def _resources(resources: Iterable) -> Iterable:
+    for resource in resources:
+        yield resource
+        yield from _resources(getattr(resource, "resources", ()))
+
+
+def find(descriptors: Iterable[ServiceDescriptor], standard: str) -> ServiceDescriptor | None:
+    """The first descriptor whose standardID starts with ``standard`` (any version)."""
+    for descriptor in descriptors:
+        if descriptor.standard_id.lower().startswith(standard.lower()):
+            return descriptor
+    return None
+
+
+def descriptors_of(meta) -> list[ServiceDescriptor]:
+    """The descriptors a query result table carries in its ``meta``."""
+    return [ServiceDescriptor.from_meta(m) for m in (meta or {}).get(DESCRIPTORS_META, ())]
