@@ -31,7 +31,14 @@ from tasks.crashpoints import crashpoint
 from tasks.credentials import CredentialsError, is_s3, load_aws_block, merged
 from tasks.datalink import DatalinkAuthError, DatalinkResolver
 from tasks.http import ServiceSession, resolve_token
-from tasks.images import ImageOutcome, ImageSettings, ImageWork, process_images
+from tasks.images import (
+    CutoutUnavailableError,
+    ImageOutcome,
+    ImageSettings,
+    ImageWork,
+    check_cutouts_offered,
+    process_images,
+)
 from tasks.metadata import MetadataStore
 from tasks.models import Target
 from tasks.obscore import QueryError, QueryOptions, Strategy, probe_features, query_targets
@@ -47,6 +54,7 @@ from .runners import task_runner_for
 log = logging.getLogger(__name__)
 # Errors that are the user's to fix: they end the run; anything else fails only its batch.
 USER_ERRORS = (
+    CutoutUnavailableError,
     TargetError,
     AdqlValueError,
     DatalinkAuthError,
@@ -169,13 +177,7 @@ def image_batch(
 ) -> list[ImageOutcome]:
     c = params.concurrency
     session = conn.session(pool=max(c.datalink_workers, 4))
-    resolver = DatalinkResolver(
-        session,
-        batch_size=c.datalink_batch,
-        workers=c.datalink_workers,
-        retry=_retry(params),
-        timeout=(params.retry.connect_timeout, params.retry.read_timeout),
-    )
+    resolver = _resolver(params, session, c.datalink_workers)
     store = ObjectStore(params.storage_url, params.storage_options)
     settings = ImageSettings(
         verification=params.verification.mode,
@@ -190,7 +192,7 @@ def image_batch(
         cutout_radius=params.products.cutout_radius,
         quicklook=params.products.quicklook,
         auth_headers=session.auth_headers,
-        timeout=(params.retry.connect_timeout, params.retry.read_timeout),
+        timeout=_timeout(params),
         cutout_fallback=params.products.cutout_fallback == "image",
     )
     with _archive_slot(params):
@@ -220,6 +222,26 @@ def image_batch(
             data=outcomes,
         )
     return outcomes
+
+
+def _timeout(params: HarvestParams) -> tuple[float, float]:
+    return params.retry.connect_timeout, params.retry.read_timeout
+
+
+def _resolver(params: HarvestParams, session, workers: int) -> DatalinkResolver:
+    return DatalinkResolver(
+        session,
+        batch_size=params.concurrency.datalink_batch,
+        workers=workers,
+        retry=_retry(params),
+        timeout=_timeout(params),
+    )
+
+
+@task(name="check-cutouts")
+def check_cutouts(params: HarvestParams, conn: Connection, works: list[ImageWork]) -> None:
+    """Before any image work: does the archive offer SODA at all? (one Datalink request)"""
+    check_cutouts_offered(works, _resolver(params, conn.session(), workers=1))
 
 
 @task(name="write-metadata")
@@ -386,6 +408,8 @@ def run_harvest(
         priors = assemble.priors_from(metadata.read())
         works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
         logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
+        if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
+            check_cutouts(params, conn, works)
         progress.start("images", len(works))
         outcomes = _process_all(params, conn, works, logger)
         paths = write_metadata(params, rows, by_name, outcomes, run_id) if len(rows) else []

@@ -481,6 +481,37 @@ def _cutouts(
 NO_SODA = "no SODA cutout service offered for this image (no #cutout link, no SODA descriptor)"
 
 
+class CutoutUnavailableError(ValueError):
+    """Cutout mode was asked of an archive that offers no SODA service: the user's call."""
+
+
+def check_cutouts_offered(works: Sequence[ImageWork], resolver: DatalinkResolver) -> None:
+    """Cutout mode needs SODA: said at plan time, before any work, not once per image.
+
+    Direct files need a SODA descriptor in the TAP result; Datalink images are asked
+    once, for the first of them, whether their links carry a ``#cutout`` service.
+    """
+    fix = "set products.cutout_fallback=image to store whole images instead"
+    direct = [w for w in works if w.kind != Kind.DATALINK]
+    if any(not (w.soda_url and w.soda_id) for w in direct):
+        raise CutoutUnavailableError(
+            f"cutout mode: {len(direct)} images are reached through their access_url itself "
+            f"and the TAP result carries no SODA service descriptor for them; {fix}"
+        )
+    datalink = [w for w in works if w.kind == Kind.DATALINK]
+    if not datalink:
+        return
+    first = datalink[0]
+    link = _Links(resolver, [first]).get(first.key)
+    if link.error:
+        return  # the image's own failure will say why; nothing to learn about SODA
+    if not (link.soda_url and link.soda_id):
+        raise CutoutUnavailableError(
+            f"cutout mode: the archive's Datalink offers no #cutout (SODA) service "
+            f"(asked for {first.key}); {fix}"
+        )
+
+
 def header_block(limit: int, content_length: int | None) -> int:
     """Bytes per range read of a header: at most ``limit``, and at most ~0.5% of the file
     when its size is known, so small files are not read in large part (FITS headers come
