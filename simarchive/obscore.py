@@ -386,8 +386,17 @@ def _titles(sky: Sky, kinds: list[str], bands: list[str], obs_ids: list[str]) ->
     visits = np.asarray(c["visit"], dtype=np.int64).tolist()
     dets = np.asarray(c["detector"], dtype=np.int64).tolist()
     patches = np.asarray(c["patch"]).tolist()
-    t = Time(np.asarray(c["t_min"], dtype=np.float64), format="mjd", scale="tai")
-    isot = t.utc.isot.tolist()
+    # coadds of a band nobody observed (small skies) have no time: only visits need one
+    t_min = np.asarray(c["t_min"], dtype=np.float64)
+    isot = [""] * len(t_min)
+    timed = np.nonzero(np.isfinite(t_min))[0]
+    if len(timed):
+        for i, value in zip(
+            timed.tolist(),
+            Time(t_min[timed], format="mjd", scale="tai").utc.isot.tolist(),
+            strict=True,
+        ):
+            isot[i] = value
     out = []
     for i, (k, b, o) in enumerate(zip(kinds, bands, obs_ids, strict=True)):
         fields: dict[str, object] = dict(dataset_type=dst_of[k], band=b, obs_id=o)
