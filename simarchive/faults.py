@@ -12,6 +12,16 @@ already past its lifetime; the file server's own signature check then answers 40
 Faults act on the raw connection (see ``httpcore``): a dropped connection sends nothing at
 all, which is what makes pyvo raise the seed tutorial's
 ``DALServiceError('Connection aborted.', RemoteDisconnected(...))``.
+
+Some real servers do not fail, they hang, and a client without a read timeout hangs with
+them: GAVO DaCHS never answers a HEAD on its product and SODA URLs (NOTES.md), which is
+exactly what fsspec sends before its first read. ``head_stall`` reproduces that on HEAD
+requests, ``stall`` on any request, and ``stall_body`` sends the headers and half the body
+and then nothing. A held connection stays open (no status line, no close) until the
+client gives up or the archive stops; it never holds the accept loop, and ``stop()`` lets
+every one of them go. ``range_ignored`` answers a ranged GET with 200 and the whole file,
+without ``Accept-Ranges``, as servers without Range support do, so a client that reads
+headers with small ranges must notice it is being sent everything.
 """
 
 from __future__ import annotations
@@ -25,7 +35,18 @@ from dataclasses import dataclass, field, fields, replace
 
 from .httpcore import Connection, Request, Response, iter_body, text, write_body
 
-KINDS_RATE = ("drop", "unavailable", "throttled", "truncate", "slow_first_byte", "expired")
+KINDS_RATE = (
+    "drop",
+    "unavailable",
+    "throttled",
+    "truncate",
+    "slow_first_byte",
+    "expired",
+    "head_stall",
+    "range_ignored",
+    "stall",
+    "stall_body",
+)
 KINDS_VALUE = ("latency", "bandwidth", "retry_after", "first_byte_delay")
 
 
@@ -39,6 +60,10 @@ class FaultSpec:
     truncate: float = 0.0  # send the headers and part of the body, then close
     slow_first_byte: float = 0.0  # wait first_byte_delay before the first body byte
     expired: float = 0.0  # share of signed URLs handed out already past their lifetime (403)
+    head_stall: float = 0.0  # HEAD accepted and never answered (GAVO DaCHS on product URLs)
+    range_ignored: float = 0.0  # a ranged GET gets 200 and the whole body, no Accept-Ranges
+    stall: float = 0.0  # any request accepted and never answered
+    stall_body: float = 0.0  # headers and part of the body, then nothing (connection open)
     latency: float = 0.0  # seconds added to every request
     bandwidth: float = 0.0  # bytes per second per connection (0: unlimited)
     retry_after: float = 1.0  # seconds announced in Retry-After
@@ -134,6 +159,7 @@ class _TokenBucket:
 @dataclass
 class Decision:
     truncate: bool = False
+    stall_body: bool = False
     first_byte_delay: float = 0.0
     bandwidth: float = 0.0
 
@@ -207,9 +233,32 @@ class FaultInjector:
             response = text(429, "too many requests (injected fault)")
             response.headers["Retry-After"] = _seconds(spec.retry_after)
             return response
+        if (
+            spec.head_stall
+            and request.method == "HEAD"
+            and draw(seed, endpoint, number, "head_stall") < spec.head_stall
+        ):
+            self._count(endpoint, "head_stall")
+            conn.hold()
+            return None
+        if spec.stall and draw(seed, endpoint, number, "stall") < spec.stall:
+            self._count(endpoint, "stall")
+            conn.hold()
+            return None
+        if (
+            spec.range_ignored
+            and request.header("range")
+            and draw(seed, endpoint, number, "range_ignored") < spec.range_ignored
+        ):
+            self._count(endpoint, "range_ignored")
+            request.headers.pop("range", None)  # the handler never sees it: 200, whole body
+            request.headers.pop("if-range", None)
+            conn.state["range_ignored"] = True
         decision = Decision(bandwidth=spec.bandwidth)
         if spec.truncate and draw(seed, endpoint, number, "truncate") < spec.truncate:
             decision.truncate = True
+        if spec.stall_body and draw(seed, endpoint, number, "stall_body") < spec.stall_body:
+            decision.stall_body = True
         if (
             spec.slow_first_byte
             and draw(seed, endpoint, number, "slow_first_byte") < spec.slow_first_byte
@@ -219,6 +268,12 @@ class FaultInjector:
         conn.state["endpoint"] = endpoint
         return None
 
+    def before_send(self, request: Request | None, response: Response, conn: Connection) -> None:
+        """A server that ignored Range does not advertise it either."""
+        if conn.state.get("range_ignored"):
+            response.headers.pop("Accept-Ranges", None)
+            response.headers.pop("Content-Range", None)
+
     def write(self, wfile, response: Response, conn: Connection) -> None:
         decision = conn.state.get("fault") or Decision()
         endpoint = str(conn.state.get("endpoint", "?"))
@@ -227,9 +282,10 @@ class FaultInjector:
             write_body(wfile, response, conn)
             return
         limit = response.length
-        if decision.truncate and response.length > 1:
+        cut = (decision.truncate or decision.stall_body) and response.length > 1
+        if cut:
             limit = max(1, response.length // 2)
-            self._count(endpoint, "truncate")
+            self._count(endpoint, "stall_body" if decision.stall_body else "truncate")
         if decision.first_byte_delay:
             self._count(endpoint, "slow_first_byte")
             time.sleep(decision.first_byte_delay)
@@ -252,7 +308,10 @@ class FaultInjector:
             conn.bytes_sent += len(data)
             if sent >= limit:
                 break
-        if decision.truncate:
+        if cut and decision.stall_body:
+            wfile.flush()
+            conn.hold()  # the rest never comes; the connection stays open
+        elif cut:
             wfile.flush()
             conn.drop()
 

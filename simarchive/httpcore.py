@@ -2,8 +2,15 @@
 
 The archive is built on the standard library's ``http.server`` rather than an ASGI stack
 because the fault injection this archive must offer (drop a connection with no response,
-truncate a body mid-stream, throttle bandwidth, delay the first byte) needs the raw socket,
-which ASGI servers hide. Handlers are plain functions ``Request -> Response``.
+truncate a body mid-stream, throttle bandwidth, delay the first byte, hold a connection
+open without ever answering) needs the raw socket, which ASGI servers hide. Handlers are
+plain functions ``Request -> Response``.
+
+The server keeps track of its request threads and their sockets because a held
+connection (a real archive that never answers a HEAD, say) must not outlive ``stop()``:
+stopping lets every held connection go, shuts down every client socket still open (idle
+keep-alive ones included) and joins the request threads with a deadline, so a test that
+stops an archive gets its threads back and the port closed.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.parser import BytesParser
@@ -113,6 +122,37 @@ class Connection:
         self._handler.close_connection = True
         with contextlib.suppress(OSError):
             self._handler.connection.shutdown(socket.SHUT_RDWR)
+
+    def hold(self, poll: float = 0.25) -> None:
+        """Keep the connection open and send nothing more, then drop it.
+
+        Returns when the server stops or when the client hangs up (its timeout fired):
+        a held connection costs a thread, and one the client has given up on frees it.
+        Never on the accept loop: every connection has its own thread.
+        """
+        server: ArchiveHTTPServer = self._handler.server  # type: ignore[assignment]
+        sock = self._handler.connection
+        with server._live_lock:
+            server._held += 1
+        try:
+            while not server.closing.wait(poll):
+                if _peer_closed(sock):
+                    break
+        finally:
+            with server._live_lock:
+                server._held -= 1
+        self.drop()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client closed its end (readable, and a peek reads end of stream)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def _parse_multipart(
@@ -262,6 +302,7 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    block_on_close = False  # stop() joins the request threads itself, with a deadline
 
     def __init__(self, address: tuple[str, int], handler: Handler) -> None:
         super().__init__(address, _RequestHandler)
@@ -274,6 +315,42 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
         self.after_hooks: list[Callable[[Request, Response | None, Connection], None]] = []
         self.body_writer: Callable | None = None
         self._thread: threading.Thread | None = None
+        self.closing = threading.Event()  # set by stop(): held connections let go
+        self._live: dict[threading.Thread, socket.socket] = {}  # request threads, their sockets
+        self._live_lock = threading.Lock()
+        self._held = 0  # connections held open by Connection.hold()
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, remembered until it ends (see ``stop``)."""
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=f"simarchive-request-{self.port}",
+            daemon=True,
+        )
+        with self._live_lock:
+            if self.closing.is_set():
+                self.shutdown_request(request)
+                return
+            self._live[thread] = request
+        thread.start()
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._live_lock:
+                self._live.pop(threading.current_thread(), None)
+
+    def held_connections(self) -> int:
+        """Connections held open right now without an answer (stall faults)."""
+        with self._live_lock:
+            return self._held
+
+    def live_threads(self) -> int:
+        """Request threads still running (a test checks none survive ``stop()``)."""
+        with self._live_lock:
+            return len(self._live)
 
     def handle_error(self, request, client_address) -> None:
         """A client hanging up mid-request is normal (range reads, retries): no traceback."""
@@ -293,8 +370,18 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
         )
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, release held connections, close client sockets, join threads."""
+        self.closing.set()
         self.shutdown()
+        with self._live_lock:
+            live = dict(self._live)
+        for sock in live.values():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for thread in live:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.server_close()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))

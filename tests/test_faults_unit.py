@@ -44,3 +44,15 @@ def test_draws_are_reproducible_and_uniform():
 def test_default_spec_is_inactive():
     assert not FaultSpec().active
     assert FaultSpec(drop=0.1).active
+
+
+def test_parse_hanging_and_range_kinds():
+    plan = FaultPlan.parse(
+        ["files.head_stall=1", "data.range_ignored=0.5", "tap.stall=0.1", "*.stall_body=0.2"]
+    )
+    assert plan.spec_for("files").head_stall == 1.0
+    assert plan.spec_for("data").range_ignored == 0.5
+    assert plan.spec_for("tap_async").stall == 0.1
+    assert plan.spec_for("product").stall_body == 0.2
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        FaultPlan.parse(["files.stall=2"])
