@@ -34,6 +34,9 @@ def _archive(args: argparse.Namespace) -> int:
             sync_timeout=args.sync_timeout,
             query_delay=args.query_delay,
             faults=FaultPlan.parse(args.fault, seed=args.seed),
+            access_style=args.access_style,
+            datalink_multi_id=args.datalink_multi_id,
+            datalink_order=args.datalink_order,
         )
     except ValueError as exc:
         print(f"obsharvest archive: {exc}", file=sys.stderr)
@@ -252,7 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT.KIND=VALUE",
         help="inject a fault, e.g. files.drop=0.2, tap.unavailable=0.05, "
         "datalink.throttled=0.1, files.truncate=0.02, *.latency=0.02, "
-        "files.bandwidth=5e6, total.bandwidth=2e7 (repeatable)",
+        "files.bandwidth=5e6, total.bandwidth=2e7, data.head_stall=1, "
+        "files.range_ignored=0.5, datalink.stall=0.1, files.stall_body=0.1 (repeatable)",
+    )
+    archive.add_argument(
+        "--access-style",
+        choices=["datalink", "product", "direct", "unlabelled", "descriptor"],
+        default="datalink",
+        help="what ObsCore access_url is: a Datalink URL with ID (RSP), a product URL "
+        "redirecting to Datalink (DaCHS), the file (MAST/IRSA), the file without "
+        "access_format, or NULL with Datalink only via the service descriptor",
+    )
+    archive.add_argument(
+        "--datalink-multi-id",
+        choices=["all", "first"],
+        default="all",
+        help="first: Datalink answers only the first of several IDs (old services)",
+    )
+    archive.add_argument(
+        "--datalink-order",
+        choices=["grouped", "shuffled"],
+        default="grouped",
+        help="shuffled: rows of a multi-ID Datalink reply come out of ID order",
     )
     archive.set_defaults(func=_archive)
 

@@ -3,10 +3,16 @@
 Several IDs may be asked in one request (GET with repeated ``ID`` or POST); an unknown ID
 is not an HTTP error but a row carrying ``error_message``, as DataLink 1.1 §3.4 and the
 RSP do, so one bad ID never hides the others.
+
+Older or simpler services bend this: some answer only the first of several IDs, and
+rows need not come grouped by ID in the order asked. The archive can do both
+(``datalink_multi_id="first"``, ``datalink_order="shuffled"`` with :func:`scramble`), so a
+client that assumes one row block per ID in request order is caught.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +91,39 @@ def links_for(
                 )
             )
     return links
+
+
+def _grouped(links: Sequence[Link]) -> bool:
+    """Whether each ID's rows are consecutive."""
+    seen: set[str] = set()
+    previous = None
+    for link in links:
+        if link.id != previous:
+            if link.id in seen:
+                return False
+            seen.add(link.id)
+            previous = link.id
+    return True
+
+
+def scramble(links: Sequence[Link], seed: int) -> list[Link]:
+    """The same rows out of order, a pure function of (seed, rows).
+
+    Rows of several IDs are interleaved so that some ID's rows are split up whenever that
+    is possible (an ID with two rows); otherwise they are at least not in the order asked.
+    The rows of a single ID keep their order.
+    """
+    ids = list(dict.fromkeys(link.id for link in links))
+    if len(ids) < 2:
+        return list(links)
+    rng = random.Random(f"{seed}:" + "\n".join(ids))
+    out = list(links)
+    splittable = len(out) > len(ids)
+    for _ in range(64):
+        rng.shuffle(out)
+        if not _grouped(out) if splittable else out != list(links):
+            return out
+    return list(reversed(links))
 
 
 def links_votable(links: Sequence[Link], resources: tuple[str, ...] = ()) -> bytes:

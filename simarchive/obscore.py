@@ -5,6 +5,13 @@ Column order, names, datatypes, units and descriptions follow the seed's
 standard as Rubin's sdm_schemas publish them.  The server turns ``Column.meta``
 (``datatype``, ``arraysize``, ``ucd``, ``utype``, ``principal``, ``indexed``, ``std``)
 into VOTable FIELDs and tap_schema.columns rows.
+
+What ``access_url``/``access_format`` hold depends on the archive's access style, because
+real archives disagree (NOTES.md) and a client must cope with each: a Datalink URL with
+``?ID=`` (the RSP, ``datalink``), a product URL without an ID that redirects to Datalink
+(DaCHS's getproduct, ``product``), the file itself (MAST, IRSA: ``direct``; with no
+``access_format`` at all: ``unlabelled``), or no URL, Datalink being reachable only through
+the result's service descriptor (``descriptor``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ if TYPE_CHECKING:
     from .sky import Sky
 
 ACCESS_FORMAT: Final = "application/x-votable+xml;content=datalink"
+FITS_ACCESS_FORMAT: Final = "image/fits"
+ACCESS_STYLES: Final = ("datalink", "product", "direct", "unlabelled", "descriptor")
+PRODUCT_PATH: Final = "/product/"  # access_style product: redirects to Datalink
+DATA_PATH: Final = "/data/"  # access_style direct/unlabelled: permanent unsigned file URLs
 DATAPRODUCT_TYPE: Final = "image"
 UTYPE_PREFIX: Final = "obscore:"
 NUMPY_DTYPES: Final = {"char": "S", "int": np.int32, "long": np.int64, "double": np.float64}
@@ -375,6 +386,40 @@ def access_url(datalink_url: str, product_id: str, safe: str = "/") -> str:
     return f"{datalink_url}?ID=" + urllib.parse.quote(product_id, safe=safe)
 
 
+def access_columns(
+    sky: Sky, datalink_url: str, style: str, base_url: str
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """``access_format`` and ``access_url`` (values, mask or None) for an access style."""
+    c = sky.columns
+    n = len(c["id"])
+    if style == "datalink":
+        urls = [access_url(datalink_url, i, sky.naming.id_quote_safe) for i in c["id"]]
+        return {
+            "access_format": (_constant(ACCESS_FORMAT, n), None),
+            "access_url": (_strings(urls), None),
+        }
+    if style == "descriptor":
+        return {
+            "access_format": (_constant(ACCESS_FORMAT, n), None),
+            "access_url": (np.full(n, b"", dtype="S1"), np.ones(n, dtype=bool)),
+        }
+    prefix = base_url + (PRODUCT_PATH if style == "product" else DATA_PATH)
+    urls = _strings([prefix + path for path in c["file_path"]])  # paths are URL-safe
+    if style == "product":
+        return {"access_format": (_constant(ACCESS_FORMAT, n), None), "access_url": (urls, None)}
+    if style == "direct":
+        return {
+            "access_format": (_constant(FITS_ACCESS_FORMAT, n), None),
+            "access_url": (urls, None),
+        }
+    if style == "unlabelled":
+        return {
+            "access_format": (np.full(n, b"", dtype="S1"), np.ones(n, dtype=bool)),
+            "access_url": (urls, None),
+        }
+    raise ValueError(f"access_style {style!r} is not one of {', '.join(ACCESS_STYLES)}")
+
+
 def _titles(sky: Sky, kinds: list[str], bands: list[str], obs_ids: list[str]) -> list[str]:
     """obs_title per row from the release's templates (DP1 names visit, detector, time)."""
     nm, c = sky.naming, sky.columns
@@ -431,8 +476,13 @@ def _masked_int(values: np.ndarray, mask: np.ndarray, dtype: type) -> tuple[np.n
     return np.where(mask, 0, values).astype(dtype), mask
 
 
-def build_obscore_table(sky: Sky, datalink_url: str) -> Table:
+def build_obscore_table(
+    sky: Sky, datalink_url: str, *, access_style: str = "datalink", base_url: str = ""
+) -> Table:
     """One row per product, columns in the seed's order with TAP metadata in ``.meta``.
+
+    ``access_style`` (see :data:`ACCESS_STYLES`) decides access_url/access_format;
+    ``base_url`` is the archive's, under which product and data URLs live.
 
     Strings are ASCII ``bytes`` columns (dtype ``S``) to keep the table small; nullable
     columns (lsst_visit/detector/ccdvisitid/filter for coadds, lsst_tract/patch for visit
@@ -456,11 +506,7 @@ def build_obscore_table(sky: Sky, datalink_url: str) -> Table:
     filt = {b: nm.physical_filter(b) for b in set(band.tolist())}
 
     values: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
-        "access_format": (_constant(ACCESS_FORMAT, n), None),
-        "access_url": (
-            _strings([access_url(datalink_url, i, nm.id_quote_safe) for i in c["id"]]),
-            None,
-        ),
+        **access_columns(sky, datalink_url, access_style, base_url),
         "calib_level": (np.array([level_of[k] for k in kind_list], dtype=np.int32), None),
         "dataproduct_subtype": (_strings([subtype_of[k] for k in kind_list]), None),
         "dataproduct_type": (_constant(DATAPRODUCT_TYPE, n), None),

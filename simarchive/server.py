@@ -3,6 +3,25 @@
 One process serves everything on one port. URLs the archive hands out for files use a
 different host name (``localhost`` rather than ``127.0.0.1``, like the RSP's Datalink
 pointing at cloud storage), so clients must not assume data lives with the service.
+
+Real ObsTAP services disagree on what ObsCore's ``access_url`` is (NOTES.md), so the
+archive speaks each convention (``ArchiveSettings.access_style``) and a client can be
+tested against all of them offline:
+
+- ``datalink`` (the RSP): ``{base}/datalink/links?ID=<id>``, Datalink format;
+- ``product`` (DaCHS getproduct): ``{base}/product/<file_path>``, no ID, Datalink format;
+  it answers 303 to ``{base}/datalink/links?ID=<obs_publisher_did>``;
+- ``direct`` (MAST, IRSA): ``{base}/data/<file_path>``, the file itself, permanent and
+  unsigned, ``image/fits``;
+- ``unlabelled``: the same file URL with a NULL ``access_format`` (the served
+  ``Content-Type: application/fits`` is all a client learns);
+- ``descriptor``: NULL ``access_url``; Datalink is found only through the result's service
+  descriptor, whose ``ID`` parameter references the ``obs_publisher_did`` FIELD.
+
+Datalink can also answer only the first of several IDs, or rows out of ID order, as some
+services do. ``/_stats`` counts requests per endpoint and HTTP method (on arrival, so a
+request that is never answered still counts), which lets a test assert that a client sent
+no HEAD at all.
 """
 
 from __future__ import annotations
@@ -15,13 +34,14 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
 from .adql import AdqlError, run_adql
-from .datalink import links_for, links_votable
+from .datalink import links_for, links_votable, scramble
 from .descriptors import CUTOUT_SERVICE_ID, cutout_descriptor, obscore_datalink_descriptor
 from .faults import FaultInjector, FaultPlan
 from .files import FitsCache, file_response
@@ -35,6 +55,7 @@ from .httpcore import (
     redirect,
     text,
 )
+from .obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
 from .signing import UrlSigner
 from .sky import Sky, SkyConfig
 from .soda import SodaError, parse_soda_params, write_cutout
@@ -51,8 +72,11 @@ ALL_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS", "
 # What the RSP's TAPRegExt capabilities advertise (NOTES.md): no INTERSECTS, no BOX.
 RUBIN_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "DISTANCE", "CONTAINS")
 PROFILES = ("generic", "rubin")
-# endpoints that want a bearer token when auth is on
-PROTECTED = ("tap", "datalink", "cutout")
+# endpoints that want a bearer token when auth is on (product URLs are a service on the
+# service host; /data/ files are public, like the signed ones)
+PROTECTED = ("tap", "datalink", "cutout", "product")
+DATALINK_MULTI_ID = ("all", "first")
+DATALINK_ORDER = ("grouped", "shuffled")
 CUTOUT_DIR = "cutouts"  # where SODA results live in the file cache (served like files)
 VOTABLE_FORMATS = {
     "votable",
@@ -86,10 +110,23 @@ class ArchiveSettings:
     sync_timeout: float | None = None  # sync queries running longer fail (rubin: 60 s)
     query_delay: float = 0.0  # seconds every query takes, to exercise timeouts and async
     faults: FaultPlan = field(default_factory=FaultPlan)
+    # what ObsCore's access_url is: datalink, product, direct, unlabelled or descriptor
+    access_style: str = "datalink"
+    datalink_multi_id: str = "all"  # "first": a multi-ID Datalink request answers the first
+    datalink_order: str = "grouped"  # "shuffled": multi-ID replies' rows out of ID order
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is not one of {', '.join(PROFILES)}")
+        for name, allowed in (
+            ("access_style", ACCESS_STYLES),
+            ("datalink_multi_id", DATALINK_MULTI_ID),
+            ("datalink_order", DATALINK_ORDER),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
         if self.n_visits < 1:
             raise ValueError(f"n_visits={self.n_visits} must be at least 1")
         if self.binning < 1:
@@ -113,6 +150,10 @@ class EndpointStats:
     bytes: int = 0
     status: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     authorization: int = 0  # requests that carried an Authorization header
+    # requests received per HTTP method, counted on arrival (a held request counts too)
+    methods: dict[str, int] = field(
+        default_factory=lambda: defaultdict(int, {"GET": 0, "HEAD": 0, "POST": 0})
+    )
 
 
 def endpoint_of(path: str) -> str:
@@ -124,7 +165,9 @@ def endpoint_of(path: str) -> str:
         if len(parts) == 1:
             return "tap"
         return {"sync": "tap_sync", "async": "tap_async"}.get(parts[1], f"tap_{parts[1]}")
-    return {"datalink": "datalink", "files": "files"}.get(parts[0], parts[0])
+    return {"datalink": "datalink", "files": "files", "product": "product", "data": "data"}.get(
+        parts[0], parts[0]
+    )
 
 
 def _fetch_upload(url: str) -> bytes:
@@ -152,6 +195,8 @@ class EmbeddedArchive:
         self._http.before_hooks.append(self._authorize)
         self.faults = FaultInjector(self.settings.faults, endpoint_of)
         self._http.before_hooks.insert(0, self.faults.before)
+        self._http.before_hooks.insert(0, self._arrived)
+        self._http.send_hooks.insert(0, self.faults.before_send)
         self._http.body_writer = self.faults.write
         port = self._http.port
         self.base_url = f"http://{self.settings.host}:{port}"
@@ -180,7 +225,9 @@ class EmbeddedArchive:
             "ivoa",
             "ivoa.ObsCore",
             "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model",
-            sky.obscore_table(self.datalink_url),
+            sky.obscore_table(
+                self.datalink_url, access_style=self.settings.access_style, base_url=self.base_url
+            ),
             1,
         )
         published = [obscore, *build_tap_schema([obscore])]
@@ -233,6 +280,7 @@ class EmbeddedArchive:
                     "bytes": s.bytes,
                     "status": dict(s.status),
                     "authorization": s.authorization,
+                    "methods": dict(s.methods),
                 }
                 for name, s in self._stats.items()
             }
@@ -248,6 +296,11 @@ class EmbeddedArchive:
     def truth(self, ra: float, dec: float) -> frozenset[str]:
         """``obs_publisher_did`` of every image whose pixels (header WCS) contain the point."""
         return frozenset(self.sky.product(pid).obs_publisher_did for pid in self.sky.truth(ra, dec))
+
+    def _arrived(self, request: Request, conn: Connection) -> None:
+        """Count a request by method as it arrives, before any fault may hold it."""
+        with self._stats_lock:
+            self._stats[endpoint_of(request.path)].methods[request.method] += 1
 
     def _book(self, request: Request | None, response: Response, conn: Connection) -> None:
         """Count a response before it is sent, with the bytes it announces."""
@@ -298,6 +351,10 @@ class EmbeddedArchive:
             return self._datalink(request)
         if head == "files":
             return self._file(request)
+        if head == "data":
+            return self._data(request)
+        if head == "product":
+            return self._product(request)
         if head == "cutout" and parts[1:] == ["sync"]:
             return self._cutout(request)
         if head == "_stats":
@@ -400,8 +457,12 @@ class EmbeddedArchive:
             return error_votable(str(exc)), str(exc)
 
     def _result_descriptors(self, columns: list[str]) -> tuple[tuple[str, ...], frozenset[str]]:
-        """The Datalink descriptor ObsCore results carry, in the profile's shape."""
-        if self.settings.profile == "rubin":
+        """The Datalink descriptor ObsCore results carry, in the profile's shape.
+
+        With ``access_style="descriptor"`` it is the only way to Datalink, so even the rubin
+        profile then references the ``obs_publisher_did`` column.
+        """
+        if self.settings.profile == "rubin" and self.settings.access_style != "descriptor":
             if "access_url" in columns:
                 return (obscore_datalink_descriptor(self.datalink_url, rubin=True),), frozenset()
             return (), frozenset()
@@ -577,6 +638,8 @@ class EmbeddedArchive:
         if not ids:
             body = error_votable("UsageFault: missing ID parameter")
             return Response(400, body, VOTABLE_CONTENT_TYPE)
+        if self.settings.datalink_multi_id == "first":
+            ids = ids[:1]  # what services without multi-ID support do: the rest is ignored
         links = links_for(
             ids,
             self._product_by_id,
@@ -584,6 +647,8 @@ class EmbeddedArchive:
             lambda p: self.sky.fits_size(p.id),
             cutout_service=CUTOUT_SERVICE_ID,
         )
+        if self.settings.datalink_order == "shuffled":
+            links = scramble(links, self.settings.seed)
         descriptor = cutout_descriptor(self.soda_url, ids)
         return Response(200, links_votable(links, (descriptor,)), VOTABLE_CONTENT_TYPE)
 
@@ -623,6 +688,28 @@ class EmbeddedArchive:
         return file_response(
             file_path, etag, request.header("range"), request.header("if-none-match")
         )
+
+    def _data(self, request: Request) -> Response:
+        """Permanent, unsigned file URLs (``direct``/``unlabelled``), served like files."""
+        if request.method not in ("GET", "HEAD"):
+            return text(405, "files are read-only")
+        product = self._products_by_path.get(unquote(request.path)[len(DATA_PATH) :])
+        if product is None:
+            return text(404, f"no such file: {request.path}")
+        file_path, etag = self.files.ensure(product)
+        return file_response(
+            file_path, etag, request.header("range"), request.header("if-none-match")
+        )
+
+    def _product(self, request: Request) -> Response:
+        """DaCHS's getproduct pattern: a URL without ID that redirects to the Datalink."""
+        if request.method not in ("GET", "HEAD"):
+            return text(405, "use GET")
+        product = self._products_by_path.get(unquote(request.path)[len(PRODUCT_PATH) :])
+        if product is None:
+            return text(404, f"no such product: {request.path}")
+        did = urllib.parse.quote(product.obs_publisher_did, safe="")
+        return redirect(f"{self.datalink_url}?ID={did}")
 
     def _cutout(self, request: Request) -> Response:
         """SODA sync, as the RSP serves it: one ID, one shape, a redirect to the result."""

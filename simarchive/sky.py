@@ -588,11 +588,13 @@ class Sky:
         )
 
     # ----------------------------------------------------------------- tables
-    def obscore_table(self, datalink_url: str) -> Table:
+    def obscore_table(
+        self, datalink_url: str, *, access_style: str = "datalink", base_url: str = ""
+    ) -> Table:
         """ivoa.ObsCore rows for every product (see :mod:`simarchive.obscore`)."""
         from .obscore import build_obscore_table
 
-        return build_obscore_table(self, datalink_url)
+        return build_obscore_table(self, datalink_url, access_style=access_style, base_url=base_url)
 
     # ----------------------------------------------------------------- files
     @cached_property
