@@ -53,11 +53,22 @@ fail() {
     exit 1
 }
 
+# Leave the machine as found: what this script starts or writes, it undoes on exit.
+STARTED_PG=no
+OWN_POLICY=no
+cleanup() {
+    [ "$OWN_POLICY" = no ] || rm -f "$POLICY"
+    [ "$STARTED_PG" = no ] || pg_ctlcluster "$PGVERSION" main stop >>"$LOG" 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 # The package's postinst creates the gavo database and runs `dachs init`: PostgreSQL must
-# be up (processes do not survive from one CI step to the next).
-pg_ctlcluster "$PGVERSION" main status >/dev/null 2>&1 \
-    || pg_ctlcluster "$PGVERSION" main start >>"$LOG" 2>&1 \
-    || fail "cannot start PostgreSQL $PGVERSION"
+# be up (processes do not survive from one CI step to the next; the tests start it again).
+if ! pg_ctlcluster "$PGVERSION" main status >/dev/null 2>&1; then
+    pg_ctlcluster "$PGVERSION" main start >>"$LOG" 2>&1 || fail "cannot start PostgreSQL $PGVERSION"
+    STARTED_PG=yes
+fi
 
 # Keep invoke-rc.d from starting DaCHS on its default port during the install (Debian's
 # policy-rc.d mechanism); an existing policy (e.g. Docker's) is left alone.
@@ -65,8 +76,7 @@ POLICY=/usr/sbin/policy-rc.d
 if [ ! -e "$POLICY" ]; then
     printf '#!/bin/sh\n# obsharvest interop-deps: no service starts during the install\nexit 101\n' >"$POLICY"
     chmod 755 "$POLICY"
-    trap 'rm -f "$POLICY"' EXIT
-    trap 'exit 130' INT TERM
+    OWN_POLICY=yes
 fi
 
 candidate() {
