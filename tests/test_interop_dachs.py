@@ -315,6 +315,20 @@ def test_verdicts_are_contains_exactly_for_the_true_pairs(dachs, harvest):
     )
     verdicts = {row["verdict"] for row in run.rows if (row[column], row["obs_id"]) not in contains}
     assert verdicts <= {"outside"}, verdicts
+    # the WCS was read from HDU 1, where the image is, and places the target where the
+    # generated WCS does (0- or 1-based, the same for every row)
+    offsets = set()
+    targets = {t.name: t for t in collection.targets}
+    for row in run.rows:
+        if "wcs_hdu" in row:
+            assert row["wcs_hdu"] == 1, row
+        if row.get("pixel_x") is not None:
+            t = targets[row[column]]
+            x, y = collection.image(row["obs_id"]).pixel(t.ra, t.dec)
+            dx, dy = row["pixel_x"] - x, row["pixel_y"] - y
+            assert abs(dx - round(dx)) < 0.01 and abs(dy - round(dy)) < 0.01, row
+            offsets.add((round(dx), round(dy)))
+    assert offsets <= {(0, 0)} or offsets == {(1, 1)}, offsets
     hashes = {frame: digest for digest, frame in _frames_by_hash(dachs).items()}
     for row in run.rows:
         if row["verdict"] == "contains":
