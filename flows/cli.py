@@ -103,7 +103,50 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def _on_stop_signal(signum: int, _frame) -> None:
+    """First SIGINT/SIGTERM: stop cleanly (what is decided is written, the summary
+    printed). A second one: leave at once."""
+    from tasks import stopping
+
+    if stopping.request_for_signal(signum):
+        print(
+            f"obsharvest run: {signal.Signals(signum).name}: stopping; writing what is "
+            "decided (signal again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        _leave(128 + signum)
+
+
+def _leave(code: int) -> None:
+    """Exit now, without waiting for threads stuck in network reads that a stopped run
+    abandoned, but after the exit handlers (the temporary Prefect server is stopped
+    there, so no process outlives the run)."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        os._exit(code)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from tasks import stopping
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _on_stop_signal)
+    code = _run_harvest(args)
+    if stopping.requested():
+        _leave(stopping.exit_code(code))
+    return code
+
+
+def _run_harvest(args: argparse.Namespace) -> int:
+    from tasks import stopping
+
     _quiet_prefect(args.verbose)
     from .config import ConfigError, build_params
 
@@ -113,30 +156,60 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"obsharvest run: {exc}", file=sys.stderr)
         return 2
+    from .preflight import PREFLIGHT_ERRORS, preflight
+
+    try:  # before anything starts: a user error costs no waiting
+        preflight(params)
+    except PREFLIGHT_ERRORS as exc:
+        print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    from .prefect_api import api_for_run
+
+    try:
+        with api_for_run(stopping.requested):
+            return _report(args, overrides)
+    except RuntimeError as exc:
+        if not stopping.requested():
+            raise
+        print(f"obsharvest run: {stopping.describe()} before the harvest began ({exc})")
+        return 1
+
+
+def _report(args: argparse.Namespace, overrides: dict) -> int:
+    """Run the flow and print its summary; the exit code says how it ended."""
+    from tasks import stopping
     from tasks.report import text
 
-    from .harvest import harvest, preflight
+    from .harvest import harvest
     from .progress_bars import bars
 
     errors = _user_errors()
     if not args.verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_UserErrorNoise(errors))
-    try:
-        preflight(params)
-    except errors as exc:
-        print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    if stopping.requested():  # stopped during start-up: nothing was begun
+        print(f"obsharvest run: {stopping.describe()} before the harvest began", file=sys.stderr)
+        return 1
     with bars(enabled=sys.stderr.isatty() and not args.verbose):
         state = harvest(profile=args.config, overrides=overrides, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, errors):
         print(f"obsharvest run: {_one_line(outcome)}", file=sys.stderr)
         return 2
+    if isinstance(outcome, BaseException) and stopping.requested():
+        print(f"obsharvest run: {stopping.describe()}: {_one_line(outcome)}", file=sys.stderr)
+        return 1
     if isinstance(outcome, BaseException):
         raise outcome  # a bug, not the user's doing: show the traceback
     summary = outcome
     print(text(summary))
+    if summary.interrupted:
+        print(
+            f"obsharvest run: {summary.interrupted}; what was decided is written; "
+            "rerun to complete the rest",
+            file=sys.stderr,
+        )
+        return 1
     if summary.failures:
         print(
             f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -24,13 +26,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 from pyvo.dal import DALQueryError
 
-from tasks import assemble
+from tasks import assemble, stopping, workers
 from tasks import incremental as incremental_state
 from tasks.adql import AdqlValueError, Constraints
 from tasks.crashpoints import crashpoint
 from tasks.credentials import CredentialsError, is_s3, load_aws_block, merged
 from tasks.datalink import DatalinkAuthError, DatalinkResolver
-from tasks.http import ServiceSession, resolve_token
+from tasks.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token
 from tasks.images import (
     CutoutUnavailableError,
     ImageOutcome,
@@ -49,6 +51,8 @@ from tasks.targets import TargetError, read_targets, single_target
 from . import progress, report
 from .config import build_params
 from .params import Band, CalibLevel, HarvestParams, Subtype
+from .preflight import constraints_of as _constraints
+from .preflight import preflight
 from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
@@ -72,8 +76,14 @@ class Connection:
     token: str | None
     token_hosts: tuple[str, ...]
 
-    def session(self, pool: int = 16) -> ServiceSession:
-        return ServiceSession(self.token, [self.tap_url, *self.token_hosts], pool=pool)
+    def session(
+        self, pool: int = 16, timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    ) -> ServiceSession:
+        """A session for TAP (pyvo), Datalink and SODA whose every request has ``timeout``
+        (connect, read seconds: ``retry.connect_timeout``/``retry.read_timeout``)."""
+        return ServiceSession(
+            self.token, [self.tap_url, *self.token_hosts], pool=pool, timeout=timeout
+        )
 
 
 def _retry(params: HarvestParams) -> RetryPolicy:
@@ -83,20 +93,6 @@ def _retry(params: HarvestParams) -> RetryPolicy:
         initial_wait=r.initial_wait,
         max_wait=r.max_wait,
         deadline=r.deadline_seconds,
-    )
-
-
-def _constraints(params: HarvestParams) -> Constraints:
-    c = params.constraints
-    start, end = c.mjd_range
-    return Constraints(
-        bands=tuple(c.bands),
-        subtypes=tuple(c.subtypes),
-        calib_levels=tuple(c.calib_levels),
-        t_min=start,
-        t_max=end,
-        extra_where=c.extra_where,
-        band_column=params.service.band_column,
     )
 
 
@@ -144,7 +140,7 @@ def query_batch(
     constraints: Constraints,
     label: str,
 ) -> Table:
-    session = conn.session()
+    session = conn.session(timeout=_timeout(params))
     service = pyvo.dal.TAPService(conn.tap_url, session=session)
     retry = _retry(params)
     options = QueryOptions(
@@ -176,9 +172,9 @@ def image_batch(
     params: HarvestParams, conn: Connection, works: list[ImageWork], label: str
 ) -> list[ImageOutcome]:
     c = params.concurrency
-    session = conn.session(pool=max(c.datalink_workers, 4))
+    session = conn.session(pool=max(c.datalink_workers, 4), timeout=_timeout(params))
     resolver = _resolver(params, session, c.datalink_workers)
-    store = ObjectStore(params.storage_url, params.storage_options)
+    store = ObjectStore(params.storage_url, params.storage_options, timeout=_timeout(params))
     settings = ImageSettings(
         verification=params.verification.mode,
         margin_px=params.verification.margin_px,
@@ -193,6 +189,7 @@ def image_batch(
         quicklook=params.products.quicklook,
         auth_headers=session.auth_headers,
         timeout=_timeout(params),
+        image_deadline=params.retry.image_deadline_seconds,
         cutout_fallback=params.products.cutout_fallback == "image",
     )
     with _archive_slot(params):
@@ -205,10 +202,11 @@ def image_batch(
                 "images", 1, o.stored.size if o.stored and o.downloaded else 0
             ),
         )
+    outcomes = BatchOutcomes(outcomes)
     failed = [o for o in outcomes if o.failure]
     logger = get_run_logger()
-    for outcome in failed[:20]:
-        logger.warning("image %s failed: %s", outcome.key, outcome.failure)
+    for outcome in failed:  # one line each: the key and why, never the outcome's repr
+        logger.warning(_capped(f"image {outcome.key} failed: {outcome.failure}"))
     logger.info(
         "%d images: %d stored, %d failed",
         len(works),
@@ -216,12 +214,52 @@ def image_batch(
         len(failed),
     )
     if failed:  # a failed task run in the UI, with the reasons in its logs; data kept
+        _drop_empty_tracebacks(logging.getLogger("prefect.task_runs"))
         return Failed(
-            message=f"{len(failed)} of {len(works)} images failed; first: "
-            f"{failed[0].key}: {failed[0].failure}",
+            message=_capped(
+                f"{len(failed)} of {len(works)} images failed; first: "
+                f"{failed[0].key}: {failed[0].failure}"
+            ),
             data=outcomes,
         )
     return outcomes
+
+
+LOG_LINE_CAP = 300  # characters of one failed image's log line (a reason can be long)
+
+
+def _capped(text: str, limit: int = LOG_LINE_CAP) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class BatchOutcomes(list):
+    """An image batch's outcomes, with a one-line repr.
+
+    Prefect logs the repr of a Failed state a task returns, and that repr holds the state's
+    data: with a plain list, the repr of every ImageOutcome of the batch on one line (20 kB
+    for a few dozen images). The reasons are already logged one line per image.
+    """
+
+    def __repr__(self) -> str:
+        failed = sum(1 for o in self if o.failure)
+        return f"<{len(self)} image outcomes, {failed} failed>"
+
+
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect logs a returned Failed state with ``exc_info=True`` outside any except
+    block (``task_engine.handle_retry``); formatters print that as a stray ``NoneType: None``
+    line. A record with no exception to show loses its empty ``exc_info``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+def _drop_empty_tracebacks(logger: logging.Logger) -> None:
+    if not any(isinstance(f, _NoEmptyTraceback) for f in logger.filters):
+        logger.addFilter(_NoEmptyTraceback())
 
 
 def _timeout(params: HarvestParams) -> tuple[float, float]:
@@ -241,7 +279,8 @@ def _resolver(params: HarvestParams, session, workers: int) -> DatalinkResolver:
 @task(name="check-cutouts")
 def check_cutouts(params: HarvestParams, conn: Connection, works: list[ImageWork]) -> None:
     """Before any image work: does the archive offer SODA at all? (one Datalink request)"""
-    check_cutouts_offered(works, _resolver(params, conn.session(), workers=1))
+    session = conn.session(timeout=_timeout(params))
+    check_cutouts_offered(works, _resolver(params, session, workers=1))
 
 
 @task(name="write-metadata")
@@ -272,18 +311,6 @@ def gallery(
     )
     report.publish_gallery(markdown, index)
     return index
-
-
-def preflight(params: HarvestParams) -> None:
-    """Check what can be checked before any work starts: the target list and the query
-    values. Raises the same user errors the flow would, without a flow run."""
-    if params.targets:
-        read_targets(params.targets, default_radius=params.radius)
-    else:
-        single_target(params.ra, params.dec, params.radius, params.target_name)
-    _constraints(params).clauses()
-    if params.storage.aws_credentials_block:
-        load_aws_block(params.storage.aws_credentials_block)
 
 
 def with_storage_credentials(params: HarvestParams) -> HarvestParams:
@@ -347,6 +374,56 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts))
 
 
+_absorbed: list[BaseException] = []  # TerminationSignals this process turned into a stop
+
+
+def _termination_intent() -> str | None:
+    """What the Prefect runner meant by its SIGTERM: "cancel" (UI, ``prefect flow-run
+    cancel``), another control intent, or None for a plain SIGTERM (cron, SLURM,
+    ``timeout``). Prefect has no public API for it; without one, a plain SIGTERM."""
+    try:
+        from prefect._internal.control_listener import get_intent
+    except ImportError:
+        return None
+    return get_intent()
+
+
+def _result(future, **kwargs):
+    """``future.result()`` in the flow's thread, where Prefect's SIGTERM handler raises
+    ``TerminationSignal`` and Ctrl-C raises ``KeyboardInterrupt``: either becomes a stop
+    request (tasks notice it within seconds and return what they decided) and the wait
+    goes on, so the Parquet and the summary are still written. Once the run is stopping,
+    a task still blocked (a read the server never answers) is waited for only
+    ``workers.STOP_GRACE`` more seconds, then abandoned: :class:`stopping.Interrupted`."""
+    from prefect.exceptions import TerminationSignal
+
+    while True:
+        try:
+            if stopping.past_grace(workers.STOP_GRACE + 1.0):
+                raise stopping.Interrupted()
+            future.wait(timeout=0.5)
+            if future.state.is_final():
+                return future.result(**kwargs)
+        except TerminationSignal as exc:
+            intent = _termination_intent()
+            if stopping.request_for_signal(exc.signal, cancelled=intent == "cancel"):
+                _say_stopping()
+            elif intent is None:
+                raise  # a second plain SIGTERM: leave now, as Prefect does
+            if intent is not None:
+                _absorbed.append(exc)  # handed back to Prefect once the run is written
+        except KeyboardInterrupt:
+            if stopping.request_for_signal(signal.SIGINT):
+                _say_stopping()
+
+
+def _say_stopping() -> None:
+    get_run_logger().warning(
+        "%s: stopping; what is decided will be written, the rest recorded as interrupted",
+        stopping.describe(),
+    )
+
+
 def _query_all(
     params: HarvestParams, conn: Connection, targets: list[Target], constraints: Constraints, logger
 ) -> tuple[Table, list[tuple[str, str]]]:
@@ -359,9 +436,11 @@ def _query_all(
     tables, failures = [], []
     for future, chunk in zip(futures, chunks, strict=True):
         try:
-            tables.append(future.result())
+            tables.append(_result(future))
         except USER_ERRORS:
             raise
+        except stopping.Interrupted as exc:
+            failures += [(f"target {t.name}", str(exc)) for t in chunk]
         except Exception as exc:  # retries exhausted: these targets are missing, say why
             reason = f"ObsCore query failed: {one_line(exc)}"
             logger.error("%d targets not queried: %s", len(chunk), reason)
@@ -371,6 +450,22 @@ def _query_all(
     return rows, failures
 
 
+@contextlib.contextmanager
+def _run_deadline(seconds: float | None) -> Iterator[None]:
+    """Past ``execution.run_deadline_seconds`` the run stops as it would on SIGTERM."""
+    if not seconds:
+        yield
+        return
+    reason = f"{stopping.INTERRUPTED}: run deadline of {seconds:g} s passed"
+    timer = threading.Timer(seconds, stopping.request, args=(reason,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def run_harvest(
     params: HarvestParams, run_id: str, *, incremental: bool = False
 ) -> assemble.Summary:
@@ -378,7 +473,7 @@ def run_harvest(
     logger = get_run_logger()
     params = with_storage_credentials(params)
     base = _constraints(params)
-    with _service(params) as conn:
+    with _service(params) as conn, _run_deadline(params.execution.run_deadline_seconds):
         targets = load_targets(params)
         by_name = {t.name: t for t in targets}
         progress.start("query", len(targets))
@@ -413,12 +508,13 @@ def run_harvest(
         progress.start("images", len(works))
         outcomes = _process_all(params, conn, works, logger)
         paths = write_metadata(params, rows, by_name, outcomes, run_id) if len(rows) else []
-        if params.products.quicklook and len(rows) and not params.plan:
+        if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
             gallery(params, rows, by_name, outcomes)
         summary = assemble.summarize(
             rows, works, outcomes, run_id, band_column=params.service.band_column, plan=params.plan
         )
         summary.failures = query_failures + summary.failures
+        summary.interrupted = stopping.describe() if stopping.requested() else None
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
         summary.storage_url = params.storage_url
         logger.info("metadata written: %d files", len(paths))
@@ -459,7 +555,9 @@ def _process_all(
     outcomes: dict[str, ImageOutcome] = {}
     for future, batch in zip(futures, batches, strict=True):
         try:
-            result = future.result(raise_on_failure=False)
+            result = _result(future, raise_on_failure=False)
+        except stopping.Interrupted as exc:  # abandoned: its images did not finish
+            result = [ImageOutcome(w.key, {}, failure=str(exc)) for w in batch]
         except Exception as exc:  # the task crashed: its images are failures with the reason
             result = exc
         if isinstance(result, BaseException) or result is None:
@@ -572,6 +670,8 @@ def harvest(
         summary = body(params, run_id, incremental=incremental)
     crashpoint("report")
     report.publish(summary)
+    if _absorbed and stopping.cancelled():  # Prefect asked: the run ends Cancelled
+        raise _absorbed[-1]
     if not summary.ok:
         return Failed(message=report.failure_message(summary), data=summary)
     return summary

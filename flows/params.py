@@ -194,6 +194,9 @@ class Retry(Model):
     connect_timeout: float = Field(
         10.0, gt=0, le=600, description="seconds to open a connection (every HTTP request)"
     )
+    image_deadline_seconds: float = Field(
+        1800.0, gt=0, description="all the steps and attempts of one image together"
+    )
     read_timeout: float = Field(
         60.0,
         gt=0,
@@ -276,6 +279,12 @@ class Execution(Model):
         None,
         description="Prefect global concurrency limit: each query or image batch holds one "
         "slot, shared by every run and worker; None: no limit",
+    )
+    run_deadline_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="stop the run after this long, as SIGTERM would: what is decided is "
+        "written, the rest recorded as interrupted; None: no deadline",
     )
 
     @model_validator(mode="after")

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -32,6 +31,7 @@ import requests
 from astropy.io.votable import parse as parse_votable
 from pyvo.dal.adhoc import DatalinkResults
 
+from . import stopping, workers
 from .crashpoints import crashpoint
 from .redact import redact, strip_query
 from .retry import RetryPolicy, TransientError, one_line
@@ -216,6 +216,7 @@ class DatalinkResolver:
 
     def _fetch(self, endpoint: str, ids: Sequence[str | None]) -> DatalinkResults:
         def once() -> DatalinkResults:
+            stopping.check()
             if ids == [None]:  # the access_url as given; requests follows redirects
                 reply = self.session.get(endpoint, timeout=self.timeout)
             elif len(ids) == 1:
@@ -315,15 +316,12 @@ class DatalinkResolver:
             jobs += [(endpoint, many[i : i + size]) for i in range(0, len(many), size)]
         if not jobs:
             return result
-        with ThreadPoolExecutor(
-            min(self.workers, len(jobs)), thread_name_prefix="datalink"
-        ) as pool:
-            futures = [
-                (pairs, pool.submit(self._resolve_batch, endpoint, [i for _, i in pairs]))
-                for endpoint, pairs in jobs
-            ]
-            for pairs, future in futures:
+        ask = lambda job: self._resolve_batch(job[0], [i for _, i in job[1]])  # noqa: E731
+        for (_endpoint, pairs), future in workers.run_all(ask, jobs, self.workers, name="datalink"):
+            if future.done() and not future.cancelled():
                 links = future.result()
-                for key, ident in pairs:
-                    result[key] = replace(links[ident], key=key)
+            else:  # the run stopped first
+                links = {i: AccessLink(i or "", error=stopping.describe()) for _, i in pairs}
+            for key, ident in pairs:
+                result[key] = replace(links[ident], key=key)
         return result

@@ -13,12 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import requests
 
-from . import containment, mask, quicklook
+from . import containment, mask, quicklook, stopping, workers
 from .access import Access, Kind, kind_of, sniff
 from .cutouts import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
 from .datalink import AccessLink, DatalinkResolver, LinkRequest, link_request
@@ -116,6 +115,7 @@ class ImageSettings:
     quicklook: bool = False  # a PNG next to every stored image or cutout
     auth_headers: Callable[[str], dict[str, str]] | None = None  # service-host auth only
     timeout: tuple[float, float] = (10.0, 60.0)  # connect, read (between bytes) seconds
+    image_deadline: float = 1800.0  # seconds for all the steps and attempts of one image
     cutout_fallback: bool = False  # cutout mode, no SODA offered: store the whole image
 
     def headers_for(self, url: str) -> dict[str, str]:
@@ -546,6 +546,9 @@ def process_images(
     outcomes: dict[str, ImageOutcome] = {}
     fresh = []
     for work in works:
+        if stopping.requested():
+            fresh.append(work)  # the pool records it as interrupted without touching it
+            continue
         reused = _reusable(work, store, settings)
         if reused is not None:
             outcomes[work.key] = reused
@@ -565,8 +568,24 @@ def process_images(
     data_session.mount("https://", adapter)
 
     def one(work: ImageWork) -> ImageOutcome:
-        link = links.get(work.key)
         verdicts: dict[str, Containment] = {}
+        try:
+            stopping.check()
+            link = links.get(work.key)
+        except stopping.Interrupted as exc:
+            return ImageOutcome(work.key, {}, failure=str(exc))
+        ends = time.monotonic() + settings.image_deadline
+
+        def budget() -> RetryPolicy:
+            """The retry policy cut to what is left of the image's deadline."""
+            left = ends - time.monotonic()
+            if left <= 0:
+                raise _ImageFailure(
+                    f"image deadline of {settings.image_deadline:.0f} s passed "
+                    "(retry.image_deadline_seconds)"
+                )
+            return settings.retry.within(left)
+
         try:
             if link.url is None:
                 raise _ImageFailure(link.error or "Datalink gave no URL")
@@ -594,7 +613,7 @@ def process_images(
                     )
 
                 verdicts = _with_fresh_url(
-                    links, work.key, read_header, settings.retry, f"header of {work.key}"
+                    links, work.key, read_header, budget(), f"header of {work.key}"
                 )
             if opened is not None:
                 opened.close()
@@ -624,7 +643,7 @@ def process_images(
                         expected_size=links.get(work.key).content_length,
                         timeout=settings.timeout,
                     ),
-                    settings.retry,
+                    budget(),
                     f"download of {work.key}",
                 )
             looks = {}
@@ -642,24 +661,31 @@ def process_images(
                 quicklooks=looks,
                 access=links.get(work.key).access,
             )
-        except _ImageFailure as exc:
+        except (_ImageFailure, stopping.Interrupted) as exc:
             return _failed(work, links, verdicts, str(exc))
         except (NotFoundError, containment.NotFoundError):
             return _failed(work, links, verdicts, "file not found at the archive (404)")
         except IntegrityError as exc:
             return _failed(work, links, verdicts, f"checksum or size mismatch: {one_line(exc)}")
         except Exception as exc:  # retries exhausted or an unexpected reply: record, go on
+            if stopping.requested():  # a consequence of the stop (the archive went away)
+                return _failed(work, links, verdicts, stopping.describe())
             expected = isinstance(exc, (StorageError, containment.HeaderReadError, OSError))
             # anything else is a bug in obsharvest: keep its traceback in the log
             log.warning("image %s failed: %s", work.key, one_line(exc), exc_info=not expected)
             return _failed(work, links, verdicts, one_line(exc))
 
     started = time.monotonic()
-    with ThreadPoolExecutor(max(1, settings.verify_workers), thread_name_prefix="image") as pool:
-        for work, outcome in zip(fresh, pool.map(one, fresh), strict=True):
-            outcomes[work.key] = outcome
-            if on_done:
-                on_done(outcome)
-    data_session.close()
+    pairs = workers.run_all(one, fresh, settings.verify_workers, name="image")
+    for work, future in pairs:
+        if future.done() and not future.cancelled():
+            outcome = future.result()
+        else:  # the run stopped before this image was done
+            outcome = ImageOutcome(work.key, {}, failure=stopping.describe())
+        outcomes[work.key] = outcome
+        if on_done:
+            on_done(outcome)
+    if not stopping.requested():  # else threads may still use it; they are abandoned
+        data_session.close()
     log.info("%d images processed in %.1f s", len(fresh), time.monotonic() - started)
     return [outcomes[w.key] for w in works]

@@ -22,6 +22,7 @@ from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError
 
 from simarchive import geometry
 
+from . import stopping
 from .access import DESCRIPTORS_META, service_descriptors
 from .adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from .crashpoints import crashpoint
@@ -87,7 +88,7 @@ class QueryOptions:
     maxrec: int | None = None  # None: the service default
     deadline: float = 1800.0  # seconds an async job may take before it is aborted
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    poll_wait: float = 10.0  # UWS WAIT per poll
+    poll_wait: float = 5.0  # UWS WAIT per poll (a stopping run waits at most this)
 
 
 def run_query(
@@ -142,6 +143,9 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
         crashpoint("query")
         deadline = time.monotonic() + options.deadline
         while True:
+            if stopping.requested():  # the run is stopping: the job is not wanted any more
+                job.abort()
+                raise stopping.Interrupted()
             phase = job.phase
             if phase not in UWS_PHASES:  # pyvo gives None for an HTML page: do not poll it
                 raise TransientError(
@@ -160,7 +164,8 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
                 service._session.get(
                     job.url,
                     params={"WAIT": int(min(options.poll_wait, remaining)) or 1, "PHASE": phase},
-                    timeout=options.poll_wait + 30,
+                    # the session's (connect, read), read stretched past WAIT (tasks.http)
+                    timeout=getattr(service._session, "timeout", None) or options.poll_wait + 30,
                 )
             except Exception:  # a failed long poll is harmless: the next phase read retries
                 time.sleep(0.5)
@@ -254,6 +259,7 @@ def query_targets(
     size = 1 if kind == "per_target" else strategy.batch_size
     tables = []
     for start in range(0, len(targets), size):
+        stopping.check()
         chunk = list(targets[start : start + size])
         if kind == "upload":
             for with_radius in (False, True):

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import requests
 
+from . import stopping
 from .containment import (
     CorruptHeaderError,
     HeaderReadError,
@@ -189,6 +190,7 @@ class RangedHttpFile(io.RawIOBase):
 
     def _get(self, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (inclusive) with one GET; a 200 is read only as far as needed."""
+        stopping.check()
         headers = {**self._headers, "Range": f"bytes={start}-{end}"}
         where = redact_url(self.url)
         self.requests += 1

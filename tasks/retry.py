@@ -9,12 +9,14 @@ wrong and is never retried.
 
 from __future__ import annotations
 
+import http.client
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import requests
+import urllib3
 from pyvo.dal import DALFormatError, DALQueryError, DALRateLimitError, DALServiceError
 from tenacity import (
     RetryCallState,
@@ -25,6 +27,8 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+
+from . import stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,10 +42,19 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+# A stalled or cut transfer surfaces as requests' ConnectionError/Timeout when the request
+# is sent, but as urllib3's or http.client's own exceptions when the body is read from
+# ``response.raw`` (pyvo parses VOTables straight from it): no byte for read_timeout seconds
+# is ``urllib3.exceptions.ReadTimeoutError``, a connection dropped mid-body
+# ``ProtocolError``/``IncompleteRead``. All of them are worth another attempt.
 _TRANSPORT = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.IncompleteRead,
+    http.client.IncompleteRead,
     ConnectionError,
     TimeoutError,
 )
@@ -57,7 +70,7 @@ def is_transient(exc: BaseException) -> bool:
         return code == 0 or code == 429 or code >= 500
     if isinstance(exc, DALFormatError):
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, _TRANSPORT):
+        if _caused_by_transport(cause):
             return True
         # an HTML error page (gateway, proxy) parsed as VOTable: the service, not the query
         text = str(cause or exc).lower()
@@ -67,6 +80,18 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         code = exc.response.status_code
         return code == 429 or code >= 500
+    return False
+
+
+def _caused_by_transport(exc: BaseException | None) -> bool:
+    """Whether a transport error is somewhere in ``exc``'s chain (a VOTable parser that
+    met a stalled body may wrap the read error in its own)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _TRANSPORT):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
     return False
 
 
@@ -112,13 +137,21 @@ class RetryPolicy:
         return Retrying(
             retry=retry_if_exception(is_transient),
             wait=wait,
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
+            stop=stop_after_attempt(self.attempts)
+            | stop_after_delay(self.deadline)
+            | (lambda _state: stopping.requested()),  # a stopping run retries nothing
             before_sleep=before_sleep,
+            sleep=stopping.sleep,  # backoff ends at once (Interrupted) when the run stops
             reraise=True,
         )
 
     def call(self, fn: Callable[[], T], describe: str = "request") -> T:
+        stopping.check()
         return self.retrying(describe)(fn)
+
+    def within(self, seconds: float) -> RetryPolicy:
+        """This policy with its deadline cut to what is left of a larger budget."""
+        return replace(self, deadline=max(0.0, min(self.deadline, seconds)))
 
 
 def one_line(exc: BaseException | None) -> str:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from . import stopping
 from .models import StoredObject
 from .redact import redact, strip_query
 from .storage_errors import (
@@ -251,6 +252,7 @@ class _Transfer:
                 cut: BaseException | None = None
                 try:
                     for chunk in self._body():
+                        stopping.check()  # a stopping run abandons the transfer (no publish)
                         self.received += len(chunk)
                         yield chunk
                     if self.total is not None and self.received < self.total:

@@ -1,0 +1,84 @@
+"""A thread pool that a stopping run can walk away from.
+
+``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter exits,
+so one thread stuck in a network read (a server that accepted the request and never
+answers) holds the whole process until that read times out, and a run told to stop with
+SIGTERM cannot end within seconds. These workers are daemon threads: when the run stops
+(:mod:`tasks.stopping`), :func:`run_all` waits a short grace for the work under way,
+gives up on the rest and returns; nothing waits for them afterwards.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, wait
+from typing import TypeVar
+
+from . import stopping
+
+T = TypeVar("T")
+R = TypeVar("R")
+STOP_GRACE = 3.0  # seconds work under way may take to finish once the run stops
+
+
+def run_all(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    *,
+    name: str = "worker",
+    grace: float = STOP_GRACE,
+) -> Iterator[tuple[T, Future[R]]]:
+    """``(item, future)`` in input order as each completes; after a stop request, the
+    futures of items not finished within ``grace`` are cancelled or left unresolved
+    (``future.done()`` False), and the iteration still yields every item."""
+    futures: list[Future[R]] = [Future() for _ in items]
+    jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    for index in range(len(items)):
+        jobs.put(index)
+    count = max(1, min(workers, len(items)))
+    for _ in range(count):
+        jobs.put(None)
+
+    def work() -> None:
+        while (index := jobs.get()) is not None:
+            future = futures[index]
+            if stopping.requested():
+                future.cancel()
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(items[index]))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    for i in range(count):
+        threading.Thread(target=work, name=f"{name}-{i}", daemon=True).start()
+    deadline: float | None = None  # set when the run stops: one grace for all
+    for item, future in zip(items, futures, strict=True):
+        while not future.done():
+            if stopping.requested():
+                deadline = deadline or time.monotonic() + grace
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    future.cancel()  # not started: cancelled; under way: abandoned
+                    break
+                wait([future], timeout=min(left, 0.25))
+            else:
+                wait([future], timeout=0.25)
+        yield item, future
+
+
+def results(pairs: Iterable[tuple[T, Future[R]]], unfinished: Callable[[T], R]) -> list[R]:
+    """Each future's result, or ``unfinished(item)`` for work the stop left undone."""
+    out = []
+    for item, future in pairs:
+        if future.done() and not future.cancelled():
+            out.append(future.result())
+        else:
+            out.append(unfinished(item))
+    return out
