@@ -104,7 +104,7 @@ def test_manual_run_with_parameters_harvests(manual_run, archive):
 
     rows = ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
     truth = archive.truth(TARGET_RA, TARGET_DEC)
-    assert rows and {r["obs_publisher_did"] for r in rows if r["stored"]} == (
+    assert rows and {r["obs_publisher_did"] for r in rows if r["obsh_stored"]} == (
         {r["obs_publisher_did"] for r in rows} & truth
     )
 
@@ -286,7 +286,7 @@ def test_shards_on_two_workers_equal_one_run(ops, archive, tmp_path, prefect_har
 
     def pairs(output: Path) -> set:
         rows = ds.dataset(str(output / "metadata"), format="parquet").to_table().to_pylist()
-        return {(r["target_name"], r["obs_publisher_did"], r["verdict"]) for r in rows}
+        return {(r["obsh_target_name"], r["obs_publisher_did"], r["obsh_verdict"]) for r in rows}
 
     def objects(root: Path) -> dict:
         return {
@@ -296,3 +296,33 @@ def test_shards_on_two_workers_equal_one_run(ops, archive, tmp_path, prefect_har
 
     assert pairs(tmp_path / "sharded") == pairs(tmp_path / "single")
     assert objects(tmp_path / "sharded" / "fits") == objects(tmp_path / "single" / "fits")
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(400)
+def test_cancelling_a_deployment_run_ends_it_cancelled_within_30s(ops, tmp_path):
+    """Cancel from the API (as the UI and ``prefect flow-run cancel`` do) while every file
+    read hangs: the run writes what it decided and ends Cancelled, not Crashed."""
+    import pyarrow.dataset as ds
+
+    from simarchive.faults import FaultPlan
+    from simarchive.server import ArchiveSettings, EmbeddedArchive
+
+    server, home = ops
+    stalled_files = FaultPlan.parse(["files.stall=1"], seed=3)
+    settings = ArchiveSettings(seed=5, n_visits=24, binning=10, faults=stalled_files)
+    with EmbeddedArchive(settings) as stalled:
+        out = tmp_path / "out"
+        run_id = _trigger_manual(server, stalled, out)
+        deadline = time.monotonic() + 240
+        while stalled.stats().get("files", {}).get("methods", {}).get("GET", 0) < 1:
+            assert time.monotonic() < deadline, (home / "worker.log").read_text()[-4000:]
+            time.sleep(0.2)
+        sent = time.monotonic()
+        server.cli("flow-run", "cancel", run_id)
+        run = server.wait_run(run_id, timeout=60)
+        took = time.monotonic() - sent
+    assert run["state_type"] == "CANCELLED", (home / "worker.log").read_text()[-4000:]
+    assert took < 30, f"{took:.1f} s"
+    rows = ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
+    assert rows and all(r["obsh_failure"].startswith("interrupted by") for r in rows)
