@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from .models import StoredObject, Target
 from .storage import ObjectStore
-from .storage_http import download
+from .storage_http import DEFAULT_TIMEOUT, download
 from .storage_keys import sanitize_part
 
 
@@ -58,6 +58,14 @@ def fetch_cutout(
     *,
     headers: dict[str, str] | None = None,
     session=None,
+    timeout: tuple[float, float] | None = None,
 ) -> StoredObject:
-    """Stream one cutout into the store (verified against the ETag MD5 when given)."""
-    return download(request.url, store, key, session=session, headers=headers)
+    """Stream one cutout into the store (verified against the ETag MD5 when given).
+
+    ``timeout`` is ``(connect, read)``: a SODA service computes the cutout before its first
+    byte, so a service that never answers must still end the attempt. ``None`` takes the
+    session's own timeout (a :class:`~tasks.http.ServiceSession`), else the default.
+    """
+    if timeout is None:
+        timeout = getattr(session, "timeout", None) or DEFAULT_TIMEOUT
+    return download(request.url, store, key, session=session, headers=headers, timeout=timeout)

@@ -5,13 +5,20 @@ hands out signed URLs on other hosts (cloud storage). A plain ``requests.Session
 the header set would leak the token to every host it talks to; this session adds it per
 request, only for the configured service hosts, and requests itself drops it when a
 redirect leaves the host.
+
+It also gives every request a ``(connect, read)`` timeout. ``requests`` has none by
+default, and pyvo sets one only on a few UWS calls, so a TAP service that accepts a
+connection and never answers (capabilities, a sync query, a job submission, a result
+fetch) would hold the run forever. A request that names its own timeout keeps it, except
+a UWS blocking poll (``WAIT=n``): the server may rightly stay silent for ``n`` seconds,
+so its read timeout is at least ``n`` plus the configured read timeout.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -19,6 +26,9 @@ from requests.adapters import HTTPAdapter
 from .redact import register_secret
 
 TOKEN_ENV = "ACCESS_TOKEN"  # what the RSP's own tools read
+DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (longest pause between two bytes) seconds
+
+Timeout = float | tuple[float | None, float | None]
 
 
 def host_of(url: str) -> str:
@@ -36,8 +46,10 @@ class ServiceSession(requests.Session):
         *,
         pool: int = 16,
         user_agent: str = "obsharvest",
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__()
+        self.timeout = (float(timeout[0]), float(timeout[1]))
         self._token = token
         self._hosts = {host_of(u) for u in service_urls}
         register_secret(token)
@@ -61,6 +73,36 @@ class ServiceSession(requests.Session):
             headers.setdefault("Authorization", f"Bearer {self._token}")
             kwargs["headers"] = headers
         return super().request(method, url, *args, **kwargs)
+
+    def send(self, request, **kwargs):  # type: ignore[override]
+        """Every request, redirects and direct ``send`` calls included, with a timeout."""
+        kwargs["timeout"] = self.timeout_for(request.url or "", kwargs.get("timeout"))
+        return super().send(request, **kwargs)
+
+    def timeout_for(self, url: str, asked: Timeout | None) -> tuple[float, float]:
+        """The ``(connect, read)`` timeout of a request to ``url``; ``asked`` is the
+        caller's (``None``: the session's). A UWS blocking poll (``WAIT=n``, n > 0) gets
+        a read timeout of at least n + the configured read timeout."""
+        connect, read = self.timeout
+        if asked is not None:
+            a_connect, a_read = asked if isinstance(asked, tuple) else (asked, asked)
+            connect = connect if a_connect is None else float(a_connect)
+            read = read if a_read is None else float(a_read)
+        wait = uws_wait(url)
+        if wait is not None and wait > 0:
+            read = max(read, wait + self.timeout[1])
+        return connect, read
+
+
+def uws_wait(url: str) -> float | None:
+    """The ``WAIT`` parameter of a UWS job URL (UWS 1.1 blocking poll), if any."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name.upper() == "WAIT":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
 
 
 def resolve_token(

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from astropy.table import Table
 
 from .crashpoints import crashpoint
-from .storage import DIRECT_WRITE_PROTOCOLS
+from .storage import DIRECT_WRITE_PROTOCOLS, with_timeouts
+from .storage_http import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,13 @@ class MetadataStore:
 
     output_url: str
     storage_options: Mapping | None = None
+    # connect, read seconds for object stores, where the options set none (with_timeouts)
+    timeout: tuple[float, float] | None = DEFAULT_TIMEOUT
 
     @property
     def fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.output_url, **dict(self.storage_options or {}))
+        options = with_timeouts(self.output_url, self.storage_options, self.timeout)
+        fs, root = fsspec.core.url_to_fs(self.output_url, **options)
         return fs, posixpath.join(root.rstrip("/"), METADATA_DIR)
 
     def _files(self) -> list[str]:

@@ -31,10 +31,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import posixpath
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +52,7 @@ from .storage_errors import (
     TransientDownloadError,
     UrlExpiredError,
 )
-from .storage_http import download
+from .storage_http import DEFAULT_TIMEOUT, download
 from .storage_keys import is_safe_key, object_key, sanitize_part
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "download",
     "object_key",
     "sanitize_part",
+    "with_timeouts",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,12 +112,62 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
+def with_timeouts(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    timeout: tuple[float, float] | None = DEFAULT_TIMEOUT,
+) -> dict[str, Any]:
+    """``storage_options`` for ``url`` with connect and read timeouts added, in the shape its
+    fsspec back end takes them; what the user set always wins.
+
+    A bucket endpoint that accepts a connection and then says nothing must end the call
+    like any other stalled transfer (a transient failure). The back ends differ:
+
+    - s3fs: botocore's ``connect_timeout``/``read_timeout`` in ``config_kwargs`` (merged
+      under the user's ``config_kwargs``);
+    - gcsfs: ``requests_timeout``, passed to every aiohttp request; without it aiohttp gets
+      ``timeout=None``, i.e. none at all;
+    - adlfs: ``connection_timeout``/``read_timeout`` (whole seconds);
+    - fsspec's HTTP: an aiohttp ``ClientTimeout`` in ``client_kwargs`` (no total: a large
+      file may take long, as long as bytes keep coming).
+
+    Local, memory and unknown file systems are left as they are. ``timeout=None`` adds
+    nothing.
+    """
+    options = dict(storage_options or {})
+    if timeout is None or "::" in url:
+        return options
+    connect, read = float(timeout[0]), float(timeout[1])
+    protocol = (fsspec.core.split_protocol(url)[0] or "file").lower()
+    if protocol in ("s3", "s3a"):
+        user = dict(options.get("config_kwargs") or {})
+        options["config_kwargs"] = {"connect_timeout": connect, "read_timeout": read, **user}
+    elif protocol in ("gs", "gcs"):
+        if options.get("requests_timeout") is None:
+            options["requests_timeout"] = _aiohttp_timeout(connect, read)
+    elif protocol in ("az", "abfs", "abfss"):
+        options.setdefault("connection_timeout", max(1, math.ceil(connect)))
+        options.setdefault("read_timeout", max(1, math.ceil(read)))
+    elif protocol in ("http", "https"):
+        client = dict(options.get("client_kwargs") or {})
+        client.setdefault("timeout", _aiohttp_timeout(connect, read))
+        options["client_kwargs"] = client
+    return options
+
+
+def _aiohttp_timeout(connect: float, read: float) -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
 class ObjectStore:
     """Objects under one root URL (``/data/harvest``, ``s3://bucket/prefix``, ``memory://x``).
 
-    ``storage_options`` go to fsspec (credentials, endpoint_url, ...). ``direct_write``
-    overrides the choice between writing the final key directly and temp + rename (tests,
-    or a file system this module does not know); ``None`` decides by protocol.
+    ``storage_options`` go to fsspec (credentials, endpoint_url, ...), with ``timeout``
+    (connect, read seconds) added where they set none (:func:`with_timeouts`).
+    ``direct_write`` overrides the choice between writing the final key directly and temp +
+    rename (tests, or a file system this module does not know); ``None`` decides by protocol.
     """
 
     def __init__(
@@ -125,10 +177,11 @@ class ObjectStore:
         *,
         direct_write: bool | None = None,
         write_block_size: int = WRITE_BLOCK_SIZE,
+        timeout: tuple[float, float] | None = DEFAULT_TIMEOUT,
     ) -> None:
         self.root_url = root
         self.write_block_size = write_block_size
-        self.fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        self.fs, path = fsspec.core.url_to_fs(root, **with_timeouts(root, storage_options, timeout))
         self.root = path.rstrip("/") or path
         if direct_write is None:
             direct_write = bool(_protocols(self.fs) & DIRECT_WRITE_PROTOCOLS)
