@@ -44,10 +44,18 @@ class ProgressTracker:
             update_progress_artifact(self._id, 100.0 * self.done / self.total)
 
 
-def failure_message(summary: Summary, limit: int = 5) -> str:
-    head = "; ".join(f"{image}: {reason}" for image, reason in summary.failures[:limit])
+def failure_message(summary: Summary, limit: int = 3, each: int = 220, total: int = 800) -> str:
+    """The run's Failed-state message: a few failures, each cut to ``each`` characters and
+    the whole to ``total``, because Prefect logs it as one line (log lines of a harvest stay
+    under 1,000 characters); the full list is in the Parquet and the summary artifact."""
+    head = "; ".join(_cut(f"{image}: {reason}", each) for image, reason in summary.failures[:limit])
     more = f" (and {len(summary.failures) - limit} more)" if len(summary.failures) > limit else ""
-    return redact(f"{len(summary.failures)} images or targets failed: {head}{more}")
+    return _cut(redact(f"{len(summary.failures)} images or targets failed: {head}{more}"), total)
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def publish(summary: Summary) -> None:
