@@ -48,9 +48,11 @@ def failure_message(summary: Summary, limit: int = 3, each: int = 220, total: in
     """The run's Failed-state message: a few failures, each cut to ``each`` characters and
     the whole to ``total``, because Prefect logs it as one line (log lines of a harvest stay
     under 1,000 characters); the full list is in the Parquet and the summary artifact."""
-    head = "; ".join(_cut(f"{image}: {reason}", each) for image, reason in summary.failures[:limit])
+    head = "; ".join(  # redacted before cutting: a cut secret would no longer be recognised
+        _cut(redact(f"{image}: {reason}"), each) for image, reason in summary.failures[:limit]
+    )
     more = f" (and {len(summary.failures) - limit} more)" if len(summary.failures) > limit else ""
-    return _cut(redact(f"{len(summary.failures)} images or targets failed: {head}{more}"), total)
+    return _cut(f"{len(summary.failures)} images or targets failed: {head}{more}", total)
 
 
 def _cut(text: str, limit: int) -> str:
