@@ -364,6 +364,10 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._served = True  # from here on, shutdown() has a loop to stop
+        super().serve_forever(poll_interval)
+
     def start(self) -> None:
         self._thread = threading.Thread(
             target=self.serve_forever, name="simarchive-http", daemon=True
@@ -373,7 +377,8 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, release held connections, close client sockets, join threads."""
         self.closing.set()
-        self.shutdown()
+        if getattr(self, "_served", False):  # shutdown() waits forever on a loop never run
+            self.shutdown()
         with self._live_lock:
             live = dict(self._live)
         for sock in live.values():

@@ -212,9 +212,15 @@ class EmbeddedArchive:
         else:
             self._tmp = tempfile.mkdtemp(prefix="simarchive-")
             cache = Path(self._tmp)
-        self.files = FitsCache(self.sky, cache)
-        self._load_sky(self.sky)
-        self.jobs = JobStore(self._run_job, workers=self.settings.async_workers)
+        try:
+            self.files = FitsCache(self.sky, cache)
+            self._load_sky(self.sky)
+            self.jobs = JobStore(self._run_job, workers=self.settings.async_workers)
+        except BaseException:  # Ctrl-C or SIGTERM during start-up: leave no directory
+            if self._tmp:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            self._http.server_close()
+            raise
         self._stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
         self._stats_lock = threading.Lock()
 

@@ -206,3 +206,30 @@ def test_a_run_deadline_stops_a_stalled_run(stalled_archive, tmp_path):
     assert took < 15 + 60, f"{took:.0f} s"  # start-up (Prefect API, flow) plus the grace
     rows = _rows(tmp_path)
     assert rows and all("run deadline" in (_failure(r) or "") for r in rows)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.timeout(120)
+def test_the_archive_command_stops_and_removes_its_data_directory(tmp_path, sig):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where its temporary directory goes
+    for when in ("starting", "serving"):
+        archive = subprocess.Popen(
+            [str(CLI), "archive", "--port", "0", "--visits", "12"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            if when == "serving":
+                assert archive.stdout.readline().startswith("TAP service:")
+            else:
+                _wait_for(lambda: any(tmp_path.iterdir()), 60, "its data directory")
+            archive.send_signal(sig)
+            archive.communicate(timeout=20)
+        finally:
+            if archive.poll() is None:
+                archive.kill()
+        assert archive.returncode == 0, when
+        assert not list(tmp_path.iterdir()), f"left behind when stopped while {when}"
