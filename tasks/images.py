@@ -458,7 +458,7 @@ def _cutouts(
             with downloads:
                 found = settings.retry.call(
                     lambda r=request, k=key, h=headers: fetch_cutout(
-                        r, store, k, headers=h, session=session
+                        r, store, k, headers=h, session=session, timeout=settings.timeout
                     ),
                     f"cutout of {work.key} for {target.name}",
                 )
