@@ -48,9 +48,14 @@ def harvest_params(tap_url: str, targets_csv: Path, output: Path):
 
 
 def read_rows(output: Path) -> list[dict]:
-    columns = ["target_name", "obs_publisher_did", "verdict", "stored"]
-    table = ds.dataset(str(output / "metadata"), format="parquet").to_table(columns=columns)
-    return table.to_pylist()
+    """The harvest's decisions per (target, image), keyed by their short names: obsharvest
+    writes them as ``obsh_<name>`` (before that, unprefixed, in place of ObsCore's
+    ``target_name``), like ``_runner`` this reads either."""
+    dataset = ds.dataset(str(output / "metadata"), format="parquet")
+    short = ("target_name", "verdict", "stored")
+    columns = {f"obsh_{n}" if f"obsh_{n}" in dataset.schema.names else n: n for n in short}
+    table = dataset.to_table(columns=[*columns, "obs_publisher_did"])
+    return table.rename_columns([*short, "obs_publisher_did"]).to_pylist()
 
 
 def _runner():

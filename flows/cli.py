@@ -213,7 +213,7 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
     if summary.failures:
         print(
             f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
-            "'failure' column); rerun to retry them",
+            "'obsh_failure' column); rerun to retry them",
             file=sys.stderr,
         )
         return 1
@@ -254,6 +254,19 @@ def _serve(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"obsharvest serve: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Rename an output's Parquet columns to the current naming (``tasks.metadata``)."""
+    from tasks.metadata import MetadataFormatError, MetadataStore
+
+    try:
+        done = MetadataStore(args.output).migrate()
+    except (MetadataFormatError, OSError) as exc:
+        print(f"obsharvest migrate: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(f"{len(done)} metadata files migrated" if done else "nothing to migrate")
     return 0
 
 
@@ -390,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve only these deployments (repeatable)",
     )
     serve.set_defaults(func=_serve)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="rename the Parquet columns of an output written by an older obsharvest "
+        "(a harvest into it does the same)",
+    )
+    migrate.add_argument("output", help="the output URL given to `run --output`")
+    migrate.set_defaults(func=_migrate)
     return parser
 
 

@@ -41,7 +41,7 @@ from tasks.images import (
     check_cutouts_offered,
     process_images,
 )
-from tasks.metadata import MetadataStore
+from tasks.metadata import MetadataFormatError, MetadataStore
 from tasks.models import Target
 from tasks.obscore import QueryError, QueryOptions, Strategy, probe_features, query_targets
 from tasks.retry import RetryPolicy, one_line
@@ -65,6 +65,7 @@ USER_ERRORS = (
     QueryError,
     DALQueryError,
     CredentialsError,
+    MetadataFormatError,
 )
 
 

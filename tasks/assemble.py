@@ -20,7 +20,7 @@ from . import access
 from .access import descriptors_of
 from .adql import TARGET_COLUMN
 from .images import ImageOutcome, ImageWork, Prior
-from .metadata import obscore_to_arrow, with_harvest_columns
+from .metadata import TARGET_NAME, check_obscore_columns, obscore_to_arrow, with_harvest_columns
 from .models import Target, Verdict
 from .storage_keys import object_key
 
@@ -59,6 +59,8 @@ def image_works(
     shared by several targets are resolved, verified and stored once)."""
     if len(rows) == 0:
         return []
+    # before any image is fetched: a reply whose columns would clash with the harvest's
+    check_obscore_columns(rows.colnames, ignore=[TARGET_COLUMN])
     by_image: dict[str, list[str]] = defaultdict(list)
     first: dict[str, int] = {}
     for i, (did, name) in enumerate(zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True)):
@@ -109,39 +111,39 @@ def image_works(
 
 
 def priors_from(table: pa.Table | None) -> dict[tuple[str, str], Prior]:
-    """Decisions of earlier runs, from the current Parquet rows."""
+    """Decisions of earlier runs, from the current Parquet rows, by (target, image)."""
     if table is None or table.num_rows == 0:
         return {}
+    names = (
+        TARGET_NAME,
+        ID_COLUMN,
+        "obsh_verdict",
+        "obsh_pixel_x",
+        "obsh_pixel_y",
+        "obsh_wcs_hdu",
+        "obsh_verdict_reason",
+        "obsh_stored",
+        "obsh_storage_uri",
+        "obsh_file_size",
+        "obsh_sha256",
+    )
     cols = {
-        c: table.column(c).to_pylist()
-        for c in (
-            "target_name",
-            ID_COLUMN,
-            "verdict",
-            "pixel_x",
-            "pixel_y",
-            "wcs_hdu",
-            "verdict_reason",
-            "stored",
-            "storage_uri",
-            "file_size",
-            "sha256",
-        )
-        if c in table.column_names
+        c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+        for c in names
     }
     out = {}
     for i in range(table.num_rows):
-        key = (cols["target_name"][i], cols[ID_COLUMN][i])
+        key = (cols[TARGET_NAME][i], cols[ID_COLUMN][i])
         out[key] = Prior(
-            verdict=cols["verdict"][i],
-            x=cols["pixel_x"][i],
-            y=cols["pixel_y"][i],
-            hdu=cols["wcs_hdu"][i],
-            reason=cols["verdict_reason"][i],
-            stored=bool(cols["stored"][i]),
-            storage_uri=cols["storage_uri"][i],
-            size=cols["file_size"][i],
-            sha256=cols["sha256"][i],
+            verdict=cols["obsh_verdict"][i],
+            x=cols["obsh_pixel_x"][i],
+            y=cols["obsh_pixel_y"][i],
+            hdu=cols["obsh_wcs_hdu"][i],
+            reason=cols["obsh_verdict_reason"][i],
+            stored=bool(cols["obsh_stored"][i]),
+            storage_uri=cols["obsh_storage_uri"][i],
+            size=cols["obsh_file_size"][i],
+            sha256=cols["obsh_sha256"][i],
         )
     return out
 
@@ -153,7 +155,8 @@ def metadata_rows(
     run_id: str,
     when: datetime | None = None,
 ) -> pa.Table:
-    """Every (target, image) row: all ObsCore columns plus the harvest's decisions."""
+    """Every (target, image) row: all ObsCore columns as the archive sent them (its
+    ``target_name`` included) plus the harvest's decisions in ``obsh_*`` columns."""
     when = when or datetime.now(UTC)
     obscore = obscore_to_arrow(rows, drop=[TARGET_COLUMN])
     values: dict[str, list] = defaultdict(list)
@@ -163,27 +166,29 @@ def metadata_rows(
         outcome = outcomes.get(did)
         verdict = outcome.verdicts.get(name) if outcome else None
         stored = outcome.stored_for(name) if outcome else None
-        values["target_name"].append(name)
-        values["target_ra"].append(target.ra)
-        values["target_dec"].append(target.dec)
-        values["target_radius"].append(target.radius)
-        values["verdict"].append(verdict.verdict.value if verdict else None)
-        values["pixel_x"].append(verdict.x if verdict else None)
-        values["pixel_y"].append(verdict.y if verdict else None)
-        values["wcs_hdu"].append(verdict.hdu if verdict else None)
-        values["verdict_reason"].append(verdict.reason if verdict else None)
-        values["stored"].append(stored is not None)
-        values["storage_uri"].append(stored.uri if stored else None)
-        values["file_size"].append(stored.size if stored else None)
-        values["sha256"].append(stored.sha256 if stored else None)
-        values["failure"].append(failure_of(outcome) if outcome else "image was not processed")
-        values["access_route"].append(outcome.access if outcome else None)
-        values["cutout_circle"].append(
+        values[TARGET_NAME].append(name)
+        values["obsh_target_ra"].append(target.ra)
+        values["obsh_target_dec"].append(target.dec)
+        values["obsh_target_radius"].append(target.radius)
+        values["obsh_verdict"].append(verdict.verdict.value if verdict else None)
+        values["obsh_pixel_x"].append(verdict.x if verdict else None)
+        values["obsh_pixel_y"].append(verdict.y if verdict else None)
+        values["obsh_wcs_hdu"].append(verdict.hdu if verdict else None)
+        values["obsh_verdict_reason"].append(verdict.reason if verdict else None)
+        values["obsh_stored"].append(stored is not None)
+        values["obsh_storage_uri"].append(stored.uri if stored else None)
+        values["obsh_file_size"].append(stored.size if stored else None)
+        values["obsh_sha256"].append(stored.sha256 if stored else None)
+        values["obsh_failure"].append(failure_of(outcome) if outcome else "image was not processed")
+        values["obsh_access_route"].append(outcome.access if outcome else None)
+        values["obsh_cutout_circle"].append(
             (outcome.cutout_circles.get(name) or None) if outcome else None
         )
-        values["quicklook_uri"].append((outcome.quicklooks.get(name) or None) if outcome else None)
-        values["run_id"].append(run_id)
-        values["harvested_at"].append(when)
+        values["obsh_quicklook_uri"].append(
+            (outcome.quicklooks.get(name) or None) if outcome else None
+        )
+        values["obsh_run_id"].append(run_id)
+        values["obsh_harvested_at"].append(when)
     return with_harvest_columns(obscore, values)
 
 
@@ -216,6 +221,7 @@ class Summary:
     metadata_url: str = ""
     storage_url: str = ""
     plan: bool = False
+    interrupted: str | None = None  # why the run stopped early (a signal, its deadline)
 
     @property
     def false_positive_rate(self) -> float:

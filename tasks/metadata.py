@@ -1,12 +1,21 @@
 """Metadata to Parquet: every ObsCore column plus what the harvest decided, per (target, image).
 
-Columns keep their VOTable units, descriptions, UCDs and utypes as Arrow field metadata,
-so the Parquet explains itself. The dataset lives under ``<output>/metadata/`` split by
-subtype and band (one file each); a rerun merges into it, replacing the rows of the pairs
-it touched, so each (target, image) pair has exactly one current row. A crash leaves the old
-file or the new one: on object stores (S3, GCS, Azure) an object appears only when its
-upload completes, so the file is written in place and the upload aborted on error; elsewhere
-it is written under a temporary name and moved into place (a rename).
+Every column of the archive's ObsCore reply is stored as it came (name, type, value),
+archive-specific extras included; the harvest's own columns sit beside them under the
+``obsh_`` prefix (see :data:`PREFIX`). Columns keep their VOTable units, descriptions,
+UCDs and utypes twice: as Arrow field metadata (for pyarrow and tools built on it) and as
+the YAML header astropy's Parquet reader looks for (``table_meta_yaml``), so
+``Table.read`` gives columns with units.
+
+The dataset lives under ``<output>/metadata/`` split by subtype and band (one file each);
+a rerun merges into it, replacing the rows of the pairs it touched, so each (target,
+image) pair has exactly one current row. A crash leaves the old file or the new one: on
+object stores (S3, GCS, Azure) an object appears only when its upload completes, so the
+file is written in place and the upload aborted on error; elsewhere it is written under a
+temporary name and moved into place (a rename).
+
+Files written before the prefix (format 1) are migrated when a run next writes the
+dataset, or by ``obsharvest migrate <output>``; see :func:`migrated`.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from astropy.table import Table
+from astropy.table import Column, Table
+from astropy.table import meta as table_meta
 
 from .crashpoints import crashpoint
 from .storage import DIRECT_WRITE_PROTOCOLS, with_timeouts
@@ -32,46 +43,84 @@ log = logging.getLogger(__name__)
 
 METADATA_DIR = "metadata"
 FILE_NAME = "obscore.parquet"
-PAIR_KEY = ("target_name", "obs_publisher_did")
 PARTITION_COLUMNS = ("dataproduct_subtype", "lsst_band")
 _DIR_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
+PREFIX = "obsh_"
+"""The namespace of every column obsharvest adds to ObsCore's.
+
+Why a prefix: ObsCore's own names (``target_name``, ``s_region``, ``obs_id``, ...) are
+the archive's and must come back exactly as it sent them, and archives add columns of
+their own (``lsst_band``, DaCHS' extras, ...) under names nobody can list in advance, so
+the harvest's names have to live where neither the standard nor an archive goes. The
+ObsCore 1.1 columns and the extras of the archives we know never start with ``obsh_``;
+no prefix can be proven free for every archive, so :func:`with_harvest_columns` refuses
+a reply that uses it rather than overwrite anything. The query already ties its rows to
+targets with ``obsh_target`` (``adql.TARGET_COLUMN``): one namespace for everything
+obsharvest adds.
+
+Why not one struct column: flat columns are what every reader handles without help.
+``astropy.table.Table.read`` cannot read a struct column at all, FITS/VOTable/ECSV
+exports of the table have no structs, and in DuckDB, pandas or polars
+``obsh_verdict = 'contains'`` beats unnesting. Lower case, letters and underscores only:
+a valid ADQL and SQL identifier that needs no quoting.
+"""
+
+FORMAT_KEY = b"obsharvest.format"
+"""Schema metadata key saying how a file names its columns. Format 1 (no key) had the
+harvest's columns unprefixed and its target name in ``target_name``, where ObsCore's was
+dropped; format 2 has them under :data:`PREFIX` and ObsCore's columns untouched."""
+FORMAT = 2
+
 # The columns obsharvest adds to ObsCore's, with what they mean.
 HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
-    ("target_name", pa.string(), "Name of the target this row was found for", None),
-    ("target_ra", pa.float64(), "Target right ascension (ICRS)", "deg"),
-    ("target_dec", pa.float64(), "Target declination (ICRS)", "deg"),
-    ("target_radius", pa.float64(), "Target search radius; null for a point", "deg"),
+    ("obsh_target_name", pa.string(), "Name of the target this row was found for", None),
+    ("obsh_target_ra", pa.float64(), "Target right ascension (ICRS)", "deg"),
+    ("obsh_target_dec", pa.float64(), "Target declination (ICRS)", "deg"),
+    ("obsh_target_radius", pa.float64(), "Target search radius; null for a point", "deg"),
     (
-        "verdict",
+        "obsh_verdict",
         pa.string(),
         "Does the image's WCS pixel grid contain the target: contains, "
-        "outside (s_region padding only), no_wcs, error, or null when not checked",
+        "outside (s_region padding only), no_wcs, error, no_data (mask mode), "
+        "or null when not checked",
         None,
     ),
-    ("pixel_x", pa.float64(), "0-based pixel column of the target in the WCS HDU", "pix"),
-    ("pixel_y", pa.float64(), "0-based pixel row of the target in the WCS HDU", "pix"),
-    ("wcs_hdu", pa.int32(), "Index of the HDU whose celestial WCS decided", None),
-    ("verdict_reason", pa.string(), "Why the verdict is no_wcs or error", None),
-    ("stored", pa.bool_(), "The image is in object storage (this run or before)", None),
-    ("storage_uri", pa.string(), "Where the FITS file is stored", None),
-    ("file_size", pa.int64(), "Size of the stored file", "byte"),
-    ("sha256", pa.string(), "SHA-256 of the stored file", None),
-    ("failure", pa.string(), "Why this image could not be verified or stored", None),
+    ("obsh_pixel_x", pa.float64(), "0-based pixel column of the target in the WCS HDU", "pix"),
+    ("obsh_pixel_y", pa.float64(), "0-based pixel row of the target in the WCS HDU", "pix"),
+    ("obsh_wcs_hdu", pa.int32(), "Index of the HDU whose celestial WCS decided", None),
+    ("obsh_verdict_reason", pa.string(), "Why the verdict is no_wcs or error", None),
+    ("obsh_stored", pa.bool_(), "The image is in object storage (this run or before)", None),
+    ("obsh_storage_uri", pa.string(), "Where the FITS file is stored", None),
+    ("obsh_file_size", pa.int64(), "Size of the stored file", "byte"),
+    ("obsh_sha256", pa.string(), "SHA-256 of the stored file", None),
+    ("obsh_failure", pa.string(), "Why this image could not be verified or stored", None),
     (
-        "access_route",
+        "obsh_access_route",
         pa.string(),
         "How the file was reached: datalink (access_url), datalink-descriptor (the TAP "
         "result's service descriptor), direct (access_url is the file), or sniffed-datalink "
         "/ sniffed-direct when access_format did not say and the first reply decided",
         None,
     ),
-    ("cutout_circle", pa.string(), "Cutout mode: the SODA CIRCLE asked (ra dec radius)", "deg"),
-    ("quicklook_uri", pa.string(), "Where the quicklook PNG is stored", None),
-    ("run_id", pa.string(), "The harvest run that last decided this row", None),
-    ("harvested_at", pa.timestamp("us", tz="UTC"), "When that run decided this row", None),
+    (
+        "obsh_cutout_circle",
+        pa.string(),
+        "Cutout mode: the SODA CIRCLE asked (ra dec radius)",
+        "deg",
+    ),
+    ("obsh_quicklook_uri", pa.string(), "Where the quicklook PNG is stored", None),
+    ("obsh_run_id", pa.string(), "The harvest run that last decided this row", None),
+    ("obsh_harvested_at", pa.timestamp("us", tz="UTC"), "When that run decided this row", None),
 ]
 HARVEST_COLUMNS = [name for name, *_ in HARVEST_FIELDS]
+TARGET_NAME = "obsh_target_name"  # the harvest's target (ObsCore's target_name is the archive's)
+PAIR_KEY = (TARGET_NAME, "obs_publisher_did")
+
+
+class MetadataFormatError(ValueError):
+    """A reply or a Parquet file whose columns obsharvest will not mix with its own; the
+    message is one line that says what to do."""
 
 
 def _field_metadata(col) -> dict[bytes, bytes]:
@@ -87,20 +136,59 @@ def _field_metadata(col) -> dict[bytes, bytes]:
     return meta
 
 
+def _harvest_field(name: str, dtype: pa.DataType, description: str, unit: str | None):
+    meta = {b"description": description.encode()}
+    if unit:
+        meta[b"unit"] = unit.encode()
+    return pa.field(name, dtype, metadata=meta)
+
+
+def _text_or_none(value, masked: bool) -> str | None:
+    if masked or value is None or value is np.ma.masked:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _arrow_array(col) -> pa.Array:
-    data = np.asarray(col)
-    mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)), dtype=bool)
-    if mask.ndim == 0:
-        mask = np.full(len(col), bool(mask))
-    if data.dtype.kind in "SUO":
-        values = [
-            None if m else (v.decode() if isinstance(v, bytes) else str(v))
-            for v, m in zip(data, mask, strict=True)
-        ]
-        return pa.array(values, type=pa.string())
-    if data.dtype.kind == "b":
-        return pa.array(data, type=pa.bool_(), mask=mask if mask.any() else None)
+    """One VOTable column as Arrow, values and type as the archive sent them: strings as
+    strings, numbers in their own width, masked values as nulls, fixed-size arrays as
+    fixed-size lists (masked elements null, the row never: astropy's Parquet reader cannot
+    stack a null row) and variable-length arrays (e.g. a DALI ``polygon`` s_region) as
+    lists of their element type."""
+    data = np.ma.getdata(col)
+    mask = np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) else np.zeros(data.shape, bool)
+    if data.ndim > 1 and data.dtype.kind not in "SUO":
+        flat = np.ascontiguousarray(data).reshape(-1)
+        flat_mask = mask.reshape(-1)
+        values = pa.array(flat, mask=flat_mask if flat_mask.any() else None)
+        return pa.FixedSizeListArray.from_arrays(values, int(np.prod(data.shape[1:])))
+    if mask.ndim > 1:
+        mask = mask.reshape(len(col), -1).all(axis=1)
+    if data.dtype.kind in "SU":
+        return pa.array(
+            [_text_or_none(v, m) for v, m in zip(data, mask, strict=True)], type=pa.string()
+        )
+    if data.dtype.kind == "O":
+        return _object_array(data, mask)
     return pa.array(data, mask=mask if mask.any() else None)
+
+
+def _object_array(data: np.ndarray, mask: np.ndarray) -> pa.Array:
+    """Object columns hold text (VOTable ``char`` with arraysize ``*``) or variable-length
+    arrays (numbers with arraysize ``*``); which one, the values say."""
+    values = [None if m else v for v, m in zip(data, mask, strict=True)]
+    arrays = [v for v in values if isinstance(v, np.ndarray)]
+    if not arrays:
+        return pa.array([_text_or_none(v, False) for v in values], type=pa.string())
+    element = pa.from_numpy_dtype(np.result_type(*(np.ma.getdata(a).dtype for a in arrays)))
+    rows = [None if v is None else _element_values(v, element) for v in values]
+    return pa.array(rows, type=pa.list_(element))
+
+
+def _element_values(value: np.ndarray, element: pa.DataType) -> list:
+    mask = np.ma.getmaskarray(value).ravel()
+    array = pa.array(np.ma.getdata(value).ravel(), mask=mask if mask.any() else None)
+    return array.cast(element).to_pylist()
 
 
 def obscore_to_arrow(rows: Table, drop: Iterable[str] = ()) -> pa.Table:
@@ -119,22 +207,177 @@ def obscore_to_arrow(rows: Table, drop: Iterable[str] = ()) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def check_obscore_columns(names: Iterable[str], *, ignore: Iterable[str] = ()) -> None:
+    """Refuse an archive reply with a column in obsharvest's namespace: writing the
+    harvest's columns would overwrite or shadow it. (ADQL, DuckDB and PostgreSQL fold
+    case, so ``OBSH_X`` collides too.)"""
+    skip = {n.lower() for n in ignore}
+    for name in names:
+        if name.lower().startswith(PREFIX) and name.lower() not in skip:
+            raise MetadataFormatError(
+                f"the archive's ObsCore reply has a column {name!r} in obsharvest's own "
+                f"{PREFIX}* namespace; refusing to overwrite it (report this to obsharvest)"
+            )
+
+
 def with_harvest_columns(obscore: pa.Table, values: Mapping[str, list]) -> pa.Table:
-    """Append obsharvest's columns (all of HARVEST_FIELDS, in order) to ObsCore's."""
+    """Append obsharvest's columns (all of HARVEST_FIELDS, in order) to ObsCore's, which
+    are kept as they are: an ObsCore column in the harvest's namespace is refused."""
+    check_obscore_columns(obscore.column_names)
+    unknown = set(values) - set(HARVEST_COLUMNS)
+    if unknown:
+        raise ValueError(f"not harvest columns: {', '.join(sorted(unknown))}")
     table = obscore
     for name, dtype, description, unit in HARVEST_FIELDS:
-        meta = {b"description": description.encode()}
-        if unit:
-            meta[b"unit"] = unit.encode()
         data = values.get(name, [None] * obscore.num_rows)
         if len(data) != obscore.num_rows:
             raise ValueError(f"column {name}: {len(data)} values for {obscore.num_rows} rows")
-        if name in table.column_names:
-            table = table.drop_columns([name])
         table = table.append_column(
-            pa.field(name, dtype, metadata=meta), pa.array(data, type=dtype)
+            _harvest_field(name, dtype, description, unit), pa.array(data, type=dtype)
         )
     return table
+
+
+def file_format(schema: pa.Schema) -> int | None:
+    """Which format a file is in (1: before the prefix), or None if it is not ours."""
+    marker = (schema.metadata or {}).get(FORMAT_KEY)
+    if marker is not None:
+        try:
+            return int(marker)
+        except ValueError:
+            return None
+    if any(n.startswith(PREFIX) for n in schema.names):
+        return None
+    legacy = {"target_name", "verdict", "stored", "run_id", "obs_publisher_did"}
+    return 1 if legacy <= set(schema.names) else None
+
+
+def migrated(table: pa.Table, where: str = "") -> pa.Table:
+    """A file's rows in the current format, refusing what cannot be made current.
+
+    Format 1 wrote the harvest's target name in ``target_name`` and dropped ObsCore's, so
+    the archive's value is lost for those rows: the column becomes ``obsh_target_name``
+    and ObsCore's ``target_name`` is null until a run queries the pair again (its new row
+    replaces the old one).
+    """
+    version = file_format(table.schema)
+    if version == FORMAT:
+        return table
+    where = where or "a metadata file"
+    if version is None:
+        raise MetadataFormatError(
+            f"{where}: not obsharvest's Parquet (neither its {PREFIX}* columns nor the old "
+            "ones); move it out of the output's metadata/"
+        )
+    if version > FORMAT:
+        raise MetadataFormatError(
+            f"{where}: written by a newer obsharvest (format {version}, this one writes "
+            f"{FORMAT}); upgrade obsharvest to harvest into this output"
+        )
+    fields = {name: _harvest_field(name, *rest) for name, *rest in HARVEST_FIELDS}
+    columns, schema = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        name = PREFIX + field.name if PREFIX + field.name in fields else field.name
+        if name == HARVEST_COLUMNS[0]:  # ObsCore's target_name goes just before ours
+            columns.append(pa.nulls(table.num_rows, pa.string()))
+            schema.append(pa.field("target_name", pa.string()))
+        columns.append(column)
+        schema.append(fields[name].with_type(field.type) if name in fields else field)
+    return pa.Table.from_arrays(columns, schema=pa.schema(schema))
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Rows of several tables under one schema; the last table's field metadata wins (the
+    newest reply describes its columns best)."""
+    table = pa.concat_tables(tables, promote_options="permissive")
+    newest = tables[-1].schema
+    fields = [
+        f.with_metadata(newest.field(f.name).metadata or f.metadata)
+        if f.name in newest.names
+        else f
+        for f in table.schema
+    ]
+    return pa.Table.from_arrays(table.columns, schema=pa.schema(fields))
+
+
+# ------------------------------------------------------------ what astropy's reader needs
+
+
+def _skeleton_column(field: pa.Field) -> Column:
+    """A one-row astropy column of the field's type, carrying its unit, description and
+    VOTable attributes, for astropy's own header serialisation."""
+    meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+    t = field.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        data = np.empty(1, dtype=object)
+        data[0] = np.zeros(0, dtype=_numpy_dtype(t.value_type))
+    elif pa.types.is_fixed_size_list(t):
+        data = np.zeros((1, t.list_size), dtype=_numpy_dtype(t.value_type))
+    else:
+        data = np.zeros(1, dtype=_numpy_dtype(t))
+    return Column(
+        data,
+        name=field.name,
+        unit=meta.get("unit") or None,
+        description=meta.get("description") or None,
+        meta={k: meta[k] for k in ("ucd", "utype", "xtype") if meta.get(k)},
+    )
+
+
+def _numpy_dtype(t: pa.DataType) -> np.dtype:
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+        return np.dtype("U1")
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return np.dtype("S1")
+    if pa.types.is_timestamp(t):
+        return np.dtype(f"datetime64[{t.unit}]")
+    try:
+        return np.dtype(t.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        return np.dtype("U1")
+
+
+def _string_lengths(table: pa.Table) -> dict[str, int]:
+    """The longest value of each string column (of list elements for list columns):
+    astropy's reader sizes its numpy strings from ``table::len::<name>``."""
+    out = {}
+    for field, column in zip(table.schema, table.columns, strict=True):
+        t, values = field.type, column
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            t = t.value_type
+            values = (
+                pa.chunked_array([c.flatten() for c in column.chunks], type=t)
+                if column.num_chunks
+                else pa.chunked_array([], type=t)
+            )
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            longest = pc.max(pc.utf8_length(values)).as_py() if len(values) else None
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            longest = pc.max(pc.binary_length(values)).as_py() if len(values) else None
+        else:
+            continue
+        out[field.name] = max(1, longest or 0)
+    return out
+
+
+def file_metadata(table: pa.Table) -> dict[bytes, bytes]:
+    """Schema metadata of a file: the format marker, and astropy's Parquet header.
+
+    astropy's ``write_table_parquet`` stores the table's column attributes as an ECSV-style
+    YAML header under ``table_meta_yaml`` and string widths under ``table::len::<name>``;
+    ``read_table_parquet`` puts unit, description and meta (ucd, utype, xtype) back on
+    each column from it, and fails on a column the header does not list. The header is
+    made by astropy's own serialiser (``meta.get_yaml_from_table``) from one-row
+    skeleton columns of the same names and types, so it matches what astropy would write.
+    """
+    skeleton = Table([_skeleton_column(f) for f in table.schema])
+    metadata = {
+        FORMAT_KEY: str(FORMAT).encode(),
+        b"table_meta_yaml": "\n".join(table_meta.get_yaml_from_table(skeleton)).encode(),
+    }
+    for name, length in _string_lengths(table).items():
+        metadata[f"table::len::{name}".encode()] = str(length).encode()
+    return metadata
 
 
 def _dir_part(value) -> str:
@@ -165,25 +408,58 @@ class MetadataStore:
             return []
         return sorted(p for p in fs.find(root) if p.endswith("/" + FILE_NAME))
 
+    def _read_file(self, fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+        """One file's rows in the current format (older formats renamed in memory)."""
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        return migrated(table, where=fs.unstrip_protocol(path))
+
     def read(self) -> pa.Table | None:
-        """All current rows, or None before the first harvest."""
+        """All current rows, or None before the first harvest. Files in an older format
+        are read as if migrated (nothing is written)."""
         fs, _ = self.fs_root
-        tables = []
-        for path in self._files():
-            with fs.open(path, "rb") as fh:
-                tables.append(pq.read_table(fh))
+        tables = [self._read_file(fs, path) for path in self._files()]
         if not tables:
             return None
-        return pa.concat_tables(tables, promote_options="permissive")
+        return _concat(tables)
+
+    def migrate(self) -> list[str]:
+        """Rewrite the files of an older format in the current one; returns their paths.
+
+        Each file is replaced atomically, like a merge's; a crash in between leaves some
+        files migrated and some not, each saying its format, and the next call (or the
+        next run's merge) finishes the job.
+        """
+        fs, _ = self.fs_root
+        done = []
+        for path in self._files():
+            with fs.open(path, "rb") as fh:
+                schema = pq.read_schema(fh)
+            if file_format(schema) == FORMAT:
+                continue
+            table = self._read_file(fs, path)  # refuses what is not ours or is newer
+            self._publish(fs, path, table)
+            done.append(path)
+        if done:
+            log.warning(
+                "migrated %d metadata files to the %s* harvest columns (ObsCore's "
+                "target_name was not kept by the old format: null until re-queried)",
+                len(done),
+                PREFIX,
+            )
+        return done
 
     def merge(self, new: pa.Table) -> list[str]:
         """Write ``new`` into the dataset, replacing rows of the same (target, image) pairs.
 
         Returns the paths written. Each partition file is replaced atomically (write a
-        temporary file, then move it over the old one).
+        temporary file, then move it over the old one). Files of an older format are
+        migrated first, also those this merge does not touch: the dataset is never a mix
+        of two namings.
         """
         if new.num_rows == 0:
             return []
+        self.migrate()
         fs, root = self.fs_root
         parts = {}
         columns = {
@@ -196,12 +472,10 @@ class MetadataStore:
         written = []
         for key, index in parts.items():
             chunk = new.take(pa.array(index))
-            directory = posixpath.join(root, *key)
-            path = posixpath.join(directory, FILE_NAME)
+            path = posixpath.join(root, *key, FILE_NAME)
             fs.invalidate_cache(path)
             if fs.exists(path):
-                with fs.open(path, "rb") as fh:
-                    old = pq.read_table(fh)
+                old = self._read_file(fs, path)
                 replaced = set(zip(*(chunk.column(c).to_pylist() for c in PAIR_KEY), strict=True))
                 keep = [
                     i
@@ -210,28 +484,32 @@ class MetadataStore:
                     )
                     if pair not in replaced
                 ]
-                chunk = pa.concat_tables(
-                    [old.take(pa.array(keep, type=pa.int64())), chunk], promote_options="permissive"
-                )
-            if _direct_write(fs):
-                _write_object(fs, path, chunk)
-            else:
-                fs.makedirs(directory, exist_ok=True)
-                # temporaries of a writer that was killed: one writer per output, so any
-                # left here are orphans (a run's merge is a single, short step)
-                for orphan in fs.glob(posixpath.join(directory, f".{FILE_NAME}.*.tmp")):
-                    fs.rm(orphan)
-                tmp = posixpath.join(directory, f".{FILE_NAME}.{uuid.uuid4().hex}.tmp")
-                try:
-                    with fs.open(tmp, "wb") as fh:
-                        pq.write_table(chunk, fh, compression="zstd")
-                    crashpoint("parquet")
-                    fs.mv(tmp, path)
-                finally:
-                    if fs.exists(tmp):
-                        fs.rm(tmp)
+                chunk = _concat([old.take(pa.array(keep, type=pa.int64())), chunk])
+            self._publish(fs, path, chunk)
             written.append(path)
         return written
+
+    def _publish(self, fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+        """Replace the file at ``path`` with ``table`` (and its astropy header), atomically."""
+        table = table.replace_schema_metadata(file_metadata(table))
+        if _direct_write(fs):
+            _write_object(fs, path, table)
+            return
+        directory = posixpath.dirname(path)
+        fs.makedirs(directory, exist_ok=True)
+        # temporaries of a writer that was killed: one writer per output, so any
+        # left here are orphans (a run's merge is a single, short step)
+        for orphan in fs.glob(posixpath.join(directory, f".{FILE_NAME}.*.tmp")):
+            fs.rm(orphan)
+        tmp = posixpath.join(directory, f".{FILE_NAME}.{uuid.uuid4().hex}.tmp")
+        try:
+            with fs.open(tmp, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+            crashpoint("parquet")
+            fs.mv(tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
 
 
 def _direct_write(fs: fsspec.AbstractFileSystem) -> bool:

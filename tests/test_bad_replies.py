@@ -455,26 +455,26 @@ def flow_run(server, archive, prefect_harness, tmp_path_factory):
 def test_flow_bad_reply_is_a_per_image_outcome(case: ImageCase, flow_run):
     summary, rows = flow_run
     did = f"ivo://crafted/{case.name}?repo=x"
-    mine = {r["target_name"]: r for r in rows if r["obs_publisher_did"] == did}
+    mine = {r["obsh_target_name"]: r for r in rows if r["obs_publisher_did"] == did}
     assert "seed" in mine, f"no Parquet row for {did}"
     row = mine["seed"]
     failures = dict(summary.failures)
     if case.failure:
-        assert_one_clear_line(row["failure"], *case.failure)
-        assert failures.get(did) == row["failure"]  # Summary.failures names the image
-        assert not row["stored"]
+        assert_one_clear_line(row["obsh_failure"], *case.failure)
+        assert failures.get(did) == row["obsh_failure"]  # Summary.failures names the image
+        assert not row["obsh_stored"]
     else:
-        assert row["failure"] is None and did not in failures
+        assert row["obsh_failure"] is None and did not in failures
     if case.verdict:
-        assert row["verdict"] == case.verdict
+        assert row["obsh_verdict"] == case.verdict
     if case.reason:
-        assert_one_clear_line(row["verdict_reason"], *case.reason)
+        assert_one_clear_line(row["obsh_verdict_reason"], *case.reason)
     if case.verdict == "contains" and not case.failure:
-        assert row["stored"] and row["pixel_x"] is not None
+        assert row["obsh_stored"] and row["obsh_pixel_x"] is not None
     if case.s_region is not None:  # unparseable regions reach every target of the batch
         assert set(mine) == case.kept_for
         if "far" in mine:
-            assert mine["far"]["verdict"] == "outside"  # the header WCS decides
+            assert mine["far"]["obsh_verdict"] == "outside"  # the header WCS decides
         assert row["s_region"] == case.s_region  # stored verbatim
 
 

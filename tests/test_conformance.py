@@ -96,11 +96,11 @@ def test_every_access_style_harvests_exactly_the_truth(style, profile, targets_c
         rows = ds.dataset(str(tmp_path / "metadata"), format="parquet").to_table().to_pylist()
         assert rows
         for row in rows:
-            did, name = row["obs_publisher_did"], row["target_name"]
-            assert row["verdict"] == ("contains" if did in truth[name] else "outside"), row
-            assert row["failure"] is None
-            assert row["access_route"] == expected_route(style, profile)
-        stored = {r["obs_publisher_did"] for r in rows if r["stored"]}
+            did, name = row["obs_publisher_did"], row["obsh_target_name"]
+            assert row["obsh_verdict"] == ("contains" if did in truth[name] else "outside"), row
+            assert row["obsh_failure"] is None
+            assert row["obsh_access_route"] == expected_route(style, profile)
+        stored = {r["obs_publisher_did"] for r in rows if r["obsh_stored"]}
         queried = {r["obs_publisher_did"] for r in rows}
         assert stored == set().union(*truth.values()) & queried
         assert stored, "the workload must store something to prove anything"

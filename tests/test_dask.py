@@ -25,17 +25,17 @@ from .test_harvest_flow import params_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[1]
-VOLATILE = ("run_id", "harvested_at", "storage_uri")
+VOLATILE = ("obsh_run_id", "obsh_harvested_at", "obsh_storage_uri")
 
 
 def _rows(output: Path) -> list[dict]:
     rows = ds.dataset(str(output / "metadata"), format="parquet").to_table().to_pylist()
     for row in rows:
-        uri = row.pop("storage_uri")
+        uri = row.pop("obsh_storage_uri")
         row["storage_key"] = uri.split("/fits/", 1)[1] if uri else None
         for name in VOLATILE[:2]:
             row.pop(name)
-    return sorted(rows, key=lambda r: (r["target_name"], r["obs_publisher_did"]))
+    return sorted(rows, key=lambda r: (r["obsh_target_name"], r["obs_publisher_did"]))
 
 
 def _objects(output: Path) -> dict[str, str]:

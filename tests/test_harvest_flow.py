@@ -59,9 +59,11 @@ def test_every_queried_calexp_is_in_the_parquet_with_the_true_verdict(first_run,
     assert len(rows) == len(expected)  # one row per (target, image)
     truth = archive.truth(TARGET_RA, TARGET_DEC)
     for row in rows:
-        assert row["verdict"] == ("contains" if row["obs_publisher_did"] in truth else "outside")
-        assert row["stored"] == (row["obs_publisher_did"] in truth)
-        assert row["failure"] is None
+        assert row["obsh_verdict"] == (
+            "contains" if row["obs_publisher_did"] in truth else "outside"
+        )
+        assert row["obsh_stored"] == (row["obs_publisher_did"] in truth)
+        assert row["obsh_failure"] is None
         assert "Signature" not in str(row.values())  # signed URLs are never persisted
     assert summary.ok and summary.stored_images == len(expected & truth)
     assert 0 < summary.false_positive_rate < 1
@@ -70,19 +72,19 @@ def test_every_queried_calexp_is_in_the_parquet_with_the_true_verdict(first_run,
 def test_only_true_matches_are_stored_and_open_with_the_right_wcs(first_run):
     output, _, _ = first_run
     target = SkyCoord(TARGET_RA, TARGET_DEC, unit="deg")
-    stored = [r for r in read_rows(output) if r["stored"]]
+    stored = [r for r in read_rows(output) if r["obsh_stored"]]
     files = sorted(p for p in (output / "fits").rglob("*.fits"))
     assert len(files) == len(stored)
     for row in stored:
-        assert row["storage_uri"].startswith("file://")
-        path = row["storage_uri"].removeprefix("file://")
+        assert row["obsh_storage_uri"].startswith("file://")
+        path = row["obsh_storage_uri"].removeprefix("file://")
         with fits.open(path) as hdul:
             wcs = WCS(hdul[1].header)
             x, y = wcs.world_to_pixel(target)
-            assert abs(x - row["pixel_x"]) < 1e-6 and abs(y - row["pixel_y"]) < 1e-6
+            assert abs(x - row["obsh_pixel_x"]) < 1e-6 and abs(y - row["obsh_pixel_y"]) < 1e-6
             assert bool(wcs.footprint_contains(target))
         with open(path, "rb") as fh:
-            assert row["file_size"] == len(fh.read())
+            assert row["obsh_file_size"] == len(fh.read())
 
 
 def test_second_run_fetches_nothing_and_keeps_one_row_per_pair(first_run, archive):
@@ -94,7 +96,7 @@ def test_second_run_fetches_nothing_and_keeps_one_row_per_pair(first_run, archiv
     assert "datalink" not in stats
     assert again.downloaded == 0 and again.reused == first.images
     rows = read_rows(output)
-    pairs = [(r["target_name"], r["obs_publisher_did"]) for r in rows]
+    pairs = [(r["obsh_target_name"], r["obs_publisher_did"]) for r in rows]
     assert len(pairs) == len(set(pairs)) == first.images
 
 
@@ -102,10 +104,10 @@ def test_plan_mode_writes_verdicts_and_downloads_nothing(archive, tmp_path):
     archive.reset_stats()
     summary = harvest_params(params_for(archive, tmp_path, plan=True))
     rows = read_rows(tmp_path)
-    assert rows and all(r["verdict"] in ("contains", "outside") for r in rows)
-    assert not any(r["stored"] for r in rows)
+    assert rows and all(r["obsh_verdict"] in ("contains", "outside") for r in rows)
+    assert not any(r["obsh_stored"] for r in rows)
     assert not (tmp_path / "fits").exists() or not list((tmp_path / "fits").rglob("*.fits"))
-    contains = [r for r in rows if r["verdict"] == "contains"]
+    contains = [r for r in rows if r["obsh_verdict"] == "contains"]
     assert summary.planned_bytes >= len(contains) * 1000
     served = archive.stats()["files"]["bytes"]
     assert served < summary.planned_bytes / 10  # only header blocks travelled
@@ -137,7 +139,9 @@ def test_verification_reads_under_a_thousandth_of_100mb_class_images(tmp_path):
         summary = harvest_params(params)
         rows = read_rows(tmp_path)
         assert {r["obs_publisher_did"] for r in rows} == set(chosen)
-        assert {r["obs_publisher_did"] for r in rows if r["verdict"] == "contains"} == set(inside)
+        assert {r["obs_publisher_did"] for r in rows if r["obsh_verdict"] == "contains"} == set(
+            inside
+        )
         sizes = sum(big.sky.fits_size(big._product_by_id(d).id) for d in chosen)
         assert sizes > 3 * 100e6
         read = big.stats()["files"]["bytes"]
@@ -194,8 +198,9 @@ def test_harvest_survives_dropped_connections_and_503s(tmp_path):
     assert summary.ok, summary.failures
     rows = read_rows(tmp_path)
     assert all(
-        r["verdict"] == ("contains" if r["obs_publisher_did"] in truth else "outside") for r in rows
+        r["obsh_verdict"] == ("contains" if r["obs_publisher_did"] in truth else "outside")
+        for r in rows
     )
-    stored = {r["obs_publisher_did"] for r in rows if r["stored"]}
+    stored = {r["obs_publisher_did"] for r in rows if r["obsh_stored"]}
     assert stored == {r["obs_publisher_did"] for r in rows} & truth
     assert not [p for p in tmp_path.rglob("*") if ".part-" in p.name]

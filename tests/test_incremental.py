@@ -47,8 +47,8 @@ def test_time_moves_on_and_only_new_images_are_harvested(tmp_path):
         assert second.downloaded == len(new & truth)
         assert stats["files"]["status"].get(206, 0) == len(new)  # one header read per new image
         rows = read_rows(tmp_path)
-        assert len(rows) == len({(r["target_name"], r["obs_publisher_did"]) for r in rows})
-        assert {r["obs_publisher_did"] for r in rows if r["stored"]} == {
+        assert len(rows) == len({(r["obsh_target_name"], r["obs_publisher_did"]) for r in rows})
+        assert {r["obs_publisher_did"] for r in rows if r["obsh_stored"]} == {
             r["obs_publisher_did"] for r in rows
         } & truth
 

@@ -29,23 +29,23 @@ def test_cutout_mode_stores_a_cutout_per_target_with_the_right_wcs(archive, tmp_
     summary = harvest_params(params)
     assert summary.ok, summary.failures
     rows = read_rows(tmp_path)
-    stored = [r for r in rows if r["stored"]]
+    stored = [r for r in rows if r["obsh_stored"]]
     truth = archive.truth(TARGET_RA, TARGET_DEC)
     assert {r["obs_publisher_did"] for r in stored} == {
         r["obs_publisher_did"] for r in rows
     } & truth
     target = SkyCoord(TARGET_RA, TARGET_DEC, unit="deg")
     for row in stored:
-        path = local(row["storage_uri"])
+        path = local(row["obsh_storage_uri"])
         assert path.endswith("/seed.fits")  # {collection}/{subtype}/{band}/{obs_id}/{target}.fits
-        assert row["cutout_circle"] == f"{TARGET_RA!r} {TARGET_DEC!r} 0.01"
+        assert row["obsh_cutout_circle"] == f"{TARGET_RA!r} {TARGET_DEC!r} 0.01"
         with fits.open(path) as hdul:
             ny, nx = hdul[1].data.shape
             x, y = WCS(hdul[1].header).world_to_pixel(target)
             full = row["s_xel1"]
             assert nx < full  # a cutout, not the image
             # the target sits where the cut put it: the centre, unless clipped at an edge
-            if row["pixel_x"] - nx / 2 > 0 and row["pixel_x"] + nx / 2 < full:
+            if row["obsh_pixel_x"] - nx / 2 > 0 and row["obsh_pixel_x"] + nx / 2 < full:
                 assert abs(x - (nx - 1) / 2) <= 1.0
             assert -0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5
     archive.reset_stats()
@@ -70,25 +70,31 @@ def test_mask_aware_verdict_flags_a_target_on_a_dead_amplifier(archive, tmp_path
     where = f"obs_publisher_did = '{calexp.obs_publisher_did}'"
     common = {"ra": float(ra) % 360, "dec": float(dec), "constraints": {"extra_where": where}}
     plain = harvest_params(params_for(archive, tmp_path / "plain", **common))
-    assert read_rows(tmp_path / "plain")[0]["verdict"] == "contains" and plain.stored_images == 1
+    assert (
+        read_rows(tmp_path / "plain")[0]["obsh_verdict"] == "contains" and plain.stored_images == 1
+    )
     strict = harvest_params(
         params_for(archive, tmp_path / "strict", verification={"mask": True}, **common)
     )
     row = read_rows(tmp_path / "strict")[0]
-    assert row["verdict"] == "no_data" and not row["stored"] and "NO_DATA" in row["verdict_reason"]
+    assert (
+        row["obsh_verdict"] == "no_data"
+        and not row["obsh_stored"]
+        and "NO_DATA" in row["obsh_verdict_reason"]
+    )
     assert strict.stored_images == 0
 
 
 def test_quicklooks_and_gallery(archive, tmp_path):
     summary = harvest_params(params_for(archive, tmp_path, products={"quicklook": True}))
     assert summary.ok
-    stored = [r for r in read_rows(tmp_path) if r["stored"]]
-    assert stored and all(r["quicklook_uri"] for r in stored)
-    png = imread(local(stored[0]["quicklook_uri"]))
+    stored = [r for r in read_rows(tmp_path) if r["obsh_stored"]]
+    assert stored and all(r["obsh_quicklook_uri"] for r in stored)
+    png = imread(local(stored[0]["obsh_quicklook_uri"]))
     assert png.shape[0] > 200 and png.std() > 0
     index = (tmp_path / "gallery" / "index.html").read_text()
     assert (tmp_path / "gallery" / "seed-footprint.png").exists()
     assert "seed" in index and ".png" in index and "<script" not in index
-    link = stored[0]["quicklook_uri"].split(str(tmp_path) + "/", 1)[1]
+    link = stored[0]["obsh_quicklook_uri"].split(str(tmp_path) + "/", 1)[1]
     assert f"../{link}" in index  # relative links: the output folder can move
     assert json.dumps(summary.run_id)

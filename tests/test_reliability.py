@@ -29,10 +29,10 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 def pairs(output: Path) -> list[tuple[str, str]]:
     rows = (
         ds.dataset(str(output / "metadata"), format="parquet")
-        .to_table(columns=["target_name", "obs_publisher_did"])
+        .to_table(columns=["obsh_target_name", "obs_publisher_did"])
         .to_pylist()
     )
-    return [(r["target_name"], r["obs_publisher_did"]) for r in rows]
+    return [(r["obsh_target_name"], r["obs_publisher_did"]) for r in rows]
 
 
 def test_faults_beyond_the_budget_fail_clearly_and_a_rerun_completes(tmp_path):
@@ -47,10 +47,10 @@ def test_faults_beyond_the_budget_fail_clearly_and_a_rerun_completes(tmp_path):
         assert not failed.ok
         for image, reason in failed.failures:  # what is missing, and why
             assert image.startswith("ivo://") and "503" in reason and "\n" not in reason
-        stored_before = {r["obs_publisher_did"] for r in read_rows(tmp_path) if r["stored"]}
+        stored_before = {r["obs_publisher_did"] for r in read_rows(tmp_path) if r["obsh_stored"]}
         missing = {i for i, _ in failed.failures}
         assert stored_before and missing
-        assert {r["obs_publisher_did"] for r in read_rows(tmp_path) if r["failure"]} == missing
+        assert {r["obs_publisher_did"] for r in read_rows(tmp_path) if r["obsh_failure"]} == missing
 
         archive.set_faults(FaultPlan())
         archive.reset_stats()
@@ -72,7 +72,7 @@ def test_expired_signed_urls_are_resolved_again(tmp_path):
         images = summary.images
         assert archive.stats()["datalink"]["requests"] > 1  # re-resolved after 403s
         truth = archive.truth(TARGET_RA, TARGET_DEC)
-        assert {r["obs_publisher_did"] for r in read_rows(tmp_path) if r["stored"]} == {
+        assert {r["obs_publisher_did"] for r in read_rows(tmp_path) if r["obsh_stored"]} == {
             r["obs_publisher_did"] for r in read_rows(tmp_path)
         } & truth
         assert images > 0
@@ -123,9 +123,9 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
     stored = [
         r
         for r in ds.dataset(str(tmp_path / "metadata"), format="parquet").to_table().to_pylist()
-        if r["stored"]
+        if r["obsh_stored"]
     ]
-    total = sum({r["obs_publisher_did"]: r["file_size"] for r in stored}.values())
+    total = sum({r["obs_publisher_did"]: r["obsh_file_size"] for r in stored}.values())
     refetched = archive.stats().get("files", {}).get("bytes", 0)
     # bytes fetched again for images already stored (headers included): under 5% of the total
     assert refetched - (total - kept) < 0.05 * total, (point, refetched, total, kept)
@@ -136,9 +136,9 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
     import json
 
     for row in stored:
-        path = Path(row["storage_uri"].removeprefix("file://"))
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
-        assert json.loads(Path(str(path) + ".sha256").read_text())["sha256"] == row["sha256"]
+        path = Path(row["obsh_storage_uri"].removeprefix("file://"))
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["obsh_sha256"]
+        assert json.loads(Path(str(path) + ".sha256").read_text())["sha256"] == row["obsh_sha256"]
     assert not [p for p in tmp_path.rglob("*.tmp")]  # Parquet temporaries never survive a rerun
     # a download killed mid-file leaves only a hidden temporary, never the final key; the
     # store removes such orphans (runs do so for ones older than an hour)

@@ -83,11 +83,11 @@ def test_redact_masks_signatures_and_tokens():
 def _rows(pairs, verdict):
     return pa.table(
         {
-            "target_name": [t for t, _ in pairs],
+            "obsh_target_name": [t for t, _ in pairs],
             "obs_publisher_did": [d for _, d in pairs],
             "dataproduct_subtype": ["lsst.calexp"] * len(pairs),
             "lsst_band": ["i"] * len(pairs),
-            "verdict": [verdict] * len(pairs),
+            "obsh_verdict": [verdict] * len(pairs),
         }
     )
 
@@ -97,7 +97,7 @@ def test_merge_replaces_pairs_and_keeps_the_rest():
     store.merge(_rows([("a", "1"), ("a", "2"), ("b", "1")], "outside"))
     store.merge(_rows([("a", "2"), ("c", "3")], "contains"))
     rows = store.read().to_pylist()
-    pairs = sorted((r["target_name"], r["obs_publisher_did"], r["verdict"]) for r in rows)
+    pairs = sorted((r["obsh_target_name"], r["obs_publisher_did"], r["obsh_verdict"]) for r in rows)
     assert pairs == [
         ("a", "1", "outside"),
         ("a", "2", "contains"),

@@ -290,18 +290,18 @@ def test_harvest_into_s3_then_rerun_fetches_nothing(s3, bucket, archive, monkeyp
     fs = s3fs.S3FileSystem(**storage_options(s3), skip_instance_cache=True)
     rows = ds.dataset(f"{bucket}/run/metadata", filesystem=fs, format="parquet").to_table()
     rows = rows.to_pylist()
-    stored = [r for r in rows if r["stored"]]
+    stored = [r for r in rows if r["obsh_stored"]]
     assert len(stored) == first.stored_images and len(rows) == first.images
     client = s3_client(s3)
     for row in stored:
-        assert row["storage_uri"].startswith(f"s3://{bucket}/run/fits/")
-        key = row["storage_uri"].removeprefix(f"s3://{bucket}/")
+        assert row["obsh_storage_uri"].startswith(f"s3://{bucket}/run/fits/")
+        key = row["obsh_storage_uri"].removeprefix(f"s3://{bucket}/")
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         source, _ = archive.files.ensure(archive._product_by_id(row["obs_publisher_did"]))
         original = Path(source).read_bytes()
-        assert len(data) == row["file_size"] == len(original)
-        assert hashlib.sha256(data).hexdigest() == row["sha256"]
-        assert row["sha256"] == hashlib.sha256(original).hexdigest()
+        assert len(data) == row["obsh_file_size"] == len(original)
+        assert hashlib.sha256(data).hexdigest() == row["obsh_sha256"]
+        assert row["obsh_sha256"] == hashlib.sha256(original).hexdigest()
     keys = _keys(client, bucket)
     assert not [k for k in keys if ".part-" in k or k.endswith(".tmp")]
     fits_keys = [k for k in keys if k.endswith(".fits")]

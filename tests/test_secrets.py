@@ -253,10 +253,12 @@ def test_hostile_target_names_harvest_fine_and_stay_verbatim(
     summary = harvest_params(params)
     assert summary.ok, summary.failures
     rows = ds.dataset(str(tmp_path / "metadata"), format="parquet").to_table().to_pylist()
-    names = {r["target_name"] for r in rows}
+    names = {r["obsh_target_name"] for r in rows}
     assert names == set(HOSTILE_NAMES)
-    assert all(r["verdict"] in ("contains", "outside") for r in rows)
-    by_name = {n: {r["obs_publisher_did"] for r in rows if r["target_name"] == n} for n in names}
+    assert all(r["obsh_verdict"] in ("contains", "outside") for r in rows)
+    by_name = {
+        n: {r["obs_publisher_did"] for r in rows if r["obsh_target_name"] == n} for n in names
+    }
     assert len({frozenset(v) for v in by_name.values()}) == 1  # same position: same images
 
 
