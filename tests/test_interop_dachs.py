@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from tests.interop.collection import TARGET_NAME, sha256
+from tests.obscore_check import assert_every_obscore_column_kept
 
 pytestmark = pytest.mark.interop
 
@@ -266,17 +267,6 @@ def _frames_by_hash(dachs) -> dict[str, str]:
     return {sha256(path): frame_id for frame_id, path in files.items()}
 
 
-def _target_column(rows: list[dict], names: set[str]) -> str:
-    """The Parquet column holding the harvest's target names (ObsCore has target_name too)."""
-    candidates = [
-        key
-        for key in rows[0]
-        if key.startswith("target") and all(row[key] in names for row in rows)
-    ]
-    assert candidates, f"no column of target names among {sorted(rows[0])}"
-    return candidates[0]
-
-
 @pytest.mark.timeout(900)
 def test_harvest_stores_exactly_the_images_containing_a_target(dachs, harvest):
     run = harvest.first
@@ -302,39 +292,43 @@ def test_verdicts_are_contains_exactly_for_the_true_pairs(dachs, harvest):
     assert run.returncode == 0, run.explain()
     assert run.rows, "no Parquet rows under metadata/"
     collection = dachs.collection
-    column = _target_column(run.rows, {t.name for t in collection.targets})
+    column = "obsh_target_name"  # the harvest's target; ObsCore's target_name is DaCHS'
     pairs = [(row[column], row["obs_id"]) for row in run.rows]
     assert len(pairs) == len(set(pairs)), "duplicate (target, image) rows"
     # one row per (target, image) whose padded s_region DaCHS matched ...
     assert set(pairs) == collection.sregion_pairs()
     # ... and 'contains' exactly where the pixels hold the target
-    contains = {(row[column], row["obs_id"]) for row in run.rows if row["verdict"] == "contains"}
+    contains = {
+        (row[column], row["obs_id"]) for row in run.rows if row["obsh_verdict"] == "contains"
+    }
     assert contains == collection.truth(), (
         f"missing {sorted(collection.truth() - contains)}, "
         f"false {sorted(contains - collection.truth())}"
     )
-    verdicts = {row["verdict"] for row in run.rows if (row[column], row["obs_id"]) not in contains}
+    verdicts = {
+        row["obsh_verdict"] for row in run.rows if (row[column], row["obs_id"]) not in contains
+    }
     assert verdicts <= {"outside"}, verdicts
     # the WCS was read from HDU 1, where the image is, and places the target where the
     # generated WCS does (0- or 1-based, the same for every row)
     offsets = set()
     targets = {t.name: t for t in collection.targets}
     for row in run.rows:
-        if "wcs_hdu" in row:
-            assert row["wcs_hdu"] == 1, row
-        if row.get("pixel_x") is not None:
+        if "obsh_wcs_hdu" in row:
+            assert row["obsh_wcs_hdu"] == 1, row
+        if row.get("obsh_pixel_x") is not None:
             t = targets[row[column]]
             x, y = collection.image(row["obs_id"]).pixel(t.ra, t.dec)
-            dx, dy = row["pixel_x"] - x, row["pixel_y"] - y
+            dx, dy = row["obsh_pixel_x"] - x, row["obsh_pixel_y"] - y
             assert abs(dx - round(dx)) < 0.01 and abs(dy - round(dy)) < 0.01, row
             offsets.add((round(dx), round(dy)))
     assert offsets <= {(0, 0)} or offsets == {(1, 1)}, offsets
     hashes = {frame: digest for digest, frame in _frames_by_hash(dachs).items()}
     for row in run.rows:
-        if row["verdict"] == "contains":
-            assert row["stored"], row
-            if row.get("sha256"):
-                assert row["sha256"] == hashes[row["obs_id"]], row["obs_id"]
+        if row["obsh_verdict"] == "contains":
+            assert row["obsh_stored"], row
+            if row.get("obsh_sha256"):
+                assert row["obsh_sha256"] == hashes[row["obs_id"]], row["obs_id"]
 
 
 @pytest.mark.timeout(900)
@@ -349,12 +343,18 @@ def test_rerun_exits_0_and_downloads_nothing(harvest):
 
 
 @pytest.mark.timeout(900)
-def test_parquet_keeps_the_obscore_target_name(harvest):
-    """README: the Parquet holds every ObsCore column. DaCHS fills ``target_name``
-    ('FIELD-A'); the harvest's own target names must not replace it."""
+def test_parquet_keeps_the_obscore_target_name(dachs, harvest):
+    """README: the Parquet holds every ObsCore column as the archive sent it. DaCHS fills
+    ``target_name`` (``collection.TARGET_NAME``); the harvest's own target names are in
+    ``obsh_target_name`` and replace nothing. Every column DaCHS' TAP_SCHEMA lists for
+    ivoa.ObsCore is in the Parquet, with its unit, and holds DaCHS' value on sampled rows."""
     run = harvest.first
     assert run.returncode == 0, run.explain()
     assert run.rows
-    assert all(TARGET_NAME in row.values() for row in run.rows), (
-        f"no column holds ObsCore's target_name {TARGET_NAME!r}; columns: {sorted(run.rows[0])}"
+    names = {t.name for t in dachs.collection.targets}
+    assert all(row["target_name"] == TARGET_NAME for row in run.rows), sorted(run.rows[0])
+    assert {row["obsh_target_name"] for row in run.rows} <= names
+    checked = assert_every_obscore_column_kept(
+        dachs.tap_url, harvest.output, sample=8, session=_Timeouts()
     )
+    assert checked >= 29  # ObsCore 1.1's mandatory columns, at least
