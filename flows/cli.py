@@ -41,24 +41,28 @@ def _archive(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"obsharvest archive: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM as Ctrl-C, from before the archive exists: its data directory goes at stop
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         archive = EmbeddedArchive(settings)
+    except KeyboardInterrupt:
+        return 0
     except OSError as exc:
         print(
             f"obsharvest archive: cannot listen on {args.host}:{args.port}: {exc.strerror}",
             file=sys.stderr,
         )
         return 2
-    print(f"TAP service: {archive.tap_url}", flush=True)
-    print(f"Datalink:    {archive.datalink_url}", flush=True)
-    print(f"ObsCore:     {len(archive.tables['ivoa.obscore'])} rows (seed {args.seed})", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        print(f"TAP service: {archive.tap_url}", flush=True)
+        print(f"Datalink:    {archive.datalink_url}", flush=True)
+        rows = len(archive.tables["ivoa.obscore"])
+        print(f"ObsCore:     {rows} rows (seed {args.seed})", flush=True)
         archive.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        archive.jobs.shutdown()
+        archive.stop()  # also removes its temporary data directory (70-260 MB)
     return 0
 
 

@@ -687,6 +687,8 @@ def harvest_params(params: HarvestParams, *, incremental: bool = False) -> assem
     Returns the summary whether or not some images failed (``summary.ok`` says); errors
     that ended the run are raised.
     """
+    stopping.reset()  # a new run in this process: an earlier run's stop is not this one's
+    _absorbed.clear()
     data = params.model_dump(mode="json")
     state = harvest(
         profile=None, overrides=_dotted(data), incremental=incremental, return_state=True
