@@ -25,7 +25,7 @@ system-deps:
 # A rare, not yet explained segfault (garbage collection inside a C extension, seen in 2
 # of ~7 full runs) kills pytest outright; a crash (exit >= 128) runs the suite once more
 # and says so. Test failures (exit 1) are never retried.
-test: venv system-deps
+test: venv system-deps interop-deps
 	$(BIN)/ruff check .
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -ge 128 ]; then \
