@@ -316,7 +316,11 @@ class DatalinkResolver:
             jobs += [(endpoint, many[i : i + size]) for i in range(0, len(many), size)]
         if not jobs:
             return result
-        ask = lambda job: self._resolve_batch(job[0], [i for _, i in job[1]])  # noqa: E731
+
+        def ask(job: tuple[str, list[tuple[str, str | None]]]) -> dict[str | None, AccessLink]:
+            endpoint, pairs = job
+            return self._resolve_batch(endpoint, [ident for _, ident in pairs])
+
         for (_endpoint, pairs), future in workers.run_all(ask, jobs, self.workers, name="datalink"):
             if future.done() and not future.cancelled():
                 links = future.result()

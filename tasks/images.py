@@ -180,6 +180,9 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
     return ImageOutcome(work.key, verdicts, stored=found, content_length=found.size, reused=True)
 
 
+UNSETTLED = "unsettled"  # an unlabelled access_url before its first reply
+
+
 class _Links:
     """How each image of a batch is reached, decided by ObsCore's ``access_format``.
 
@@ -252,7 +255,9 @@ class _Links:
                     link = self._links[key]
         return link
 
-    def settle(self, key: str, kind: Kind, size: int | None, content_type: str | None):
+    def settle(
+        self, key: str, kind: Kind, size: int | None, content_type: str | None
+    ) -> AccessLink:
         """An unlabelled access_url turned out to be the file, or a Datalink document."""
         if kind == Kind.FILE:
             link = replace(
@@ -275,9 +280,6 @@ class _Links:
         with self._lock:
             self._links[key] = link
         return link
-
-
-UNSETTLED = "unsettled"  # an unlabelled access_url before its first reply
 
 
 def _with_fresh_url(
