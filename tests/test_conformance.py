@@ -112,3 +112,33 @@ def test_every_access_style_harvests_exactly_the_truth(style, profile, targets_c
         second = archive.stats()
         assert again.ok and again.downloaded == 0 and again.reused == summary.images
         assert not {"files", "data", "datalink", "product"} & set(second), second
+
+
+@pytest.mark.timeout(240)
+def test_cutout_mode_without_soda_says_so_before_any_work(targets_csv, tmp_path):
+    """Direct files and no SODA descriptor in the TAP result: one line at plan time, no
+    file touched; asked to fall back, the whole images are stored instead."""
+    from tasks.images import CutoutUnavailableError
+
+    settings = ArchiveSettings(seed=7, n_visits=24, binning=10, access_style="direct")
+    with EmbeddedArchive(settings) as archive:
+        params = _params(archive, tmp_path / "refused", targets_csv)
+        cutouts = {"mode": "cutout", "cutout_radius": 0.01}
+        refused = params.model_copy(update={"products": params.products.model_copy(update=cutouts)})
+        archive.reset_stats()
+        with pytest.raises(CutoutUnavailableError, match="no SODA service descriptor"):
+            harvest_params(refused)
+        assert "data" not in archive.stats()  # not one byte of any file was asked for
+
+        fallback = refused.model_copy(
+            update={
+                "products": refused.products.model_copy(update={"cutout_fallback": "image"}),
+                "output_url": str(tmp_path / "fallback"),
+            }
+        )
+        summary = harvest_params(fallback)
+        assert summary.ok and summary.stored_images > 0
+        truth = set().union(*(archive.truth(ra, dec) for _, ra, dec in TARGETS))
+        rows = ds.dataset(str(tmp_path / "fallback" / "metadata"), format="parquet")
+        stored = {r["obs_publisher_did"] for r in rows.to_table().to_pylist() if r["obsh_stored"]}
+        assert stored and stored <= truth
