@@ -5,7 +5,7 @@ IVOA protocols layer on top: the ``RESOURCE type="results"``, the ``QUERY_STATUS
 that pyvo reads to decide between success, overflow and error, and FIELD metadata
 (ucd, utype, xtype, description, ``char`` rather than ``unicodeChar``) carried in the
 astropy column ``meta`` of the archive's tables. Tables are written with astropy's Python
-writer, not its C one, which corrupts the heap now and then (see ``results_votable``).
+writer, not its C one, which corrupts the heap now and then (see :func:`_python_written`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 from astropy.io.votable import from_table
-from astropy.io.votable.tree import Info
+from astropy.io.votable.tree import Info, VOTableFile
 from astropy.table import Column, MaskedColumn, Table
 
 VOTABLE_CONTENT_TYPE = "application/x-votable+xml"
@@ -53,6 +53,22 @@ def _ascii_strings(table: Table) -> Table:
     return out
 
 
+def _python_written(votable: VOTableFile, tabledata_format: str) -> bytes:
+    """The document as bytes, TABLEDATA written by astropy's Python writer, never its C one.
+
+    astropy's C writer (``write_tabledata`` in ``io/votable/src/tablewriter.c``, unchanged
+    up to 8.0.2) NUL-terminates each row at ``buf[len]`` but grows its buffer only to
+    ``len`` bytes when ``len`` is a power of two: a row of exactly 256, 512, 1024 ... bytes
+    writes one byte past the buffer. In pymalloc's 256/512-byte blocks that corrupts the
+    neighbouring block, and the process crashes later somewhere unrelated (GC, imports).
+    The Python writer gives the same bytes. The client's TAP uploads have their own copy
+    of this (``tasks.obscore.votable_upload``).
+    """
+    buf = io.BytesIO()
+    votable.to_xml(buf, tabledata_format=tabledata_format, _debug_python_based_parser=True)
+    return buf.getvalue()
+
+
 def results_votable(
     table: Table,
     *,
@@ -86,16 +102,7 @@ def results_votable(
             field.arraysize = "*"
         if field.name in field_ids:
             field.ID = field.name
-    buf = io.BytesIO()
-    # astropy's C TABLEDATA writer can write one byte past its row buffer (astropy issue
-    # #20419, open for 8.0.x): the heap corruption surfaced here as segfaults at random
-    # later points. The Python writer gives the same bytes, ~15 % slower.
-    votable.to_xml(
-        buf,
-        tabledata_format="binary2" if binary else "tabledata",
-        _debug_python_based_parser=True,
-    )
-    data = buf.getvalue()
+    data = _python_written(votable, "binary2" if binary else "tabledata")
     if overflow:
         marker = b"</RESOURCE>"
         pos = data.rfind(marker)

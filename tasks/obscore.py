@@ -9,6 +9,7 @@ complete: targets halves first, then time halves for a single busy target.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import warnings
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyvo
+from astropy.io.votable import from_table
 from astropy.table import Table, vstack
 from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError
 
@@ -104,13 +106,18 @@ def run_query(
     the retry policy).
     """
     attempts = 0
+    bodies = {
+        k: votable_upload(v) if isinstance(v, Table) else v for k, v in (uploads or {}).items()
+    }
 
     def once():
         nonlocal attempts
         attempts += 1
+        # a fresh file object per attempt: pyvo sends a BytesIO as it is, from where it stands
+        sent = {k: io.BytesIO(v) if isinstance(v, bytes) else v for k, v in bodies.items()} or None
         if options.mode == "sync":
-            return service.run_sync(adql, maxrec=options.maxrec, uploads=uploads)
-        return _run_async(service, adql, options, uploads)
+            return service.run_sync(adql, maxrec=options.maxrec, uploads=sent)
+        return _run_async(service, adql, options, sent)
 
     describe = f"{options.mode} TAP query"
     try:
@@ -126,6 +133,20 @@ def run_query(
     table = result.to_table()
     table.meta[DESCRIPTORS_META] = [d.to_meta() for d in service_descriptors(result.votable)]
     return table, overflow
+
+
+def votable_upload(table: Table) -> bytes:
+    """``table`` as the VOTable of a TAP_UPLOAD, TABLEDATA written by astropy's Python writer.
+
+    Given a Table, pyvo writes it with ``Table.write(format="votable")``: astropy's C
+    writer, which in 8.0.2 and before writes its row's NUL terminator one byte past its
+    buffer when a row is exactly 256, 512, 1024... bytes (``tablewriter.c``), corrupting
+    the heap; the process then crashes later, anywhere. Same bytes, written in Python. The
+    embedded archive has its own copy (``simarchive.votable``).
+    """
+    buf = io.BytesIO()
+    from_table(table).to_xml(buf, tabledata_format="tabledata", _debug_python_based_parser=True)
+    return buf.getvalue()
 
 
 def _reply_problem(exc: BaseException) -> str:
