@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -418,7 +419,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def crash_traces() -> None:
+    """On a fatal signal (segfault, abort) print every thread's Python stack to stderr, here
+    and in the processes this one starts (Prefect flow runs, Dask workers): a crash inside
+    a C extension then says where it happened instead of ending with a bare exit code."""
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+    if faulthandler.is_enabled():  # already (PYTHONFAULTHANDLER, -X faulthandler, pytest)
+        return
+    try:
+        faulthandler.enable(all_threads=True)
+    except (AttributeError, ValueError, OSError):  # sys.stderr replaced by one with no fd
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    crash_traces()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -29,12 +29,16 @@ def deployment_specs(prefect_file: str | Path, only: list[str] | None = None) ->
 
 
 def serve_deployments(prefect_file: str | Path, only: list[str] | None = None) -> None:
+    """Serve until stopped. A fatal signal here or in a flow run prints every thread's
+    stack (``PYTHONFAULTHANDLER`` is passed on to the flow-run processes)."""
     from prefect import serve
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.client.schemas.schedules import construct_schedule
 
+    from .cli import crash_traces
     from .harvest import harvest
 
+    crash_traces()  # flow runs are subprocesses of this one: they inherit the setting
     deployments = []
     for spec in deployment_specs(prefect_file, only):
         schedules = [
