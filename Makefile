@@ -50,8 +50,11 @@ demo: venv
 archive: venv
 	$(BIN)/obsharvest archive --host 127.0.0.1 --port 8765
 
+# The bandwidth-bound workload (the targets), then the latency-bound one (50 ms per
+# request, no bandwidth cap), whose figure is printed too.
 bench: venv
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench --bandwidth 0 --latency 0.05 --runs 1 --no-rss
 
 # Not part of `make test`: loops archives, TAP uploads, Datalink, header reads and
 # quicklooks in fresh processes and reports crashes with their traces (benchmarks/stress.py).
