@@ -34,14 +34,21 @@ from pyvo.dal.adhoc import DatalinkResults
 from . import stopping, workers
 from .crashpoints import crashpoint
 from .redact import redact, strip_query
+from .replies import RefusedError, ServiceRefusedError, refused, said_by, status_is_transient
 from .retry import RetryPolicy, TransientError, one_line
 
 log = logging.getLogger(__name__)
 THIS = "#this"
 
 
-class DatalinkAuthError(Exception):
-    """The Datalink service refused our credentials: a configuration problem, not per image."""
+class DatalinkAuthError(ServiceRefusedError):
+    """The Datalink service refused our credentials (401/403): a configuration problem, not
+    per image, so the run ends with this one line."""
+
+
+def _token_sent(session, url: str) -> bool:
+    check = getattr(session, "token_sent_to", None)
+    return bool(check(url)) if check else False
 
 
 @dataclass(frozen=True)
@@ -225,29 +232,35 @@ class DatalinkResolver:
                 reply = self.session.post(
                     endpoint, data=[("ID", i) for i in ids], timeout=self.timeout
                 )
-            if reply.status_code in (401, 403):
-                raise DatalinkAuthError(
-                    f"Datalink {strip_query(endpoint)} refused the request ({reply.status_code}): "
-                    "check the access token"
-                )
-            if reply.status_code == 429 or reply.status_code >= 500:
-                after = reply.headers.get("Retry-After")
-                raise TransientError(
-                    f"Datalink answered {reply.status_code}",
-                    float(after) if after and after.isdigit() else None,
-                )
+            status = reply.status_code
             where = strip_query(endpoint)
             ctype = reply.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
-            if reply.status_code >= 400:
-                said = "" if "html" in ctype else f": {' '.join(reply.text[:200].split())}"
-                raise ValueError(f"Datalink {where} answered {reply.status_code}{said}")
+            if status >= 400 and status_is_transient(status):
+                after = reply.headers.get("Retry-After")
+                raise TransientError(
+                    f"Datalink {where} answered {status}",
+                    float(after) if after and after.isdigit() else None,
+                )
+            if status >= 400:  # permanent: the step ends now, with the service's words
+                raise refused(
+                    "Datalink",
+                    reply.url or endpoint,
+                    status,
+                    reply.reason or "",
+                    said_by(reply.content, ctype),
+                    token_source=getattr(self.session, "token_source", None),
+                    token_sent=_token_sent(self.session, reply.url or endpoint),
+                    cls=DatalinkAuthError if status in (401, 403) else RefusedError,
+                )
             crashpoint("datalink")
             try:
                 votable = parse_votable(io.BytesIO(reply.content))
                 return DatalinkResults(votable, url=endpoint, session=self.session)
-            except Exception as exc:  # HTML error page, truncated body: try again
-                raise TransientError(
-                    f"Datalink {where} answered {ctype}, not a VOTable: {one_line(exc)}"
+            except Exception as exc:  # a 2xx that is no VOTable (a login page): permanent
+                raise RefusedError(
+                    f"Datalink {where} answered {ctype}, not a VOTable: {one_line(exc)}",
+                    status=status,
+                    url=where,
                 ) from None
 
         return self.retry.call(once, f"Datalink {strip_query(endpoint)}")

@@ -47,10 +47,13 @@ class ServiceSession(requests.Session):
         pool: int = 16,
         user_agent: str = "obsharvest",
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        token_source: str | None = None,
     ) -> None:
         super().__init__()
         self.timeout = (float(timeout[0]), float(timeout[1]))
         self._token = token
+        # where the token comes from, for messages about a refused request ("ACCESS_TOKEN")
+        self.token_source = token_source
         self._hosts = {host_of(u) for u in service_urls}
         register_secret(token)
         adapter = HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
@@ -63,6 +66,10 @@ class ServiceSession(requests.Session):
         if self._token and host_of(url) in self._hosts:
             return {"Authorization": f"Bearer {self._token}"}
         return {}
+
+    def token_sent_to(self, url: str) -> bool:
+        """Whether a request to ``url`` carries the token."""
+        return bool(self._token) and host_of(url) in self._hosts
 
     def allow_host(self, url: str) -> None:
         self._hosts.add(host_of(url))
@@ -105,6 +112,17 @@ def uws_wait(url: str) -> float | None:
     return None
 
 
+class TokenError(ValueError):
+    """The token cannot be had (a Secret block that does not exist): a user error."""
+
+
+def token_source(env: str = TOKEN_ENV, secret_block: str | None = None) -> str:
+    """Where the token comes from, as a message names it."""
+    if secret_block:
+        return f"the Prefect Secret block {secret_block!r} (service.token_secret_block)"
+    return f"${env} (service.token_env)"
+
+
 def resolve_token(
     explicit: str | None = None, *, env: str = TOKEN_ENV, secret_block: str | None = None
 ) -> str | None:
@@ -114,5 +132,11 @@ def resolve_token(
     if secret_block:
         from prefect.blocks.system import Secret
 
-        return Secret.load(secret_block).get()
+        try:
+            value = Secret.load(secret_block).get()
+        except ValueError as exc:  # Prefect: no block of that name (or of another type)
+            raise TokenError(
+                f"service.token_secret_block: no Secret block named {secret_block!r} ({exc})"
+            ) from None
+        return str(value) if value else None
     return os.environ.get(env) or None

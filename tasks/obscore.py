@@ -20,7 +20,7 @@ import numpy as np
 import pyvo
 from astropy.io.votable import from_table
 from astropy.table import Table, vstack
-from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError
+from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError, DALServiceError
 
 from simarchive import geometry
 
@@ -30,6 +30,13 @@ from .adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from .crashpoints import crashpoint
 from .models import Target
 from .redact import strip_query
+from .replies import (
+    NotTapServiceError,
+    ServiceRefusedError,
+    refused,
+    said_by,
+    status_is_transient,
+)
 from .retry import RetryPolicy, TransientError, is_transient, one_line
 
 log = logging.getLogger(__name__)
@@ -62,13 +69,78 @@ class ServiceFeatures:
     maxrec_hard: int | None = None
 
 
+def read_tap_capability(session, tap_url: str):
+    """The TAP capability (``pyvo.io.vosi.tapregext.TableAccess``) from
+    ``{tap_url}/capabilities`` (TAP 1.0 and 1.1 both put VOSI capabilities there).
+
+    Read here rather than through pyvo, which reports every failure of this request as a
+    ``DALServiceError`` without a status: a 401 or a 404 would look like a dropped
+    connection and be retried. Raises :class:`~tasks.replies.ServiceRefusedError` for
+    401/403, :class:`~tasks.replies.NotTapServiceError` for another 4xx or a reply that is
+    no capabilities document with TAP in it, :class:`TransientError` for 429/5xx; a
+    transport error propagates as it is (transient too).
+    """
+    from pyvo.io import vosi
+    from pyvo.io.vosi import tapregext
+
+    url = f"{tap_url.rstrip('/')}/capabilities"
+    where = strip_query(url)
+    reply = session.get(url, timeout=getattr(session, "timeout", None) or (10.0, 60.0))
+    status = reply.status_code
+    ctype = reply.headers.get("Content-Type", "").split(";")[0].strip() or "no Content-Type"
+    if status >= 400:
+        if status_is_transient(status):
+            after = reply.headers.get("Retry-After")
+            raise TransientError(
+                f"TAP capabilities {where} answered {status}",
+                float(after) if after and after.isdigit() else None,
+            )
+        raise refused(
+            "TAP service",
+            url,
+            status,
+            reply.reason or "",
+            said_by(reply.content, ctype),
+            token_source=getattr(session, "token_source", None),
+            token_sent=_token_sent(session, url),
+            cls=ServiceRefusedError if status in (401, 403) else NotTapServiceError,
+            hint="" if status in (401, 403) else "is service.tap_url the TAP service's base URL?",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pedantic VOSI warnings are not the user's to fix
+            capabilities = vosi.parse_capabilities(io.BytesIO(reply.content))
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not this document"
+        raise NotTapServiceError(
+            f"TAP service {where} answered {status} with {ctype}, not a VOSI capabilities "
+            f"document ({type(exc).__name__}); is service.tap_url the TAP service's base URL?",
+            status=status,
+            url=where,
+        ) from None
+    for capability in capabilities:
+        if isinstance(capability, tapregext.TableAccess):
+            return capability
+    raise NotTapServiceError(
+        f"{where} lists no TAP capability: service.tap_url is not a TAP service",
+        status=status,
+        url=where,
+    )
+
+
+def _token_sent(session, url: str) -> bool:
+    check = getattr(session, "token_sent_to", None)
+    return bool(check(url)) if check else "Authorization" in getattr(session, "headers", {})
+
+
 def probe_features(service: pyvo.dal.TAPService, retry: RetryPolicy) -> ServiceFeatures:
     """Read capabilities once; a service that describes nothing gets the ADQL 2.0 default."""
 
     def read() -> ServiceFeatures:
-        capability = service.get_tap_capability()
+        capability = read_tap_capability(service._session, str(service.baseurl))
         adql = capability.get_adql()
-        forms = {f.form.upper() for f in adql.get_feature_list(GEOMETRY_FEATURES)}
+        forms = (
+            {f.form.upper() for f in adql.get_feature_list(GEOMETRY_FEATURES)} if adql else set()
+        )
         uploads = {str(m.ivo_id) for m in capability.uploadmethods}
         hard = (
             capability.outputlimit.hard.content
@@ -124,7 +196,7 @@ def run_query(
         result = options.retry.call(once, describe)
     except Exception as exc:
         if not is_transient(exc):
-            raise
+            raise _permanent(service, options, exc) from None
         raise ServiceError(
             f"{describe} to {strip_query(str(service.baseurl))} failed {attempts} times; "
             f"last: {_reply_problem(exc)}"
@@ -149,6 +221,37 @@ def votable_upload(table: Table) -> bytes:
     return buf.getvalue()
 
 
+def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseException:
+    """A permanent failure of a query, as the error the run ends with: a 4xx becomes a
+    :class:`~tasks.replies.ServiceRefusedError` with the service's words and a hint, a
+    reply that is no VOTable one saying so; a wrong query (``DALQueryError``) and our own
+    errors stay as they are."""
+    session = service._session
+    base = strip_query(str(service.baseurl))
+    endpoint = f"{base}/{'sync' if options.mode == 'sync' else 'async'}"
+    if isinstance(exc, DALServiceError) and exc.code and not isinstance(exc, DALQueryError):
+        url = strip_query(str(getattr(exc, "url", None) or endpoint))
+        said = " ".join(str(exc).split())
+        said = said.removesuffix(f" for {url}").removesuffix(f" for {endpoint}")
+        return refused(
+            f"{options.mode} TAP query:",
+            url,
+            exc.code,
+            "",
+            said_by(said),
+            token_source=getattr(session, "token_source", None),
+            token_sent=_token_sent(session, url),
+            cls=ServiceRefusedError,
+        )
+    if isinstance(exc, DALFormatError):
+        return ServiceRefusedError(
+            f"{options.mode} TAP query: {endpoint} answered something that is not a VOTable "
+            f"({one_line(exc)}); is service.tap_url the TAP service's base URL?",
+            url=endpoint,
+        )
+    return exc
+
+
 def _reply_problem(exc: BaseException) -> str:
     """The last failure in one line; a reply that is no VOTable is named as such."""
     text = one_line(exc)
@@ -169,9 +272,12 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
                 raise stopping.Interrupted()
             phase = job.phase
             if phase not in UWS_PHASES:  # pyvo gives None for an HTML page: do not poll it
-                raise TransientError(
+                # pyvo raises for an error status, so this came with 2xx: permanent
+                raise ServiceRefusedError(
                     f"TAP job {strip_query(str(job.url))} has no UWS phase "
-                    f"(got {str(phase)[:40]!r}): the reply is not a UWS job document"
+                    f"(got {str(phase)[:40]!r}): the reply is not a UWS job document; is "
+                    "service.tap_url the TAP service's base URL?",
+                    url=str(job.url),
                 )
             if phase in FINAL_PHASES:
                 break

@@ -2,9 +2,10 @@
 
 pyvo reports a transient failure in several shapes (NOTES.md): ``DALServiceError`` with
 code 0, 429 or 5xx; ``DALRateLimitError`` with ``retry_after_seconds``; ``DALFormatError``
-whose cause is a connection error or an HTML error page parsed as VOTable; raw
-``requests`` exceptions from ``submit_job``. ``DALQueryError`` means the query itself is
-wrong and is never retried.
+whose cause is a connection error; raw ``requests`` exceptions from ``submit_job``.
+``DALQueryError`` means the query itself is wrong, and 400/401/403/404/405 or a reply that
+is not a VOTable mean the request or the configuration is: never retried
+(``tasks.replies``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tenacity import (
 )
 
 from . import stopping
+from .replies import RefusedError, status_is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,25 +63,24 @@ _TRANSPORT = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, DALQueryError):
+    """Only timeouts, dropped connections, 429 and 5xx (and what obsharvest itself calls
+    transient) are worth another attempt; every other 4xx, and a reply that is not the
+    document asked for, is permanent (``tasks.replies``). pyvo reports an HTTP error
+    status as ``DALServiceError.code`` (0: no reply) and raises ``DALFormatError`` only
+    for a 2xx reply it cannot parse, so an HTML 502 page from a proxy is retried and an
+    HTML page with 200 or 404 is not; a parse error caused by a body cut short is."""
+    if isinstance(exc, (DALQueryError, RefusedError)):
         return False
     if isinstance(exc, (TransientError, DALRateLimitError, *_TRANSPORT)):
         return True
     if isinstance(exc, DALServiceError):
-        code = exc.code or 0
-        return code == 0 or code == 429 or code >= 500
+        if exc.code is None:  # raised by pyvo itself, not for a reply: only a transport cause
+            return _caused_by_transport(getattr(exc, "cause", None))
+        return status_is_transient(exc.code)
     if isinstance(exc, DALFormatError):
-        cause = getattr(exc, "cause", None)
-        if _caused_by_transport(cause):
-            return True
-        # an HTML error page (gateway, proxy) parsed as VOTable: the service, not the query
-        text = str(cause or exc).lower()
-        return (
-            "html" in text or "e19" in text or "not well-formed" in text or "syntax error" in text
-        )
+        return _caused_by_transport(getattr(exc, "cause", None))
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        code = exc.response.status_code
-        return code == 429 or code >= 500
+        return status_is_transient(exc.response.status_code)
     return False
 
 
@@ -112,6 +113,7 @@ class RetryPolicy:
     initial_wait: float = 0.5
     max_wait: float = 30.0
     deadline: float = 600.0  # seconds for all attempts of one call together
+    log_level: int = logging.WARNING  # of the "failed (attempt n); retrying" lines
 
     def retrying(self, describe: str = "request") -> Retrying:
         # exponential backoff plus jitter, so parallel workers do not retry in lockstep
@@ -127,7 +129,8 @@ class RetryPolicy:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning(
+            log.log(
+                self.log_level,
                 "%s failed (attempt %d): %s; retrying",
                 describe,
                 state.attempt_number,

@@ -33,6 +33,7 @@ from tasks import containment
 from tasks.datalink import DatalinkResolver
 from tasks.models import Target, Verdict
 from tasks.obscore import QueryOptions, ServiceError, run_query
+from tasks.replies import ServiceRefusedError
 from tasks.retry import RetryPolicy
 from tasks.storage import ObjectStore
 from tasks.storage_errors import DownloadError, NotFoundError, TransientDownloadError
@@ -139,17 +140,45 @@ NO_WCS = fits_without_wcs()
 MULTILINE_FAULT = "NotFoundFault: ivo://crafted/one?x is not known\n  at Resolver.find(line 12)"
 COMPONENT_CASES = [
     Case(
-        "tap-html-sync",
+        "tap-html-sync",  # an HTML page with 200 (a portal, a web site): permanent
         {"/html-tap/*": html()},
-        _query("sync", "/html-tap", ServiceError),
-        ("sync TAP query", "/html-tap", "failed 3 times", "not a VOTable"),
-        {"/html-tap/sync": 3},  # retried as transient, then a clear failure
+        _query("sync", "/html-tap", ServiceRefusedError),
+        ("sync TAP query", "/html-tap/sync", "not a VOTable", "service.tap_url"),
+        {"/html-tap/sync": 1},
+    ),
+    Case(
+        "tap-html-502-sync",  # a proxy's HTML error page with 502: transient, retried
+        {"/html502-tap/*": html(502)},
+        _query("sync", "/html502-tap", ServiceError),
+        ("sync TAP query", "/html502-tap", "failed 3 times", "502"),
+        {"/html502-tap/sync": 3},
+    ),
+    Case(
+        "tap-html-404-sync",  # the same page with 404: permanent, at once
+        {"/html404-tap/*": html(404)},
+        _query("sync", "/html404-tap", ServiceRefusedError),
+        ("sync TAP query", "/html404-tap/sync", "404", "check the URL"),
+        {"/html404-tap/sync": 1},
+    ),
+    Case(
+        "tap-401-sync",  # no token: at once, saying which variable holds it
+        {"/auth-tap/sync": Reply(401, b"authentication required", {"Content-Type": "text/plain"})},
+        _query("sync", "/auth-tap", ServiceRefusedError),
+        ("/auth-tap/sync", "401", "authentication required", "no token was sent"),
+        {"/auth-tap/sync": 1},
+    ),
+    Case(
+        "tap-405-async",
+        {"/ro-tap/async": Reply(405, b"use GET", {"Content-Type": "text/plain"})},
+        _query("async", "/ro-tap", ServiceRefusedError),
+        ("/ro-tap/async", "405", "use GET"),
+        {"/ro-tap/async": 1},
     ),
     Case(
         "tap-html-async",  # pyvo reads an HTML job page as phase None: must not poll forever
         {"/html-uws/*": html()},
-        _query("async", "/html-uws", ServiceError),
-        ("async TAP query", "/html-uws", "failed 3 times", "no UWS phase"),
+        _query("async", "/html-uws", ServiceRefusedError),
+        ("/html-uws", "no UWS phase", "not a UWS job document"),
     ),
     Case(
         "tap-error-document",
@@ -159,11 +188,25 @@ COMPONENT_CASES = [
         {"/err-tap/sync": 1},  # the query is wrong: never retried
     ),
     Case(
-        "datalink-html",
+        "datalink-html",  # 200 with HTML: not a VOTable, permanent
         {"/dl-html": html()},
         _resolve("/dl-html"),
         ("Datalink", "/dl-html", "text/html", "not a VOTable"),
-        {"/dl-html": 3},
+        {"/dl-html": 1},
+    ),
+    Case(
+        "datalink-html-502",  # a proxy's error page: transient, retried
+        {"/dl-html502": html(502)},
+        _resolve("/dl-html502"),
+        ("Datalink", "/dl-html502", "502"),
+        {"/dl-html502": 3},
+    ),
+    Case(
+        "datalink-404",
+        {"/dl-404": Reply(404, b"no such endpoint", {"Content-Type": "text/plain"})},
+        _resolve("/dl-404"),
+        ("Datalink", "/dl-404", "404", "no such endpoint", "check the URL"),
+        {"/dl-404": 1},
     ),
     Case("datalink-empty", {"/dl-empty": datalink([])}, _resolve("/dl-empty"), ("missing",)),
     Case(
