@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from astropy.time import Time
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from tasks.credentials import is_s3
 
@@ -73,6 +74,11 @@ class Service(Model):
     embedded: EmbeddedArchive | None = None
     token_env: str = "ACCESS_TOKEN"
     token_secret_block: str | None = None
+    token_required: bool = Field(
+        False,
+        description="the service wants a bearer token (the RSP): a run without one stops "
+        "before it starts, naming token_env",
+    )
     band_column: str = "lsst_band"
     extra_token_hosts: list[str] = Field(default_factory=list)
 
@@ -95,23 +101,51 @@ class Service(Model):
         return self
 
 
-def _mjd(value: float | str | None, what: str) -> float | None:
-    """MJD from a number or an ISO time string (UTC)."""
+def _mjd(value: float | str | date | None, what: str) -> float | None:
+    """MJD from a number, an ISO date or time string (UTC unless it names a zone), or a
+    ``date``/``datetime`` (what YAML makes of an unquoted ``2023-01-01``)."""
     if value is None or value == "":
         return None
+    if isinstance(value, date):
+        value = _iso(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{what} {value!r} is neither an MJD nor an ISO time")
     if isinstance(value, int | float):
         number = float(value)
     else:
+        text = str(value).strip()
         try:
-            number = float(value)
+            number = float(text)
         except ValueError:
-            try:
-                number = float(Time(value, format="isot", scale="utc").mjd)
-            except ValueError:
-                raise ValueError(f"{what} {value!r} is neither an MJD nor an ISO time") from None
+            number = _iso_mjd(text, what)
     if not math.isfinite(number) or not 0 < number < 200_000:
         raise ValueError(f"{what} {value!r} is not a plausible MJD")
     return number
+
+
+def _iso(value: date) -> str:
+    """A ``date``/``datetime`` as ISO text in UTC (naive datetimes are taken as UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat()
+    return value.isoformat()
+
+
+def _iso_mjd(text: str, what: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)  # dates, "T" or " ", "Z" and offsets (3.11)
+    except ValueError as exc:
+        raise ValueError(
+            f"{what} {text!r} is neither an MJD nor an ISO time ({exc}); "
+            "e.g. 60310 or 2023-01-01 or 2023-01-01T12:00:00"
+        ) from None
+    return float(Time(_iso(moment), format="isot", scale="utc").mjd)
+
+
+def _time_value(value: object) -> object:
+    """Keep times JSON-friendly: a ``date``/``datetime`` becomes its ISO text (UTC)."""
+    return _iso(value) if isinstance(value, date) else value
 
 
 class Constraints(Model):
@@ -123,6 +157,11 @@ class Constraints(Model):
     extra_where: str | None = Field(
         None, description="TRUSTED raw ADQL ANDed into every query; never fill from untrusted input"
     )
+
+    @field_validator("time_start", "time_end", mode="before")
+    @classmethod
+    def _dates(cls, value: object) -> object:
+        return _time_value(value)
 
     @field_validator("bands")
     @classmethod
@@ -326,6 +365,10 @@ class HarvestParams(Model):
     plan: bool = Field(
         False, description="dry run: query, verify and write Parquet; download nothing"
     )
+    # Where each value came from (a profile key, --set, a flag, a Prefect parameter), for
+    # error messages; set by flows.config.build_params, never part of the parameters.
+    _profile: str | None = PrivateAttr(default=None)
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _targets(self) -> HarvestParams:
@@ -334,12 +377,12 @@ class HarvestParams(Model):
             raise ValueError("give both ra and dec")
         if single == (self.targets is not None):
             raise ValueError("give either targets (a file) or ra and dec, not both or neither")
-        if (
-            self.products.mode == "cutout"
-            and self.plan is False
-            and not (self.radius or self.products.cutout_radius or self.targets)
-        ):
-            raise ValueError("cutout mode needs a radius: set radius or products.cutout_radius")
+        if self.products.mode == "cutout" and not (
+            self.radius or self.products.cutout_radius or self.targets
+        ):  # a plan too: its estimate is of cutout bytes (a target file is checked per row)
+            raise ValueError(
+                "cutout mode (products.mode) needs a radius: set radius or products.cutout_radius"
+            )
         if self.storage.aws_credentials_block and not (
             is_s3(self.output_url) or is_s3(self.storage_url)
         ):

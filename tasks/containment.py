@@ -414,6 +414,7 @@ class _Footprint:
     pixel_scale: float  # deg per pixel near the centre
     frame: object | None  # astropy frame of the WCS, None when it is ICRS
     hdu: int | None
+    grid: tuple[int, int] | None = None  # (NAXIS1, NAXIS2)
 
     @classmethod
     def build(
@@ -462,7 +463,9 @@ class _Footprint:
         pixel_scale = float(_angle(vectors[-1], centre))
         if not pixel_scale > 0:
             raise ValueError("the WCS has a zero pixel scale (singular matrix)")
-        return cls(wcs, lo, hi_x, hi_y, centre, ring, reach, pixel_scale, _frame_of(wcs), hdu)
+        return cls(
+            wcs, lo, hi_x, hi_y, centre, ring, reach, pixel_scale, _frame_of(wcs), hdu, (nx, ny)
+        )
 
     def decide(self, target: Target) -> Containment:
         if not (math.isfinite(target.ra) and math.isfinite(target.dec)):
@@ -527,7 +530,15 @@ class _Footprint:
         return float(coord.spherical.lon.deg), float(coord.spherical.lat.deg)
 
     def _verdict(self, verdict: Verdict, x=None, y=None, *, reason=None) -> Containment:
-        return Containment(verdict, x=x, y=y, hdu=self.hdu, reason=reason)
+        return Containment(
+            verdict,
+            x=x,
+            y=y,
+            hdu=self.hdu,
+            reason=reason,
+            pixel_scale=self.pixel_scale,
+            grid=self.grid,
+        )
 
 
 def _frame_of(wcs: WCS):

@@ -40,6 +40,8 @@ class Containment:
     y: float | None = None
     hdu: int | None = None  # index of the HDU whose WCS decided
     reason: str | None = None  # why, for NO_WCS and ERROR
+    pixel_scale: float | None = None  # deg per pixel near the image centre (from the header)
+    grid: tuple[int, int] | None = None  # (NAXIS1, NAXIS2) of that HDU: what a cutout cuts
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,9 @@ def _decode_text(source: str, fmt: str, data: bytes) -> str:
     except UnicodeDecodeError as err:
         offset = err.start + (len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0)
         line_no = data.count(b"\n", 0, offset) + 1
-        what = f"not UTF-8 (byte 0x{data[offset]:02x} at offset {offset}, line {line_no})"
+        what = (
+            f"not UTF-8 (byte 0x{data[offset]:02x} at offset {offset}, line {line_no} of the file)"
+        )
         row, column = (
             _row_and_column_at(data, offset, fmt) if fmt in ("csv", "tsv") else (None, None)
         )
@@ -338,10 +340,12 @@ def _parse_csv(source: str, text: str, delimiter: str) -> tuple[list[_Column], i
     ragged: list[Problem] = []
 
     def on_invalid_row(row: pacsv.InvalidRow) -> str:
-        where = f"line {row.number + skip}: " if row.number is not None else ""
-        ragged.append(
-            Problem(f"{where}expected {row.expected_columns} fields, found {row.actual_columns}")
-        )
+        # pyarrow numbers lines from the header (1); data rows are numbered from 1 after it,
+        # as in every other message (the file's line is added for editors)
+        found = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        if row.number is not None:
+            found += f" (line {row.number + skip} of the file)"
+        ragged.append(Problem(found, row.number - 1 if row.number is not None else None))
         return "skip"
 
     table = pacsv.read_csv(

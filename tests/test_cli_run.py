@@ -22,7 +22,10 @@ def one_line_error(capfd) -> str:
     "argv, words",
     [
         (["--targets", "{bad_csv}"], "row 2, column 'dec'"),
-        (["--ra", "62", "--dec", "-37", "--set", "query.maxrex=4"], "query.maxrex: Extra inputs"),
+        (
+            ["--ra", "62", "--dec", "-37", "--set", "query.maxrex=4"],
+            "--set query.maxrex=4: unknown key; did you mean query.maxrec?",
+        ),
         (["--ra", "62", "--dec", "-37", "--bands", "i' OR 1=1"], "constraints.bands"),
         (["--ra", "62"], "give both ra and dec"),
         (

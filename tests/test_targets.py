@@ -454,7 +454,7 @@ BAD_INPUTS = [
         "t.csv",
         "name,ra,dec\na,1,2\nb,3\nc,4,5\n",
         None,
-        ["line 3: expected 3 fields, found 2"],
+        ["row 2: expected 3 fields, found 2 (line 3 of the file)"],
         id="ragged-row",
     ),
     pytest.param(
