@@ -10,6 +10,7 @@ import argparse
 import faulthandler
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,30 +83,42 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """The command line as dotted overrides, and where each came from (``--dec -97``,
+    ``--set query.maxrec=0``), so an error blames the argument, not the profile."""
     from .config import parse_override
 
     overrides: dict = {}
+    sources: dict[str, str] = {}
+
+    def put(key: str, value, label: str) -> None:
+        overrides[key] = value
+        sources[key] = label
+
     if args.targets:
-        overrides["targets"] = args.targets
+        put("targets", args.targets, f"--targets {args.targets}")
     if args.ra is not None or args.dec is not None:
-        overrides["ra"], overrides["dec"] = args.ra, args.dec
+        given = f"--ra {args.ra}" if args.ra is not None else f"--dec {args.dec}"
+        put("ra", args.ra, f"--ra {args.ra}" if args.ra is not None else given)
+        put("dec", args.dec, f"--dec {args.dec}" if args.dec is not None else given)
     if args.radius is not None:
-        overrides["radius"] = args.radius
+        put("radius", args.radius, f"--radius {args.radius:g}")
     if args.output:
-        overrides["output_url"] = args.output
+        put("output_url", args.output, f"--output {args.output}")
     if args.plan:
-        overrides["plan"] = True
+        put("plan", True, "--plan")
     for name in ("bands", "subtypes"):
         value = getattr(args, name)
         if value:
-            overrides[f"constraints.{name}"] = [v.strip() for v in value.split(",") if v.strip()]
+            values = [v.strip() for v in value.split(",") if v.strip()]
+            put(f"constraints.{name}", values, f"--{name} {value}")
     if args.calib_levels:
-        overrides["constraints.calib_levels"] = [v.strip() for v in args.calib_levels.split(",")]
+        levels = [v.strip() for v in args.calib_levels.split(",")]
+        put("constraints.calib_levels", levels, f"--calib-levels {args.calib_levels}")
     for item in args.set:
         key, value = parse_override(item)
-        overrides[key] = value
-    return overrides
+        put(key, value, f"--set {item}")
+    return overrides, sources
 
 
 def _on_stop_signal(signum: int, _frame) -> None:
@@ -156,14 +169,14 @@ def _run_harvest(args: argparse.Namespace) -> int:
     from .config import ConfigError, build_params
 
     try:
-        overrides = _overrides(args)
-        params = build_params(args.config, overrides)
+        overrides, sources = _overrides(args)
+        params = build_params(args.config, overrides, sources)
     except ConfigError as exc:
-        print(f"obsharvest run: {exc}", file=sys.stderr)
+        print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
         return 2
     from .preflight import PREFLIGHT_ERRORS, preflight
 
-    try:  # before anything starts: a user error costs no waiting
+    try:  # before anything starts (its Prefect API, an archive): a user error costs seconds
         preflight(params)
     except PREFLIGHT_ERRORS as exc:
         print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
@@ -186,7 +199,7 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
     from tasks.report import text
 
     from .harvest import harvest
-    from .progress_bars import bars
+    from .progress_bars import progress_display
 
     errors = _user_errors()
     if not args.verbose:
@@ -195,7 +208,9 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
     if stopping.requested():  # stopped during start-up: nothing was begun
         print(f"obsharvest run: {stopping.describe()} before the harvest began", file=sys.stderr)
         return 1
-    with bars(enabled=sys.stderr.isatty() and not args.verbose):
+    with progress_display(
+        terminal=sys.stderr.isatty(), verbose=args.verbose, interval=args.progress_interval
+    ):
         state = harvest(profile=args.config, overrides=overrides, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, errors):
@@ -216,9 +231,14 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
         )
         return 1
     if summary.failures:
+        where = (
+            "see above and the Parquet 'obsh_failure' column"
+            if summary.metadata_written
+            else "see above; nothing was written"
+        )
         print(
-            f"obsharvest run: {len(summary.failures)} images failed (see above and the Parquet "
-            "'obsh_failure' column); rerun to retry them",
+            f"obsharvest run: {len(summary.failures)} images or targets failed ({where}); "
+            "rerun to retry them",
             file=sys.stderr,
         )
         return 1
@@ -388,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--subtypes", help="comma-separated dataproduct_subtype values")
     run.add_argument("--calib-levels", help="comma-separated calib_level values, e.g. 2,3")
     run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (cron, workers): a progress line every SECONDS "
+        "instead of bars (default 30; 0: none)",
+    )
+    run.add_argument(
         "--set",
         action="append",
         default=[],
@@ -432,10 +460,36 @@ def crash_traces() -> None:
         faulthandler.enable(file=sys.__stderr__, all_threads=True)
 
 
+_ANGLE_FLAGS = ("--ra", "--dec")
+_NEGATIVE_ANGLE = re.compile(r"^-\s*[\d.]")
+
+
+def angle_arguments(argv: Sequence[str]) -> list[str]:
+    """``--dec -37:00:00`` as ``--dec=-37:00:00``. argparse takes an argument that starts
+    with '-' for an option unless it looks like a plain negative number, so the normal
+    declination of a southern field, in sexagesimal, would be refused."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if item in _ANGLE_FLAGS and nxt is not None and _NEGATIVE_ANGLE.match(nxt):
+            out.append(f"{item}={nxt}")
+            i += 2
+            continue
+        out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     crash_traces()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(angle_arguments(sys.argv[1:] if argv is None else argv))
+    from .quiet import quiet_library_noise
+
+    quiet_library_noise(verbose=args.verbose)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import pyvo
@@ -30,9 +30,9 @@ from tasks import assemble, stopping, workers
 from tasks import incremental as incremental_state
 from tasks.adql import AdqlValueError, Constraints
 from tasks.crashpoints import crashpoint
-from tasks.credentials import CredentialsError, is_s3, load_aws_block, merged
+from tasks.credentials import CredentialsError
 from tasks.datalink import DatalinkAuthError, DatalinkResolver
-from tasks.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token
+from tasks.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token, token_source
 from tasks.images import (
     CutoutUnavailableError,
     ImageOutcome,
@@ -44,6 +44,7 @@ from tasks.images import (
 from tasks.metadata import MetadataFormatError, MetadataStore
 from tasks.models import Target
 from tasks.obscore import QueryError, QueryOptions, Strategy, probe_features, query_targets
+from tasks.replies import ServiceRefusedError
 from tasks.retry import RetryPolicy, one_line
 from tasks.storage import ObjectStore
 from tasks.targets import TargetError, read_targets, single_target
@@ -51,17 +52,20 @@ from tasks.targets import TargetError, read_targets, single_target
 from . import progress, report
 from .config import build_params
 from .params import Band, CalibLevel, HarvestParams, Subtype
+from .preflight import PREFLIGHT_ERRORS, preflight, with_storage_credentials
 from .preflight import constraints_of as _constraints
-from .preflight import preflight
+from .quiet import quiet_library_noise
 from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
 # Errors that are the user's to fix: they end the run; anything else fails only its batch.
 USER_ERRORS = (
+    *PREFLIGHT_ERRORS,  # targets, values, token, service, storage: found before any query
     CutoutUnavailableError,
     TargetError,
     AdqlValueError,
     DatalinkAuthError,
+    ServiceRefusedError,  # 401/403/404/... or no VOTable from TAP: the same for every query
     QueryError,
     DALQueryError,
     CredentialsError,
@@ -76,6 +80,7 @@ class Connection:
     tap_url: str
     token: str | None
     token_hosts: tuple[str, ...]
+    token_source: str | None = None  # where the token comes from, for refusal messages
 
     def session(
         self, pool: int = 16, timeout: tuple[float, float] = DEFAULT_TIMEOUT
@@ -83,7 +88,11 @@ class Connection:
         """A session for TAP (pyvo), Datalink and SODA whose every request has ``timeout``
         (connect, read seconds: ``retry.connect_timeout``/``retry.read_timeout``)."""
         return ServiceSession(
-            self.token, [self.tap_url, *self.token_hosts], pool=pool, timeout=timeout
+            self.token,
+            [self.tap_url, *self.token_hosts],
+            pool=pool,
+            timeout=timeout,
+            token_source=self.token_source,
         )
 
 
@@ -314,23 +323,6 @@ def gallery(
     return index
 
 
-def with_storage_credentials(params: HarvestParams) -> HarvestParams:
-    """``params`` with the AwsCredentials block's options merged into the s3:// locations'
-    storage options. Done inside the run, so the secrets never become flow parameters
-    (which the Prefect server stores and shows); explicit options win over the block's."""
-    name = params.storage.aws_credentials_block
-    if not name:
-        return params
-    base = load_aws_block(name)
-    update: dict[str, Any] = {}
-    if is_s3(params.output_url):
-        update["output_storage_options"] = merged(base, params.output_storage_options)
-    own = params.storage.storage_options
-    if is_s3(params.storage_url) and (own or not is_s3(params.output_url)):
-        update["storage"] = params.storage.model_copy(update={"storage_options": merged(base, own)})
-    return params.model_copy(update=update)
-
-
 def _chunks(items: Sequence, size: int, workers: int = 1) -> Iterator[list]:
     """Batches of at most ``size``, as even as possible (304 items by 250 → 152 + 152), and,
     when more than one is needed, as many as a multiple of ``workers`` (578 by 250 for two
@@ -352,8 +344,9 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
     """The connection for this run; starts the embedded archive when the profile asks."""
     svc = params.service
     token = resolve_token(env=svc.token_env, secret_block=svc.token_secret_block)
+    source = token_source(svc.token_env, svc.token_secret_block)
     if svc.embedded is None:
-        yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts))
+        yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts), source)
         return
     from simarchive.faults import FaultPlan
     from simarchive.server import ArchiveSettings, EmbeddedArchive
@@ -372,7 +365,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         faults=FaultPlan.parse(e.faults, seed=e.seed),
     )
     with EmbeddedArchive(settings) as archive:
-        yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts))
+        yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts), source)
 
 
 _absorbed: list[BaseException] = []  # TerminationSignals this process turned into a stop
@@ -512,11 +505,19 @@ def run_harvest(
         if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
             gallery(params, rows, by_name, outcomes)
         summary = assemble.summarize(
-            rows, works, outcomes, run_id, band_column=params.service.band_column, plan=params.plan
+            rows,
+            works,
+            outcomes,
+            run_id,
+            band_column=params.service.band_column,
+            plan=params.plan,
+            cutout_radius=params.products.cutout_radius,
+            cutout_mode=params.products.mode == "cutout",
         )
         summary.failures = query_failures + summary.failures
         summary.interrupted = stopping.describe() if stopping.requested() else None
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
+        summary.metadata_written = bool(paths)
         summary.storage_url = params.storage_url
         logger.info("metadata written: %d files", len(paths))
         if state is not None and summary.ok and not params.plan:
@@ -570,20 +571,22 @@ def _process_all(
     return outcomes
 
 
+_FLAT = {  # the flow's top-level parameters that live deeper in HarvestParams
+    "bands": "constraints.bands",
+    "subtypes": "constraints.subtypes",
+    "calib_levels": "constraints.calib_levels",
+    "time_start": "constraints.time_start",
+    "time_end": "constraints.time_end",
+}
+
+
 def _flat_overrides(**values: Any) -> dict[str, Any]:
     """The flow's top-level parameters as dotted overrides of the profile."""
-    mapping = {
-        "bands": "constraints.bands",
-        "subtypes": "constraints.subtypes",
-        "calib_levels": "constraints.calib_levels",
-        "time_start": "constraints.time_start",
-        "time_end": "constraints.time_end",
-    }
     out = {}
     for name, value in values.items():
         if value is None or (name == "plan" and value is False):
             continue
-        out[mapping.get(name, name)] = value
+        out[_FLAT.get(name, name)] = value
     return out
 
 
@@ -624,8 +627,12 @@ def harvest(
     bands: list[Band] | None = None,
     subtypes: list[Subtype] | None = None,
     calib_levels: list[CalibLevel] | None = None,
-    time_start: Annotated[float | str | None, Field(description="MJD or ISO time (UTC)")] = None,
-    time_end: Annotated[float | str | None, Field(description="MJD or ISO time (UTC)")] = None,
+    time_start: Annotated[
+        float | str | date | None, Field(description="MJD or ISO date/time (UTC)")
+    ] = None,
+    time_end: Annotated[
+        float | str | date | None, Field(description="MJD or ISO date/time (UTC)")
+    ] = None,
     output_url: Annotated[str | None, Field(description="where metadata/ and fits/ go")] = None,
     plan: Annotated[
         bool, Field(description="dry run: verify, write Parquet, download nothing")
@@ -659,9 +666,14 @@ def harvest(
         output_url=output_url,
         plan=plan,
     )
+    sources = {key: f"parameter {name}" for name, key in _FLAT.items() if key in values}
+    sources.update({k: f"parameter {k}" for k in values if k not in sources})
+    for key in overrides or {}:
+        sources[key] = f"parameter overrides[{key!r}]"
     values.update(overrides or {})
-    params = build_params(profile, values)
-    preflight(params)
+    quiet_library_noise()
+    params = build_params(profile, values, sources)
+    preflight(params)  # a deployment run's checks; in the CLI's process already done
     run_id = str(flow_run.id or uuid.uuid4())
     runner = task_runner_for(params.execution, params.concurrency.task_workers)
     if runner == harvest.task_runner:

@@ -70,18 +70,20 @@ def publish(summary: Summary) -> None:
     create_markdown_artifact(
         key="harvest-summary", markdown=markdown(summary), description="Harvest summary"
     )
-    create_link_artifact(
-        key="harvest-parquet",
-        link=_link(summary.metadata_url),
-        link_text="Parquet metadata",
-        description="ObsCore rows with verdicts",
-    )
-    create_link_artifact(
-        key="harvest-fits",
-        link=_link(summary.storage_url),
-        link_text="Stored FITS",
-        description="Images that contain a target",
-    )
+    if summary.metadata_written:  # no rows, no Parquet: no link to nothing
+        create_link_artifact(
+            key="harvest-parquet",
+            link=_link(summary.metadata_url),
+            link_text="Parquet metadata",
+            description="ObsCore rows with verdicts",
+        )
+    if summary.stored_images:
+        create_link_artifact(
+            key="harvest-fits",
+            link=_link(summary.storage_url),
+            link_text="Stored FITS",
+            description="Images that contain a target",
+        )
 
 
 def publish_gallery(markdown_text: str, index_uri: str) -> None:

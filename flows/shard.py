@@ -25,7 +25,7 @@ from tasks.metadata import MetadataStore
 from tasks.targets import read_targets
 
 from .config import build_params
-from .harvest import with_storage_credentials
+from .preflight import with_storage_credentials
 
 SHARD_DIR = "shards"
 

@@ -218,9 +218,13 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
     by_subtype_band: dict[str, int] = field(default_factory=dict)
     planned_bytes: int = 0  # plan mode: what a real run would download
+    planned_cutouts: int = 0  # plan in cutout mode: cutouts a real run would fetch
+    planned_unknown: int = 0  # ... of which the size could not be estimated
     metadata_url: str = ""
+    metadata_written: bool = False  # this run wrote Parquet (no rows: nothing to point at)
     storage_url: str = ""
     plan: bool = False
+    cutout_mode: bool = False
     interrupted: str | None = None  # why the run stopped early (a signal, its deadline)
 
     @property
@@ -241,8 +245,10 @@ def summarize(
     *,
     band_column: str = "lsst_band",
     plan: bool = False,
+    cutout_radius: float | None = None,
+    cutout_mode: bool = False,
 ) -> Summary:
-    summary = Summary(run_id=run_id, plan=plan, images=len(works))
+    summary = Summary(run_id=run_id, plan=plan, images=len(works), cutout_mode=cutout_mode)
     per_target: dict[str, TargetSummary] = {}
     for work in works:
         for target in work.targets:
@@ -304,8 +310,43 @@ def summarize(
                 summary.downloaded_bytes += sum(o.size for o in objects if not o.skipped)
             elif not outcome.reused:
                 summary.already_stored += 1
+        elif plan and cutout_mode:
+            for target in work.targets:
+                verdict = outcome.verdicts.get(target.name)
+                if verdict is None or verdict.verdict != Verdict.CONTAINS:
+                    continue
+                size = cutout_bytes(verdict, target.radius or cutout_radius, outcome.content_length)
+                summary.planned_cutouts += 1
+                if size is None:
+                    summary.planned_unknown += 1
+                else:
+                    summary.planned_bytes += size
         elif plan and outcome.wanted and outcome.content_length:
             summary.planned_bytes += outcome.content_length
     summary.by_subtype_band = dict(sorted(counts.items()))
     summary.targets = sorted(per_target.values(), key=lambda t: t.name)
     return summary
+
+
+CUTOUT_HEADER_BYTES = 4 * 2880  # headers a cutout carries whatever its size (a few HDUs)
+
+
+def cutout_bytes(verdict, radius: float | None, content_length: int | None) -> int | None:
+    """About how many bytes a SODA cutout of ``radius`` deg around the target will be.
+
+    A circle cutout is the pixel box around it, clipped to the image: (2r / pixel scale)
+    pixels a side, from the header's WCS (scale near the centre) and grid (NAXIS1/2). Each
+    image plane (image, mask, variance, ...) is cut to the same box, so the cutout is the
+    file's size times the box's share of the grid, plus its headers. None without a size,
+    a radius or the header's scale and grid (verdicts reused from an earlier run).
+    """
+    if not (radius and content_length and verdict.pixel_scale and verdict.grid):
+        return None
+    if verdict.x is None or verdict.y is None:
+        return None
+    nx, ny = verdict.grid
+    half = radius / verdict.pixel_scale
+    width = max(0.0, min(verdict.x + half, nx - 0.5) - max(verdict.x - half, -0.5))
+    height = max(0.0, min(verdict.y + half, ny - 0.5) - max(verdict.y - half, -0.5))
+    share = min(1.0, (width * height) / (nx * ny))
+    return min(content_length, round(content_length * share) + CUTOUT_HEADER_BYTES)

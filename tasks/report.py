@@ -6,6 +6,8 @@ the CLI prints them.
 
 from __future__ import annotations
 
+import unicodedata
+
 from .assemble import Summary
 from .redact import redact
 
@@ -45,20 +47,19 @@ def markdown(summary: Summary, *, max_failures: int = 50) -> str:
         f"**{s.false_positive_rate:.1%}**",
     ]
     if s.plan:
-        lines.append(f"- would download: **{human_bytes(s.planned_bytes)}**")
+        lines.append(f"- {plan_line(s).removeprefix('plan: ')}")
     else:
         lines += [
             f"- stored images: **{s.stored_images}** ({human_bytes(s.stored_bytes)}); "
             f"downloaded this run: {s.downloaded} ({human_bytes(s.downloaded_bytes)}); "
             f"already in storage: {s.already_stored}; decided by earlier runs: {s.reused}",
         ]
-    lines += [
-        f"- failures: **{len(s.failures)}**",
-        "",
-        f"Parquet: `{s.metadata_url}`  ",
-        f"FITS: `{s.storage_url}`",
-        "",
-    ]
+    lines += [f"- failures: **{len(s.failures)}**", ""]
+    if s.metadata_written:
+        lines.append(f"Parquet: `{s.metadata_url}`  ")
+    if s.stored_images:
+        lines.append(f"FITS: `{s.storage_url}`")
+    lines.append("")
     if s.by_subtype_band:
         lines += ["## Images by subtype and band", "", "| subtype band | images |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in s.by_subtype_band.items()]
@@ -72,22 +73,65 @@ def markdown(summary: Summary, *, max_failures: int = 50) -> str:
     return "\n".join(lines) + "\n"
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide (East Asian W/F) characters take two,
+    combining marks and zero-width characters none."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut (with "…") and padded to exactly ``width`` terminal columns."""
+    text = " ".join(text.split())  # a name with a tab or newline must not break the row
+    if display_width(text) > width:
+        out, used = [], 0
+        for char in text:
+            w = display_width(char)
+            if used + w > width - 1:
+                break
+            out.append(char)
+            used += w
+        while out and unicodedata.combining(out[-1]):  # keep marks with their letter
+            out.pop()
+        text = "".join(out) + "…"
+    return text + " " * (width - display_width(text))
+
+
+def plan_line(s: Summary) -> str:
+    if not s.cutout_mode:
+        return f"plan: {s.images} images; would download {human_bytes(s.planned_bytes)}"
+    line = (
+        f"plan: {s.images} images, {s.planned_cutouts} cutouts; would download about "
+        f"{human_bytes(s.planned_bytes)} (each cutout: the file's size times the share of "
+        "its pixels within the cutout radius)"
+    )
+    if s.planned_unknown:
+        line += f"; {s.planned_unknown} cutouts not estimated (no size or header known)"
+    return line
+
+
 def text(summary: Summary, *, max_targets: int = 20) -> str:
-    """The CLI's closing report."""
+    """The CLI's closing report. Names are fitted by display width, so the columns stay
+    aligned for any script; the Parquet and FITS lines appear only when there is
+    something there."""
     s = summary
     out = []
     header = f"{'target':<24} {'rows':>6} {'match':>6} {'false+':>6} {'stored':>6} {'bytes':>10} {'fail':>5}"
     out.append(header)
     for t in s.targets[:max_targets]:
         out.append(
-            f"{t.name[:24]:<24} {t.rows:>6} {t.contains:>6} {t.outside:>6} {t.stored:>6} "
+            f"{fit(t.name, 24)} {t.rows:>6} {t.contains:>6} {t.outside:>6} {t.stored:>6} "
             f"{human_bytes(t.bytes):>10} {t.failures:>5}"
         )
     if len(s.targets) > max_targets:
         out.append(f"… and {len(s.targets) - max_targets} more targets")
     out.append("")
     if s.plan:
-        out.append(f"plan: {s.images} images; would download {human_bytes(s.planned_bytes)}")
+        out.append(plan_line(s))
     else:
         out.append(
             f"{s.images} images: {s.stored_images} stored ({human_bytes(s.stored_bytes)}), "
@@ -98,6 +142,10 @@ def text(summary: Summary, *, max_targets: int = 20) -> str:
         out.append(f"FAILED {image}: {redact(reason)}")
     if len(s.failures) > 10:
         out.append(f"… and {len(s.failures) - 10} more failures")
-    out.append(f"Parquet: {s.metadata_url}")
-    out.append(f"FITS:    {s.storage_url}")
+    if s.metadata_written:
+        out.append(f"Parquet: {s.metadata_url}")
+    else:
+        out.append("Parquet: nothing written (no ObsCore rows)")
+    if s.stored_images:
+        out.append(f"FITS:    {s.storage_url}")
     return "\n".join(out)

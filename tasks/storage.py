@@ -18,9 +18,11 @@ worst outcome. How that is achieved depends on the file system:
   verification (a rename on a local disk: atomic). :meth:`ObjectStore.delete_partials`
   removes temps left by killed runs.
 
-After an object is committed a sidecar ``{key}.sha256`` (JSON: sha256, md5, size) is
-written, so a rerun decides "already there, identical" from two small reads instead of
-rereading gigabytes. The old sidecar is removed *before* a new object is committed, so a
+After an object is committed a sidecar ``{key}.sha256`` is written in the format
+``sha256sum -c`` reads (``<hex>  <name>``, plus a ``#`` comment line with the size and MD5),
+so a person can check a download with standard tools and a rerun decides "already there,
+identical" from two small reads instead of rereading gigabytes (JSON sidecars of earlier
+versions are still read). The old sidecar is removed *before* a new object is committed, so a
 crash between the two leaves an object without a sidecar (rehashed on the next check),
 never an object described by a stale sidecar.
 """
@@ -33,6 +35,7 @@ import json
 import logging
 import math
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -161,6 +164,53 @@ def _aiohttp_timeout(connect: float, read: float) -> Any:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
+def sidecar_text(name: str, sha256: str, md5: str | None, size: int) -> str:
+    """A ``.sha256`` sidecar that ``sha256sum -c`` reads in the object's directory
+    (``<hex>  <name>``; GNU's escaping for a name with a backslash or a line break), and a
+    comment line (``sha256sum`` skips lines starting with ``#``) with what obsharvest also
+    checks on a rerun: the size and the MD5 an archive's ETag is compared with."""
+    escaped = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    lead = "\\" if escaped != name else ""
+    extra = f"size={size}" + (f" md5={md5}" if md5 else "")
+    return f"{lead}{sha256}  {escaped}\n# obsharvest: {extra}\n"
+
+
+_SUM_LINE = re.compile(r"^\\?([0-9a-fA-F]{64}) [ *].+$")
+_EXTRA = re.compile(r"\b(size|md5)=([0-9a-fA-F]+)")
+
+
+def parse_sidecar(raw: bytes) -> dict[str, Any] | None:
+    """``{"sha256", "md5", "size"}`` from a sidecar: the ``sha256sum`` format (md5 and size
+    None when a foreign one does not say them) or the JSON of earlier obsharvest versions;
+    None when it is neither."""
+    text = raw.decode("utf-8", "replace")
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+            return {
+                "sha256": str(data["sha256"]).lower(),
+                "md5": _normalise_md5(data.get("md5")),
+                "size": int(data["size"]),
+            }
+        except (ValueError, KeyError, TypeError):
+            return None
+    sha256, extra = None, {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            extra.update(dict(_EXTRA.findall(line)))
+            continue
+        match = _SUM_LINE.match(line)
+        if match and sha256 is None:
+            sha256 = match.group(1).lower()
+    if sha256 is None:
+        return None
+    try:
+        size = int(extra["size"]) if "size" in extra else None
+    except ValueError:
+        size = None
+    return {"sha256": sha256, "md5": _normalise_md5(extra.get("md5")), "size": size}
+
+
 class ObjectStore:
     """Objects under one root URL (``/data/harvest``, ``s3://bucket/prefix``, ``memory://x``).
 
@@ -209,20 +259,15 @@ class ObjectStore:
     def _read_sidecar(self, key: str) -> dict[str, Any] | None:
         try:
             raw = self.fs.cat_file(self._sidecar(key))
-            data = json.loads(raw)
-            return {
-                "sha256": str(data["sha256"]),
-                "md5": _normalise_md5(data.get("md5")),
-                "size": int(data["size"]),
-            }
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):  # half-written or foreign: ignore it
+        meta = parse_sidecar(raw)
+        if meta is None:  # half-written or foreign: ignore it
             log.warning("ignoring unreadable checksum sidecar of %s", key)
-            return None
+        return meta
 
     def _write_sidecar(self, key: str, sha256: str, md5: str, size: int) -> None:
-        body = json.dumps({"sha256": sha256, "md5": md5, "size": size}).encode()
+        body = sidecar_text(posixpath.basename(self.path(key)), sha256, md5, size).encode()
         try:
             self.fs.pipe_file(self._sidecar(key), body)
         except Exception as exc:  # the object is fine; the next check rehashes it
@@ -257,7 +302,7 @@ class ObjectStore:
         if info.get("type", "file") != "file" or int(info.get("size") or 0) != size:
             return None
         meta = self._read_sidecar(key)
-        if meta is None or meta["size"] != size:
+        if meta is None or meta["size"] not in (None, size):
             digest, md5_hex, actual = self._rehash(path)
             if actual != size:
                 return None

@@ -133,12 +133,14 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
         assert kept == total
     # every visible object is complete: its bytes match the checksum recorded when stored
     import hashlib
-    import json
+
+    from tasks.storage import parse_sidecar
 
     for row in stored:
         path = Path(row["obsh_storage_uri"].removeprefix("file://"))
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row["obsh_sha256"]
-        assert json.loads(Path(str(path) + ".sha256").read_text())["sha256"] == row["obsh_sha256"]
+        sidecar = parse_sidecar(Path(str(path) + ".sha256").read_bytes())
+        assert sidecar is not None and sidecar["sha256"] == row["obsh_sha256"]
     assert not [p for p in tmp_path.rglob("*.tmp")]  # Parquet temporaries never survive a rerun
     # a download killed mid-file leaves only a hidden temporary, never the final key; the
     # store removes such orphans (runs do so for ones older than an hour)

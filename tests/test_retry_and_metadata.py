@@ -9,6 +9,7 @@ from pyvo.dal import DALFormatError, DALQueryError, DALRateLimitError, DALServic
 
 from tasks.metadata import MetadataStore
 from tasks.redact import redact, register_secret
+from tasks.replies import RefusedError
 from tasks.retry import RetryPolicy, TransientError, is_transient
 
 
@@ -28,7 +29,18 @@ def _rate_limited() -> DALRateLimitError:
         (DALServiceError("Forbidden", 403), False),
         (DALQueryError("column 'x' not found"), False),
         (DALFormatError(requests.ConnectionError("refused")), True),
-        (DALFormatError(ValueError("E19: The root element must be VOTABLE (got html)")), True),
+        # pyvo raises DALFormatError only for a 2xx it cannot parse (an error status comes
+        # as DALServiceError with its code): an HTML page with 200 is permanent
+        (DALFormatError(ValueError("E19: The root element must be VOTABLE (got html)")), False),
+        (DALServiceError("<html>502 Bad Gateway</html>", 502), True),
+        (DALServiceError("<html>404 Not Found</html>", 404), False),
+        (DALServiceError("Unauthorized", 401), False),
+        (DALServiceError("Method Not Allowed", 405), False),
+        (DALServiceError("Bad Request", 400), False),
+        (DALServiceError("Request Timeout", 408), True),
+        (DALServiceError("Invalid TAP service: no tr:TableAccess"), False),
+        (DALServiceError("ProtocolError: cut", cause=requests.ConnectionError("cut")), True),
+        (RefusedError("Datalink x answered 404", status=404), False),
         (DALFormatError(ValueError("field 3 has no name")), False),
         (requests.ConnectionError("refused"), True),
         (requests.exceptions.ChunkedEncodingError("cut"), True),

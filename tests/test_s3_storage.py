@@ -68,10 +68,9 @@ def test_put_then_identical_object_is_found_and_skipped(s3, bucket):
     client = s3_client(s3)
     assert stored.uri == f"s3://{bucket}/prefix/{key}" and not stored.skipped
     assert client.get_object(Bucket=bucket, Key=f"prefix/{key}")["Body"].read() == body
-    sidecar = json.loads(
-        client.get_object(Bucket=bucket, Key=f"prefix/{key}.sha256")["Body"].read()
-    )
-    assert sidecar == {"sha256": sha, "md5": md5, "size": len(body)}
+    sidecar = client.get_object(Bucket=bucket, Key=f"prefix/{key}.sha256")["Body"].read()
+    # what `sha256sum -c` reads in the object's directory, then obsharvest's size and MD5
+    assert sidecar.decode() == f"{sha}  img-1.fits\n# obsharvest: size={len(body)} md5={md5}\n"
     found = store.exists_same(key, len(body), sha)
     assert found is not None and found.skipped and found.sha256 == sha
     assert store.exists_same(key, len(body), "0" * 64) is None
