@@ -118,7 +118,7 @@ class TemporaryApi:
             return
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -21,7 +21,7 @@ from . import stopping
 
 T = TypeVar("T")
 R = TypeVar("R")
-STOP_GRACE = 3.0  # seconds work under way may take to finish once the run stops
+STOP_GRACE = 1.5  # seconds work under way may take to finish once the run stops
 
 
 def run_all(
