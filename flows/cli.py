@@ -295,6 +295,27 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    """Drop the superseded rows of an output's Parquet, and fold its incremental state
+    (``MetadataStore.compact``, ``incremental.fold``): safe while harvests write into it."""
+    from tasks import incremental
+    from tasks.metadata import MetadataFormatError, MetadataStore
+
+    try:
+        done = MetadataStore(args.output).compact()
+        folded = incremental.fold(args.output)
+    except (MetadataFormatError, OSError) as exc:
+        print(f"obsharvest compact: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(
+        f"metadata: {done.files_before} files -> {done.files_after}, "
+        f"{done.rows_before - done.rows_after} superseded rows dropped"
+        + (f", {len(done.temps_removed)} stale temporaries removed" if done.temps_removed else "")
+        + (f"; incremental state: {len(folded)} files folded" if folded else "")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="obsharvest", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -444,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("output", help="the output URL given to `run --output`")
     migrate.set_defaults(func=_migrate)
+
+    compact = commands.add_parser(
+        "compact",
+        help="rewrite an output's Parquet without superseded rows, in fewer files "
+        "(safe while harvests write into it)",
+    )
+    compact.add_argument("output", help="the output URL given to `run --output`")
+    compact.set_defaults(func=_compact)
     return parser
 
 

@@ -304,7 +304,9 @@ def write_metadata(
     if len(rows) == 0:
         return []
     table = assemble.metadata_rows(rows, targets, outcomes, run_id)
-    return MetadataStore(params.output_url, params.output_storage_options).merge(table)
+    # append-only: this run's own files, never a rewrite of another run's (runs at once)
+    store = MetadataStore(params.output_url, params.output_storage_options)
+    return store.append(table, run_id=run_id)
 
 
 @task(name="quicklook-gallery")
@@ -494,7 +496,9 @@ def run_harvest(
         parts = [p for p in parts if len(p)]
         rows = vstack(parts, metadata_conflicts="silent") if parts else Table()
         metadata = MetadataStore(params.output_url, params.output_storage_options)
-        priors = assemble.priors_from(metadata.read())
+        priors = assemble.priors_from(
+            metadata.read(columns=assemble.PRIOR_COLUMNS, targets=by_name)  # the current view
+        )
         works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
         logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
         if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
@@ -538,6 +542,7 @@ def run_harvest(
                         "downloaded": summary.downloaded,
                     },
                 ),
+                run_id=run_id,  # a file of its own: runs at once keep each other's watermarks
             )
         return summary
 

@@ -1,10 +1,11 @@
 """The Prefect-native way to use more machines: shards of a target list as separate flow
 runs of a deployment, picked up by however many workers serve its work pool.
 
-Each shard writes its Parquet under its own prefix (concurrent merges into one Parquet
-would race) and its FITS into the shared storage (same keys, atomic writes: an image
-found by two shards is stored once); when every shard is done, their Parquet is merged
-into the output's ``metadata/``. The parent flow holds no slot while it waits.
+Each shard runs under its own prefix (its gallery and report are its own) and writes its
+FITS into the shared storage (same keys, atomic writes: an image found by two shards is
+stored once); when every shard is done, the rows each shard run wrote are appended to the
+output's ``metadata/`` (append-only, like any run's: other runs may write there at the
+same time). The parent flow holds no slot while it waits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Annotated, Any
 
 import fsspec
+import pyarrow.compute as pc
 from astropy.table import Table
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
@@ -111,10 +113,14 @@ def harvest_sharded(
     finals = _wait(runs, timeout)
     failed = [r for r in finals if not r.state or not r.state.is_completed()]
     merged = MetadataStore(out, params.output_storage_options)
-    for i in range(len(runs)):
+    for i, final in enumerate(finals):
         shard = MetadataStore(f"{out}/{SHARD_DIR}/{i}", params.output_storage_options).read()
-        if shard is not None:
-            merged.merge(shard)
+        if shard is None:
+            continue
+        # only this shard run's rows: the shard's prefix keeps those of earlier sharded runs,
+        # which are in the output already
+        mine = shard.filter(pc.field("obsh_run_id") == str(final.id))
+        merged.append(mine, run_id=f"shard-{i}-{final.id}")
     if failed:
         return Failed(
             message=f"{len(failed)} of {len(finals)} shards did not complete: "

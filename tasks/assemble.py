@@ -110,26 +110,30 @@ def image_works(
     return works
 
 
+PRIOR_COLUMNS = (
+    TARGET_NAME,
+    ID_COLUMN,
+    "obsh_verdict",
+    "obsh_pixel_x",
+    "obsh_pixel_y",
+    "obsh_wcs_hdu",
+    "obsh_verdict_reason",
+    "obsh_stored",
+    "obsh_storage_uri",
+    "obsh_file_size",
+    "obsh_sha256",
+)
+"""What :func:`priors_from` needs: read only these (``MetadataStore.read(columns=...)``)."""
+
+
 def priors_from(table: pa.Table | None) -> dict[tuple[str, str], Prior]:
-    """Decisions of earlier runs, from the current Parquet rows, by (target, image)."""
+    """Decisions of earlier runs, from the current view of the Parquet (one row per pair:
+    ``MetadataStore.read``), by (target, image)."""
     if table is None or table.num_rows == 0:
         return {}
-    names = (
-        TARGET_NAME,
-        ID_COLUMN,
-        "obsh_verdict",
-        "obsh_pixel_x",
-        "obsh_pixel_y",
-        "obsh_wcs_hdu",
-        "obsh_verdict_reason",
-        "obsh_stored",
-        "obsh_storage_uri",
-        "obsh_file_size",
-        "obsh_sha256",
-    )
     cols = {
         c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
-        for c in names
+        for c in PRIOR_COLUMNS
     }
     out = {}
     for i in range(table.num_rows):

@@ -5,16 +5,25 @@ what its test covers, and external timing cannot hit "between writing the Parque
 moving it into place" reliably. ``OBSHARVEST_CRASH_AT=name`` (or ``name:N`` for the N-th
 time the point is reached) makes the process kill itself there. Unset, a crash point is a
 dictionary lookup.
+
+Rendezvous points do the opposite: they make concurrent processes *meet* at a step, so a
+test of runs writing at once does not depend on timing. ``OBSHARVEST_RENDEZVOUS=name@host:port``
+makes the process, the first time it reaches ``name``, connect to the test's barrier and
+wait until the barrier answers (when every process it expects has arrived).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 
 ENV = "OBSHARVEST_CRASH_AT"
+RENDEZVOUS_ENV = "OBSHARVEST_RENDEZVOUS"
+RENDEZVOUS_TIMEOUT = 300.0  # seconds a process waits for the barrier at most
 _counts: dict[str, int] = {}
+_met: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -30,3 +39,21 @@ def crashpoint(name: str) -> None:
         reached = _counts[name]
     if reached >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rendezvous(name: str) -> None:
+    """Wait at ``name`` for the test's barrier (see the module's docstring); once per process."""
+    wanted = os.environ.get(RENDEZVOUS_ENV)
+    if not wanted:
+        return
+    point, _, address = wanted.partition("@")
+    if point != name:
+        return
+    with _lock:
+        if name in _met:
+            return
+        _met.add(name)
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=RENDEZVOUS_TIMEOUT) as conn:
+        conn.sendall(f"{os.getpid()} {name}\n".encode())
+        conn.recv(1)  # the barrier's go (or its close)

@@ -7,25 +7,46 @@ UCDs and utypes twice: as Arrow field metadata (for pyarrow and tools built on i
 the YAML header astropy's Parquet reader looks for (``table_meta_yaml``), so
 ``Table.read`` gives columns with units.
 
-The dataset lives under ``<output>/metadata/`` split by subtype and band (one file each);
-a rerun merges into it, replacing the rows of the pairs it touched, so each (target,
-image) pair has exactly one current row. A crash leaves the old file or the new one: on
-object stores (S3, GCS, Azure) an object appears only when its upload completes, so the
-file is written in place and the upload aborted on error; elsewhere it is written under a
-temporary name and moved into place (a rename).
+The dataset lives under ``<output>/metadata/<subtype>/<band>/``, and it is append-only:
+each write (a run, a shard, a compaction) adds files of its own, one per partition, named
+``part-<UTC time>-<run id>-<random>.parquet``, and never rewrites or removes a file
+another writer may be reading or writing. Any number of runs can therefore write into one
+output at once, on a local disk or in object storage, and none loses a row. A file
+appears whole or not at all: on object stores (S3, GCS, Azure) an object appears only when
+its upload completes (a single PUT or a completed multipart upload; aborted on error);
+elsewhere it is written under a hidden temporary name and renamed into place.
 
-Files written before the prefix (format 1) are migrated when a run next writes the
-dataset, or by ``obsharvest migrate <output>``; see :func:`migrated`.
+A (target, image) pair decided by several runs has several rows; the **current view**
+(:func:`current`, what :meth:`MetadataStore.read` returns) keeps the newest of them: the
+greatest ``obsh_harvested_at`` (when the run wrote its rows), then the greatest
+``obsh_run_id``, then the file read last. Why the row's own time and not the order of
+files: object stores have no rename and no reliable creation order across writers, and a
+rule on row values is one that every reader (pyarrow, DuckDB, astropy) can apply and that
+compaction preserves exactly. ``obsharvest compact`` (:meth:`MetadataStore.compact`)
+rewrites each partition's current view into one fresh file and then removes the files it
+read, and only those: the current view is the same before, during and after it, whatever
+is written meanwhile. Files of older versions (``obscore.parquet``, one per partition)
+are just more files.
+
+Files written before the prefix (format 1) are read as if migrated, and rewritten in the
+current format when a run next writes the dataset, or by ``obsharvest migrate <output>``;
+see :func:`migrated`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import posixpath
 import re
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import fsspec
 import numpy as np
@@ -35,14 +56,14 @@ import pyarrow.parquet as pq
 from astropy.table import Column, Table
 from astropy.table import meta as table_meta
 
-from .crashpoints import crashpoint
-from .storage import DIRECT_WRITE_PROTOCOLS, with_timeouts
+from .crashpoints import crashpoint, rendezvous
+from .storage import DIRECT_WRITE_PROTOCOLS, _mtime, with_timeouts
 from .storage_http import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
 METADATA_DIR = "metadata"
-FILE_NAME = "obscore.parquet"
+FILE_NAME = "obscore.parquet"  # the one file per partition of versions before part files
 PARTITION_COLUMNS = ("dataproduct_subtype", "lsst_band")
 _DIR_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -110,8 +131,13 @@ HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
         "deg",
     ),
     ("obsh_quicklook_uri", pa.string(), "Where the quicklook PNG is stored", None),
-    ("obsh_run_id", pa.string(), "The harvest run that last decided this row", None),
-    ("obsh_harvested_at", pa.timestamp("us", tz="UTC"), "When that run decided this row", None),
+    ("obsh_run_id", pa.string(), "The harvest run that decided this row", None),
+    (
+        "obsh_harvested_at",
+        pa.timestamp("us", tz="UTC"),
+        "When that run wrote this row; of a pair's rows the newest is current",
+        None,
+    ),
 ]
 HARVEST_COLUMNS = [name for name, *_ in HARVEST_FIELDS]
 TARGET_NAME = "obsh_target_name"  # the harvest's target (ObsCore's target_name is the archive's)
@@ -386,9 +412,140 @@ def _dir_part(value) -> str:
     return text[:100]
 
 
+# ------------------------------------------------------------ the current view
+
+
+ORDER = ("obsh_harvested_at", "obsh_run_id")
+"""What makes one row of a pair newer than another (then: the row read later)."""
+
+
+def current(table: pa.Table) -> pa.Table:
+    """The current view of ``table``: for each (target, image) pair its newest row.
+
+    Newest means the greatest ``obsh_harvested_at``, then the greatest ``obsh_run_id``,
+    then the row that comes later in ``table`` (rows without a time or a run id rank
+    oldest). Rows keep their order. A table without the pair's columns is returned as it
+    is. The same rule in SQL (DuckDB)::
+
+        QUALIFY row_number() OVER (PARTITION BY obsh_target_name, obs_publisher_did
+            ORDER BY obsh_harvested_at DESC NULLS LAST, obsh_run_id DESC NULLS LAST) = 1
+    """
+    n = table.num_rows
+    if n < 2 or any(k not in table.column_names for k in PAIR_KEY):
+        return table
+    at, run = ORDER
+    when = (
+        pc.cast(table.column(at), pa.int64())
+        if at in table.column_names and not pa.types.is_null(table.schema.field(at).type)
+        else pa.nulls(n, pa.int64())
+    )
+    runs = (
+        pc.cast(table.column(run), pa.string())
+        if run in table.column_names
+        else pa.nulls(n, pa.string())
+    )
+    order = pa.table(
+        {
+            "t": table.column(PAIR_KEY[0]),
+            "d": table.column(PAIR_KEY[1]),
+            "at": when,
+            "run": runs,
+            "i": pa.array(np.arange(n, dtype=np.int64)),
+        }
+    )
+    # nulls sort last whatever the order: in a descending key, last is oldest
+    order = order.sort_by(
+        [
+            ("t", "ascending"),
+            ("d", "ascending"),
+            ("at", "descending"),
+            ("run", "descending"),
+            ("i", "descending"),
+        ]
+    )
+    first = order.group_by(["t", "d"], use_threads=False).aggregate([("i", "first")])
+    if first.num_rows == n:
+        return table
+    return table.take(pa.array(np.sort(first.column("i_first").to_numpy())))
+
+
+# ------------------------------------------------------------ the dataset
+
+PART_PREFIX = "part-"
+SUFFIX = ".parquet"
+TEMP_SUFFIX = ".tmp"
+STALE_TEMP_SECONDS = 3600.0  # a temporary file older than this belongs to a dead writer
+_HOST = _DIR_SAFE.sub("_", socket.gethostname()).replace(".", "_").replace("-", "_")[:64]
+
+
+def _temp_name(name: str) -> str:
+    """A hidden temporary beside ``name`` that says who writes it (process and host), so a
+    later writer can tell a dead writer's leftover from a live one's work in progress."""
+    return f".{name}.{uuid.uuid4().hex[:8]}.{os.getpid()}-{_HOST or 'host'}{TEMP_SUFFIX}"
+
+
+def _orphaned(name: str, mtime: float | None, older_than: float) -> bool:
+    """Is ``name`` a temporary whose writer is gone: a process of this host that no longer
+    exists (the name says which), or, from any host, older than ``older_than`` seconds? A
+    temporary of a live process, or of another host and younger, may still be renamed into
+    place and is left alone (a reused process id only keeps a leftover a little longer)."""
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return False
+    writer = name.removesuffix(TEMP_SUFFIX).rsplit(".", 1)[-1]
+    pid, _, host = writer.partition("-")
+    if host == (_HOST or "host") and pid.isdigit() and not _process_exists(int(pid)):
+        return True
+    return mtime is not None and time.time() - mtime >= older_than
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+READ_ATTEMPTS = 5  # listings tried when a file vanishes under a read (compaction, migration)
+READ_WORKERS = 8  # files read at once (object stores: one request each)
+
+
+def part_name(tag: str | None = None) -> str:
+    """A file name no other writer will use: UTC time (so a listing is in write order),
+    the writer's tag (its run id) and 48 random bits."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    tag = _dir_part(tag)[:64] if tag else "x"
+    return f"{PART_PREFIX}{stamp}-{tag}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+
+
+def _is_data_file(path: str) -> bool:
+    name = posixpath.basename(path)
+    return name.endswith(SUFFIX) and not name.startswith((".", "_"))
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What :meth:`MetadataStore.compact` did."""
+
+    files_before: int
+    files_after: int
+    rows_before: int  # rows in the files it rewrote
+    rows_after: int  # ... and in the files it wrote instead: the superseded ones are gone
+    removed: tuple[str, ...] = ()
+    written: tuple[str, ...] = ()
+    temps_removed: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class MetadataStore:
-    """The Parquet dataset of one harvest output (local path or any fsspec URL)."""
+    """The Parquet dataset of one harvest output (local path or any fsspec URL).
+
+    Append-only (see the module's docstring): :meth:`append` adds files, :meth:`read`
+    gives the current view, :meth:`compact` drops superseded rows. Nothing here holds a
+    lock or assumes it is the only writer.
+    """
 
     output_url: str
     storage_options: Mapping | None = None
@@ -401,44 +558,106 @@ class MetadataStore:
         fs, root = fsspec.core.url_to_fs(self.output_url, **options)
         return fs, posixpath.join(root.rstrip("/"), METADATA_DIR)
 
-    def _files(self) -> list[str]:
+    def files(self) -> list[str]:
+        """The dataset's Parquet files (hidden temporaries left out), by path: partition by
+        partition, and in each the files of earlier versions (``obscore.parquet``) before
+        the part files, which sort by the time they were written."""
         fs, root = self.fs_root
-        fs.invalidate_cache(root)  # s3fs caches listings; another process may have written
-        if not fs.exists(root):
+        forget_listings(fs, root)  # another process may have written or removed files
+        try:
+            found = fs.find(root)
+        except FileNotFoundError:
             return []
-        return sorted(p for p in fs.find(root) if p.endswith("/" + FILE_NAME))
+        return sorted(p for p in found if _is_data_file(p))
 
-    def _read_file(self, fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-        """One file's rows in the current format (older formats renamed in memory)."""
+    def _read_file(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        columns: Iterable[str] | None = None,
+        targets: Iterable[str] | None = None,
+    ) -> pa.Table:
+        """One file's rows in the current format (older formats renamed in memory); only
+        ``columns`` (when given) and rows of ``targets`` (when given, filtered in the read)."""
         with fs.open(path, "rb") as fh:
+            schema = pq.read_schema(fh)
+            fh.seek(0)
+            if file_format(schema) == FORMAT:
+                names = None if columns is None else [n for n in schema.names if n in columns]
+                where = None if targets is None else pc.field(TARGET_NAME).isin(targets)
+                return pq.read_table(fh, columns=names, filters=where)
             table = pq.read_table(fh)
-        return migrated(table, where=fs.unstrip_protocol(path))
+        table = migrated(table, where=fs.unstrip_protocol(path))  # refuses what is not ours
+        if targets is not None:
+            table = table.filter(pc.field(TARGET_NAME).isin(targets))
+        if columns is not None:
+            table = table.select([n for n in table.column_names if n in columns])
+        return table
 
-    def read(self) -> pa.Table | None:
-        """All current rows, or None before the first harvest. Files in an older format
-        are read as if migrated (nothing is written)."""
+    def _read_all(
+        self, columns: Iterable[str] | None = None, targets: Iterable[str] | None = None
+    ) -> list[pa.Table]:
+        """Every file's rows. A file that vanishes between the listing and its read was
+        replaced by a compaction or a migration, which wrote its rows into a new file
+        before removing it: list again and read again."""
         fs, _ = self.fs_root
-        tables = [self._read_file(fs, path) for path in self._files()]
+        wanted = None if columns is None else {*columns, *PAIR_KEY, *ORDER}
+        names = None if targets is None else pa.array(sorted(set(targets)), pa.string())
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            paths = self.files()
+            if not paths:
+                return []
+            try:
+                with ThreadPoolExecutor(min(READ_WORKERS, len(paths))) as pool:
+                    return list(pool.map(lambda p: self._read_file(fs, p, wanted, names), paths))
+            except FileNotFoundError as exc:
+                if attempt == READ_ATTEMPTS:
+                    raise
+                log.info("a metadata file was replaced while it was read (%s); reading again", exc)
+        return []  # unreachable
+
+    def read(
+        self, *, columns: Iterable[str] | None = None, targets: Iterable[str] | None = None
+    ) -> pa.Table | None:
+        """The current view (:func:`current`): one row per (target, image) pair, the newest;
+        None before the first harvest. Files in an older format are read as if migrated
+        (nothing is written).
+
+        ``columns``: only these (and the pair's key and ``obsh_harvested_at``/``obsh_run_id``,
+        which the view is made from). ``targets``: only rows of these target names, filtered
+        as each file is read -- the target is part of the pair's key, so the view of a
+        subset is exactly the subset of the view.
+        """
+        tables = self._read_all(columns, targets)
         if not tables:
             return None
-        return _concat(tables)
+        return current(_concat(tables))
 
-    def migrate(self) -> list[str]:
+    def migrate(self, *, every_file: bool = True) -> list[str]:
         """Rewrite the files of an older format in the current one; returns their paths.
 
-        Each file is replaced atomically, like a merge's; a crash in between leaves some
-        files migrated and some not, each saying its format, and the next call (or the
-        next run's merge) finishes the job.
+        Each is read, its rows are written as a new part file, and only then is it removed:
+        a crash in between leaves the same rows twice, which the current view shows once,
+        and the next call (or run) finishes the job. Two runs migrating at once each write
+        a copy; one of them removes the old file. A file that is not obsharvest's, or is of
+        a newer format, is refused (:class:`MetadataFormatError`). ``every_file=False``
+        looks only at the files an older obsharvest can have written (``obscore.parquet``):
+        what a run does before it appends, to save a request per part file.
         """
         fs, _ = self.fs_root
         done = []
-        for path in self._files():
-            with fs.open(path, "rb") as fh:
-                schema = pq.read_schema(fh)
-            if file_format(schema) == FORMAT:
+        for path in self.files():
+            if not every_file and posixpath.basename(path) != FILE_NAME:
                 continue
-            table = self._read_file(fs, path)  # refuses what is not ours or is newer
-            self._publish(fs, path, table)
+            try:
+                with fs.open(path, "rb") as fh:
+                    if file_format(pq.read_schema(fh)) == FORMAT:
+                        continue
+                table = self._read_file(fs, path)  # refuses what is not ours or is newer
+            except FileNotFoundError:
+                continue  # another writer migrated it meanwhile
+            self._publish(fs, posixpath.join(posixpath.dirname(path), part_name("migrated")), table)
+            _remove(fs, path)
             done.append(path)
         if done:
             log.warning(
@@ -449,19 +668,19 @@ class MetadataStore:
             )
         return done
 
-    def merge(self, new: pa.Table) -> list[str]:
-        """Write ``new`` into the dataset, replacing rows of the same (target, image) pairs.
+    def append(self, new: pa.Table, run_id: str | None = None) -> list[str]:
+        """Add ``new``'s rows to the dataset: one new file per partition (subtype, band),
+        named after ``run_id`` (:func:`part_name`). Returns the paths written.
 
-        Returns the paths written. Each partition file is replaced atomically (write a
-        temporary file, then move it over the old one). Files of an older format are
-        migrated first, also those this merge does not touch: the dataset is never a mix
-        of two namings.
+        Nothing is read back or replaced: rows of pairs already in the dataset supersede
+        the older ones when read (:func:`current`). Files of an older format are migrated
+        first, so the dataset is never a mix of two namings.
         """
         if new.num_rows == 0:
             return []
-        self.migrate()
+        self.migrate(every_file=False)
         fs, root = self.fs_root
-        parts = {}
+        parts: dict[tuple[str, ...], list[int]] = {}
         columns = {
             c: new.column(c).to_pylist() if c in new.column_names else [None] * new.num_rows
             for c in PARTITION_COLUMNS
@@ -471,45 +690,135 @@ class MetadataStore:
             parts.setdefault(key, []).append(i)
         written = []
         for key, index in parts.items():
-            chunk = new.take(pa.array(index))
-            path = posixpath.join(root, *key, FILE_NAME)
-            fs.invalidate_cache(path)
-            if fs.exists(path):
-                old = self._read_file(fs, path)
-                replaced = set(zip(*(chunk.column(c).to_pylist() for c in PAIR_KEY), strict=True))
-                keep = [
-                    i
-                    for i, pair in enumerate(
-                        zip(*(old.column(c).to_pylist() for c in PAIR_KEY), strict=True)
-                    )
-                    if pair not in replaced
-                ]
-                chunk = _concat([old.take(pa.array(keep, type=pa.int64())), chunk])
-            self._publish(fs, path, chunk)
+            path = posixpath.join(root, *key, part_name(run_id))
+            self._publish(fs, path, new.take(pa.array(index, type=pa.int64())))
             written.append(path)
+            self._remove_orphans(posixpath.dirname(path))  # a killed run's, never a live one's
         return written
 
+    def compact(self, *, stale_temp_seconds: float = STALE_TEMP_SECONDS) -> Compaction:
+        """Rewrite each partition's current view into one fresh file; remove what it replaces.
+
+        Safe while runs write into the output: only files listed and read here are removed,
+        and only after the file holding their current rows is complete. A row written
+        meanwhile is in a file this call never saw, so it stays and is read as before; a
+        superseded row is dropped only in favour of a newer row of the same files, which
+        would win in any larger set of files too. The current view is therefore the same
+        before, during and after (a reader that meets a removed file lists again). Two
+        compactions at once can leave the same rows in two files: harmless, and the next
+        compaction merges them. Also removes temporaries of writers that died
+        (:func:`_orphaned`: from another host once ``stale_temp_seconds`` old) and migrates
+        files of an older format.
+        """
+        self.migrate()
+        fs, _ = self.fs_root
+        files = self.files()
+        by_dir: dict[str, list[str]] = {}
+        for path in files:
+            by_dir.setdefault(posixpath.dirname(path), []).append(path)
+        removed, written, rows_before, rows_after = [], [], 0, 0
+        for directory, paths in sorted(by_dir.items()):
+            if len(paths) < 2:
+                continue  # a file holds each pair once: nothing to drop
+            tables, read = [], []
+            for path in paths:
+                try:
+                    tables.append(self._read_file(fs, path))
+                except FileNotFoundError:
+                    continue  # another compaction took it; its rows are in the file it wrote
+                read.append(path)
+            if len(read) < 2:
+                continue
+            view = current(_concat(tables))
+            view = view.sort_by([(k, "ascending") for k in PAIR_KEY])  # target filters skip groups
+            path = posixpath.join(directory, part_name("compact"))
+            self._publish(fs, path, view)
+            written.append(path)
+            for old in read:
+                _remove(fs, old)
+            removed += read
+            rows_before += sum(t.num_rows for t in tables)
+            rows_after += view.num_rows
+        temps = self._remove_orphans(self.fs_root[1], stale_temp_seconds, recursive=True)
+        return Compaction(
+            files_before=len(files),
+            files_after=len(files) - len(removed) + len(written),
+            rows_before=rows_before,
+            rows_after=rows_after,
+            removed=tuple(removed),
+            written=tuple(written),
+            temps_removed=tuple(temps),
+        )
+
+    def _remove_orphans(
+        self,
+        directory: str,
+        older_than: float = STALE_TEMP_SECONDS,
+        *,
+        recursive: bool = False,
+    ) -> list[str]:
+        """Remove the temporaries in ``directory`` that writers killed before their rename
+        left (:func:`_orphaned`); never one a live writer may still rename. Local and
+        similar file systems only: object stores have no temporaries."""
+        fs, _ = self.fs_root
+        if _direct_write(fs):
+            return []
+        try:
+            if recursive:
+                found = fs.find(directory, detail=True)
+            else:
+                found = {i["name"]: i for i in fs.ls(directory, detail=True)}
+        except FileNotFoundError:
+            return []
+        removed = []
+        for path, info in found.items():
+            if _orphaned(posixpath.basename(path), _mtime(info), older_than):
+                _remove(fs, path)
+                removed.append(path)
+        return removed
+
     def _publish(self, fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
-        """Replace the file at ``path`` with ``table`` (and its astropy header), atomically."""
+        """Write ``table`` (and its astropy header) as the new file ``path``, which appears
+        whole or not at all. ``path`` is unique to this write (:func:`part_name`), so no
+        other writer's file is ever replaced, and no other writer's temporary is touched."""
         table = table.replace_schema_metadata(file_metadata(table))
         if _direct_write(fs):
             _write_object(fs, path, table)
             return
-        directory = posixpath.dirname(path)
+        directory, name = posixpath.split(path)
         fs.makedirs(directory, exist_ok=True)
-        # temporaries of a writer that was killed: one writer per output, so any
-        # left here are orphans (a run's merge is a single, short step)
-        for orphan in fs.glob(posixpath.join(directory, f".{FILE_NAME}.*.tmp")):
-            fs.rm(orphan)
-        tmp = posixpath.join(directory, f".{FILE_NAME}.{uuid.uuid4().hex}.tmp")
+        tmp = posixpath.join(directory, _temp_name(name))
         try:
             with fs.open(tmp, "wb") as fh:
                 pq.write_table(table, fh, compression="zstd")
+            rendezvous("parquet")  # tests: concurrent runs all hold a written temporary here
             crashpoint("parquet")
             fs.mv(tmp, path)
         finally:
             if fs.exists(tmp):
                 fs.rm(tmp)
+
+
+def forget_listings(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Drop the file system's cached listings of ``root`` and everything below it.
+
+    s3fs (like other object-store back ends) caches directory listings, and its ``find``
+    keeps a subdirectory's cached listing instead of the fresh one; opening a file then
+    looks it up in that stale listing and raises FileNotFoundError for a file another
+    process wrote since. ``invalidate_cache(root)`` drops only ``root`` and its parents."""
+    fs.invalidate_cache(root)
+    cache = getattr(fs, "dircache", None)
+    if cache is None:
+        return
+    below = root.rstrip("/") + "/"
+    for key in [k for k in list(cache) if k.startswith(below)]:
+        cache.pop(key, None)
+
+
+def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove a file another writer may have removed already."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
 
 
 def _direct_write(fs: fsspec.AbstractFileSystem) -> bool:
@@ -523,7 +832,8 @@ def _write_object(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> 
     handle = fs.open(path, "wb")
     try:
         pq.write_table(table, handle, compression="zstd")
-        crashpoint("parquet")  # written, not yet published: the old file must survive
+        rendezvous("parquet")  # tests: concurrent runs all have an upload open here
+        crashpoint("parquet")  # written, not yet published: nothing may appear
     except BaseException:
         discard = getattr(handle, "discard", None)
         try:

@@ -18,7 +18,9 @@ OBSCORE_TABLE = "ivoa.obscore"  # TAP_SCHEMA spells it ivoa.ObsCore or ivoa.obsc
 
 
 def parquet_files(output) -> list[Path]:
-    return sorted(p for p in (Path(output) / "metadata").rglob("obscore.parquet"))
+    """The output's Parquet files (each run adds its own; hidden temporaries left out)."""
+    found = (Path(output) / "metadata").rglob("*.parquet")
+    return sorted(p for p in found if not p.name.startswith("."))
 
 
 def plain(value):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
@@ -12,6 +11,7 @@ from astropy.wcs import WCS
 import simarchive.geometry as geo
 from flows.harvest import harvest_params
 from flows.params import HarvestParams
+from tasks.metadata import MetadataStore
 
 from .conftest import TARGET_DEC, TARGET_RA
 
@@ -32,7 +32,9 @@ def params_for(archive, output, **extra) -> HarvestParams:
 
 
 def read_rows(output):
-    return ds.dataset(str(output / "metadata"), format="parquet").to_table().to_pylist()
+    """The Parquet's current view: one row per (target, image), the newest run's."""
+    table = MetadataStore(str(output)).read()
+    return table.to_pylist() if table is not None else []
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,8 @@ def test_second_run_fetches_nothing_and_keeps_one_row_per_pair(first_run, archiv
     rows = read_rows(output)
     pairs = [(r["obsh_target_name"], r["obs_publisher_did"]) for r in rows]
     assert len(pairs) == len(set(pairs)) == first.images
+    # appended, not rewritten: the second run's rows are the current ones
+    assert {r["obsh_run_id"] for r in rows} == {again.run_id}
 
 
 def test_plan_mode_writes_verdicts_and_downloads_nothing(archive, tmp_path):

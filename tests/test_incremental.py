@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import pyvo
 
 from flows.harvest import harvest_params
 from simarchive.server import ArchiveSettings, EmbeddedArchive
+from tasks import incremental
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_harvest_flow import params_for, read_rows
@@ -21,8 +20,8 @@ def test_time_moves_on_and_only_new_images_are_harvested(tmp_path):
         params = params_for(archive, tmp_path)
         first = harvest_params(params, incremental=True)
         assert first.ok and first.stored_images > 0
-        state = json.loads((tmp_path / "state" / "incremental.json").read_text())
-        watermark = state["watermarks"]["seed"]
+        (state,) = incremental.states(str(tmp_path)).values()
+        watermark = state.watermarks["seed"]
 
         archive.add_visits(40)
         service = pyvo.dal.TAPService(archive.tap_url)
@@ -56,8 +55,10 @@ def test_time_moves_on_and_only_new_images_are_harvested(tmp_path):
         third = harvest_params(params, incremental=True)
         assert third.downloaded == 0 and third.stored_images == third.reused
         assert "files" not in archive.stats() and "datalink" not in archive.stats()
-        later = json.loads((tmp_path / "state" / "incremental.json").read_text())
-        assert later["watermarks"]["seed"] > watermark and len(later["runs"]) == 3
+        (later,) = incremental.states(str(tmp_path)).values()
+        assert later.watermarks["seed"] > watermark and len(later.runs) == 3
+        # each run added a file and folded: one file, whatever the number of runs
+        assert len(list((tmp_path / "state" / "incremental").glob("*.json"))) == 1
 
 
 def test_watermark_does_not_advance_when_images_failed(tmp_path):
@@ -70,7 +71,7 @@ def test_watermark_does_not_advance_when_images_failed(tmp_path):
         )
         failed = harvest_params(params, incremental=True)
         assert not failed.ok
-        assert not (tmp_path / "state" / "incremental.json").exists()
+        assert incremental.states(str(tmp_path)) == {}
         archive.set_faults(FaultPlan())
         again = harvest_params(params, incremental=True)
         assert again.ok and again.stored_images == len(

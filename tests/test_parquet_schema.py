@@ -42,6 +42,7 @@ from tasks.metadata import (
     PREFIX,
     MetadataFormatError,
     MetadataStore,
+    current,
     file_format,
     migrated,
     obscore_to_arrow,
@@ -57,7 +58,10 @@ ARCHIVE_TARGET = "FIELD-62-37"  # what the archive says it pointed at (ObsCore's
 
 
 def read_rows(output) -> list[dict]:
-    return ds.dataset(str(Path(output) / "metadata"), format="parquet").to_table().to_pylist()
+    """The current view: one row per (target, image) pair, the newest (files of the old
+    format read as if migrated)."""
+    table = MetadataStore(str(output)).read()
+    return table.to_pylist() if table is not None else []
 
 
 def as_format_1(table: pa.Table) -> pa.Table:
@@ -71,8 +75,15 @@ def as_format_1(table: pa.Table) -> pa.Table:
 
 
 def rewrite_as_format_1(output) -> None:
+    """The output as the old writer left it: one ``obscore.parquet`` per partition."""
+    by_dir: dict[Path, list[Path]] = {}
     for path in parquet_files(output):
-        pq.write_table(as_format_1(pq.read_table(path)), path)
+        by_dir.setdefault(path.parent, []).append(path)
+    for directory, paths in by_dir.items():
+        table = pa.concat_tables([pq.read_table(p) for p in paths])
+        for path in paths:
+            path.unlink()
+        pq.write_table(as_format_1(table), directory / "obscore.parquet")
 
 
 def one_line(text: str) -> str:
@@ -184,7 +195,7 @@ def test_votable_values_and_types_are_kept_arrays_included(tmp_path):
 
     # through a merge and back with astropy: the arrays and their attributes survive
     table = with_harvest_columns(table, _harvest_values())
-    MetadataStore(str(tmp_path)).merge(table)
+    MetadataStore(str(tmp_path)).append(table)
     (path,) = parquet_files(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "No table::len::" guessing
@@ -205,7 +216,7 @@ def _format_1_store(root: Path) -> MetadataStore:
         _obscore(lsst_band=["i", "r"], obs_publisher_did=["ivo://x/a", "ivo://x/b"]),
         _harvest_values(("seed", "other")),
     )
-    store.merge(new)
+    store.append(new)
     rewrite_as_format_1(root)
     return store
 
@@ -230,15 +241,16 @@ def test_format_1_rows_read_as_migrated_with_obscore_target_name_unknown(tmp_pat
     assert description.startswith(b"Does the image's WCS")
 
 
-def test_a_merge_migrates_every_old_file_first_so_the_dataset_is_never_mixed(tmp_path):
+def test_an_append_migrates_every_old_file_first_so_the_dataset_is_never_mixed(tmp_path):
     store = _format_1_store(tmp_path)
-    # the next run re-queries ("seed", a) only: band i's file changes, band r's does not
+    # the next run re-queries ("seed", a) only: band i gets a file, band r does not
     again = with_harvest_columns(
         _obscore().take([0]), {"obsh_target_name": ["seed"], "obsh_verdict": ["contains"]}
     )
-    store.merge(again)
+    store.append(again)
     files = parquet_files(tmp_path)
-    assert [file_format(pq.read_schema(p)) for p in files] == [FORMAT, FORMAT]
+    assert [file_format(pq.read_schema(p)) for p in files] == [FORMAT] * 3  # 2 migrated, 1 new
+    assert not [p for p in files if p.name == "obscore.parquet"]
     rows = {r["obs_publisher_did"]: r for r in read_rows(tmp_path)}
     assert rows["ivo://x/a"]["target_name"] == ARCHIVE_TARGET  # the query supplied it again
     assert rows["ivo://x/b"]["target_name"] is None  # not re-queried: unknown, not invented
@@ -248,13 +260,16 @@ def test_a_merge_migrates_every_old_file_first_so_the_dataset_is_never_mixed(tmp
 
 def test_files_that_are_not_ours_or_newer_are_refused_in_one_line(tmp_path):
     store = MetadataStore(str(tmp_path))
-    store.merge(with_harvest_columns(_obscore(), _harvest_values()))
+    store.append(with_harvest_columns(_obscore(), _harvest_values()))
     (path,) = parquet_files(tmp_path)
     table = pq.read_table(path)
     pq.write_table(table.replace_schema_metadata({FORMAT_KEY: b"3"}), path)
+    # a run reads the dataset (its priors) before it writes anything
     with pytest.raises(MetadataFormatError, match="newer obsharvest") as error:
-        store.merge(with_harvest_columns(_obscore(), _harvest_values()))
+        store.read()
     one_line(str(error.value))
+    with pytest.raises(MetadataFormatError, match="newer obsharvest"):
+        store.compact()
     pq.write_table(pa.table({"ra": [1.0], "dec": [2.0]}), path)
     with pytest.raises(MetadataFormatError, match="not obsharvest's Parquet"):
         store.read()
@@ -338,13 +353,14 @@ def test_an_old_output_is_migrated_by_the_next_run_which_fetches_nothing(
     assert all(r["target_name"] is not None for r in fresh)  # the query supplied it
 
 
-def test_obsharvest_migrate_renames_in_place_or_says_why_not(harvested, tmp_path, capfd):
+def test_obsharvest_migrate_rewrites_old_files_or_says_why_not(harvested, tmp_path, capfd):
     output, _ = harvested
     import shutil
 
     shutil.copytree(output / "metadata", tmp_path / "metadata")
     rewrite_as_format_1(tmp_path)
-    before = {r["obs_publisher_did"]: r for r in read_rows(tmp_path)}
+    raw = ds.dataset(str(tmp_path / "metadata"), format="parquet").to_table()  # old names
+    before = {r["obs_publisher_did"]: r for r in raw.to_pylist()}
     assert main(["migrate", str(tmp_path)]) == 0
     assert "metadata files migrated" in one_line(capfd.readouterr().out)
     after = {r["obs_publisher_did"]: r for r in read_rows(tmp_path)}
@@ -446,32 +462,62 @@ def test_every_tap_schema_obscore_column_is_in_the_parquet_with_its_value(
         assert assert_every_obscore_column_kept(archive.tap_url, tmp_path) >= 30
 
 
-def test_the_readme_readings_work(harvested, monkeypatch):
-    """The three ways README's "Reading the results" shows, run as written there."""
+def test_the_readme_readings_work(harvested, tmp_path, monkeypatch):
+    """The three ways README's "Reading the results" shows, run as written there, over an
+    output where a later run found one of the first run's hits outside: each reading gives
+    the current view (that pair's newest row), not every row."""
+    import shutil
+    from datetime import timedelta
+
     import duckdb
-    from astropy.table import vstack
+    import pyarrow.compute as pc
+    from astropy.table import unique, vstack
 
     output, summary = harvested
-    monkeypatch.chdir(output.parent)
-    out = output.name
-    tables = [Table.read(p) for p in sorted(Path(f"{out}/metadata").glob("*/*/obscore.parquet"))]
-    rows = vstack(tables)
-    assert rows["s_ra"].unit == u.deg and rows["t_min"].unit == u.d
-    hits = rows[rows["obsh_verdict"] == "contains"]
-    assert len(hits) == summary.stored_images > 0
+    shutil.copytree(output / "metadata", tmp_path / "out" / "metadata")
+    store = MetadataStore(str(tmp_path / "out"))
+    first = store.read()
+    hit = first.filter(pc.field("obsh_verdict") == "contains").slice(0, 1)
+    later = hit.column("obsh_harvested_at")[0].as_py() + timedelta(seconds=1)
+    for name, value in (("obsh_verdict", "outside"), ("obsh_run_id", "later-run")):
+        hit = hit.set_column(hit.column_names.index(name), name, pa.array([value]))
+    hit = hit.set_column(
+        hit.column_names.index("obsh_harvested_at"),
+        hit.schema.field("obsh_harvested_at"),
+        pa.array([later], hit.schema.field("obsh_harvested_at").type),
+    )
+    store.append(hit, run_id="later-run")
+    assert len(parquet_files(tmp_path / "out")) == len(parquet_files(output)) + 1
+    expected = summary.stored_images - 1
+    monkeypatch.chdir(tmp_path)
 
-    dataset = ds.dataset(f"{out}/metadata", format="parquet")
-    arrow_hits = dataset.to_table(filter=ds.field("obsh_verdict") == "contains")
-    assert arrow_hits.num_rows == len(hits)
-    assert dataset.schema.field("s_ra").metadata[b"unit"] == b"deg"
-    assert all(r["obsh_storage_uri"] for r in arrow_hits.to_pylist())
+    rows = MetadataStore("out").read()
+    hits = rows.filter(pc.field("obsh_verdict") == "contains")
+    assert hits.num_rows == expected > 0 and rows.num_rows == first.num_rows
+    assert rows.schema.field("s_ra").metadata[b"unit"] == b"deg"
+    assert all(r["obsh_storage_uri"] for r in hits.to_pylist())
+    raw = ds.dataset("out/metadata", format="parquet").to_table()
+    assert raw.num_rows == first.num_rows + 1
+    assert current(raw).num_rows == rows.num_rows
+
+    tables = [Table.read(p) for p in sorted(Path("out/metadata").glob("*/*/*.parquet"))]
+    rows = vstack(tables)
+    rows.sort(["obsh_harvested_at", "obsh_run_id"])
+    rows = unique(rows, keys=["obsh_target_name", "obs_publisher_did"], keep="last")
+    assert rows["s_ra"].unit == u.deg and rows["t_min"].unit == u.d
+    assert len(rows[rows["obsh_verdict"] == "contains"]) == expected
 
     found = duckdb.sql(
-        f"""
+        """
+        WITH obscore AS (
+            SELECT * FROM read_parquet('out/metadata/*/*/*.parquet', union_by_name = true)
+            QUALIFY row_number() OVER (PARTITION BY obsh_target_name, obs_publisher_did
+                ORDER BY obsh_harvested_at DESC NULLS LAST, obsh_run_id DESC NULLS LAST) = 1
+        )
         SELECT obsh_target_name, obs_id, target_name, obsh_storage_uri
-        FROM read_parquet('{out}/metadata/*/*/obscore.parquet', union_by_name = true)
+        FROM obscore
         WHERE obsh_verdict = 'contains'
         ORDER BY obsh_target_name, obs_id
         """
     ).fetchall()
-    assert len(found) == len(hits) and all(name == "seed" for name, *_ in found)
+    assert len(found) == expected and all(name == "seed" for name, *_ in found)

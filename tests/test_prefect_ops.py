@@ -161,9 +161,11 @@ def test_scheduled_incremental_runs_fire_and_the_second_stores_nothing(ops, arch
     assert len(done) >= 2, (home / "worker.log").read_text()[-4000:]
     assert [r["state_type"] for r in done[:2]] == ["COMPLETED", "COMPLETED"]
     assert "incremental" in done[0]["name"]
-    state = json.loads((tmp_path / "out" / "state" / "incremental.json").read_text())
-    assert state["runs"][0]["downloaded"] > 0
-    assert state["runs"][1]["downloaded"] == 0  # unchanged archive: nothing new to store
+    from tasks import incremental
+
+    (state,) = incremental.states(str(tmp_path / "out")).values()
+    assert state.runs[0]["downloaded"] > 0
+    assert state.runs[1]["downloaded"] == 0  # unchanged archive: nothing new to store
     for schedule in server.get(f"/deployments/{nightly['id']}/schedules"):
         server.patch(
             f"/deployments/{nightly['id']}/schedules/{schedule['id']}", {"active": False}, retries=5

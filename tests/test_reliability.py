@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pytest
 
 from flows.harvest import harvest_params
@@ -27,11 +26,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def pairs(output: Path) -> list[tuple[str, str]]:
-    rows = (
-        ds.dataset(str(output / "metadata"), format="parquet")
-        .to_table(columns=["obsh_target_name", "obs_publisher_did"])
-        .to_pylist()
-    )
+    """The (target, image) pairs of the Parquet's current view (a rerun's rows supersede)."""
+    rows = read_rows(output)
     return [(r["obsh_target_name"], r["obs_publisher_did"]) for r in rows]
 
 
@@ -120,11 +116,7 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     found = pairs(tmp_path)
     assert found and len(found) == len(set(found))  # no duplicate (target, image) rows
-    stored = [
-        r
-        for r in ds.dataset(str(tmp_path / "metadata"), format="parquet").to_table().to_pylist()
-        if r["obsh_stored"]
-    ]
+    stored = [r for r in read_rows(tmp_path) if r["obsh_stored"]]
     total = sum({r["obs_publisher_did"]: r["obsh_file_size"] for r in stored}.values())
     refetched = archive.stats().get("files", {}).get("bytes", 0)
     # bytes fetched again for images already stored (headers included): under 5% of the total

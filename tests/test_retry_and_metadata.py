@@ -104,10 +104,10 @@ def _rows(pairs, verdict):
     )
 
 
-def test_merge_replaces_pairs_and_keeps_the_rest():
+def test_a_later_append_supersedes_its_pairs_and_keeps_the_rest():
     store = MetadataStore("memory://merge-test/out")
-    store.merge(_rows([("a", "1"), ("a", "2"), ("b", "1")], "outside"))
-    store.merge(_rows([("a", "2"), ("c", "3")], "contains"))
+    store.append(_rows([("a", "1"), ("a", "2"), ("b", "1")], "outside"), run_id="r1")
+    store.append(_rows([("a", "2"), ("c", "3")], "contains"), run_id="r2")
     rows = store.read().to_pylist()
     pairs = sorted((r["obsh_target_name"], r["obs_publisher_did"], r["obsh_verdict"]) for r in rows)
     assert pairs == [

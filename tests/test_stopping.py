@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pytest
 
 from simarchive.faults import FaultPlan
@@ -107,7 +106,11 @@ def _alive(pid: int) -> bool:
 
 
 def _rows(output: Path) -> list[dict]:
-    return ds.dataset(str(output / "metadata"), format="parquet").to_table().to_pylist()
+    """The Parquet's current view (a rerun's rows supersede the stopped run's)."""
+    from tasks.metadata import MetadataStore
+
+    table = MetadataStore(str(output)).read()
+    return table.to_pylist() if table is not None else []
 
 
 def _failure(row: dict) -> str | None:
