@@ -281,16 +281,12 @@ def test_files_that_are_not_ours_or_newer_are_refused_in_one_line(tmp_path):
 
 
 def _params(tap_url: str, output, **extra) -> HarvestParams:
-    data = {
-        "service": {"tap_url": tap_url},
-        "ra": TARGET_RA,
-        "dec": TARGET_DEC,
-        "target_name": "seed",
-        "constraints": {"bands": ["i"], "calib_levels": [2]},
-        "output_url": str(output),
-    }
-    data.update(extra)
-    return HarvestParams.model_validate(data)
+    """The harvest flow tests' parameters, for any TAP URL (the crafted server's too)."""
+    from types import SimpleNamespace
+
+    from .test_harvest_flow import params_for
+
+    return params_for(SimpleNamespace(tap_url=tap_url), output, **extra)
 
 
 @pytest.fixture(scope="module")
