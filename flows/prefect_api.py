@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,9 @@ class TemporaryApi:
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.url = ""
+        # The server's own log: its shutdown can log a cancelled database rollback with
+        # a traceback, which is not the user's business; shown only when it fails to start.
+        self.log = tempfile.TemporaryFile(prefix="obsharvest-prefect-api-")
 
     def start(self, should_stop=lambda: False) -> str:
         import importlib.util
@@ -87,6 +91,8 @@ class TemporaryApi:
             command,
             env=env,
             stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # the terminal's Ctrl-C is the run's to handle
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -96,13 +102,23 @@ class TemporaryApi:
         while not _healthy(self.url):
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"the temporary Prefect API exited at start (code {self.process.returncode})"
+                    f"the temporary Prefect API exited at start (code "
+                    f"{self.process.returncode}){self._last_line()}"
                 )
             if should_stop() or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("the temporary Prefect API did not start")
             time.sleep(0.1)
         return self.url
+
+    def _last_line(self) -> str:
+        """The last line the server wrote, for a one-line reason."""
+        with contextlib.suppress(OSError):
+            self.log.seek(0)
+            lines = self.log.read()[-4000:].decode(errors="replace").strip().splitlines()
+            if lines:
+                return f": {lines[-1].strip()}"
+        return ""
 
     def _stop_at_exit(self) -> None:
         """Logging's own exit handler was registered before this one, so it would run
