@@ -70,13 +70,14 @@ def one_archive(settings: dict, rng: random.Random, binning: int, cache: str) ->
     from astropy.io.votable import parse_single_table
 
     from benchmarks.workload import spread_targets
+    from obsharvest.access.datalink import DatalinkResolver
+    from obsharvest.models import Target
+    from obsharvest.net.retry import RetryPolicy
+    from obsharvest.products import quicklook
+    from obsharvest.query.adql import TARGET_COLUMN, Constraints
+    from obsharvest.query.obscore import QueryOptions, Strategy, probe_features, query_targets
+    from obsharvest.verify import containment
     from simarchive.server import ArchiveSettings, EmbeddedArchive
-    from tasks import containment, quicklook
-    from tasks.adql import TARGET_COLUMN, Constraints
-    from tasks.datalink import DatalinkResolver
-    from tasks.models import Target
-    from tasks.obscore import QueryOptions, Strategy, probe_features, query_targets
-    from tasks.retry import RetryPolicy
 
     counts = dict.fromkeys(("rows", "links", "did_links", "headers", "quicklooks"), 0)
     archive_settings = ArchiveSettings(binning=binning, cache_dir=cache, **settings)

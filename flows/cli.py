@@ -124,7 +124,7 @@ def _overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
 def _on_stop_signal(signum: int, _frame) -> None:
     """First SIGINT/SIGTERM: stop cleanly (what is decided is written, the summary
     printed). A second one: leave at once."""
-    from tasks import stopping
+    from obsharvest.runtime import stopping
 
     if stopping.request_for_signal(signum):
         print(
@@ -152,7 +152,7 @@ def _leave(code: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tasks import stopping
+    from obsharvest.runtime import stopping
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, _on_stop_signal)
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_harvest(args: argparse.Namespace) -> int:
-    from tasks import stopping
+    from obsharvest.runtime import stopping
 
     _quiet_prefect(args.verbose)
     from .config import ConfigError, build_params
@@ -195,8 +195,8 @@ def _run_harvest(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, overrides: dict) -> int:
     """Run the flow and print its summary; the exit code says how it ended."""
-    from tasks import stopping
-    from tasks.report import text
+    from obsharvest.report import text
+    from obsharvest.runtime import stopping
 
     from .harvest import harvest
     from .progress_bars import progress_display
@@ -265,7 +265,7 @@ class _UserErrorNoise(logging.Filter):
 
 
 def _one_line(exc: BaseException) -> str:
-    from tasks.redact import redact
+    from obsharvest.net.redact import redact
 
     return redact(" ".join(str(exc).split()) or type(exc).__name__)
 
@@ -283,8 +283,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    """Rename an output's Parquet columns to the current naming (``tasks.metadata``)."""
-    from tasks.metadata import MetadataFormatError, MetadataStore
+    """Rename an output's Parquet columns to the current naming (``obsharvest.metadata``)."""
+    from obsharvest.metadata import MetadataFormatError, MetadataStore
 
     try:
         done = MetadataStore(args.output).migrate()
@@ -298,8 +298,8 @@ def _migrate(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     """Drop the superseded rows of an output's Parquet, and fold its incremental state
     (``MetadataStore.compact``, ``incremental.fold``): safe while harvests write into it."""
-    from tasks import incremental
-    from tasks.metadata import MetadataFormatError, MetadataStore
+    from obsharvest import incremental
+    from obsharvest.metadata import MetadataFormatError, MetadataStore
 
     try:
         done = MetadataStore(args.output).compact()

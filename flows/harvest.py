@@ -26,14 +26,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 from pyvo.dal import DALQueryError
 
-from tasks import assemble, stopping, workers
-from tasks import incremental as incremental_state
-from tasks.adql import AdqlValueError, Constraints
-from tasks.crashpoints import crashpoint
-from tasks.credentials import CredentialsError
-from tasks.datalink import DatalinkAuthError, DatalinkResolver
-from tasks.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token, token_source
-from tasks.images import (
+from obsharvest import assemble
+from obsharvest import incremental as incremental_state
+from obsharvest.access.datalink import DatalinkAuthError, DatalinkResolver
+from obsharvest.images import (
     CutoutUnavailableError,
     ImageOutcome,
     ImageSettings,
@@ -41,13 +37,24 @@ from tasks.images import (
     check_cutouts_offered,
     process_images,
 )
-from tasks.metadata import MetadataFormatError, MetadataStore
-from tasks.models import Target
-from tasks.obscore import QueryError, QueryOptions, Strategy, probe_features, query_targets
-from tasks.replies import ServiceRefusedError
-from tasks.retry import RetryPolicy, one_line
-from tasks.storage import ObjectStore
-from tasks.targets import TargetError, read_targets, single_target
+from obsharvest.metadata import MetadataFormatError, MetadataStore
+from obsharvest.models import Target
+from obsharvest.net.credentials import CredentialsError
+from obsharvest.net.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token, token_source
+from obsharvest.net.replies import ServiceRefusedError
+from obsharvest.net.retry import RetryPolicy, one_line
+from obsharvest.query.adql import AdqlValueError, Constraints
+from obsharvest.query.obscore import (
+    QueryError,
+    QueryOptions,
+    Strategy,
+    probe_features,
+    query_targets,
+)
+from obsharvest.runtime import stopping, workers
+from obsharvest.runtime.crashpoints import crashpoint
+from obsharvest.storage.store import ObjectStore
+from obsharvest.targets import TargetError, read_targets, single_target
 
 from . import progress, report
 from .config import build_params
@@ -316,7 +323,7 @@ def gallery(
     targets: dict[str, Target],
     outcomes: dict[str, ImageOutcome],
 ) -> str:
-    from tasks.gallery import write_gallery
+    from obsharvest.products.gallery import write_gallery
 
     index, markdown = write_gallery(
         rows, targets, outcomes, params.output_url, params.output_storage_options

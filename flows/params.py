@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from astropy.time import Time
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from tasks.credentials import is_s3
+from obsharvest.net.credentials import is_s3
 
 _BAND = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 _SUBTYPE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")

@@ -58,7 +58,7 @@ class TemporaryApi:
         self.url = ""
         # The server's own log: its shutdown can log a cancelled database rollback with
         # a traceback, which is not the user's business; shown only when it fails to start.
-        self.log = tempfile.TemporaryFile(prefix="obsharvest-prefect-api-")
+        self.log = tempfile.TemporaryFile(prefix="obsharvest-prefect-api-")  # noqa: SIM115 (lives as long as the server)
 
     def start(self, should_stop=lambda: False) -> str:
         import importlib.util

@@ -33,13 +33,13 @@ import time
 import uuid
 from typing import Any
 
-from tasks.adql import AdqlValueError, Constraints
-from tasks.credentials import CredentialsError, is_s3, load_aws_block, merged
-from tasks.http import ServiceSession, TokenError, resolve_token, token_source
-from tasks.models import Target
-from tasks.replies import ServiceRefusedError, refused, said_by
-from tasks.retry import RetryPolicy, TransientError, is_transient, one_line
-from tasks.targets import TargetError, read_targets, single_target
+from obsharvest.models import Target
+from obsharvest.net.credentials import CredentialsError, is_s3, load_aws_block, merged
+from obsharvest.net.http import ServiceSession, TokenError, resolve_token, token_source
+from obsharvest.net.replies import ServiceRefusedError, refused, said_by
+from obsharvest.net.retry import RetryPolicy, TransientError, is_transient, one_line
+from obsharvest.query.adql import AdqlValueError, Constraints
+from obsharvest.targets import TargetError, read_targets, single_target
 
 from .config import source_of
 from .params import HarvestParams
@@ -182,7 +182,7 @@ def check_service(params: HarvestParams) -> None:
         timeout=(params.retry.connect_timeout, min(params.retry.read_timeout, 30.0)),
         token_source=source,
     )
-    from tasks.obscore import read_tap_capability
+    from obsharvest.query.obscore import read_tap_capability
 
     retry = _quick(params)
     with session:
@@ -286,7 +286,7 @@ def probe(url: str, options: dict[str, Any], source: str, timeout=(10.0, 60.0)) 
     """Write and remove a small object under ``url`` with ``options``; one line if not."""
     import fsspec
 
-    from tasks.storage import with_timeouts
+    from obsharvest.storage.store import with_timeouts
 
     try:
         fs, root = fsspec.core.url_to_fs(url, **with_timeouts(url, options, timeout))

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from tasks.report import human_bytes
+from obsharvest.report import human_bytes
 
 from . import progress
 

@@ -13,9 +13,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.assemble import Summary
-from tasks.redact import redact
-from tasks.report import markdown, target_rows
+from obsharvest.assemble import Summary
+from obsharvest.net.redact import redact
+from obsharvest.report import markdown, target_rows
 
 
 def _link(url: str) -> str:

@@ -23,8 +23,8 @@ from prefect.deployments import run_deployment
 from prefect.states import Failed
 from pydantic import Field
 
-from tasks.metadata import MetadataStore
-from tasks.targets import read_targets
+from obsharvest.metadata import MetadataStore
+from obsharvest.targets import read_targets
 
 from .config import build_params
 from .preflight import with_storage_credentials

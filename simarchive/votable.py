@@ -62,7 +62,7 @@ def _python_written(votable: VOTableFile, tabledata_format: str) -> bytes:
     writes one byte past the buffer. In pymalloc's 256/512-byte blocks that corrupts the
     neighbouring block, and the process crashes later somewhere unrelated (GC, imports).
     The Python writer gives the same bytes. The client's TAP uploads have their own copy
-    of this (``tasks.obscore.votable_upload``).
+    of this (``obsharvest.query.obscore.votable_upload``).
     """
     buf = io.BytesIO()
     votable.to_xml(buf, tabledata_format=tabledata_format, _debug_python_based_parser=True)

@@ -17,9 +17,12 @@ import pytest
 from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 
-from tasks import access
-from tasks.access import Kind, kind_of, service_descriptors, sniff
-from tasks.containment import (
+from obsharvest.access import kinds as access
+from obsharvest.access.datalink import DatalinkResolver, LinkRequest, link_request
+from obsharvest.access.kinds import Kind, kind_of, service_descriptors, sniff
+from obsharvest.access.ranged import RangedHttpFile
+from obsharvest.net.retry import RetryPolicy
+from obsharvest.verify.containment import (
     HeaderReadError,
     NotFoundError,
     TransientReadError,
@@ -27,9 +30,6 @@ from tasks.containment import (
     UrlExpiredError,
     read_wcs_header,
 )
-from tasks.datalink import DatalinkResolver, LinkRequest, link_request
-from tasks.ranged import RangedHttpFile
-from tasks.retry import RetryPolicy
 from tests.crafted_server import CraftedServer, Reply, datalink
 
 NO_RETRY = RetryPolicy(attempts=1)

@@ -44,11 +44,11 @@ from flows.harvest import harvest, harvest_params
 from flows.params import HarvestParams
 from flows.preflight import PreflightError
 from flows.progress_bars import ProgressLines
-from tasks.assemble import Summary, TargetSummary, cutout_bytes
-from tasks.models import Containment, Verdict
-from tasks.replies import ServiceRefusedError
-from tasks.report import display_width, text
-from tasks.storage import ObjectStore, parse_sidecar
+from obsharvest.assemble import Summary, TargetSummary, cutout_bytes
+from obsharvest.models import Containment, Verdict
+from obsharvest.net.replies import ServiceRefusedError
+from obsharvest.report import display_width, text
+from obsharvest.storage.store import ObjectStore, parse_sidecar
 
 from .crafted_server import CraftedServer, Reply, html
 

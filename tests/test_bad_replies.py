@@ -29,15 +29,15 @@ from pyvo.dal import DALQueryError
 
 from flows.harvest import harvest_params
 from flows.params import HarvestParams
-from tasks import containment
-from tasks.datalink import DatalinkResolver
-from tasks.models import Target, Verdict
-from tasks.obscore import QueryOptions, ServiceError, run_query
-from tasks.replies import ServiceRefusedError
-from tasks.retry import RetryPolicy
-from tasks.storage import ObjectStore
-from tasks.storage_errors import DownloadError, NotFoundError, TransientDownloadError
-from tasks.storage_http import download
+from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.models import Target, Verdict
+from obsharvest.net.replies import ServiceRefusedError
+from obsharvest.net.retry import RetryPolicy
+from obsharvest.query.obscore import QueryOptions, ServiceError, run_query
+from obsharvest.storage.download import download
+from obsharvest.storage.errors import DownloadError, NotFoundError, TransientDownloadError
+from obsharvest.storage.store import ObjectStore
+from obsharvest.verify import containment
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .crafted_server import CraftedServer, Reply, datalink, html, votable_error
@@ -522,7 +522,7 @@ def test_flow_bad_reply_is_a_per_image_outcome(case: ImageCase, flow_run):
 
 
 def test_flow_report_lists_every_failure_on_one_line(flow_run):
-    from tasks.report import text
+    from obsharvest.report import text
 
     summary, rows = flow_run
     expected = {f"ivo://crafted/{c.name}?repo=x" for c in FLOW_CASES if c.failure}

@@ -30,10 +30,10 @@ import pyarrow.dataset as ds
 import pytest
 import pyvo
 
+from obsharvest import incremental
+from obsharvest.metadata import FILE_NAME, MetadataStore, current, file_metadata
+from obsharvest.runtime.crashpoints import RENDEZVOUS_ENV
 from simarchive.server import ArchiveSettings, EmbeddedArchive
-from tasks import incremental
-from tasks.crashpoints import RENDEZVOUS_ENV
-from tasks.metadata import FILE_NAME, MetadataStore, current, file_metadata
 
 from .seaweed import TEST_KEY, TEST_SECRET, s3_client, seaweed_s3, storage_options
 
@@ -172,7 +172,7 @@ def test_writers_at_once_each_add_a_file_and_no_row_is_lost(tmp_path):
 
 
 def test_a_compaction_never_removes_a_file_written_while_it_runs(tmp_path, monkeypatch):
-    import tasks.metadata as metadata
+    import obsharvest.metadata as metadata
 
     store = MetadataStore(str(tmp_path))
     store.append(_rows([("a", "1"), ("a", "2")], "outside", at=T0, run="r1"), "r1")
@@ -250,7 +250,7 @@ def test_stale_temporaries_go_and_a_running_writers_stay(tmp_path):
 
 
 def test_the_next_write_removes_a_killed_writers_temporary_and_keeps_a_live_ones(tmp_path):
-    import tasks.metadata as metadata
+    import obsharvest.metadata as metadata
 
     store = MetadataStore(str(tmp_path))
     store.append(_rows([("a", "1")], at=T0, run="r"), "r")
@@ -356,7 +356,7 @@ def field():
 
 @contextlib.contextmanager
 def barrier(parties: int, timeout: float = 240.0):
-    """A TCP barrier for ``tasks.crashpoints.rendezvous``: holds every process that
+    """A TCP barrier for ``obsharvest.runtime.crashpoints.rendezvous``: holds every process that
     connects until ``parties`` have, then lets them all go. Yields (address, arrived,
     procs): put the processes in ``procs``, and if one of them ends without arriving (it
     failed), the others are let go at once instead of after ``timeout``."""

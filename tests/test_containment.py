@@ -17,7 +17,8 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from tasks.containment import (
+from obsharvest.models import Target, Verdict
+from obsharvest.verify.containment import (
     CorruptHeaderError,
     HeaderReadError,
     NotFoundError,
@@ -30,7 +31,6 @@ from tasks.containment import (
     read_wcs_header,
     verify,
 )
-from tasks.models import Target, Verdict
 
 TARGET_RA, TARGET_DEC = 62.0, -37.0  # the seed tutorial's point
 NX, NY = 400, 300

@@ -7,7 +7,7 @@ from prefect_aws import AwsClientParameters, AwsCredentials
 from pydantic import ValidationError
 
 from flows.params import HarvestParams
-from tasks.credentials import is_s3, merged, s3_options_from_aws_credentials
+from obsharvest.net.credentials import is_s3, merged, s3_options_from_aws_credentials
 
 
 def test_block_fields_become_s3fs_options():

@@ -11,7 +11,7 @@ from astropy.wcs import WCS
 import simarchive.geometry as geo
 from flows.harvest import harvest_params
 from flows.params import HarvestParams
-from tasks.metadata import MetadataStore
+from obsharvest.metadata import MetadataStore
 
 from .conftest import TARGET_DEC, TARGET_RA
 

@@ -6,8 +6,8 @@ import pytest
 import pyvo
 
 from flows.harvest import harvest_params
+from obsharvest import incremental
 from simarchive.server import ArchiveSettings, EmbeddedArchive
-from tasks import incremental
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_harvest_flow import params_for, read_rows

@@ -14,11 +14,11 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from obsharvest.models import Containment, Target, Verdict
+from obsharvest.verify.containment import UrlExpiredError, read_wcs_header, verify
+from obsharvest.verify.mask import MaskCheck, apply_mask, mask_flags
 from simarchive.pixels import MASK_PLANES, amp_slices
 from simarchive.server import ArchiveSettings, EmbeddedArchive
-from tasks.containment import UrlExpiredError, read_wcs_header, verify
-from tasks.mask import MaskCheck, apply_mask, mask_flags
-from tasks.models import Containment, Target, Verdict
 
 NO_DATA_BIT = MASK_PLANES["NO_DATA"]
 

@@ -31,10 +31,8 @@ from astropy.table import Table
 from flows.cli import main
 from flows.harvest import USER_ERRORS, harvest_params
 from flows.params import HarvestParams
-from simarchive.server import ArchiveSettings, EmbeddedArchive
-from tasks.adql import TARGET_COLUMN
-from tasks.assemble import image_works, priors_from
-from tasks.metadata import (
+from obsharvest.assemble import image_works, priors_from
+from obsharvest.metadata import (
     FORMAT,
     FORMAT_KEY,
     HARVEST_COLUMNS,
@@ -48,7 +46,9 @@ from tasks.metadata import (
     obscore_to_arrow,
     with_harvest_columns,
 )
-from tasks.models import Target
+from obsharvest.models import Target
+from obsharvest.query.adql import TARGET_COLUMN
+from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .crafted_server import CraftedServer, Reply

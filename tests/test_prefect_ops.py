@@ -161,7 +161,7 @@ def test_scheduled_incremental_runs_fire_and_the_second_stores_nothing(ops, arch
     assert len(done) >= 2, (home / "worker.log").read_text()[-4000:]
     assert [r["state_type"] for r in done[:2]] == ["COMPLETED", "COMPLETED"]
     assert "incremental" in done[0]["name"]
-    from tasks import incremental
+    from obsharvest import incremental
 
     (state,) = incremental.states(str(tmp_path / "out")).values()
     assert state.runs[0]["downloaded"] > 0

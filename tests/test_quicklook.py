@@ -15,11 +15,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from matplotlib import image as mpimage
 
-from simarchive.pixels import amp_slices
-from simarchive.server import ArchiveSettings, EmbeddedArchive
-from tasks.containment import verify
-from tasks.models import Target, Verdict
-from tasks.quicklook import (
+from obsharvest.models import Target, Verdict
+from obsharvest.products.quicklook import (
     DPI,
     FIGSIZE_IN,
     GalleryItem,
@@ -29,6 +26,9 @@ from tasks.quicklook import (
     gallery_markdown,
     quicklook_png,
 )
+from obsharvest.verify.containment import verify
+from simarchive.pixels import amp_slices
+from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 SIZE = (int(FIGSIZE_IN[1] * DPI), int(FIGSIZE_IN[0] * DPI))  # (rows, cols) of a PNG
 
@@ -239,7 +239,7 @@ def test_gallery_markdown_escapes_text():
 
 
 def test_missing_file_is_a_not_found_error(tmp_path):
-    from tasks.containment import NotFoundError
+    from obsharvest.verify.containment import NotFoundError
 
     with pytest.raises(NotFoundError):
         quicklook_png(str(tmp_path / "nope.fits"), Target("t", 1.0, 2.0), None, io.BytesIO())

@@ -126,7 +126,7 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
     # every visible object is complete: its bytes match the checksum recorded when stored
     import hashlib
 
-    from tasks.storage import parse_sidecar
+    from obsharvest.storage.store import parse_sidecar
 
     for row in stored:
         path = Path(row["obsh_storage_uri"].removeprefix("file://"))
@@ -136,7 +136,7 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
     assert not [p for p in tmp_path.rglob("*.tmp")]  # Parquet temporaries never survive a rerun
     # a download killed mid-file leaves only a hidden temporary, never the final key; the
     # store removes such orphans (runs do so for ones older than an hour)
-    from tasks.storage import ObjectStore
+    from obsharvest.storage.store import ObjectStore
 
     ObjectStore(str(tmp_path / "fits")).delete_partials(older_than=0)
     assert not [p for p in tmp_path.rglob("*") if ".part-" in p.name]

@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from tasks.metadata import MetadataStore
-from tasks.storage import ObjectStore
-from tasks.storage_http import download
+from obsharvest.metadata import MetadataStore
+from obsharvest.storage.download import download
+from obsharvest.storage.store import ObjectStore
 
 from .seaweed import TEST_KEY, TEST_SECRET, s3_client, seaweed_s3, storage_options
 
@@ -128,7 +128,7 @@ def test_a_stream_failing_midway_leaves_no_object_and_no_upload(s3, bucket):
 _UPLOADER = textwrap.dedent(
     """
     import hashlib, json, resource, sys
-    from tasks.storage import ObjectStore
+    from obsharvest.storage.store import ObjectStore
 
     def peak_kib():  # VmHWM: peak resident set size, the figure getrusage's ru_maxrss reports
         for line in open("/proc/self/status"):
@@ -376,7 +376,7 @@ def test_harvest_into_s3_with_an_aws_credentials_block(s3, bucket, archive, monk
 def test_an_unknown_credentials_block_is_one_clear_line(tmp_path):
     from flows.harvest import preflight
     from flows.params import HarvestParams
-    from tasks.credentials import CredentialsError
+    from obsharvest.net.credentials import CredentialsError
 
     params = HarvestParams.model_validate(
         {

@@ -29,13 +29,13 @@ from pydantic import ValidationError
 from flows.cli import main as cli_main
 from flows.harvest import harvest_params
 from flows.params import HarvestParams
-from tasks import assemble
-from tasks.adql import TARGET_COLUMN, AdqlValueError, Constraints
-from tasks.datalink import DatalinkResolver
-from tasks.http import ServiceSession
-from tasks.models import Target
-from tasks.obscore import QueryOptions, ServiceFeatures, Strategy, query_targets
-from tasks.storage import ObjectStore
+from obsharvest import assemble
+from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.models import Target
+from obsharvest.net.http import ServiceSession
+from obsharvest.query.adql import TARGET_COLUMN, AdqlValueError, Constraints
+from obsharvest.query.obscore import QueryOptions, ServiceFeatures, Strategy, query_targets
+from obsharvest.storage.store import ObjectStore
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .crafted_server import CraftedServer, Reply, datalink

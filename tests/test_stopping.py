@@ -107,7 +107,7 @@ def _alive(pid: int) -> bool:
 
 def _rows(output: Path) -> list[dict]:
     """The Parquet's current view (a rerun's rows supersede the stopped run's)."""
-    from tasks.metadata import MetadataStore
+    from obsharvest.metadata import MetadataStore
 
     table = MetadataStore(str(output)).read()
     return table.to_pylist() if table is not None else []

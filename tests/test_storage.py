@@ -1,4 +1,4 @@
-"""tasks.storage: safe keys, no partial objects ever visible, resumed downloads over HTTP."""
+"""obsharvest.storage.store: safe keys, no partial objects ever visible, resumed downloads over HTTP."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import requests
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from tasks.models import StoredObject
-from tasks.storage import (
+from obsharvest.models import StoredObject
+from obsharvest.storage.keys import MAX_PART_LENGTH
+from obsharvest.storage.store import (
     IntegrityError,
     NotFoundError,
     ObjectStore,
@@ -26,7 +27,6 @@ from tasks.storage import (
     download,
     object_key,
 )
-from tasks.storage_keys import MAX_PART_LENGTH
 
 PREFIX = "/data/harvest"
 ALLOWED = re.compile(r"^[A-Za-z0-9._+-]+$")

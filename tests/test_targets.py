@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.table import Table
 
-from tasks.models import Target
-from tasks.targets import TargetError, iau_names, read_targets, single_target
+from obsharvest.models import Target
+from obsharvest.targets import TargetError, iau_names, read_targets, single_target
 
 RA, DEC = 62.0, -37.0  # the seed tutorial's point
 

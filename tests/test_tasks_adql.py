@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlglot
 
-from tasks.adql import AdqlValueError, Constraints, obscore_query, upload_query
-from tasks.models import Target
+from obsharvest.models import Target
+from obsharvest.query.adql import AdqlValueError, Constraints, obscore_query, upload_query
 
 
 def parses(adql: str) -> None:

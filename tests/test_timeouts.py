@@ -16,9 +16,9 @@ import uuid
 import pytest
 
 from flows.harvest import harvest_params
+from obsharvest.net.http import ServiceSession
 from simarchive.faults import FaultPlan
 from simarchive.server import ArchiveSettings, EmbeddedArchive
-from tasks.http import ServiceSession
 
 from .test_harvest_flow import params_for
 
@@ -104,9 +104,9 @@ def test_a_request_to_a_server_that_never_answers_ends_after_the_read_timeout(st
 
 @pytest.mark.timeout(30, func_only=True)
 def test_a_stalled_soda_cutout_is_a_transient_failure_after_the_read_timeout(stalling, tmp_path):
-    from tasks.cutouts import CutoutRequest, fetch_cutout
-    from tasks.retry import is_transient
-    from tasks.storage import ObjectStore, TransientDownloadError
+    from obsharvest.access.soda import CutoutRequest, fetch_cutout
+    from obsharvest.net.retry import is_transient
+    from obsharvest.storage.store import ObjectStore, TransientDownloadError
 
     stalling.set_faults(FaultPlan.parse(["cutout.stall=1"], seed=4))
     request = CutoutRequest(stalling.soda_url, "ivo://x/y?z", 62.0, -37.0, 0.01)
@@ -129,7 +129,7 @@ def test_a_stalled_soda_cutout_is_a_transient_failure_after_the_read_timeout(sta
 
 @pytest.mark.timeout(10, func_only=True)
 def test_object_stores_get_the_timeouts_the_user_did_not_set():
-    from tasks.storage import ObjectStore, with_timeouts
+    from obsharvest.storage.store import ObjectStore, with_timeouts
 
     t = (2.0, 7.0)
     s3 = with_timeouts("s3://b/p", {"key": "k", "config_kwargs": {"read_timeout": 30}}, t)

@@ -28,16 +28,16 @@ import requests
 from astropy.io.votable import from_table, parse_single_table, tree
 from astropy.table import Table
 
-from simarchive.votable import results_votable
-from tasks.adql import TARGET_COLUMN, Constraints
-from tasks.models import Target
-from tasks.obscore import (
+from obsharvest.models import Target
+from obsharvest.query.adql import TARGET_COLUMN, Constraints
+from obsharvest.query.obscore import (
     QueryOptions,
     ServiceFeatures,
     Strategy,
     query_targets,
     votable_upload,
 )
+from simarchive.votable import results_votable
 
 from .conftest import TARGET_DEC, TARGET_RA
 
@@ -70,7 +70,7 @@ def targets_with_rows_of(sizes, ra=TARGET_RA, dec=TARGET_DEC) -> list[Target]:
 
 
 def _upload_table(targets) -> Table:
-    from tasks.obscore import _upload_table as upload_table
+    from obsharvest.query.obscore import _upload_table as upload_table
 
     return upload_table(targets)
 
@@ -170,7 +170,7 @@ def test_astropy_c_writer_still_overflows(writer):
     """The reproducer: under ``PYTHONMALLOC=debug`` the C writer aborts on a 256-byte row.
 
     When this fails for ``c``, astropy has fixed its writer: the Python-writer workaround
-    (``simarchive.votable``, ``tasks.obscore.votable_upload``, ``tests/conftest.py``) can go.
+    (``simarchive.votable``, ``obsharvest.query.obscore.votable_upload``, ``tests/conftest.py``) can go.
     """
     env = {**os.environ, "PYTHONMALLOC": "debug"}
     done = subprocess.run(

@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 import fsspec
 import numpy as np
 
-from .adql import Constraints
-from .metadata import READ_ATTEMPTS, _direct_write, forget_listings, part_name
-from .models import Target
+from obsharvest.metadata import READ_ATTEMPTS, _direct_write, forget_listings, part_name
+from obsharvest.models import Target
+from obsharvest.query.adql import Constraints
 
 log = logging.getLogger(__name__)
 

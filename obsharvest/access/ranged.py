@@ -15,7 +15,7 @@ front of a file and refuses to download a whole image to find a late extension.
 
 Every request has connect and read timeouts (the read timeout bounds the pause between
 two bytes, so a body that stalls fails too); errors are the header-read family of
-:mod:`tasks.containment`, which says what is worth retrying.
+:mod:`obsharvest.verify.containment`, which says what is worth retrying.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Mapping
 
 import requests
 
-from . import stopping
-from .containment import (
+from obsharvest.runtime import stopping
+from obsharvest.verify.containment import (
     CorruptHeaderError,
     HeaderReadError,
     NotFoundError,

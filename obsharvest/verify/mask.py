@@ -15,8 +15,8 @@ target's pixel, computed from the MASK data offset, BITPIX and NAXIS1. A 195 MB 
 costs about two 32 KB blocks. Tile-compressed masks fall back to astropy's ``section``,
 which reads only the tiles it needs.
 
-No Prefect here. Read failures raise the :mod:`tasks.containment` error types
-(:class:`~tasks.containment.TransientReadError`: retry; ``UrlExpiredError``: resolve
+No Prefect here. Read failures raise the :mod:`obsharvest.verify.containment` error types
+(:class:`~obsharvest.verify.containment.TransientReadError`: retry; ``UrlExpiredError``: resolve
 Datalink again), classified the same way as header reads.
 """
 
@@ -29,14 +29,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 from astropy.io import fits
 
-from tasks.containment import (
+from obsharvest.models import Containment, Verdict
+from obsharvest.verify.containment import (
     DEFAULT_BLOCK_SIZE,
     CorruptHeaderError,
     HeaderReadError,
     _classify,  # one classification of fsspec/aiohttp failures for every range read
     redact_url,
 )
-from tasks.models import Containment, Verdict
 
 __all__ = ["MASK_EXTNAME", "NO_DATA_PLANE", "MaskCheck", "apply_mask", "mask_flags"]
 
@@ -84,12 +84,12 @@ def mask_flags(
 ) -> MaskCheck:
     """The MASK word at 0-based pixel ``(x, y)`` of HDU ``hdu_index``'s grid.
 
-    ``hdu_index``, ``x`` and ``y`` are what :func:`tasks.containment.verify` put in the
-    :class:`~tasks.models.Containment`. The MASK HDU is found by ``EXTNAME`` (never by
+    ``hdu_index``, ``x`` and ``y`` are what :func:`obsharvest.verify.containment.verify` put in the
+    :class:`~obsharvest.models.Containment`. The MASK HDU is found by ``EXTNAME`` (never by
     position) and must have the same grid as HDU ``hdu_index``. Pixel ``i`` covers
     ``[i - 0.5, i + 0.5)``. A file without MASK, a MASK without a NO_DATA plane, a
     non-integer MASK or a target off the grid give ``no_data=False`` with a reason.
-    ``storage_options`` go to :class:`tasks.ranged.RangedHttpFile` for HTTP(S) URLs
+    ``storage_options`` go to :class:`obsharvest.access.ranged.RangedHttpFile` for HTTP(S) URLs
     (``headers``, ``session``, ``size``, ``timeout``), to fsspec otherwise.
     """
     url = os.fspath(url_or_path)
@@ -110,9 +110,9 @@ def mask_flags(
 
 
 def _open(url: str, block_size: int, options: dict):
-    """HTTP(S): explicit range GETs, never a HEAD (:mod:`tasks.ranged`); else fsspec."""
+    """HTTP(S): explicit range GETs, never a HEAD (:mod:`obsharvest.access.ranged`); else fsspec."""
     if url.lower().startswith(("http://", "https://")):
-        from .ranged import RangedHttpFile
+        from obsharvest.access.ranged import RangedHttpFile
 
         return RangedHttpFile(url, block_size=block_size, **options)
     import fsspec
@@ -246,7 +246,7 @@ def _data_offset(hdul: fits.HDUList, index: int) -> int:
 def _read_exact(handle, start: int, size: int) -> bytes:
     """Exactly ``size`` bytes at ``start``, without the read-ahead of the block cache
     (a whole ``block_size`` block for a 4-byte pixel). Local files just seek and read."""
-    from .ranged import RangedHttpFile
+    from obsharvest.access.ranged import RangedHttpFile
 
     if isinstance(handle, RangedHttpFile):
         return handle.read_exact(start, size)

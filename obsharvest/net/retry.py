@@ -5,7 +5,7 @@ code 0, 429 or 5xx; ``DALRateLimitError`` with ``retry_after_seconds``; ``DALFor
 whose cause is a connection error; raw ``requests`` exceptions from ``submit_job``.
 ``DALQueryError`` means the query itself is wrong, and 400/401/403/404/405 or a reply that
 is not a VOTable mean the request or the configuration is: never retried
-(``tasks.replies``).
+(``obsharvest.net.replies``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from tenacity import (
     wait_random,
 )
 
-from . import stopping
-from .replies import RefusedError, status_is_transient
+from obsharvest.net.replies import RefusedError, status_is_transient
+from obsharvest.runtime import stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,7 +65,7 @@ _TRANSPORT = (
 def is_transient(exc: BaseException) -> bool:
     """Only timeouts, dropped connections, 429 and 5xx (and what obsharvest itself calls
     transient) are worth another attempt; every other 4xx, and a reply that is not the
-    document asked for, is permanent (``tasks.replies``). pyvo reports an HTTP error
+    document asked for, is permanent (``obsharvest.net.replies``). pyvo reports an HTTP error
     status as ``DALServiceError.code`` (0: no reply) and raises ``DALFormatError`` only
     for a 2xx reply it cannot parse, so an HTML 502 page from a proxy is retried and an
     HTML page with 200 or 404 is not; a parse error caused by a body cut short is."""
@@ -161,7 +161,7 @@ def one_line(exc: BaseException | None) -> str:
     """A short, single-line description of an error with URL query strings removed."""
     if exc is None:
         return "unknown error"
-    from .redact import redact
+    from obsharvest.net.redact import redact
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     return redact(f"{type(exc).__name__}: {text}")[:500]

@@ -44,9 +44,10 @@ from typing import Any
 
 import fsspec
 
-from .crashpoints import crashpoint
-from .models import StoredObject
-from .storage_errors import (
+from obsharvest.models import StoredObject
+from obsharvest.runtime.crashpoints import crashpoint
+from obsharvest.storage.download import DEFAULT_TIMEOUT, download
+from obsharvest.storage.errors import (
     DownloadError,
     IntegrityError,
     NotFoundError,
@@ -55,8 +56,7 @@ from .storage_errors import (
     TransientDownloadError,
     UrlExpiredError,
 )
-from .storage_http import DEFAULT_TIMEOUT, download
-from .storage_keys import is_safe_key, object_key, sanitize_part
+from obsharvest.storage.keys import is_safe_key, object_key, sanitize_part
 
 __all__ = [
     "DIRECT_WRITE_PROTOCOLS",

@@ -16,13 +16,18 @@ import numpy as np
 import pyarrow as pa
 from astropy.table import Table
 
-from . import access
-from .access import descriptors_of
-from .adql import TARGET_COLUMN
-from .images import ImageOutcome, ImageWork, Prior
-from .metadata import TARGET_NAME, check_obscore_columns, obscore_to_arrow, with_harvest_columns
-from .models import Target, Verdict
-from .storage_keys import object_key
+from obsharvest.access import kinds as access
+from obsharvest.access.kinds import descriptors_of
+from obsharvest.images import ImageOutcome, ImageWork, Prior
+from obsharvest.metadata import (
+    TARGET_NAME,
+    check_obscore_columns,
+    obscore_to_arrow,
+    with_harvest_columns,
+)
+from obsharvest.models import Target, Verdict
+from obsharvest.query.adql import TARGET_COLUMN
+from obsharvest.storage.keys import object_key
 
 ID_COLUMN = "obs_publisher_did"
 

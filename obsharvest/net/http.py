@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .redact import register_secret
+from obsharvest.net.redact import register_secret
 
 TOKEN_ENV = "ACCESS_TOKEN"  # what the RSP's own tools read
 DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (longest pause between two bytes) seconds

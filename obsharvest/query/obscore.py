@@ -22,22 +22,21 @@ from astropy.io.votable import from_table
 from astropy.table import Table, vstack
 from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError, DALServiceError
 
-from simarchive import geometry
-
-from . import stopping
-from .access import DESCRIPTORS_META, service_descriptors
-from .adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
-from .crashpoints import crashpoint
-from .models import Target
-from .redact import strip_query
-from .replies import (
+from obsharvest.access.kinds import DESCRIPTORS_META, service_descriptors
+from obsharvest.models import Target
+from obsharvest.net.redact import strip_query
+from obsharvest.net.replies import (
     NotTapServiceError,
     ServiceRefusedError,
     refused,
     said_by,
     status_is_transient,
 )
-from .retry import RetryPolicy, TransientError, is_transient, one_line
+from obsharvest.net.retry import RetryPolicy, TransientError, is_transient, one_line
+from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
+from obsharvest.runtime import stopping
+from obsharvest.runtime.crashpoints import crashpoint
+from simarchive import geometry
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,8 @@ def read_tap_capability(session, tap_url: str):
 
     Read here rather than through pyvo, which reports every failure of this request as a
     ``DALServiceError`` without a status: a 401 or a 404 would look like a dropped
-    connection and be retried. Raises :class:`~tasks.replies.ServiceRefusedError` for
-    401/403, :class:`~tasks.replies.NotTapServiceError` for another 4xx or a reply that is
+    connection and be retried. Raises :class:`~obsharvest.net.replies.ServiceRefusedError` for
+    401/403, :class:`~obsharvest.net.replies.NotTapServiceError` for another 4xx or a reply that is
     no capabilities document with TAP in it, :class:`TransientError` for 429/5xx; a
     transport error propagates as it is (transient too).
     """
@@ -223,7 +222,7 @@ def votable_upload(table: Table) -> bytes:
 
 def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseException:
     """A permanent failure of a query, as the error the run ends with: a 4xx becomes a
-    :class:`~tasks.replies.ServiceRefusedError` with the service's words and a hint, a
+    :class:`~obsharvest.net.replies.ServiceRefusedError` with the service's words and a hint, a
     reply that is no VOTable one saying so; a wrong query (``DALQueryError``) and our own
     errors stay as they are."""
     session = service._session
@@ -291,7 +290,7 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
                 service._session.get(
                     job.url,
                     params={"WAIT": int(min(options.poll_wait, remaining)) or 1, "PHASE": phase},
-                    # the session's (connect, read), read stretched past WAIT (tasks.http)
+                    # the session's (connect, read), read stretched past WAIT (obsharvest.net.http)
                     timeout=getattr(service._session, "timeout", None) or options.poll_wait + 30,
                 )
             except Exception:  # a failed long poll is harmless: the next phase read retries

@@ -37,7 +37,7 @@ from astropy.table import Table
 from astropy.table import meta as table_meta
 from astropy.utils.exceptions import AstropyWarning
 
-from tasks.models import Target
+from obsharvest.models import Target
 
 __all__ = ["Problem", "TargetError", "iau_names", "read_targets", "single_target"]
 

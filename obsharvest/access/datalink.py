@@ -31,11 +31,17 @@ import requests
 from astropy.io.votable import parse as parse_votable
 from pyvo.dal.adhoc import DatalinkResults
 
-from . import stopping, workers
-from .crashpoints import crashpoint
-from .redact import redact, strip_query
-from .replies import RefusedError, ServiceRefusedError, refused, said_by, status_is_transient
-from .retry import RetryPolicy, TransientError, one_line
+from obsharvest.net.redact import redact, strip_query
+from obsharvest.net.replies import (
+    RefusedError,
+    ServiceRefusedError,
+    refused,
+    said_by,
+    status_is_transient,
+)
+from obsharvest.net.retry import RetryPolicy, TransientError, one_line
+from obsharvest.runtime import stopping, workers
+from obsharvest.runtime.crashpoints import crashpoint
 
 log = logging.getLogger(__name__)
 THIS = "#this"
@@ -63,7 +69,7 @@ class AccessLink:
     resolved_at: float = 0.0
     soda_url: str | None = None  # the #cutout row's SODA sync endpoint, if offered
     soda_id: str | None = None  # the ID to send it
-    access: str = "datalink"  # how the URL was found (tasks.access.Access)
+    access: str = "datalink"  # how the URL was found (obsharvest.access.kinds.Access)
 
     @property
     def refreshable(self) -> bool:

@@ -5,7 +5,7 @@
 - :class:`NotFoundError` (404/410): the archive no longer has the file; do not retry.
 - :class:`TransientDownloadError` (429, 5xx, connection trouble, a cut-off body that could
   not be resumed): retry later, after ``retry_after`` seconds when the server said so. It
-  is a :class:`tasks.retry.TransientError`, so the shared retry policy handles it.
+  is a :class:`obsharvest.net.retry.TransientError`, so the shared retry policy handles it.
 - :class:`IntegrityError`: the bytes do not match the announced size or MD5. Usually the
   transfer, occasionally the archive; worth one more attempt, not a loop.
 
@@ -14,7 +14,7 @@ Messages never contain a URL's query string: signed URLs carry their credentials
 
 from __future__ import annotations
 
-from .retry import TransientError
+from obsharvest.net.retry import TransientError
 
 
 class StorageError(Exception):

@@ -1,4 +1,4 @@
-"""Fetch one file over HTTP into an :class:`~tasks.storage.ObjectStore`, resuming cut bodies.
+"""Fetch one file over HTTP into an :class:`~obsharvest.storage.store.ObjectStore`, resuming cut bodies.
 
 Archives cut transfers short (proxies, load balancers, overloaded servers). Starting a
 2 GB download again after 1.9 GB wastes the archive's bandwidth and ours, so when the
@@ -10,7 +10,7 @@ still checked against the ETag's MD5 (or the caller's ``expected_md5``), so a sp
 can never go unnoticed.
 
 This is the only retrying done here: the caller wraps :func:`download` with tenacity
-(``tasks.retry``) and re-resolves the signed URL on :class:`UrlExpiredError`.
+(``obsharvest.net.retry``) and re-resolves the signed URL on :class:`UrlExpiredError`.
 
 Credentials: Datalink's signed URLs point at other hosts (cloud storage, a CDN) and carry
 their own credentials in the query string. The archive's bearer token must not travel
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from . import stopping
-from .models import StoredObject
-from .redact import redact, strip_query
-from .storage_errors import (
+from obsharvest.models import StoredObject
+from obsharvest.net.redact import redact, strip_query
+from obsharvest.runtime import stopping
+from obsharvest.storage.errors import (
     DownloadError,
     IntegrityError,
     NotFoundError,
@@ -46,7 +46,7 @@ from .storage_errors import (
 )
 
 if TYPE_CHECKING:
-    from .storage import ObjectStore
+    from obsharvest.storage.store import ObjectStore
 
 log = logging.getLogger(__name__)
 

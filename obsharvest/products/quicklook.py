@@ -37,13 +37,13 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from tasks.containment import (
+from obsharvest.models import Containment, Target, Verdict
+from obsharvest.verify.containment import (
     HeaderReadError,
     SRegionError,
     _classify,  # the same error types as header reads (retry, re-sign, give up)
     parse_s_region,
 )
-from tasks.models import Containment, Target, Verdict
 
 __all__ = [
     "GalleryItem",
@@ -276,7 +276,7 @@ def quicklook_figure(
     """``(figure, info)``: the quicklook as a Matplotlib ``Figure`` on an Agg canvas.
 
     Raises ValueError when no HDU has 2-D pixels and a celestial WCS, and the
-    :mod:`tasks.containment` read errors (``TransientReadError``, ``UrlExpiredError``,
+    :mod:`obsharvest.verify.containment` read errors (``TransientReadError``, ``UrlExpiredError``,
     ``NotFoundError``, ...) when a path or URL cannot be read. A target or ``s_region``
     the WCS cannot place is left out (and logged), not an error.
     """
@@ -442,7 +442,7 @@ def footprint_map_figure(
     """Seed Figure 1 as a ``Figure``: north up, east left, one outline per region.
 
     ``regions`` are ``(s_region, label, verdict, kind)``: the verdict (a
-    :class:`~tasks.models.Verdict` value, or None when unchecked) picks the colour;
+    :class:`~obsharvest.models.Verdict` value, or None when unchecked) picks the colour;
     a ``kind`` containing "coadd" (``lsst.deepCoadd_calexp``, ``lsst.deep_coadd``, ...)
     draws a thicker line and writes ``label`` (``tract_patch``) at its centre. Unparseable
     ``s_region`` values are counted in a footnote, not drawn.

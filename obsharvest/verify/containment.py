@@ -28,8 +28,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from tasks.models import Containment, Target, Verdict
-from tasks.retry import TransientError
+from obsharvest.models import Containment, Target, Verdict
+from obsharvest.net.retry import TransientError
 
 __all__ = [
     "CorruptHeaderError",
@@ -196,7 +196,7 @@ def read_wcs_header(
     (primary header without WCS, then ``IMAGE``) costs one range request of
     ``block_size`` bytes; a raw (one primary HDU with WCS) the same. Pixel data is never
     read. HTTP(S) URLs are read with explicit range GETs and never a HEAD
-    (:class:`tasks.ranged.RangedHttpFile`; some archives never answer HEAD);
+    (:class:`obsharvest.access.ranged.RangedHttpFile`; some archives never answer HEAD);
     ``opened`` is such a reader already opened by the caller (it has the first block).
     ``storage_options`` go to the reader (``headers``, ``session``, ``size``,
     ``timeout``) for HTTP, to fsspec for other URLs and paths.
@@ -204,7 +204,7 @@ def read_wcs_header(
     options = dict(storage_options or {})
     try:
         if opened is None and _is_http(url):
-            from .ranged import RangedHttpFile
+            from obsharvest.access.ranged import RangedHttpFile
 
             opened = RangedHttpFile(url, block_size=block_size, **options)
         if opened is not None:

@@ -16,11 +16,16 @@ from collections.abc import Mapping
 import fsspec
 from astropy.table import Table
 
-from .adql import TARGET_COLUMN
-from .images import ImageOutcome
-from .models import Target
-from .quicklook import GalleryItem, footprint_map_png, gallery_html, gallery_markdown
-from .storage_keys import sanitize_part
+from obsharvest.images import ImageOutcome
+from obsharvest.models import Target
+from obsharvest.products.quicklook import (
+    GalleryItem,
+    footprint_map_png,
+    gallery_html,
+    gallery_markdown,
+)
+from obsharvest.query.adql import TARGET_COLUMN
+from obsharvest.storage.keys import sanitize_part
 
 GALLERY_DIR = "gallery"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .redact import redact, strip_query
+from obsharvest.net.redact import redact, strip_query
 
 RETRY_STATUS = frozenset({408, 425, 429})  # 4xx that mean "try again later"
 SAID_LIMIT = 200  # characters of the service's own message quoted back

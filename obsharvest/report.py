@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from .assemble import Summary
-from .redact import redact
+from obsharvest.assemble import Summary
+from obsharvest.net.redact import redact
 
 
 def human_bytes(n: int | float) -> str:

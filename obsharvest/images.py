@@ -17,17 +17,19 @@ from dataclasses import dataclass, field, replace
 
 import requests
 
-from . import containment, mask, quicklook, stopping, workers
-from .access import Access, Kind, kind_of, sniff
-from .cutouts import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
-from .datalink import AccessLink, DatalinkResolver, LinkRequest, link_request
-from .models import Containment, StoredObject, Target, Verdict
-from .ranged import RangedHttpFile
-from .redact import strip_query
-from .retry import RetryPolicy, one_line
-from .storage import ObjectStore
-from .storage_errors import IntegrityError, NotFoundError, StorageError, UrlExpiredError
-from .storage_http import download
+from obsharvest.access.datalink import AccessLink, DatalinkResolver, LinkRequest, link_request
+from obsharvest.access.kinds import Access, Kind, kind_of, sniff
+from obsharvest.access.ranged import RangedHttpFile
+from obsharvest.access.soda import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
+from obsharvest.models import Containment, StoredObject, Target, Verdict
+from obsharvest.net.redact import strip_query
+from obsharvest.net.retry import RetryPolicy, one_line
+from obsharvest.products import quicklook
+from obsharvest.runtime import stopping, workers
+from obsharvest.storage.download import download
+from obsharvest.storage.errors import IntegrityError, NotFoundError, StorageError, UrlExpiredError
+from obsharvest.storage.store import ObjectStore
+from obsharvest.verify import containment, mask
 
 log = logging.getLogger(__name__)
 MAX_RESOLVES = 3  # fresh signed URLs per image before giving up on expiry
@@ -85,7 +87,7 @@ class ImageOutcome:
     cutouts: dict[str, StoredObject] = field(default_factory=dict)  # cutout mode, by target
     cutout_circles: dict[str, str] = field(default_factory=dict)  # "ra dec r" asked, by target
     quicklooks: dict[str, str] = field(default_factory=dict)  # PNG URI, by target
-    access: str | None = None  # how the file was reached (tasks.access.Access)
+    access: str | None = None  # how the file was reached (obsharvest.access.kinds.Access)
 
     def stored_for(self, target: str) -> StoredObject | None:
         """What is stored for this (target, image) pair: its cutout, or the image."""
@@ -311,7 +313,7 @@ def _with_fresh_url(
 def _reader_options(
     settings: ImageSettings, session: requests.Session, url: str, size: int | None
 ) -> dict:
-    """What :class:`tasks.ranged.RangedHttpFile` needs for one URL of this batch."""
+    """What :class:`obsharvest.access.ranged.RangedHttpFile` needs for one URL of this batch."""
     return {
         "session": session,
         "headers": settings.headers_for(url),

@@ -56,9 +56,9 @@ import pyarrow.parquet as pq
 from astropy.table import Column, Table
 from astropy.table import meta as table_meta
 
-from .crashpoints import crashpoint, rendezvous
-from .storage import DIRECT_WRITE_PROTOCOLS, _mtime, with_timeouts
-from .storage_http import DEFAULT_TIMEOUT
+from obsharvest.runtime.crashpoints import crashpoint, rendezvous
+from obsharvest.storage.download import DEFAULT_TIMEOUT
+from obsharvest.storage.store import DIRECT_WRITE_PROTOCOLS, _mtime, with_timeouts
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 so one thread stuck in a network read (a server that accepted the request and never
 answers) holds the whole process until that read times out, and a run told to stop with
 SIGTERM cannot end within seconds. These workers are daemon threads: when the run stops
-(:mod:`tasks.stopping`), :func:`run_all` waits a short grace for the work under way,
+(:mod:`obsharvest.runtime.stopping`), :func:`run_all` waits a short grace for the work under way,
 gives up on the rest and returns; nothing waits for them afterwards.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import TypeVar
 
-from . import stopping
+from obsharvest.runtime import stopping
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -12,10 +12,10 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from .models import StoredObject, Target
-from .storage import ObjectStore
-from .storage_http import DEFAULT_TIMEOUT, download
-from .storage_keys import sanitize_part
+from obsharvest.models import StoredObject, Target
+from obsharvest.storage.download import DEFAULT_TIMEOUT, download
+from obsharvest.storage.keys import sanitize_part
+from obsharvest.storage.store import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def fetch_cutout(
 
     ``timeout`` is ``(connect, read)``: a SODA service computes the cutout before its first
     byte, so a service that never answers must still end the attempt. ``None`` takes the
-    session's own timeout (a :class:`~tasks.http.ServiceSession`), else the default.
+    session's own timeout (a :class:`~obsharvest.net.http.ServiceSession`), else the default.
     """
     if timeout is None:
         timeout = getattr(session, "timeout", None) or DEFAULT_TIMEOUT
