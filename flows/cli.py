@@ -15,6 +15,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from obsharvest.errors import UserError
+
 
 def _archive(args: argparse.Namespace) -> int:
     from simarchive.faults import FaultPlan
@@ -66,14 +68,6 @@ def _archive(args: argparse.Namespace) -> int:
     finally:
         archive.stop()  # also removes its temporary data directory (70-260 MB)
     return 0
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: printed as one line, exit code 2."""
-    from .config import ConfigError
-    from .harvest import USER_ERRORS
-
-    return (ConfigError, *USER_ERRORS)
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -174,11 +168,11 @@ def _run_harvest(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
         return 2
-    from .preflight import PREFLIGHT_ERRORS, preflight
+    from .preflight import preflight
 
     try:  # before anything starts (its Prefect API, an archive): a user error costs seconds
         preflight(params)
-    except PREFLIGHT_ERRORS as exc:
+    except UserError as exc:
         print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
         return 2
     from .prefect_api import api_for_run
@@ -201,10 +195,9 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
     from .harvest import harvest
     from .progress_bars import progress_display
 
-    errors = _user_errors()
     if not args.verbose:
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_UserErrorNoise(errors))
+            handler.addFilter(_UserErrorNoise())
     if stopping.requested():  # stopped during start-up: nothing was begun
         print(f"obsharvest run: {stopping.describe()} before the harvest began", file=sys.stderr)
         return 1
@@ -213,7 +206,7 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
     ):
         state = harvest(profile=args.config, overrides=overrides, return_state=True)
     outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, errors):
+    if isinstance(outcome, UserError):
         print(f"obsharvest run: {_one_line(outcome)}", file=sys.stderr)
         return 2
     if isinstance(outcome, BaseException) and stopping.requested():
@@ -249,15 +242,11 @@ class _UserErrorNoise(logging.Filter):
     """Keep Prefect's failure tracebacks for user errors off the console: the CLI says it
     in one line. (Prefect's own API log handler still records everything.)"""
 
-    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
-        super().__init__()
-        self._errors = errors
-
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("prefect"):
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and isinstance(exc, self._errors):
+        if isinstance(exc, UserError):
             return False
         return not (
             record.levelno >= logging.ERROR and "Finished in state Failed" in record.getMessage()
@@ -276,7 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         serve_deployments(args.prefect_file, only=args.only)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, UserError) as exc:
         print(f"obsharvest serve: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -284,11 +273,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     """Rename an output's Parquet columns to the current naming (``obsharvest.metadata``)."""
-    from obsharvest.metadata import MetadataFormatError, MetadataStore
+    from obsharvest.metadata import MetadataStore
 
     try:
         done = MetadataStore(args.output).migrate()
-    except (MetadataFormatError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"obsharvest migrate: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(f"{len(done)} metadata files migrated" if done else "nothing to migrate")
@@ -299,12 +288,12 @@ def _compact(args: argparse.Namespace) -> int:
     """Drop the superseded rows of an output's Parquet, and fold its incremental state
     (``MetadataStore.compact``, ``incremental.fold``): safe while harvests write into it."""
     from obsharvest import incremental
-    from obsharvest.metadata import MetadataFormatError, MetadataStore
+    from obsharvest.metadata import MetadataStore
 
     try:
         done = MetadataStore(args.output).compact()
         folded = incremental.fold(args.output)
-    except (MetadataFormatError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"obsharvest compact: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(

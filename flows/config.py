@@ -23,11 +23,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from obsharvest.errors import ConfigError
+
 from .params import HarvestParams
-
-
-class ConfigError(ValueError):
-    pass
 
 
 class _Loader(yaml.SafeLoader):

@@ -24,60 +24,40 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
-from pyvo.dal import DALQueryError
 
 from obsharvest import assemble
 from obsharvest import incremental as incremental_state
-from obsharvest.access.datalink import DatalinkAuthError, DatalinkResolver
+from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.errors import (
+    UserError,
+)
 from obsharvest.images import (
-    CutoutUnavailableError,
     ImageOutcome,
     ImageSettings,
     ImageWork,
     check_cutouts_offered,
     process_images,
 )
-from obsharvest.metadata import MetadataFormatError, MetadataStore
+from obsharvest.metadata import MetadataStore
 from obsharvest.models import Target
-from obsharvest.net.credentials import CredentialsError
 from obsharvest.net.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token, token_source
-from obsharvest.net.replies import ServiceRefusedError
 from obsharvest.net.retry import RetryPolicy, one_line
-from obsharvest.query.adql import AdqlValueError, Constraints
-from obsharvest.query.obscore import (
-    QueryError,
-    QueryOptions,
-    Strategy,
-    probe_features,
-    query_targets,
-)
+from obsharvest.query.adql import Constraints
+from obsharvest.query.obscore import QueryOptions, Strategy, probe_features, query_targets
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
 from obsharvest.storage.store import ObjectStore
-from obsharvest.targets import TargetError, read_targets, single_target
+from obsharvest.targets import read_targets, single_target
 
 from . import progress, report
 from .config import build_params
 from .params import Band, CalibLevel, HarvestParams, Subtype
-from .preflight import PREFLIGHT_ERRORS, preflight, with_storage_credentials
 from .preflight import constraints_of as _constraints
+from .preflight import preflight, with_storage_credentials
 from .quiet import quiet_library_noise
 from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
-# Errors that are the user's to fix: they end the run; anything else fails only its batch.
-USER_ERRORS = (
-    *PREFLIGHT_ERRORS,  # targets, values, token, service, storage: found before any query
-    CutoutUnavailableError,
-    TargetError,
-    AdqlValueError,
-    DatalinkAuthError,
-    ServiceRefusedError,  # 401/403/404/... or no VOTable from TAP: the same for every query
-    QueryError,
-    DALQueryError,
-    CredentialsError,
-    MetadataFormatError,
-)
 
 
 @dataclass(frozen=True)
@@ -403,7 +383,7 @@ def _result(future, **kwargs):
     while True:
         try:
             if stopping.past_grace(workers.STOP_GRACE + 1.0):
-                raise stopping.Interrupted()
+                raise stopping.Interrupted(stopping.describe())
             future.wait(timeout=0.5)
             if future.state.is_final():
                 return future.result(**kwargs)
@@ -440,7 +420,7 @@ def _query_all(
     for future, chunk in zip(futures, chunks, strict=True):
         try:
             tables.append(_result(future))
-        except USER_ERRORS:
+        except UserError:  # the user's to fix: ends the run (obsharvest.errors)
             raise
         except stopping.Interrupted as exc:
             failures += [(f"target {t.name}", str(exc)) for t in chunk]

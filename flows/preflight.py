@@ -33,31 +33,23 @@ import time
 import uuid
 from typing import Any
 
+from obsharvest.errors import (
+    PreflightError,
+    ServiceRefusedError,
+    TargetError,
+    TransientError,
+)
 from obsharvest.models import Target
-from obsharvest.net.credentials import CredentialsError, is_s3, load_aws_block, merged
-from obsharvest.net.http import ServiceSession, TokenError, resolve_token, token_source
-from obsharvest.net.replies import ServiceRefusedError, refused, said_by
-from obsharvest.net.retry import RetryPolicy, TransientError, is_transient, one_line
-from obsharvest.query.adql import AdqlValueError, Constraints
-from obsharvest.targets import TargetError, read_targets, single_target
+from obsharvest.net.credentials import is_s3, load_aws_block, merged
+from obsharvest.net.http import ServiceSession, resolve_token, token_source
+from obsharvest.net.replies import refused, said_by
+from obsharvest.net.retry import RetryPolicy, is_transient, one_line
+from obsharvest.query.adql import Constraints
+from obsharvest.targets import read_targets, single_target
 
 from .config import source_of
 from .params import HarvestParams
 
-
-class PreflightError(ValueError):
-    """A check before the run failed: the user's to fix, said in one line."""
-
-
-# the user errors preflight raises (the flow's USER_ERRORS holds these and more)
-PREFLIGHT_ERRORS = (
-    TargetError,
-    AdqlValueError,
-    CredentialsError,
-    PreflightError,
-    ServiceRefusedError,
-    TokenError,
-)
 PROBE_PREFIX = ".obsharvest-probe-"
 REMEMBER_SECONDS = 600.0  # a check passed this recently in this process is not repeated
 _passed: dict[str, float] = {}
@@ -80,7 +72,7 @@ def constraints_of(params: HarvestParams) -> Constraints:
 
 def preflight(params: HarvestParams, *, network: bool = True) -> None:
     """Check the inputs, then (``network``) the service and the output locations.
-    Raises one of :data:`PREFLIGHT_ERRORS`; returns quickly when these parameters passed
+    Raises a :class:`~obsharvest.errors.UserError` (one line); returns quickly when these parameters passed
     in this process moments ago (the CLI checks, then runs the flow, which checks)."""
     key = params.model_dump_json()
     if time.monotonic() - _passed.get(key, -REMEMBER_SECONDS) < REMEMBER_SECONDS:
@@ -378,7 +370,6 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
 
 
 __all__ = [
-    "PREFLIGHT_ERRORS",
     "PreflightError",
     "check_inputs",
     "check_service",

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from obsharvest.errors import RunnerError
+
 from .params import Execution
-
-
-class RunnerError(ValueError):
-    """The requested task runner cannot be built here (a missing extra, a bad class name)."""
 
 
 def task_runner_for(execution: Execution, task_workers: int = 2) -> TaskRunner:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from obsharvest.errors import ConfigError
+
 
 def deployment_specs(prefect_file: str | Path, only: list[str] | None = None) -> list[dict]:
     path = Path(prefect_file)
@@ -21,10 +23,10 @@ def deployment_specs(prefect_file: str | Path, only: list[str] | None = None) ->
     if only:
         unknown = set(only) - {d["name"] for d in specs}
         if unknown:
-            raise ValueError(f"{path}: no deployment named {', '.join(sorted(unknown))}")
+            raise ConfigError(f"{path}: no deployment named {', '.join(sorted(unknown))}")
         specs = [d for d in specs if d["name"] in only]
     if not specs:
-        raise ValueError(f"{path}: no deployments of flows/harvest.py:harvest")
+        raise ConfigError(f"{path}: no deployments of flows/harvest.py:harvest")
     return specs
 
 

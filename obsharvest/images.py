@@ -21,13 +21,20 @@ from obsharvest.access.datalink import AccessLink, DatalinkResolver, LinkRequest
 from obsharvest.access.kinds import Access, Kind, kind_of, sniff
 from obsharvest.access.ranged import RangedHttpFile
 from obsharvest.access.soda import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
+from obsharvest.errors import (
+    CutoutUnavailableError,
+    IntegrityError,
+    NotFoundError,
+    ReadError,
+    StorageError,
+    UrlExpiredError,
+)
 from obsharvest.models import Containment, StoredObject, Target, Verdict
 from obsharvest.net.redact import strip_query
 from obsharvest.net.retry import RetryPolicy, one_line
 from obsharvest.products import quicklook
 from obsharvest.runtime import stopping, workers
 from obsharvest.storage.download import download
-from obsharvest.storage.errors import IntegrityError, NotFoundError, StorageError, UrlExpiredError
 from obsharvest.storage.store import ObjectStore
 from obsharvest.verify import containment, mask
 
@@ -295,7 +302,7 @@ def _with_fresh_url(
         url = link.url
         try:
             return retry.call(lambda url=url: action(url), describe)
-        except (UrlExpiredError, containment.UrlExpiredError):
+        except UrlExpiredError:
             if not link.refreshable:  # a direct file URL: nothing to resolve again
                 raise _ImageFailure(
                     f"access refused (403) for {strip_query(url)}: check the access token "
@@ -485,10 +492,6 @@ def _cutouts(
 NO_SODA = "no SODA cutout service offered for this image (no #cutout link, no SODA descriptor)"
 
 
-class CutoutUnavailableError(ValueError):
-    """Cutout mode was asked of an archive that offers no SODA service: the user's call."""
-
-
 def check_cutouts_offered(works: Sequence[ImageWork], resolver: DatalinkResolver) -> None:
     """Cutout mode needs SODA: said at plan time, before any work, not once per image.
 
@@ -667,14 +670,14 @@ def process_images(
             )
         except (_ImageFailure, stopping.Interrupted) as exc:
             return _failed(work, links, verdicts, str(exc))
-        except (NotFoundError, containment.NotFoundError):
+        except NotFoundError:
             return _failed(work, links, verdicts, "file not found at the archive (404)")
         except IntegrityError as exc:
             return _failed(work, links, verdicts, f"checksum or size mismatch: {one_line(exc)}")
         except Exception as exc:  # retries exhausted or an unexpected reply: record, go on
             if stopping.requested():  # a consequence of the stop (the archive went away)
                 return _failed(work, links, verdicts, stopping.describe())
-            expected = isinstance(exc, (StorageError, containment.HeaderReadError, OSError))
+            expected = isinstance(exc, (StorageError, ReadError, OSError))
             # anything else is a bug in obsharvest: keep its traceback in the log
             log.warning("image %s failed: %s", work.key, one_line(exc), exc_info=not expected)
             return _failed(work, links, verdicts, one_line(exc))

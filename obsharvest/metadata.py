@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from astropy.table import Column, Table
 from astropy.table import meta as table_meta
 
+from obsharvest.errors import MetadataFormatError
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
 from obsharvest.storage.download import DEFAULT_TIMEOUT
 from obsharvest.storage.store import DIRECT_WRITE_PROTOCOLS, _mtime, with_timeouts
@@ -142,11 +143,6 @@ HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
 HARVEST_COLUMNS = [name for name, *_ in HARVEST_FIELDS]
 TARGET_NAME = "obsh_target_name"  # the harvest's target (ObsCore's target_name is the archive's)
 PAIR_KEY = (TARGET_NAME, "obs_publisher_did")
-
-
-class MetadataFormatError(ValueError):
-    """A reply or a Parquet file whose columns obsharvest will not mix with its own; the
-    message is one line that says what to do."""
 
 
 def _field_metadata(col) -> dict[bytes, bytes]:

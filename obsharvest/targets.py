@@ -37,6 +37,7 @@ from astropy.table import Table
 from astropy.table import meta as table_meta
 from astropy.utils.exceptions import AstropyWarning
 
+from obsharvest.errors import TargetError
 from obsharvest.models import Target
 
 __all__ = ["Problem", "TargetError", "iau_names", "read_targets", "single_target"]
@@ -104,30 +105,6 @@ class Problem:
         if self.column is not None:  # a single target's argument: "dec 95.0 is outside ..."
             return f"{self.column} {self.message}"
         return self.message
-
-
-class TargetError(ValueError):
-    """A user error in a target list: str(err) is ONE line naming the file, the row and the column.
-
-    e.g. ``targets.csv: row 7, column 'dec': 95.0 is outside [-90, 90]``. When several rows
-    are wrong the line ends "(and 12 more problems)"; ``problems`` keeps the first
-    ``MAX_PROBLEMS_KEPT`` of them and ``count`` the total, for a CLI that wants to list them.
-    """
-
-    def __init__(self, source: str, problems: Sequence[Problem], count: int | None = None):
-        if not problems:
-            raise ValueError("TargetError needs at least one problem")
-        self.source = source
-        self.problems = list(problems)
-        self.count = count if count is not None else len(self.problems)
-        first = self.problems[0]
-        self.row, self.column = first.row, first.column
-        line = f"{source}: {first}"
-        if self.count > 1:
-            more = self.count - 1
-            line += f" (and {more} more problem{'s' if more > 1 else ''})"
-        # One line, always: a value quoted from the file must not break it.
-        super().__init__(line.replace("\r", " ").replace("\n", " "))
 
 
 # --------------------------------------------------------------------------- public API

@@ -21,15 +21,15 @@ from obsharvest.access import kinds as access
 from obsharvest.access.datalink import DatalinkResolver, LinkRequest, link_request
 from obsharvest.access.kinds import Kind, kind_of, service_descriptors, sniff
 from obsharvest.access.ranged import RangedHttpFile
-from obsharvest.net.retry import RetryPolicy
-from obsharvest.verify.containment import (
-    HeaderReadError,
+from obsharvest.errors import (
     NotFoundError,
+    ReadError,
     TransientReadError,
     UnauthorizedError,
     UrlExpiredError,
-    read_wcs_header,
 )
+from obsharvest.net.retry import RetryPolicy
+from obsharvest.verify.containment import read_wcs_header
 from tests.crafted_server import CraftedServer, Reply, datalink
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -171,7 +171,7 @@ def test_server_ignoring_range_is_read_only_as_far_as_needed(server):
     assert reader.read_range(0, 2880) == BIG[:2880]
     hdu, _, shape = read_wcs_header(url, block_size=8192)
     assert (hdu, shape) == (1, (64, 48))
-    with pytest.raises(HeaderReadError, match="ignores HTTP Range"):
+    with pytest.raises(ReadError, match="ignores HTTP Range"):
         reader.read_range(3 * 2**20, 10)  # past max_skip: never download the file for it
 
 
@@ -184,7 +184,7 @@ def test_server_ignoring_range_is_read_only_as_far_as_needed(server):
         (410, NotFoundError),
         (503, TransientReadError),
         (429, TransientReadError),
-        (400, HeaderReadError),
+        (400, ReadError),
     ],
 )
 def test_status_becomes_the_right_error(server, status, error):

@@ -25,17 +25,22 @@ from astropy.io import fits
 from astropy.io.votable import from_table
 from astropy.io.votable.tree import Info
 from astropy.table import Table
-from pyvo.dal import DALQueryError
 
 from flows.harvest import harvest_params
 from flows.params import HarvestParams
 from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.errors import (
+    NotFoundError,
+    QueryError,
+    ReadError,
+    ServiceError,
+    ServiceRefusedError,
+    TransientReadError,
+)
 from obsharvest.models import Target, Verdict
-from obsharvest.net.replies import ServiceRefusedError
 from obsharvest.net.retry import RetryPolicy
-from obsharvest.query.obscore import QueryOptions, ServiceError, run_query
+from obsharvest.query.obscore import QueryOptions, run_query
 from obsharvest.storage.download import download
-from obsharvest.storage.errors import DownloadError, NotFoundError, TransientDownloadError
 from obsharvest.storage.store import ObjectStore
 from obsharvest.verify import containment
 
@@ -183,7 +188,7 @@ COMPONENT_CASES = [
     Case(
         "tap-error-document",
         {"/err-tap/sync": votable_error("Syntax error near 'FORM' at line 1, column 10")},
-        _query("sync", "/err-tap", DALQueryError),
+        _query("sync", "/err-tap", QueryError),
         ("Syntax error near 'FORM'",),
         {"/err-tap/sync": 1},  # the query is wrong: never retried
     ),
@@ -256,7 +261,7 @@ COMPONENT_CASES = [
     Case(
         "header-404",
         {},
-        _verify_raises("/f/missing", containment.NotFoundError),
+        _verify_raises("/f/missing", NotFoundError),
         ("404", "/f/missing", "no such file"),
     ),
     Case(
@@ -265,7 +270,7 @@ COMPONENT_CASES = [
             "/f/loop-a": Reply(302, headers={"Location": "/f/loop-b" + SIGNED}),
             "/f/loop-b": Reply(302, headers={"Location": "/f/loop-a" + SIGNED}),
         },
-        _verify_raises("/f/loop-a", containment.HeaderReadError),
+        _verify_raises("/f/loop-a", ReadError),
         ("redirect", "/f/loop-a"),
     ),
     Case(
@@ -274,7 +279,7 @@ COMPONENT_CASES = [
     Case(
         "download-short-body",
         {"/f/short": Reply(body=NO_WCS[:3000], announce=len(NO_WCS))},
-        _download("/f/short", TransientDownloadError),
+        _download("/f/short", TransientReadError),
         ("/f/short", "cut off after 3000 bytes"),
     ),
     Case(
@@ -283,7 +288,7 @@ COMPONENT_CASES = [
             "/f/dl-loop-a": Reply(302, headers={"Location": "/f/dl-loop-b" + SIGNED}),
             "/f/dl-loop-b": Reply(302, headers={"Location": "/f/dl-loop-a" + SIGNED}),
         },
-        _download("/f/dl-loop-a", DownloadError),
+        _download("/f/dl-loop-a", ReadError),
         ("/f/dl-loop-a", "redirects"),
     ),
 ]
@@ -547,7 +552,7 @@ def test_flow_query_error_document_is_fatal_with_the_services_message(
     targets.write_text(f"name,ra,dec\nseed,{TARGET_RA},{TARGET_DEC}\n")
     params = _params(server, tmp_path / "out", targets, service={"tap_url": server.url("/bad-tap")})
     before = server.hits["/bad-tap/sync"]
-    with pytest.raises(DALQueryError) as err:
+    with pytest.raises(QueryError) as err:
         harvest_params(params)
     assert_one_clear_line(str(err.value), "Unknown column 'lsst_bnd'")
     assert server.hits["/bad-tap/sync"] == before + 1  # not retried

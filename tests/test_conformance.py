@@ -118,7 +118,7 @@ def test_every_access_style_harvests_exactly_the_truth(style, profile, targets_c
 def test_cutout_mode_without_soda_says_so_before_any_work(targets_csv, tmp_path):
     """Direct files and no SODA descriptor in the TAP result: one line at plan time, no
     file touched; asked to fall back, the whole images are stored instead."""
-    from obsharvest.images import CutoutUnavailableError
+    from obsharvest.errors import CutoutUnavailableError
 
     settings = ArchiveSettings(seed=7, n_visits=24, binning=10, access_style="direct")
     with EmbeddedArchive(settings) as archive:

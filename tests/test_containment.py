@@ -17,20 +17,17 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from obsharvest.models import Target, Verdict
-from obsharvest.verify.containment import (
+from obsharvest.errors import (
     CorruptHeaderError,
-    HeaderReadError,
     NotFoundError,
     NoWcsError,
+    ReadError,
     SRegionError,
     TransientReadError,
     UrlExpiredError,
-    decide,
-    parse_s_region,
-    read_wcs_header,
-    verify,
 )
+from obsharvest.models import Target, Verdict
+from obsharvest.verify.containment import decide, parse_s_region, read_wcs_header, verify
 
 TARGET_RA, TARGET_DEC = 62.0, -37.0  # the seed tutorial's point
 NX, NY = 400, 300
@@ -390,7 +387,7 @@ def assert_no_secret(error: BaseException) -> None:
     assert error.__cause__ is None and error.__suppress_context__
     text = str(error) + repr(error) + "".join(traceback.format_exception_only(error))
     assert "Signature=" not in text and "Expires=" not in text
-    if isinstance(error, HeaderReadError) and error.url:
+    if isinstance(error, ReadError) and error.url:
         assert "?" not in error.url
 
 

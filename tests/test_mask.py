@@ -14,8 +14,9 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from obsharvest.errors import UrlExpiredError
 from obsharvest.models import Containment, Target, Verdict
-from obsharvest.verify.containment import UrlExpiredError, read_wcs_header, verify
+from obsharvest.verify.containment import read_wcs_header, verify
 from obsharvest.verify.mask import MaskCheck, apply_mask, mask_flags
 from simarchive.pixels import MASK_PLANES, amp_slices
 from simarchive.server import ArchiveSettings, EmbeddedArchive

@@ -239,7 +239,7 @@ def test_gallery_markdown_escapes_text():
 
 
 def test_missing_file_is_a_not_found_error(tmp_path):
-    from obsharvest.verify.containment import NotFoundError
+    from obsharvest.errors import NotFoundError
 
     with pytest.raises(NotFoundError):
         quicklook_png(str(tmp_path / "nope.fits"), Target("t", 1.0, 2.0), None, io.BytesIO())

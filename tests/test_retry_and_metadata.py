@@ -7,10 +7,10 @@ import pytest
 import requests
 from pyvo.dal import DALFormatError, DALQueryError, DALRateLimitError, DALServiceError
 
+from obsharvest.errors import RefusedError, TransientError
 from obsharvest.metadata import MetadataStore
 from obsharvest.net.redact import redact, register_secret
-from obsharvest.net.replies import RefusedError
-from obsharvest.net.retry import RetryPolicy, TransientError, is_transient
+from obsharvest.net.retry import RetryPolicy, is_transient
 
 
 def _rate_limited() -> DALRateLimitError:

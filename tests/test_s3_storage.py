@@ -376,7 +376,7 @@ def test_harvest_into_s3_with_an_aws_credentials_block(s3, bucket, archive, monk
 def test_an_unknown_credentials_block_is_one_clear_line(tmp_path):
     from flows.harvest import preflight
     from flows.params import HarvestParams
-    from obsharvest.net.credentials import CredentialsError
+    from obsharvest.errors import CredentialsError
 
     params = HarvestParams.model_validate(
         {

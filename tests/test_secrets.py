@@ -31,9 +31,10 @@ from flows.harvest import harvest_params
 from flows.params import HarvestParams
 from obsharvest import assemble
 from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.errors import AdqlValueError
 from obsharvest.models import Target
 from obsharvest.net.http import ServiceSession
-from obsharvest.query.adql import TARGET_COLUMN, AdqlValueError, Constraints
+from obsharvest.query.adql import TARGET_COLUMN, Constraints
 from obsharvest.query.obscore import QueryOptions, ServiceFeatures, Strategy, query_targets
 from obsharvest.storage.store import ObjectStore
 

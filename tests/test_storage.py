@@ -15,18 +15,16 @@ import requests
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from obsharvest.models import StoredObject
-from obsharvest.storage.keys import MAX_PART_LENGTH
-from obsharvest.storage.store import (
+from obsharvest.errors import (
     IntegrityError,
     NotFoundError,
-    ObjectStore,
     StorageKeyError,
-    TransientDownloadError,
+    TransientReadError,
     UrlExpiredError,
-    download,
-    object_key,
 )
+from obsharvest.models import StoredObject
+from obsharvest.storage.keys import MAX_PART_LENGTH
+from obsharvest.storage.store import ObjectStore, download, object_key
 
 PREFIX = "/data/harvest"
 ALLOWED = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -396,7 +394,7 @@ def test_every_response_truncated_still_converges(archive_clean, signed, tmp_pat
     url, size = signed[2]
     archive_clean.set_faults(FaultPlan.parse(["files.truncate=1"]))
     store = ObjectStore(str(tmp_path))
-    with pytest.raises(TransientDownloadError, match="cut off") as caught:
+    with pytest.raises(TransientReadError, match="cut off") as caught:
         download(url, store, "x/a.fits", max_resumes=3)
     assert "Signature" not in str(caught.value)
     assert _all_files(store) == []  # the partial body never became visible
@@ -427,7 +425,7 @@ def test_unavailable_is_transient_with_retry_after(archive_clean, signed, tmp_pa
     from simarchive.faults import FaultPlan
 
     archive_clean.set_faults(FaultPlan.parse(["files.unavailable=1", "files.retry_after=7"]))
-    with pytest.raises(TransientDownloadError) as caught:
+    with pytest.raises(TransientReadError) as caught:
         download(signed[0][0], ObjectStore(str(tmp_path)), "x/a.fits")
     assert caught.value.status == 503 and caught.value.retry_after == 7.0
     assert "Signature" not in str(caught.value)
@@ -438,7 +436,7 @@ def test_dropped_connection_is_transient_without_the_signature(archive_clean, si
 
     archive_clean.set_faults(FaultPlan.parse(["files.drop=1"]))
     store = ObjectStore(str(tmp_path))
-    with pytest.raises(TransientDownloadError) as caught:
+    with pytest.raises(TransientReadError) as caught:
         download(signed[0][0], store, "x/a.fits")
     text = str(caught.value)
     assert "Signature" not in text and "Expires" not in text

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.table import Table
 
+from obsharvest.errors import TargetError
 from obsharvest.models import Target
-from obsharvest.targets import TargetError, iau_names, read_targets, single_target
+from obsharvest.targets import iau_names, read_targets, single_target
 
 RA, DEC = 62.0, -37.0  # the seed tutorial's point
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import sqlglot
 
+from obsharvest.errors import AdqlValueError
 from obsharvest.models import Target
-from obsharvest.query.adql import AdqlValueError, Constraints, obscore_query, upload_query
+from obsharvest.query.adql import Constraints, obscore_query, upload_query
 
 
 def parses(adql: str) -> None:

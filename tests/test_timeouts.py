@@ -105,8 +105,9 @@ def test_a_request_to_a_server_that_never_answers_ends_after_the_read_timeout(st
 @pytest.mark.timeout(30, func_only=True)
 def test_a_stalled_soda_cutout_is_a_transient_failure_after_the_read_timeout(stalling, tmp_path):
     from obsharvest.access.soda import CutoutRequest, fetch_cutout
+    from obsharvest.errors import TransientReadError
     from obsharvest.net.retry import is_transient
-    from obsharvest.storage.store import ObjectStore, TransientDownloadError
+    from obsharvest.storage.store import ObjectStore
 
     stalling.set_faults(FaultPlan.parse(["cutout.stall=1"], seed=4))
     request = CutoutRequest(stalling.soda_url, "ivo://x/y?z", 62.0, -37.0, 0.01)
@@ -114,11 +115,11 @@ def test_a_stalled_soda_cutout_is_a_transient_failure_after_the_read_timeout(sta
     store = ObjectStore(str(tmp_path))
     try:
         started = time.monotonic()
-        with pytest.raises(TransientDownloadError, match="timed out") as caught:
+        with pytest.raises(TransientReadError, match="timed out") as caught:
             fetch_cutout(request, store, "c/t.fits", session=session)  # the session's timeout
         assert time.monotonic() - started < READ + 2
         assert is_transient(caught.value)
-        with pytest.raises(TransientDownloadError, match="timed out"):  # or an explicit one
+        with pytest.raises(TransientReadError, match="timed out"):  # or an explicit one
             fetch_cutout(request, store, "c/t.fits", timeout=(CONNECT, READ))
         assert time.monotonic() - started < 2 * (READ + 2)
         assert stalling.faults.report()["cutout"]["stall"] == 2

@@ -31,25 +31,15 @@ import requests
 from astropy.io.votable import parse as parse_votable
 from pyvo.dal.adhoc import DatalinkResults
 
+from obsharvest.errors import DatalinkAuthError, RefusedError, TransientError, status_is_transient
 from obsharvest.net.redact import redact, strip_query
-from obsharvest.net.replies import (
-    RefusedError,
-    ServiceRefusedError,
-    refused,
-    said_by,
-    status_is_transient,
-)
-from obsharvest.net.retry import RetryPolicy, TransientError, one_line
+from obsharvest.net.replies import refused, said_by
+from obsharvest.net.retry import RetryPolicy, one_line
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
 
 log = logging.getLogger(__name__)
 THIS = "#this"
-
-
-class DatalinkAuthError(ServiceRefusedError):
-    """The Datalink service refused our credentials (401/403): a configuration problem, not
-    per image, so the run ends with this one line."""
 
 
 def _token_sent(session, url: str) -> bool:

@@ -26,21 +26,19 @@ from collections.abc import Mapping
 
 import requests
 
-from obsharvest.runtime import stopping
-from obsharvest.verify.containment import (
+from obsharvest.errors import (
     CorruptHeaderError,
-    HeaderReadError,
-    NotFoundError,
+    ReadError,
     TransientReadError,
-    UnauthorizedError,
-    UrlExpiredError,
-    redact_url,
+    read_error,
+    without_query,
 )
+from obsharvest.net.http import retry_after
+from obsharvest.runtime import stopping
 
 DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (longest pause between two bytes) seconds
 DEFAULT_MAX_SKIP = 64 * 2**20  # bytes streamed and dropped to reach an offset without Range
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _TRANSPORT = (
     requests.ConnectionError,
     requests.Timeout,
@@ -48,28 +46,6 @@ _TRANSPORT = (
     ConnectionError,
     TimeoutError,
 )
-
-
-def status_error(status: int, url: str, reason: str = "") -> HeaderReadError:
-    """The header-read error for an HTTP status that is not 200/206."""
-    where = redact_url(url)
-    said = f"HTTP {status}{' ' + reason if reason else ''} for {where}"
-    if status == 403:
-        return UrlExpiredError(
-            f"{said}: the URL has expired or access was refused", url=url, status=status
-        )
-    if status == 401:
-        return UnauthorizedError(f"{said}: credentials missing or rejected", url=url, status=status)
-    if status in (404, 410):
-        return NotFoundError(f"{said}: no such file", url=url, status=status)
-    if status in _TRANSIENT_STATUS or status >= 500:
-        return TransientReadError(said, url=url, status=status)
-    return HeaderReadError(said, url=url, status=status)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
 
 
 class RangedHttpFile(io.RawIOBase):
@@ -172,8 +148,8 @@ class RangedHttpFile(io.RawIOBase):
 
     def _known_size(self) -> int:
         if self.size is None:
-            raise HeaderReadError(
-                f"the size of {redact_url(self.url)} is unknown (no Content-Range, no "
+            raise ReadError(
+                f"the size of {without_query(self.url)} is unknown (no Content-Range, no "
                 "Content-Length)",
                 url=self.url,
             ) from None
@@ -192,14 +168,14 @@ class RangedHttpFile(io.RawIOBase):
         """Bytes ``start..end`` (inclusive) with one GET; a 200 is read only as far as needed."""
         stopping.check()
         headers = {**self._headers, "Range": f"bytes={start}-{end}"}
-        where = redact_url(self.url)
+        where = without_query(self.url)
         self.requests += 1
         try:
             response = self._session.get(
                 self.url, headers=headers, stream=True, timeout=self.timeout
             )
         except requests.TooManyRedirects:
-            raise HeaderReadError(
+            raise ReadError(
                 f"too many redirects (a redirect loop?) for {where}", url=self.url
             ) from None
         except _TRANSPORT as exc:
@@ -207,17 +183,15 @@ class RangedHttpFile(io.RawIOBase):
                 f"reading {where} failed: {type(exc).__name__}", url=self.url
             ) from None
         except requests.RequestException as exc:  # a bad URL, an unsupported scheme
-            raise HeaderReadError(
-                f"cannot read {where}: {type(exc).__name__}", url=self.url
-            ) from None
+            raise ReadError(f"cannot read {where}: {type(exc).__name__}", url=self.url) from None
         try:
             status = response.status_code
             if status == 416 and start == 0:
                 raise CorruptHeaderError(f"{where} is empty (HTTP 416)", url=self.url) from None
             if status not in (200, 206):
-                error = status_error(status, self.url, response.reason or "")
+                error = read_error(status, self.url, response.reason or "")
                 if isinstance(error, TransientReadError):
-                    error.retry_after = _retry_after(response)
+                    error.retry_after = retry_after(response)
                 raise error from None
             if self.content_type is None:
                 self.content_type = response.headers.get("Content-Type", "")
@@ -235,8 +209,8 @@ class RangedHttpFile(io.RawIOBase):
     def _partial(self, response: requests.Response, start: int, end: int) -> bytes:
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         if not match or int(match.group(1)) != start:
-            raise HeaderReadError(
-                f"{redact_url(self.url)} answered 206 with Content-Range "
+            raise ReadError(
+                f"{without_query(self.url)} answered 206 with Content-Range "
                 f"{response.headers.get('Content-Range')!r} for bytes {start}-{end}",
                 url=self.url,
             ) from None
@@ -246,7 +220,7 @@ class RangedHttpFile(io.RawIOBase):
         data = response.raw.read(expected, decode_content=False)
         if len(data) != expected:
             raise TransientReadError(
-                f"{redact_url(self.url)}: {len(data)} of {expected} bytes arrived", url=self.url
+                f"{without_query(self.url)}: {len(data)} of {expected} bytes arrived", url=self.url
             ) from None
         return data
 
@@ -257,8 +231,8 @@ class RangedHttpFile(io.RawIOBase):
         if self.size is None and length.isdigit():
             self.size = int(length)
         if start > self.max_skip:
-            raise HeaderReadError(
-                f"{redact_url(self.url)} ignores HTTP Range and the header is beyond "
+            raise ReadError(
+                f"{without_query(self.url)} ignores HTTP Range and the header is beyond "
                 f"{self.max_skip // 2**20} MiB: not downloading the file to read it",
                 url=self.url,
             ) from None

@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from obsharvest.errors import CredentialsError
+
 S3_SCHEMES = ("s3://", "s3a://")
-
-
-class CredentialsError(ValueError):
-    """The named block cannot be used (missing extra, unknown name, wrong type)."""
 
 
 def _secret(value: Any) -> str | None:

@@ -16,13 +16,16 @@ so its read timeout is at least ``n`` plus the configured read timeout.
 
 from __future__ import annotations
 
+import email.utils
 import os
+import time
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from obsharvest.errors import TokenError
 from obsharvest.net.redact import register_secret
 
 TOKEN_ENV = "ACCESS_TOKEN"  # what the RSP's own tools read
@@ -112,10 +115,6 @@ def uws_wait(url: str) -> float | None:
     return None
 
 
-class TokenError(ValueError):
-    """The token cannot be had (a Secret block that does not exist): a user error."""
-
-
 def token_source(env: str = TOKEN_ENV, secret_block: str | None = None) -> str:
     """Where the token comes from, as a message names it."""
     if secret_block:
@@ -140,3 +139,18 @@ def resolve_token(
             ) from None
         return str(value) if value else None
     return os.environ.get(env) or None
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds a 429/503 reply asks to wait (``Retry-After``: seconds or an HTTP date)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

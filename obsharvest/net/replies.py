@@ -17,38 +17,14 @@ from __future__ import annotations
 
 import re
 
+from obsharvest.errors import (
+    RefusedError,
+)
 from obsharvest.net.redact import redact, strip_query
 
-RETRY_STATUS = frozenset({408, 425, 429})  # 4xx that mean "try again later"
 SAID_LIMIT = 200  # characters of the service's own message quoted back
 _TAGS = re.compile(r"<[^>]+>")
 _TITLE = re.compile(r"(?is)<title[^>]*>(.*?)</title>")
-
-
-def status_is_transient(status: int | None) -> bool:
-    """Whether an HTTP status is worth another attempt (None: no reply at all, yes)."""
-    return status is None or status == 0 or status in RETRY_STATUS or status >= 500
-
-
-class RefusedError(Exception):
-    """A reply another attempt will not change; never retried (see the module doc)."""
-
-    def __init__(self, message: str, *, status: int | None = None, url: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.url = strip_query(url) if url else None
-
-    def __reduce__(self):  # keep status/url across pickling (Prefect, Dask)
-        return (type(self), (self.args[0],), {"status": self.status, "url": self.url})
-
-
-class ServiceRefusedError(RefusedError):
-    """The TAP service refused or misunderstood what every request of the run would ask:
-    a user error (a token, a URL), so the run ends with this one line."""
-
-
-class NotTapServiceError(ServiceRefusedError):
-    """The URL answers, but not as a TAP service (no VOSI capabilities with TAP)."""
 
 
 def said_by(body: bytes | str | None, content_type: str = "") -> str:

@@ -29,19 +29,11 @@ from tenacity import (
     wait_random,
 )
 
-from obsharvest.net.replies import RefusedError, status_is_transient
+from obsharvest.errors import RefusedError, TransientError, status_is_transient
 from obsharvest.runtime import stopping
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class TransientError(Exception):
-    """Raised by obsharvest code for a failure that a later attempt may not meet."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 # A stalled or cut transfer surfaces as requests' ConnectionError/Timeout when the request

@@ -37,13 +37,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from obsharvest.errors import ReadError, SRegionError
 from obsharvest.models import Containment, Target, Verdict
-from obsharvest.verify.containment import (
-    HeaderReadError,
-    SRegionError,
-    _classify,  # the same error types as header reads (retry, re-sign, give up)
-    parse_s_region,
-)
+from obsharvest.verify.containment import classify_read_failure, parse_s_region
 
 __all__ = [
     "GalleryItem",
@@ -297,11 +293,11 @@ def quicklook_figure(
         finally:
             if close:
                 hdul.close()
-    except (HeaderReadError, _NoImageError):
+    except (ReadError, _NoImageError):
         raise
     except Exception as exc:  # noqa: BLE001 - HTTP/IO failures get the containment types
         where = fits_source if isinstance(fits_source, (str, os.PathLike)) else None
-        classified = _classify(exc, os.fspath(where)) if where is not None else None
+        classified = classify_read_failure(exc, os.fspath(where)) if where is not None else None
         if classified is None:
             raise
         raise classified from None

@@ -13,16 +13,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from obsharvest.errors import AdqlValueError
 from obsharvest.models import Target
 
 OBSCORE = "ivoa.ObsCore"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _SAFE_STRING = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 TARGET_COLUMN = "obsh_target"  # the uploaded target name, carried into each result row
-
-
-class AdqlValueError(ValueError):
-    """A value that cannot be put into ADQL safely; the message names the value."""
 
 
 def quote(value: str, what: str) -> str:

@@ -23,16 +23,18 @@ from astropy.table import Table, vstack
 from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError, DALServiceError
 
 from obsharvest.access.kinds import DESCRIPTORS_META, service_descriptors
-from obsharvest.models import Target
-from obsharvest.net.redact import strip_query
-from obsharvest.net.replies import (
+from obsharvest.errors import (
     NotTapServiceError,
+    QueryError,
+    ServiceError,
     ServiceRefusedError,
-    refused,
-    said_by,
+    TransientError,
     status_is_transient,
 )
-from obsharvest.net.retry import RetryPolicy, TransientError, is_transient, one_line
+from obsharvest.models import Target
+from obsharvest.net.redact import strip_query
+from obsharvest.net.replies import refused, said_by
+from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from obsharvest.runtime import stopping
 from obsharvest.runtime.crashpoints import crashpoint
@@ -45,18 +47,6 @@ UWS_PHASES = FINAL_PHASES | {"PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDE
 GEOMETRY_FEATURES = "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo"
 UPLOAD_INLINE = "ivo://ivoa.net/std/TAPRegExt#upload-inline"
 EARLIEST_MJD, LATEST_MJD = 40000.0, 80000.0  # bounds for splitting an open time range
-
-
-class QueryError(Exception):
-    """A query failed for good (bad ADQL, deadline passed, cannot split): not retried."""
-
-
-class ServiceError(Exception):
-    """The service kept failing (5xx, dropped connections, HTML pages): retries exhausted.
-
-    Not the user's query: the caller reports the targets of this query as failed and goes
-    on. The message names the service (without query string) and the last failure.
-    """
 
 
 @dataclass(frozen=True)
@@ -74,8 +64,8 @@ def read_tap_capability(session, tap_url: str):
 
     Read here rather than through pyvo, which reports every failure of this request as a
     ``DALServiceError`` without a status: a 401 or a 404 would look like a dropped
-    connection and be retried. Raises :class:`~obsharvest.net.replies.ServiceRefusedError` for
-    401/403, :class:`~obsharvest.net.replies.NotTapServiceError` for another 4xx or a reply that is
+    connection and be retried. Raises :class:`~obsharvest.errors.ServiceRefusedError` for
+    401/403, :class:`~obsharvest.errors.NotTapServiceError` for another 4xx or a reply that is
     no capabilities document with TAP in it, :class:`TransientError` for 429/5xx; a
     transport error propagates as it is (transient too).
     """
@@ -172,8 +162,8 @@ def run_query(
 ) -> tuple[Table, bool]:
     """Run one query to completion: (rows, overflowed).
 
-    Raises ``DALQueryError`` (the query is wrong, with the service's message),
-    :class:`QueryError` (deadline) or :class:`ServiceError` (transient failures outlasted
+    Raises :class:`QueryError` (the query is wrong, with the service's message, or its
+    deadline passed) or :class:`ServiceError` (transient failures outlasted
     the retry policy).
     """
     attempts = 0
@@ -222,9 +212,11 @@ def votable_upload(table: Table) -> bytes:
 
 def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseException:
     """A permanent failure of a query, as the error the run ends with: a 4xx becomes a
-    :class:`~obsharvest.net.replies.ServiceRefusedError` with the service's words and a hint, a
-    reply that is no VOTable one saying so; a wrong query (``DALQueryError``) and our own
-    errors stay as they are."""
+    :class:`~obsharvest.errors.ServiceRefusedError` with the service's words and a hint, a
+    reply that is no VOTable one saying so, a wrong query (pyvo's ``DALQueryError``, with the
+    service's message) a :class:`~obsharvest.errors.QueryError`; our own errors stay."""
+    if isinstance(exc, DALQueryError):
+        return QueryError(f"{options.mode} TAP query refused: {one_line(exc)}")
     session = service._session
     base = strip_query(str(service.baseurl))
     endpoint = f"{base}/{'sync' if options.mode == 'sync' else 'async'}"
@@ -268,7 +260,7 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
         while True:
             if stopping.requested():  # the run is stopping: the job is not wanted any more
                 job.abort()
-                raise stopping.Interrupted()
+                raise stopping.Interrupted(stopping.describe())
             phase = job.phase
             if phase not in UWS_PHASES:  # pyvo gives None for an HTML page: do not poll it
                 # pyvo raises for an error status, so this came with 2xx: permanent

@@ -19,14 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from obsharvest.errors import Interrupted
+
 INTERRUPTED = "interrupted"
-
-
-class Interrupted(Exception):
-    """Raised where a step notices the run is stopping; never retried."""
-
-    def __init__(self, reason: str | None = None) -> None:
-        super().__init__(reason or describe())
 
 
 @dataclass
@@ -81,13 +76,13 @@ def cancelled() -> bool:
 def check() -> None:
     """Raise :class:`Interrupted` if the run is stopping (call between requests)."""
     if _event.is_set():
-        raise Interrupted()
+        raise Interrupted(describe())
 
 
 def sleep(seconds: float) -> None:
     """Sleep that ends early, raising :class:`Interrupted`, when the run stops."""
     if _event.wait(max(0.0, seconds)):
-        raise Interrupted()
+        raise Interrupted(describe())
 
 
 def wait(seconds: float) -> bool:

@@ -23,10 +23,8 @@ appear in messages or logs: they are the signature.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import re
-import time
 from collections.abc import Iterator, Mapping
 from http.client import IncompleteRead
 from typing import TYPE_CHECKING
@@ -34,16 +32,16 @@ from typing import TYPE_CHECKING
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from obsharvest.errors import (
+    IntegrityError,
+    ReadError,
+    TransientReadError,
+    read_error,
+)
 from obsharvest.models import StoredObject
+from obsharvest.net.http import retry_after
 from obsharvest.net.redact import redact, strip_query
 from obsharvest.runtime import stopping
-from obsharvest.storage.errors import (
-    DownloadError,
-    IntegrityError,
-    NotFoundError,
-    TransientDownloadError,
-    UrlExpiredError,
-)
 
 if TYPE_CHECKING:
     from obsharvest.storage.store import ObjectStore
@@ -82,37 +80,12 @@ def _describe(exc: BaseException, url: str) -> str:
     return redact(f"{type(exc).__name__}: {text}")[:300]
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _raise_for_status(response: requests.Response, url: str) -> None:
     code = response.status_code
     if code in (200, 206):
         return
-    where = _safe_url(url)
     response.close()
-    if code == 403:
-        raise UrlExpiredError(f"403 Forbidden for {where}: signed URL expired or refused", code)
-    if code in (404, 410):
-        raise NotFoundError(f"{code} for {where}: no such file", code)
-    if code in (408, 425, 429) or code >= 500:
-        raise TransientDownloadError(
-            f"{code} {response.reason or ''} for {where}".replace("  ", " "),
-            retry_after=_retry_after(response),
-            status=code,
-        )
-    raise DownloadError(f"{code} {response.reason or ''} for {where}", code)
+    raise read_error(code, url, response.reason or "", retry_after(response))
 
 
 def _etag_md5(response: requests.Response) -> str | None:
@@ -152,7 +125,7 @@ class _Transfer:
         _raise_for_status(self.response, url)
         if self.response.status_code == 206:  # the caller asked for a range: not ours to splice
             self.response.close()
-            raise DownloadError(f"unexpected 206 for {_safe_url(url)}", 206)
+            raise ReadError(f"unexpected 206 for {_safe_url(url)}", status=206, url=url)
         head = self.response.headers
         encoded = head.get("Content-Encoding", "identity") not in ("identity", "")
         length = head.get("Content-Length")
@@ -170,11 +143,11 @@ class _Transfer:
         try:
             return self.session.send(prepared, timeout=self.timeout, **settings)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TransientDownloadError(
+            raise TransientReadError(
                 f"cannot fetch {_safe_url(self.url)}: {_describe(exc, self.url)}"
             ) from None
         except requests.RequestException as exc:  # invalid URL, schema, ...: messages hold it
-            raise DownloadError(
+            raise ReadError(
                 f"cannot fetch {_safe_url(self.url)}: {_describe(exc, self.url)}"
             ) from None
 
@@ -182,7 +155,7 @@ class _Transfer:
         where = _safe_url(self.url)
         if not self.resumable or self.resumes >= self.max_resumes:
             why = "server does not support resuming" if not self.resumable else "resumes used up"
-            raise TransientDownloadError(
+            raise TransientReadError(
                 f"body of {where} cut off after {self.received} bytes ({why}): "
                 f"{_describe(cause, self.url)}"
             )
@@ -200,7 +173,7 @@ class _Transfer:
         _raise_for_status(response, self.url)
         if response.status_code != 206:
             response.close()
-            raise TransientDownloadError(
+            raise TransientReadError(
                 f"{where} changed or ignored Range while resuming at byte {self.received}"
             )
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
@@ -212,7 +185,7 @@ class _Transfer:
             or (response.headers.get("ETag") not in (None, self.etag))
         ):
             response.close()
-            raise TransientDownloadError(
+            raise TransientReadError(
                 f"{where}: resumed range does not continue at byte {self.received}"
             )
         self.response = response
@@ -290,8 +263,8 @@ def download(
     already in the store is returned (``skipped=True``) without contacting the server.
 
     Raises :class:`UrlExpiredError` (403), :class:`NotFoundError` (404/410),
-    :class:`TransientDownloadError` (429/5xx/network/unresumable cut),
-    :class:`IntegrityError` (size or MD5 mismatch), :class:`DownloadError` (other).
+    :class:`TransientReadError` (429/5xx/network/unresumable cut),
+    :class:`IntegrityError` (size or MD5 mismatch), :class:`ReadError` (other).
     """
     store.path(key)  # refuse an unsafe key before touching the network
     wanted_md5 = expected_md5.strip().strip('"').lower() if expected_md5 else None

@@ -19,7 +19,7 @@ import hashlib
 import re
 import unicodedata
 
-from obsharvest.storage.errors import StorageKeyError
+from obsharvest.errors import StorageKeyError
 
 MAX_PART_LENGTH = 100  # characters per path component, before the suffix (< 32 chars): file
 # systems allow 255 bytes per name, and the temp name adds "." + ".part-" + 32 hex digits

@@ -44,29 +44,29 @@ from typing import Any
 
 import fsspec
 
+from obsharvest.errors import (
+    IntegrityError,
+    NotFoundError,
+    ReadError,
+    StorageError,
+    StorageKeyError,
+    TransientReadError,
+    UrlExpiredError,
+)
 from obsharvest.models import StoredObject
 from obsharvest.runtime.crashpoints import crashpoint
 from obsharvest.storage.download import DEFAULT_TIMEOUT, download
-from obsharvest.storage.errors import (
-    DownloadError,
-    IntegrityError,
-    NotFoundError,
-    StorageError,
-    StorageKeyError,
-    TransientDownloadError,
-    UrlExpiredError,
-)
 from obsharvest.storage.keys import is_safe_key, object_key, sanitize_part
 
 __all__ = [
     "DIRECT_WRITE_PROTOCOLS",
-    "DownloadError",
+    "ReadError",
     "IntegrityError",
     "NotFoundError",
     "ObjectStore",
     "StorageError",
     "StorageKeyError",
-    "TransientDownloadError",
+    "TransientReadError",
     "UrlExpiredError",
     "download",
     "object_key",

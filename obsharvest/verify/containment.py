@@ -22,18 +22,28 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from obsharvest.errors import (
+    CorruptHeaderError,
+    NotFoundError,
+    NoWcsError,
+    ReadError,
+    SRegionError,
+    TransientReadError,
+    UnauthorizedError,
+    UrlExpiredError,
+    read_error,
+    without_query,
+)
 from obsharvest.models import Containment, Target, Verdict
-from obsharvest.net.retry import TransientError
 
 __all__ = [
     "CorruptHeaderError",
-    "HeaderReadError",
+    "ReadError",
     "NoWcsError",
     "NotFoundError",
     "SRegionError",
@@ -53,66 +63,9 @@ FAR_SIDE_DEG = 60.0  # beyond this from the image centre, do not even project
 ROUNDTRIP_TOLERANCE_PX = 0.01  # world2pix solutions must map back to the target this well
 S_REGION_FRAMES = ("ICRS", "FK5", "J2000")  # frames whose coordinates are ICRS to < 0.1"
 _QUOTE_CHARS = 60  # how much of a bad s_region an error message quotes
-_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 # -- errors ---------------------------------------------------------------------------
-
-
-class SRegionError(ValueError):
-    """An ``s_region`` value this module cannot use as one ICRS polygon."""
-
-
-class HeaderReadError(Exception):
-    """Reading an image header failed; subclasses say whether and how to try again.
-
-    ``url`` is the address without its query string: signed URLs carry their signature
-    there, and these errors end up in logs, Prefect results and reports. ``status`` is
-    the HTTP status when there was one.
-    """
-
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
-        super().__init__(message)
-        self.url = redact_url(url) if url else None
-        self.status = status
-
-    def __reduce__(self):  # keep url/status across pickling (Prefect, Dask)
-        return (type(self), (self.args[0],), {"url": self.url, "status": self.status})
-
-
-class UrlExpiredError(HeaderReadError):
-    """HTTP 403 on a signed URL: it expired (RSP: after 1 h) or was altered; re-resolve."""
-
-
-class UnauthorizedError(HeaderReadError):
-    """HTTP 401: the credentials (bearer token) are missing or rejected; not retryable."""
-
-
-class NotFoundError(HeaderReadError):
-    """HTTP 404/410 (or a missing local file): the archive does not have this file."""
-
-
-class TransientReadError(HeaderReadError, TransientError):
-    """Connection refused/dropped, timeout, truncated body, 5xx, 429: worth retrying
-    (a ``TransientError``, so the shared retry policy takes it)."""
-
-
-class CorruptHeaderError(HeaderReadError):
-    """The bytes arrived but are not a readable FITS header (or its WCS cannot be built)."""
-
-
-class NoWcsError(HeaderReadError):
-    """No HDU has a celestial WCS describing a 2-D pixel grid."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without query, fragment and user info: never log a signature or password."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 _URL_IN_TEXT = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"?#<>]*)[?#][^\s'\"<>]*")
@@ -213,10 +166,10 @@ def read_wcs_header(
         options.setdefault("block_size", block_size)
         with fits.open(url, use_fsspec=True, lazy_load_hdus=True, fsspec_kwargs=options) as hdul:
             return _first_celestial(hdul, url)
-    except HeaderReadError:
+    except ReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified, and unknown kinds re-raised
-        classified = _classify(exc, url)
+        classified = classify_read_failure(exc, url)
         if classified is None:
             raise
     raise classified from None
@@ -242,11 +195,11 @@ def _first_celestial(hdul: fits.HDUList, url: str) -> tuple[int, fits.Header, tu
             skipped.append(f"HDU {index} has a celestial WCS but no 2-D pixel grid")
         index += 1
     if index == 0:
-        raise CorruptHeaderError(f"no FITS HDU could be read from {redact_url(url)}", url=url)
+        raise CorruptHeaderError(f"no FITS HDU could be read from {without_query(url)}", url=url)
     _check_fully_read(hdul, index, url)
     detail = f" ({'; '.join(skipped)})" if skipped else ""
     raise NoWcsError(
-        f"none of the {index} HDUs of {redact_url(url)} has a celestial WCS{detail}", url=url
+        f"none of the {index} HDUs of {without_query(url)} has a celestial WCS{detail}", url=url
     )
 
 
@@ -256,7 +209,7 @@ def _header_has_celestial(header: fits.Header, url: str, index: int) -> bool:
     except Exception as exc:  # noqa: BLE001 - WCS raises many types for bad headers
         if any(_is_celestial_ctype(str(v)) for k, v in header.items() if k.startswith("CTYPE")):
             raise CorruptHeaderError(
-                f"HDU {index} of {redact_url(url)} has an unusable celestial WCS: "
+                f"HDU {index} of {without_query(url)} has an unusable celestial WCS: "
                 f"{type(exc).__name__}: {_one_line(_redact_text(str(exc)))}",
                 url=url,
             ) from None
@@ -290,7 +243,7 @@ def _check_fully_read(hdul: fits.HDUList, count: int, url: str) -> None:
         return
     if size and end < size:
         raise CorruptHeaderError(
-            f"unreadable FITS header after HDU {count - 1} of {redact_url(url)} "
+            f"unreadable FITS header after HDU {count - 1} of {without_query(url)} "
             f"(byte {end} of {size})",
             url=url,
         )
@@ -314,40 +267,25 @@ def _http_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) and 400 <= status <= 599 else None
 
 
-def _classify(exc: BaseException, url: str) -> HeaderReadError | None:
-    """The :class:`HeaderReadError` for a failure while opening/reading, or None (a bug)."""
+def classify_read_failure(exc: BaseException, url: str) -> ReadError | None:
+    """The :class:`ReadError` for a failure while opening/reading, or None (a bug)."""
     import aiohttp
     from astropy.io.fits.verify import VerifyError
     from fsspec.exceptions import FSTimeoutError
 
-    where = redact_url(url)
+    where = without_query(url)
     chain = _error_chain(exc)
 
     def cause(e: BaseException) -> str:
         return f"{type(e).__name__}: {_one_line(_redact_text(str(e)))}"
 
     if any(isinstance(e, aiohttp.TooManyRedirects) for e in chain):  # its status is 0
-        return HeaderReadError(f"too many redirects (a redirect loop?) for {where}", url=url)
+        return ReadError(f"too many redirects (a redirect loop?) for {where}", url=url)
     for e in chain:
         status = _http_status(e)
         if status is None:
             continue
-        if status == 403:
-            return UrlExpiredError(
-                f"HTTP 403 for {where}: the signed URL has expired or was altered; "
-                "resolve it again through Datalink",
-                url=url,
-                status=status,
-            )
-        if status == 401:
-            return UnauthorizedError(
-                f"HTTP 401 for {where}: credentials missing or rejected", url=url, status=status
-            )
-        if status in (404, 410):
-            return NotFoundError(f"HTTP {status} for {where}: no such file", url=url, status=status)
-        if status in _TRANSIENT_STATUS or status >= 500:
-            return TransientReadError(f"HTTP {status} for {where}", url=url, status=status)
-        return HeaderReadError(f"HTTP {status} for {where}", url=url, status=status)
+        return read_error(status, url)
     transport = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ConnectionError)
     for e in chain:
         if isinstance(e, transport + (FSTimeoutError,)):
@@ -355,9 +293,7 @@ def _classify(exc: BaseException, url: str) -> HeaderReadError | None:
     if isinstance(exc, FileNotFoundError):  # a local path, not an HTTP failure
         return NotFoundError(f"no such file: {where}", url=url)
     if isinstance(exc, ValueError) and "range requests" in str(exc):
-        return HeaderReadError(
-            f"the server of {where} does not support HTTP range requests", url=url
-        )
+        return ReadError(f"the server of {where} does not support HTTP range requests", url=url)
     if isinstance(exc, (OSError, ValueError, EOFError, VerifyError, UnicodeDecodeError)):
         return CorruptHeaderError(f"unreadable FITS header in {where}: {cause(exc)}", url=url)
     return None
@@ -618,7 +554,7 @@ def verify(
     try:
         footprint = _Footprint.build(header, shape, margin_px, index)
     except NoWcsError as exc:
-        reason = f"{exc} ({redact_url(url)})"
+        reason = f"{exc} ({without_query(url)})"
         return {t.name: Containment(Verdict.NO_WCS, hdu=index, reason=reason) for t in targets}
     except Exception as exc:  # noqa: BLE001
         failed = Containment(Verdict.ERROR, hdu=index, reason=f"unusable WCS: {_why(exc)}")

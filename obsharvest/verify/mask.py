@@ -16,7 +16,7 @@ costs about two 32 KB blocks. Tile-compressed masks fall back to astropy's ``sec
 which reads only the tiles it needs.
 
 No Prefect here. Read failures raise the :mod:`obsharvest.verify.containment` error types
-(:class:`~obsharvest.verify.containment.TransientReadError`: retry; ``UrlExpiredError``: resolve
+(:class:`~obsharvest.errors.TransientReadError`: retry; ``UrlExpiredError``: resolve
 Datalink again), classified the same way as header reads.
 """
 
@@ -29,14 +29,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from astropy.io import fits
 
+from obsharvest.errors import CorruptHeaderError, ReadError, without_query
 from obsharvest.models import Containment, Verdict
-from obsharvest.verify.containment import (
-    DEFAULT_BLOCK_SIZE,
-    CorruptHeaderError,
-    HeaderReadError,
-    _classify,  # one classification of fsspec/aiohttp failures for every range read
-    redact_url,
-)
+from obsharvest.verify.containment import DEFAULT_BLOCK_SIZE, classify_read_failure
 
 __all__ = ["MASK_EXTNAME", "NO_DATA_PLANE", "MaskCheck", "apply_mask", "mask_flags"]
 
@@ -100,10 +95,10 @@ def mask_flags(
             fits.open(handle, lazy_load_hdus=True, memmap=False) as hdul,
         ):
             return _check(hdul, handle, url, hdu_index, x, y)
-    except HeaderReadError:
+    except ReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified, and unknown kinds re-raised
-        classified = _classify(exc, url)
+        classified = classify_read_failure(exc, url)
         if classified is None:
             raise
     raise classified from None
@@ -123,7 +118,7 @@ def _open(url: str, block_size: int, options: dict):
 def _check(hdul: fits.HDUList, handle, url: str, hdu_index: int, x: float, y: float) -> MaskCheck:
     grid_header = _hdu(hdul, hdu_index)
     if grid_header is None:
-        raise CorruptHeaderError(f"{redact_url(url)} has no HDU {hdu_index}", url=url)
+        raise CorruptHeaderError(f"{without_query(url)} has no HDU {hdu_index}", url=url)
     index = _find_mask(hdul)
     if index is None:
         return MaskCheck(False, reason="no MASK HDU")
@@ -223,7 +218,7 @@ def _read_pixel(
     data = _read_exact(handle, start, size)
     if len(data) != size:
         raise CorruptHeaderError(
-            f"MASK of {redact_url(url)} ends before byte {start + size}", url=url
+            f"MASK of {without_query(url)} ends before byte {start + size}", url=url
         )
     raw = int(np.frombuffer(data, dtype=dtype)[0])
     bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
