@@ -31,15 +31,9 @@ from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.errors import (
     UserError,
 )
-from obsharvest.images import (
-    ImageOutcome,
-    ImageSettings,
-    ImageWork,
-    check_cutouts_offered,
-    process_images,
-)
+from obsharvest.images import ImageSettings, check_cutouts_offered, process_images
 from obsharvest.metadata import MetadataStore
-from obsharvest.models import Target
+from obsharvest.models import ImageOutcome, ImageWork, Target
 from obsharvest.net.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token, token_source
 from obsharvest.net.retry import RetryPolicy, one_line
 from obsharvest.query.adql import Constraints

@@ -16,6 +16,13 @@ from urllib.parse import urlsplit
 from astropy.time import Time
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from obsharvest.models import (
+    CutoutFallback,
+    ProductMode,
+    QueryMode,
+    QueryStrategy,
+    VerificationMode,
+)
 from obsharvest.net.credentials import is_s3
 
 _BAND = re.compile(r"^[A-Za-z0-9_]{1,16}$")
@@ -201,8 +208,8 @@ class Constraints(Model):
 
 
 class Query(Model):
-    strategy: Literal["per_target", "batched", "upload"] = "upload"
-    mode: Literal["sync", "async"] = "async"
+    strategy: QueryStrategy = "upload"
+    mode: QueryMode = "async"
     maxrec: int | None = Field(None, ge=1)
     batch_size: int = Field(100, ge=1, le=10_000, description="targets per OR-batch or upload")
     deadline_seconds: float = Field(1800, gt=0, description="an async job is aborted after this")
@@ -246,7 +253,7 @@ class Retry(Model):
 
 
 class Verification(Model):
-    mode: Literal["skip", "record-only", "off"] = Field(
+    mode: VerificationMode = Field(
         "skip",
         description="skip: verify and download only images containing a target; "
         "record-only: verify, download everything; off: no header reads",
@@ -263,7 +270,7 @@ class Verification(Model):
 class Products(Model):
     """What to store for a (target, image) pair that matches."""
 
-    mode: Literal["image", "cutout"] = Field(
+    mode: ProductMode = Field(
         "image",
         description="image: the whole file, once per image; cutout: a SODA cutout "
         "around each target, stored as {...}/{obs_id}/{target}.fits",
@@ -277,7 +284,7 @@ class Products(Model):
     quicklook: bool = Field(
         False, description="a PNG (zscale, grid, target, s_region) beside each stored file"
     )
-    cutout_fallback: Literal["fail", "image"] = Field(
+    cutout_fallback: CutoutFallback = Field(
         "fail",
         description="cutout mode, where the archive offers no SODA service: fail (said at "
         "plan time, before any work) or store the whole image",

@@ -13,7 +13,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from obsharvest.assemble import Summary
+from obsharvest.models import Summary
 from obsharvest.net.redact import redact
 from obsharvest.report import markdown, target_rows
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -18,14 +17,21 @@ from astropy.table import Table
 
 from obsharvest.access import kinds as access
 from obsharvest.access.kinds import descriptors_of
-from obsharvest.images import ImageOutcome, ImageWork, Prior
 from obsharvest.metadata import (
     TARGET_NAME,
     check_obscore_columns,
     obscore_to_arrow,
     with_harvest_columns,
 )
-from obsharvest.models import Target, Verdict
+from obsharvest.models import (
+    ImageOutcome,
+    ImageWork,
+    Prior,
+    Summary,
+    Target,
+    TargetSummary,
+    Verdict,
+)
 from obsharvest.query.adql import TARGET_COLUMN
 from obsharvest.storage.keys import object_key
 
@@ -199,51 +205,6 @@ def metadata_rows(
         values["obsh_run_id"].append(run_id)
         values["obsh_harvested_at"].append(when)
     return with_harvest_columns(obscore, values)
-
-
-@dataclass
-class TargetSummary:
-    name: str
-    rows: int = 0
-    contains: int = 0
-    outside: int = 0  # in s_region, not on the pixels: the padding false positives
-    undecided: int = 0  # no_wcs, error, or not verified
-    stored: int = 0
-    bytes: int = 0
-    failures: int = 0
-
-
-@dataclass
-class Summary:
-    run_id: str
-    targets: list[TargetSummary] = field(default_factory=list)
-    images: int = 0
-    downloaded: int = 0
-    downloaded_bytes: int = 0
-    stored_images: int = 0
-    stored_bytes: int = 0
-    already_stored: int = 0
-    reused: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
-    by_subtype_band: dict[str, int] = field(default_factory=dict)
-    planned_bytes: int = 0  # plan mode: what a real run would download
-    planned_cutouts: int = 0  # plan in cutout mode: cutouts a real run would fetch
-    planned_unknown: int = 0  # ... of which the size could not be estimated
-    metadata_url: str = ""
-    metadata_written: bool = False  # this run wrote Parquet (no rows: nothing to point at)
-    storage_url: str = ""
-    plan: bool = False
-    cutout_mode: bool = False
-    interrupted: str | None = None  # why the run stopped early (a signal, its deadline)
-
-    @property
-    def false_positive_rate(self) -> float:
-        decided = sum(t.contains + t.outside for t in self.targets)
-        return sum(t.outside for t in self.targets) / decided if decided else 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 def summarize(

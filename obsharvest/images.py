@@ -12,13 +12,13 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import requests
 
-from obsharvest.access.datalink import AccessLink, DatalinkResolver, LinkRequest, link_request
-from obsharvest.access.kinds import Access, Kind, kind_of, sniff
+from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.access.kinds import Access, Kind, sniff
 from obsharvest.access.ranged import RangedHttpFile
 from obsharvest.access.soda import CutoutRequest, cutout_key, cutout_radius, fetch_cutout
 from obsharvest.errors import (
@@ -29,7 +29,17 @@ from obsharvest.errors import (
     StorageError,
     UrlExpiredError,
 )
-from obsharvest.models import Containment, StoredObject, Target, Verdict
+from obsharvest.models import (
+    AccessLink,
+    Containment,
+    ImageOutcome,
+    ImageWork,
+    ProductMode,
+    StoredObject,
+    Target,
+    Verdict,
+    VerificationMode,
+)
 from obsharvest.net.redact import strip_query
 from obsharvest.net.retry import RetryPolicy, one_line
 from obsharvest.products import quicklook
@@ -42,76 +52,9 @@ log = logging.getLogger(__name__)
 MAX_RESOLVES = 3  # fresh signed URLs per image before giving up on expiry
 
 
-@dataclass(frozen=True)
-class Prior:
-    """What an earlier run decided for one (target, image) pair."""
-
-    verdict: str | None
-    x: float | None = None
-    y: float | None = None
-    hdu: int | None = None
-    reason: str | None = None
-    stored: bool = False
-    storage_uri: str | None = None
-    size: int | None = None
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageWork:
-    key: str  # obs_publisher_did: one image, however many targets it serves
-    access_url: str  # ObsCore access_url: a Datalink document or the file (access_format)
-    storage_key: str
-    targets: tuple[Target, ...]
-    priors: Mapping[str, Prior] = field(default_factory=dict)  # by target name
-    s_region: str = ""  # for the quicklook's outline
-    access_format: str = ""  # ObsCore access_format: says what access_url is
-    datalink_url: str | None = None  # the TAP result's Datalink service descriptor, if any
-    datalink_id: str | None = None  # this row's value of the column that descriptor names
-    soda_url: str | None = None  # the TAP result's SODA descriptor (for direct files)
-    soda_id: str | None = None
-
-    @property
-    def kind(self) -> Kind:
-        """What to do with access_url; a Datalink descriptor with an ID makes it Datalink."""
-        if self.datalink_url and self.datalink_id and not self.access_url:
-            return Kind.DATALINK
-        return kind_of(self.access_format)
-
-    def link_request(self) -> LinkRequest:
-        return link_request(self.access_url, self.datalink_url, self.datalink_id)
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    key: str
-    verdicts: dict[str, Containment]
-    stored: StoredObject | None = None  # the whole image (image mode)
-    failure: str | None = None
-    content_length: int | None = None
-    reused: bool = False  # decided earlier; nothing fetched this run
-    downloaded: bool = False  # bytes of the file were transferred this run
-    cutouts: dict[str, StoredObject] = field(default_factory=dict)  # cutout mode, by target
-    cutout_circles: dict[str, str] = field(default_factory=dict)  # "ra dec r" asked, by target
-    quicklooks: dict[str, str] = field(default_factory=dict)  # PNG URI, by target
-    access: str | None = None  # how the file was reached (obsharvest.access.kinds.Access)
-
-    def stored_for(self, target: str) -> StoredObject | None:
-        """What is stored for this (target, image) pair: its cutout, or the image."""
-        return self.cutouts.get(target) if self.cutouts or self.cutout_circles else self.stored
-
-    @property
-    def stored_objects(self) -> list[StoredObject]:
-        return [self.stored] if self.stored else list(self.cutouts.values())
-
-    @property
-    def wanted(self) -> bool:
-        return any(c.verdict == Verdict.CONTAINS for c in self.verdicts.values())
-
-
 @dataclass
 class ImageSettings:
-    verification: str = "skip"  # "skip" | "record-only" | "off"
+    verification: VerificationMode = "skip"
     margin_px: float = 0.0
     block_size: int = 32768
     plan: bool = False
@@ -119,7 +62,7 @@ class ImageSettings:
     download_workers: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     mask: bool = False  # also require the target pixel not to be flagged NO_DATA
-    mode: str = "image"  # "image" | "cutout"
+    mode: ProductMode = "image"
     cutout_radius: float | None = None  # deg, for point targets in cutout mode
     quicklook: bool = False  # a PNG next to every stored image or cutout
     auth_headers: Callable[[str], dict[str, str]] | None = None  # service-host auth only

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from obsharvest.assemble import Summary
+from obsharvest.models import Summary
 from obsharvest.net.redact import redact
 
 

@@ -18,8 +18,15 @@ from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 
 from obsharvest.access import kinds as access
-from obsharvest.access.datalink import DatalinkResolver, LinkRequest, link_request
-from obsharvest.access.kinds import Kind, kind_of, service_descriptors, sniff
+from obsharvest.access.datalink import DatalinkResolver
+from obsharvest.access.kinds import (
+    Kind,
+    LinkRequest,
+    kind_of,
+    link_request,
+    service_descriptors,
+    sniff,
+)
 from obsharvest.access.ranged import RangedHttpFile
 from obsharvest.errors import (
     NotFoundError,

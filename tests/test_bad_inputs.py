@@ -44,9 +44,9 @@ from flows.harvest import harvest, harvest_params
 from flows.params import HarvestParams
 from flows.preflight import PreflightError
 from flows.progress_bars import ProgressLines
-from obsharvest.assemble import Summary, TargetSummary, cutout_bytes
+from obsharvest.assemble import cutout_bytes
 from obsharvest.errors import ServiceRefusedError
-from obsharvest.models import Containment, Verdict
+from obsharvest.models import Containment, Summary, TargetSummary, Verdict
 from obsharvest.report import display_width, text
 from obsharvest.storage.store import ObjectStore, parse_sidecar
 

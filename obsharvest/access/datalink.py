@@ -24,14 +24,15 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from dataclasses import replace
 
 import requests
 from astropy.io.votable import parse as parse_votable
 from pyvo.dal.adhoc import DatalinkResults
 
+from obsharvest.access.kinds import LinkRequest, link_request
 from obsharvest.errors import DatalinkAuthError, RefusedError, TransientError, status_is_transient
+from obsharvest.models import AccessLink
 from obsharvest.net.redact import redact, strip_query
 from obsharvest.net.replies import refused, said_by
 from obsharvest.net.retry import RetryPolicy, one_line
@@ -45,51 +46,6 @@ THIS = "#this"
 def _token_sent(session, url: str) -> bool:
     check = getattr(session, "token_sent_to", None)
     return bool(check(url)) if check else False
-
-
-@dataclass(frozen=True)
-class AccessLink:
-    """Where to download one image now. The URL is signed and short-lived: never persist it."""
-
-    key: str  # the image this is for (obs_publisher_did)
-    url: str | None = None
-    content_length: int | None = None
-    content_type: str | None = None
-    error: str | None = None  # why there is no URL (error_message row, no #this, ...)
-    resolved_at: float = 0.0
-    soda_url: str | None = None  # the #cutout row's SODA sync endpoint, if offered
-    soda_id: str | None = None  # the ID to send it
-    access: str = "datalink"  # how the URL was found (obsharvest.access.kinds.Access)
-
-    @property
-    def refreshable(self) -> bool:
-        """Signed URLs from Datalink can be asked for again; a direct access_url cannot."""
-        return "datalink" in self.access
-
-
-@dataclass(frozen=True)
-class LinkRequest:
-    """How to ask Datalink about one image: ``ident`` sent to ``endpoint`` (batchable),
-    or, with ``ident`` None, a GET on ``endpoint`` exactly as given (redirects followed)."""
-
-    endpoint: str
-    ident: str | None = None
-
-
-def link_request(
-    access_url: str, service_url: str | None = None, service_id: str | None = None
-) -> LinkRequest:
-    """The request for a row: its descriptor and ID if the TAP result gave them, else the
-    links endpoint of an ``access_url`` with exactly one ID, else the URL as given."""
-    if service_url and service_id:
-        return LinkRequest(service_url, service_id)
-    if not access_url:
-        raise ValueError("no access_url and no Datalink service descriptor for this row")
-    try:
-        endpoint, ident = split_access_url(access_url)
-    except ValueError:
-        return LinkRequest(access_url, None)
-    return LinkRequest(endpoint, ident)
 
 
 SODA_SYNC = "ivo://ivoa.net/std/SODA#sync-1.0"
@@ -117,21 +73,6 @@ def _soda_services(results: DatalinkResults) -> dict[str, tuple[str, str | None]
                         fixed = value.decode() if isinstance(value, bytes) else (str(value) or None)
         services[resource.ID or ""] = (str(params["accessURL"].value), fixed)
     return services
-
-
-def split_access_url(access_url: str) -> tuple[str, str]:
-    """``https://host/api/datalink/links?ID=butler%3A//dp02/x`` → (endpoint, ID)."""
-    parts = urlsplit(access_url)
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    ids = [v for k, v in params if k.upper() == "ID"]
-    if len(ids) != 1:
-        raise ValueError(f"access_url {strip_query(access_url)} does not carry exactly one ID")
-    rest = [(k, v) for k, v in params if k.upper() != "ID"]
-    if rest:  # keep other parameters (e.g. RESPONSEFORMAT) as part of the endpoint
-        from urllib.parse import urlencode
-
-        return urlunsplit(parts._replace(query=urlencode(rest))), ids[0]
-    return urlunsplit(parts._replace(query="")), ids[0]
 
 
 def _links_from(

@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from obsharvest.net.redact import strip_query
 
 DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links"
 SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync"
@@ -203,3 +205,43 @@ def find(descriptors: Iterable[ServiceDescriptor], standard: str) -> ServiceDesc
 def descriptors_of(meta) -> list[ServiceDescriptor]:
     """The descriptors a query result table carries in its ``meta``."""
     return [ServiceDescriptor.from_meta(m) for m in (meta or {}).get(DESCRIPTORS_META, ())]
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """How to ask Datalink about one image: ``ident`` sent to ``endpoint`` (batchable),
+    or, with ``ident`` None, a GET on ``endpoint`` exactly as given (redirects followed)."""
+
+    endpoint: str
+    ident: str | None = None
+
+
+def link_request(
+    access_url: str, service_url: str | None = None, service_id: str | None = None
+) -> LinkRequest:
+    """The request for a row: its descriptor and ID if the TAP result gave them, else the
+    links endpoint of an ``access_url`` with exactly one ID, else the URL as given."""
+    if service_url and service_id:
+        return LinkRequest(service_url, service_id)
+    if not access_url:
+        raise ValueError("no access_url and no Datalink service descriptor for this row")
+    try:
+        endpoint, ident = split_access_url(access_url)
+    except ValueError:
+        return LinkRequest(access_url, None)
+    return LinkRequest(endpoint, ident)
+
+
+def split_access_url(access_url: str) -> tuple[str, str]:
+    """``https://host/api/datalink/links?ID=butler%3A//dp02/x`` → (endpoint, ID)."""
+    parts = urlsplit(access_url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    ids = [v for k, v in params if k.upper() == "ID"]
+    if len(ids) != 1:
+        raise ValueError(f"access_url {strip_query(access_url)} does not carry exactly one ID")
+    rest = [(k, v) for k, v in params if k.upper() != "ID"]
+    if rest:  # keep other parameters (e.g. RESPONSEFORMAT) as part of the endpoint
+        from urllib.parse import urlencode
+
+        return urlunsplit(parts._replace(query=urlencode(rest))), ids[0]
+    return urlunsplit(parts._replace(query="")), ids[0]

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 import fsspec
 from astropy.table import Table
 
-from obsharvest.images import ImageOutcome
-from obsharvest.models import Target
+from obsharvest.models import ImageOutcome, Target
 from obsharvest.products.quicklook import (
     GalleryItem,
     footprint_map_png,
