@@ -1,7 +1,9 @@
 """The harvest flow: targets → ObsCore → Datalink → WCS check → object storage → Parquet.
 
-Thin Prefect layer over the pure steps in ``tasks/``: a task per batch of targets (the
-queries) and per batch of images (Datalink, header reads, downloads), never one per image.
+It calls the tasks of ``tasks/`` (each a thin wrapper over an ``obsharvest`` function): a
+task per batch of targets (the queries) and per batch of images (Datalink, header reads,
+downloads), never one per image. Here: the order of the steps, stopping (signals, the run
+deadline, Prefect cancellation), incremental windows and the summary.
 """
 
 from __future__ import annotations
@@ -10,40 +12,34 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-import pyvo
 from astropy.table import Table, vstack
-from prefect import flow, get_run_logger, task
-from prefect.concurrency.sync import concurrency
+from prefect import flow, get_run_logger
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from obsharvest import assemble
 from obsharvest import incremental as incremental_state
-from obsharvest.access.datalink import DatalinkResolver
-from obsharvest.errors import (
-    UserError,
-)
-from obsharvest.images import ImageSettings, check_cutouts_offered, process_images
+from obsharvest.errors import UserError
 from obsharvest.metadata import MetadataStore
-from obsharvest.models import ImageOutcome, ImageWork, Target
-from obsharvest.net.http import DEFAULT_TIMEOUT, ServiceSession, resolve_token, token_source
-from obsharvest.net.retry import RetryPolicy, one_line
+from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
+from obsharvest.net.http import Connection, resolve_token, token_source
+from obsharvest.net.retry import one_line
 from obsharvest.query.adql import Constraints
-from obsharvest.query.obscore import QueryOptions, Strategy, probe_features, query_targets
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
-from obsharvest.storage.store import ObjectStore
-from obsharvest.targets import read_targets, single_target
+from tasks import artifacts, progress
+from tasks.images import check_cutouts, process_images
+from tasks.outputs import gallery, write_metadata
+from tasks.query import query_obscore
+from tasks.targets import load_targets
 
-from . import progress, report
+from . import settings
 from .config import build_params
 from .params import Band, CalibLevel, HarvestParams, Subtype
 from .preflight import constraints_of as _constraints
@@ -52,274 +48,6 @@ from .quiet import quiet_library_noise
 from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Connection:
-    """How to reach the service during this run (the token stays out of parameters)."""
-
-    tap_url: str
-    token: str | None
-    token_hosts: tuple[str, ...]
-    token_source: str | None = None  # where the token comes from, for refusal messages
-
-    def session(
-        self, pool: int = 16, timeout: tuple[float, float] = DEFAULT_TIMEOUT
-    ) -> ServiceSession:
-        """A session for TAP (pyvo), Datalink and SODA whose every request has ``timeout``
-        (connect, read seconds: ``retry.connect_timeout``/``retry.read_timeout``)."""
-        return ServiceSession(
-            self.token,
-            [self.tap_url, *self.token_hosts],
-            pool=pool,
-            timeout=timeout,
-            token_source=self.token_source,
-        )
-
-
-def _retry(params: HarvestParams) -> RetryPolicy:
-    r = params.retry
-    return RetryPolicy(
-        attempts=r.attempts,
-        initial_wait=r.initial_wait,
-        max_wait=r.max_wait,
-        deadline=r.deadline_seconds,
-    )
-
-
-@contextlib.contextmanager
-def _archive_slot(params: HarvestParams) -> Iterator[None]:
-    """One slot of the Prefect global concurrency limit named in the parameters, held for a
-    whole batch (each acquire is an API call: per batch, not per request). No name, no slot;
-    a name without a limit on the server does not block (``strict=False``). The task's log
-    says how long it waited and held the slot."""
-    name = params.execution.archive_concurrency_limit
-    if not name:
-        yield
-        return
-    logger = get_run_logger()
-    asked = time.monotonic()
-    with concurrency(name, occupy=1, strict=False):
-        held = time.monotonic()
-        logger.info("holding a slot of concurrency limit %r (waited %.1f s)", name, held - asked)
-        try:
-            yield
-        finally:
-            logger.info("releasing the slot of %r after %.1f s", name, time.monotonic() - held)
-
-
-# The tasks carry no tags on purpose: for a tagged task run, Prefect's task engine asks the
-# API for tag concurrency slots before it starts, one more write per task run; on a SQLite
-# Prefect server under load that write is refused with 503 and retried after ~2 s (seen in
-# make bench: 4 of 5 stalls of a run). Deployment tags still label the flow runs, and
-# execution.archive_concurrency_limit is the way to bound the load on an archive.
-@task(name="load-targets")
-def load_targets(params: HarvestParams) -> list[Target]:
-    if params.targets:
-        targets = read_targets(params.targets, default_radius=params.radius)
-    else:
-        targets = [single_target(params.ra, params.dec, params.radius, params.target_name)]
-    get_run_logger().info("%d targets", len(targets))
-    return targets
-
-
-@task(name="query-obscore", task_run_name="query-{label}")
-def query_batch(
-    params: HarvestParams,
-    conn: Connection,
-    targets: list[Target],
-    constraints: Constraints,
-    label: str,
-) -> Table:
-    session = conn.session(timeout=_timeout(params))
-    service = pyvo.dal.TAPService(conn.tap_url, session=session)
-    retry = _retry(params)
-    options = QueryOptions(
-        mode=params.query.mode,
-        maxrec=params.query.maxrec,
-        deadline=params.query.deadline_seconds,
-        retry=retry,
-    )
-    strategy = Strategy(
-        kind=params.query.strategy,
-        batch_size=params.query.batch_size,
-        prefilter_radius=params.query.prefilter_radius,
-    )
-    queries: list[str] = []
-    with _archive_slot(params):
-        features = probe_features(service, retry)
-        rows = query_targets(
-            service, targets, constraints, strategy, features, options, on_query=queries.append
-        )
-    get_run_logger().info(
-        "%d targets: %d queries, %d (target, image) rows", len(targets), len(queries), len(rows)
-    )
-    progress.advance("query", len(targets))
-    return rows
-
-
-@task(name="process-images", task_run_name="images-{label}")
-def image_batch(
-    params: HarvestParams, conn: Connection, works: list[ImageWork], label: str
-) -> list[ImageOutcome]:
-    c = params.concurrency
-    session = conn.session(pool=max(c.datalink_workers, 4), timeout=_timeout(params))
-    resolver = _resolver(params, session, c.datalink_workers)
-    store = ObjectStore(params.storage_url, params.storage_options, timeout=_timeout(params))
-    settings = ImageSettings(
-        verification=params.verification.mode,
-        margin_px=params.verification.margin_px,
-        block_size=params.verification.header_block_size,
-        plan=params.plan,
-        verify_workers=c.verify_workers,
-        download_workers=c.download_workers,
-        retry=_retry(params),
-        mask=params.verification.mask,
-        mode=params.products.mode,
-        cutout_radius=params.products.cutout_radius,
-        quicklook=params.products.quicklook,
-        auth_headers=session.auth_headers,
-        timeout=_timeout(params),
-        image_deadline=params.retry.image_deadline_seconds,
-        cutout_fallback=params.products.cutout_fallback == "image",
-    )
-    with _archive_slot(params):
-        outcomes = process_images(
-            works,
-            resolver,
-            store,
-            settings,
-            on_done=lambda o: progress.advance(
-                "images", 1, o.stored.size if o.stored and o.downloaded else 0
-            ),
-        )
-    outcomes = BatchOutcomes(outcomes)
-    failed = [o for o in outcomes if o.failure]
-    logger = get_run_logger()
-    for outcome in failed:  # one line each: the key and why, never the outcome's repr
-        logger.warning(_capped(f"image {outcome.key} failed: {outcome.failure}"))
-    logger.info(
-        "%d images: %d stored, %d failed",
-        len(works),
-        sum(1 for o in outcomes if o.stored),
-        len(failed),
-    )
-    if failed:  # a failed task run in the UI, with the reasons in its logs; data kept
-        _drop_empty_tracebacks(logging.getLogger("prefect.task_runs"))
-        return Failed(
-            message=_capped(
-                f"{len(failed)} of {len(works)} images failed; first: "
-                f"{failed[0].key}: {failed[0].failure}"
-            ),
-            data=outcomes,
-        )
-    return outcomes
-
-
-LOG_LINE_CAP = 300  # characters of one failed image's log line (a reason can be long)
-
-
-def _capped(text: str, limit: int = LOG_LINE_CAP) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class BatchOutcomes(list):
-    """An image batch's outcomes, with a one-line repr.
-
-    Prefect logs the repr of a Failed state a task returns, and that repr holds the state's
-    data: with a plain list, the repr of every ImageOutcome of the batch on one line (20 kB
-    for a few dozen images). The reasons are already logged one line per image.
-    """
-
-    def __repr__(self) -> str:
-        failed = sum(1 for o in self if o.failure)
-        return f"<{len(self)} image outcomes, {failed} failed>"
-
-
-class _NoEmptyTraceback(logging.Filter):
-    """Prefect logs a returned Failed state with ``exc_info=True`` outside any except
-    block (``task_engine.handle_retry``); formatters print that as a stray ``NoneType: None``
-    line. A record with no exception to show loses its empty ``exc_info``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is None:
-            record.exc_info = None
-        return True
-
-
-def _drop_empty_tracebacks(logger: logging.Logger) -> None:
-    if not any(isinstance(f, _NoEmptyTraceback) for f in logger.filters):
-        logger.addFilter(_NoEmptyTraceback())
-
-
-def _timeout(params: HarvestParams) -> tuple[float, float]:
-    return params.retry.connect_timeout, params.retry.read_timeout
-
-
-def _resolver(params: HarvestParams, session, workers: int) -> DatalinkResolver:
-    return DatalinkResolver(
-        session,
-        batch_size=params.concurrency.datalink_batch,
-        workers=workers,
-        retry=_retry(params),
-        timeout=_timeout(params),
-    )
-
-
-@task(name="check-cutouts")
-def check_cutouts(params: HarvestParams, conn: Connection, works: list[ImageWork]) -> None:
-    """Before any image work: does the archive offer SODA at all? (one Datalink request)"""
-    session = conn.session(timeout=_timeout(params))
-    check_cutouts_offered(works, _resolver(params, session, workers=1))
-
-
-@task(name="write-metadata")
-def write_metadata(
-    params: HarvestParams,
-    rows: Table,
-    targets: dict[str, Target],
-    outcomes: dict[str, ImageOutcome],
-    run_id: str,
-) -> list[str]:
-    if len(rows) == 0:
-        return []
-    table = assemble.metadata_rows(rows, targets, outcomes, run_id)
-    # append-only: this run's own files, never a rewrite of another run's (runs at once)
-    store = MetadataStore(params.output_url, params.output_storage_options)
-    return store.append(table, run_id=run_id)
-
-
-@task(name="quicklook-gallery")
-def gallery(
-    params: HarvestParams,
-    rows: Table,
-    targets: dict[str, Target],
-    outcomes: dict[str, ImageOutcome],
-) -> str:
-    from obsharvest.products.gallery import write_gallery
-
-    index, markdown = write_gallery(
-        rows, targets, outcomes, params.output_url, params.output_storage_options
-    )
-    report.publish_gallery(markdown, index)
-    return index
-
-
-def _chunks(items: Sequence, size: int, workers: int = 1) -> Iterator[list]:
-    """Batches of at most ``size``, as even as possible (304 items by 250 → 152 + 152), and,
-    when more than one is needed, as many as a multiple of ``workers`` (578 by 250 for two
-    workers → 4 × 145, not 3 × 193), so no batch runs alone with the rest of the pool idle.
-    What fits in one batch stays one task: its threads already work in parallel."""
-    if not items:
-        return
-    count = -(-len(items) // max(1, size))
-    if count > 1:
-        workers = max(1, workers)
-        count = min(len(items), -(-count // workers) * workers)
-    step = -(-len(items) // count)
-    for start in range(0, len(items), step):
-        yield list(items[start : start + step])
 
 
 @contextlib.contextmanager
@@ -335,7 +63,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
     from simarchive.server import ArchiveSettings, EmbeddedArchive
 
     e = svc.embedded
-    settings = ArchiveSettings(
+    archive_settings = ArchiveSettings(
         port=e.port,
         seed=e.seed,
         n_visits=e.n_visits,
@@ -347,7 +75,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         datalink_order=e.datalink_order,
         faults=FaultPlan.parse(e.faults, seed=e.seed),
     )
-    with EmbeddedArchive(settings) as archive:
+    with EmbeddedArchive(archive_settings) as archive:
         yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts), source)
 
 
@@ -405,9 +133,20 @@ def _query_all(
     params: HarvestParams, conn: Connection, targets: list[Target], constraints: Constraints, logger
 ) -> tuple[Table, list[tuple[str, str]]]:
     """Query every target (in coarse batches), keeping failed batches as reported failures."""
-    chunks = list(_chunks(targets, params.concurrency.targets_per_task))
+    chunks = list(workers.batches(targets, params.concurrency.targets_per_task))
+    options, strategy = settings.query_options(params), settings.strategy(params)
+    timeout, slot = settings.timeouts(params), params.execution.archive_concurrency_limit
     futures = [
-        query_batch.submit(params, conn, chunk, constraints, f"{i + 1}-of-{len(chunks)}")
+        query_obscore.submit(
+            conn,
+            chunk,
+            constraints,
+            strategy,
+            options,
+            timeout,
+            label=f"{i + 1}-of-{len(chunks)}",
+            slot=slot,
+        )
         for i, chunk in enumerate(chunks)
     ]
     tables, failures = [], []
@@ -443,15 +182,15 @@ def _run_deadline(seconds: float | None) -> Iterator[None]:
         timer.cancel()
 
 
-def run_harvest(
-    params: HarvestParams, run_id: str, *, incremental: bool = False
-) -> assemble.Summary:
+def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False) -> Summary:
     """The harvest as a sequence of coarse task calls; returns the run's summary."""
     logger = get_run_logger()
     params = with_storage_credentials(params)
     base = _constraints(params)
     with _service(params) as conn, _run_deadline(params.execution.run_deadline_seconds):
-        targets = load_targets(params)
+        targets = load_targets(
+            params.targets, params.ra, params.dec, params.radius, params.target_name
+        )
         by_name = {t.name: t for t in targets}
         progress.start("query", len(targets))
         state = None
@@ -483,12 +222,18 @@ def run_harvest(
         works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
         logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
         if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
-            check_cutouts(params, conn, works)
+            check_cutouts(conn, works, settings.image_settings(params))
         progress.start("images", len(works))
         outcomes = _process_all(params, conn, works, logger)
-        paths = write_metadata(params, rows, by_name, outcomes, run_id) if len(rows) else []
+        paths = (
+            write_metadata(
+                rows, by_name, outcomes, run_id, params.output_url, params.output_storage_options
+            )
+            if len(rows)
+            else []
+        )
         if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
-            gallery(params, rows, by_name, outcomes)
+            gallery(rows, by_name, outcomes, params.output_url, params.output_storage_options)
         summary = assemble.summarize(
             rows,
             works,
@@ -533,13 +278,22 @@ def _process_all(
 ) -> dict[str, ImageOutcome]:
     """Image batches as tasks; a progress artifact follows them as they finish."""
     batches = list(
-        _chunks(works, params.concurrency.images_per_task, params.concurrency.task_workers)
+        workers.batches(works, params.concurrency.images_per_task, params.concurrency.task_workers)
     )
+    image_settings = settings.image_settings(params)
     futures = [
-        image_batch.submit(params, conn, batch, f"{i + 1}-of-{len(batches)}")
+        process_images.submit(
+            conn,
+            batch,
+            image_settings,
+            params.storage_url,
+            params.storage_options,
+            label=f"{i + 1}-of-{len(batches)}",
+            slot=params.execution.archive_concurrency_limit,
+        )
         for i, batch in enumerate(batches)
     ]
-    tracker = report.ProgressTracker(len(works))
+    tracker = artifacts.ProgressTracker(len(works))
     outcomes: dict[str, ImageOutcome] = {}
     for future, batch in zip(futures, batches, strict=True):
         try:
@@ -630,7 +384,7 @@ def harvest(
         dict[str, Any] | None,
         Field(description='other settings as dotted keys, e.g. {"query.maxrec": 5000}'),
     ] = None,
-) -> assemble.Summary:
+) -> Summary:
     """Harvest the images that truly contain each target from an ObsTAP service.
 
     The profile gives the service and defaults; the other parameters override it. Every
@@ -668,18 +422,18 @@ def harvest(
         body = harvest_run.with_options(task_runner=runner)
         summary = body(params, run_id, incremental=incremental)
     crashpoint("report")
-    report.publish(summary)
+    artifacts.publish(summary)
     if _absorbed and stopping.cancelled():  # Prefect asked: the run ends Cancelled
         raise _absorbed[-1]
     if not summary.ok:
-        return Failed(message=report.failure_message(summary), data=summary)
+        return Failed(message=artifacts.failure_message(summary), data=summary)
     return summary
 
 
 harvest_run = flow(run_harvest, name="harvest-run", persist_result=False)
 
 
-def harvest_params(params: HarvestParams, *, incremental: bool = False) -> assemble.Summary:
+def harvest_params(params: HarvestParams, *, incremental: bool = False) -> Summary:
     """Run the flow for an already-built ``HarvestParams`` (tests, Python callers).
 
     Returns the summary whether or not some images failed (``summary.ok`` says); errors

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from obsharvest.report import human_bytes
-
-from . import progress
+from tasks import progress
 
 _LABELS = {"query": "ObsCore queries (targets)", "images": "Datalink, WCS check, store (images)"}
 _SHORT = {"query": "queries", "images": "images"}

@@ -12,7 +12,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import requests
@@ -40,6 +40,7 @@ from obsharvest.models import (
     Verdict,
     VerificationMode,
 )
+from obsharvest.net.http import Connection
 from obsharvest.net.redact import strip_query
 from obsharvest.net.retry import RetryPolicy, one_line
 from obsharvest.products import quicklook
@@ -69,6 +70,8 @@ class ImageSettings:
     timeout: tuple[float, float] = (10.0, 60.0)  # connect, read (between bytes) seconds
     image_deadline: float = 1800.0  # seconds for all the steps and attempts of one image
     cutout_fallback: bool = False  # cutout mode, no SODA offered: store the whole image
+    datalink_batch: int = 50  # IDs per Datalink request (fewer if the service answers fewer)
+    datalink_workers: int = 8  # Datalink requests in flight
 
     def headers_for(self, url: str) -> dict[str, str]:
         """The token for a service host (a direct file URL may live there), else nothing:
@@ -639,3 +642,36 @@ def process_images(
         data_session.close()
     log.info("%d images processed in %.1f s", len(fresh), time.monotonic() - started)
     return [outcomes[w.key] for w in works]
+
+
+def _resolver(session: requests.Session, settings: ImageSettings, workers: int) -> DatalinkResolver:
+    return DatalinkResolver(
+        session,
+        batch_size=settings.datalink_batch,
+        workers=workers,
+        retry=settings.retry,
+        timeout=settings.timeout,
+    )
+
+
+def harvest_images(
+    conn: Connection,
+    works: Sequence[ImageWork],
+    settings: ImageSettings,
+    storage_url: str,
+    storage_options: Mapping | None = None,
+    on_done: Callable[[ImageOutcome], None] | None = None,
+) -> list[ImageOutcome]:
+    """:func:`process_images` over a session and a store of its own: the unit of work of
+    an image task (which may run in another thread or a Dask worker)."""
+    session = conn.session(pool=max(settings.datalink_workers, 4), timeout=settings.timeout)
+    settings = replace(settings, auth_headers=session.auth_headers)
+    store = ObjectStore(storage_url, dict(storage_options or {}), timeout=settings.timeout)
+    resolver = _resolver(session, settings, settings.datalink_workers)
+    return process_images(works, resolver, store, settings, on_done=on_done)
+
+
+def check_cutouts(conn: Connection, works: Sequence[ImageWork], settings: ImageSettings) -> None:
+    """:func:`check_cutouts_offered` over a session of its own (one Datalink request)."""
+    session = conn.session(timeout=settings.timeout)
+    check_cutouts_offered(works, _resolver(session, settings, workers=1))

@@ -37,7 +37,7 @@ from astropy.table import Table
 from astropy.table import meta as table_meta
 from astropy.utils.exceptions import AstropyWarning
 
-from obsharvest.errors import TargetError
+from obsharvest.errors import ConfigError, TargetError
 from obsharvest.models import Target
 
 __all__ = ["Problem", "TargetError", "iau_names", "read_targets", "single_target"]
@@ -139,6 +139,23 @@ def read_targets(
             [Problem(f"{nrows:,} data rows, more than max_rows={max_rows:,}; split the file")],
         )
     return _validate(source, _resolve_columns(source, columns), nrows, default_radius)
+
+
+def targets_for(
+    path: str | None,
+    *,
+    ra: float | str | None = None,
+    dec: float | str | None = None,
+    radius: float | None = None,
+    name: str | None = None,
+) -> list[Target]:
+    """The run's targets: the list at ``path`` (``radius`` fills rows without one), or
+    the one position ``ra``, ``dec``."""
+    if path:
+        return read_targets(path, default_radius=radius)
+    if ra is None or dec is None:
+        raise ConfigError("give a target list, or one position with both ra and dec")
+    return [single_target(ra, dec, radius, name)]
 
 
 def single_target(

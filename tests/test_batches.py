@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.harvest import _chunks
+from obsharvest.runtime.workers import batches as _chunks
 
 
 @pytest.mark.parametrize(

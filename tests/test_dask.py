@@ -155,7 +155,9 @@ def test_dask_harvest_equals_the_threaded_one(archive, cluster, tmp_path):
     # the submitted tasks: one query batch and the image batches (load-targets and
     # write-metadata are called, not submitted: they run in the flow's process)
     batches = -(-dask.images // 8)
-    batches += batches % 2  # a multiple of the two task workers (flows.harvest._chunks)
+    batches += (
+        batches % 2
+    )  # a multiple of the two task workers (obsharvest.runtime.workers.batches)
     assert len(ran) == 1 + batches, stream.data
     assert len({t["worker"] for t in ran}) == 2  # both worker processes took batches
     assert _rows(tmp_path / "dask") == _rows(tmp_path / "threads")

@@ -82,3 +82,19 @@ def results(pairs: Iterable[tuple[T, Future[R]]], unfinished: Callable[[T], R]) 
         else:
             out.append(unfinished(item))
     return out
+
+
+def batches(items: Sequence, size: int, workers: int = 1) -> Iterator[list]:
+    """Batches of at most ``size``, as even as possible (304 items by 250 → 152 + 152), and,
+    when more than one is needed, as many as a multiple of ``workers`` (578 by 250 for two
+    workers → 4 × 145, not 3 × 193), so no batch runs alone with the rest of the pool idle.
+    What fits in one batch stays one task: its threads already work in parallel."""
+    if not items:
+        return
+    count = -(-len(items) // max(1, size))
+    if count > 1:
+        workers = max(1, workers)
+        count = min(len(items), -(-count // workers) * workers)
+    step = -(-len(items) // count)
+    for start in range(0, len(items), step):
+        yield list(items[start : start + step])

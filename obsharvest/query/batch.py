@@ -1,0 +1,33 @@
+"""One batch of targets against a TAP service: the unit of work of a query task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyvo
+from astropy.table import Table
+
+from obsharvest.models import Target
+from obsharvest.net.http import Connection
+from obsharvest.query.adql import Constraints
+from obsharvest.query.obscore import QueryOptions, Strategy, probe_features, query_targets
+
+
+def query_batch(
+    conn: Connection,
+    targets: Sequence[Target],
+    constraints: Constraints,
+    strategy: Strategy,
+    options: QueryOptions,
+    timeout: tuple[float, float],
+) -> tuple[Table, int]:
+    """The (target, image) rows of ``targets`` and how many queries it took, over a
+    session of its own (a task may run in another thread or a Dask worker)."""
+    session = conn.session(timeout=timeout)
+    service = pyvo.dal.TAPService(conn.tap_url, session=session)
+    features = probe_features(service, options.retry)
+    queries: list[str] = []
+    rows = query_targets(
+        service, list(targets), constraints, strategy, features, options, on_query=queries.append
+    )
+    return rows, len(queries)

@@ -1,0 +1,45 @@
+"""What a run leaves behind besides the FITS: its Parquet part and the quicklook gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from astropy.table import Table
+from prefect import task
+
+from obsharvest import assemble
+from obsharvest.metadata import MetadataStore
+from obsharvest.models import ImageOutcome, Target
+
+from . import artifacts
+
+
+@task(name="write-metadata")
+def write_metadata(
+    rows: Table,
+    targets: dict[str, Target],
+    outcomes: dict[str, ImageOutcome],
+    run_id: str,
+    output_url: str,
+    storage_options: Mapping,
+) -> list[str]:
+    """This run's own Parquet files, never a rewrite of another run's (runs at once)."""
+    if len(rows) == 0:
+        return []
+    table = assemble.metadata_rows(rows, targets, outcomes, run_id)
+    return MetadataStore(output_url, dict(storage_options)).append(table, run_id=run_id)
+
+
+@task(name="quicklook-gallery")
+def gallery(
+    rows: Table,
+    targets: dict[str, Target],
+    outcomes: dict[str, ImageOutcome],
+    output_url: str,
+    storage_options: Mapping,
+) -> str:
+    from obsharvest.products.gallery import write_gallery
+
+    index, markdown = write_gallery(rows, targets, outcomes, output_url, storage_options)
+    artifacts.publish_gallery(markdown, index)
+    return index
