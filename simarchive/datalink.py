@@ -20,7 +20,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
-from .votable import results_votable
+from simarchive.votable import results_votable
 
 THIS = "#this"
 CUTOUT = "#cutout"

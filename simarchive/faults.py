@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
-from .httpcore import Connection, Request, Response, iter_body, text, write_body
+from simarchive.httpcore import Connection, Request, Response, iter_body, text, write_body
 
 KINDS_RATE = (
     "drop",

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .httpcore import FileBody, Response
+from simarchive.httpcore import FileBody, Response
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

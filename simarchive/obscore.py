@@ -24,10 +24,10 @@ import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 from astropy.time import Time
 
-from .naming import visit_name
+from simarchive.sky.naming import visit_name
 
 if TYPE_CHECKING:
-    from .sky import Sky
+    from simarchive.sky.survey_sky import Sky
 
 ACCESS_FORMAT: Final = "application/x-votable+xml;content=datalink"
 FITS_ACCESS_FORMAT: Final = "image/fits"

@@ -40,12 +40,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
-from .adql import AdqlError, run_adql
-from .datalink import links_for, links_votable, scramble
-from .descriptors import CUTOUT_SERVICE_ID, cutout_descriptor, obscore_datalink_descriptor
-from .faults import FaultInjector, FaultPlan
-from .files import FitsCache, file_response
-from .httpcore import (
+from simarchive.adql.engine import AdqlError, run_adql
+from simarchive.datalink import links_for, links_votable, scramble
+from simarchive.descriptors import CUTOUT_SERVICE_ID, cutout_descriptor, obscore_datalink_descriptor
+from simarchive.faults import FaultInjector, FaultPlan
+from simarchive.files import FitsCache, file_response
+from simarchive.httpcore import (
     ArchiveHTTPServer,
     BadRequest,
     Connection,
@@ -55,15 +55,15 @@ from .httpcore import (
     redirect,
     text,
 )
-from .obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
-from .signing import UrlSigner
-from .sky import Sky, SkyConfig
-from .soda import SodaError, parse_soda_params, write_cutout
-from .tapschema import PublishedTable, build_tap_schema
-from .uploads import MAX_UPLOAD_BYTES, load_uploads
-from .uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
-from .vosi import availability_xml, capabilities_xml, tables_xml
-from .votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
+from simarchive.obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
+from simarchive.signing import UrlSigner
+from simarchive.sky.survey_sky import Sky, SkyConfig
+from simarchive.soda import SodaError, parse_soda_params, write_cutout
+from simarchive.tapschema import PublishedTable, build_tap_schema
+from simarchive.uploads import MAX_UPLOAD_BYTES, load_uploads
+from simarchive.uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
+from simarchive.vosi import availability_xml, capabilities_xml, tables_xml
+from simarchive.votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
 
 log = logging.getLogger(__name__)
 

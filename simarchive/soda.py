@@ -31,8 +31,8 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
-from .geometry import radec_to_xyz
-from .soda_region import (
+from simarchive.adql.geometry import radec_to_xyz
+from simarchive.soda_region import (
     CircleRegion,
     PolygonRegion,
     RangeRegion,

@@ -31,7 +31,7 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 
-from .geometry import radec_to_xyz, xyz_to_radec
+from simarchive.adql.geometry import radec_to_xyz, xyz_to_radec
 
 Curve = tuple[Callable[[np.ndarray], np.ndarray], float]
 """A boundary piece: t in [0, 1] -> unit vectors (n, 3), at constant speed; its length (rad)."""

@@ -15,8 +15,8 @@ import numpy as np
 from astropy.io.votable import parse_single_table
 from astropy.table import Column, MaskedColumn, Table
 
-from .adql_errors import AdqlError
-from .httpcore import Upload
+from simarchive.adql.errors import AdqlError
+from simarchive.httpcore import Upload
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # the RSP's documented limit

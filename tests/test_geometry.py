@@ -13,7 +13,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 
-from simarchive import geometry as g
+from simarchive.adql import geometry as g
 
 
 def _tan_wcs(ra0: float, dec0: float) -> WCS:

@@ -8,7 +8,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-import simarchive.geometry as geo
+import simarchive.adql.geometry as geo
 from flows.harvest import harvest_params
 from flows.params import HarvestParams
 from obsharvest.metadata import MetadataStore

@@ -18,8 +18,8 @@ from obsharvest.errors import UrlExpiredError
 from obsharvest.models import Containment, Target, Verdict
 from obsharvest.verify.containment import read_wcs_header, verify
 from obsharvest.verify.mask import MaskCheck, apply_mask, mask_flags
-from simarchive.pixels import MASK_PLANES, amp_slices
 from simarchive.server import ArchiveSettings, EmbeddedArchive
+from simarchive.sky.pixels import MASK_PLANES, amp_slices
 
 NO_DATA_BIT = MASK_PLANES["NO_DATA"]
 

@@ -11,7 +11,7 @@ from astropy.wcs import WCS
 from matplotlib.image import imread
 
 from flows.harvest import harvest_params
-from simarchive.pixels import amp_slices
+from simarchive.sky.pixels import amp_slices
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_harvest_flow import params_for, read_rows

@@ -27,8 +27,8 @@ from obsharvest.products.quicklook import (
     quicklook_png,
 )
 from obsharvest.verify.containment import verify
-from simarchive.pixels import amp_slices
 from simarchive.server import ArchiveSettings, EmbeddedArchive
+from simarchive.sky.pixels import amp_slices
 
 SIZE = (int(FIGSIZE_IN[1] * DPI), int(FIGSIZE_IN[0] * DPI))  # (rows, cols) of a PNG
 

@@ -16,8 +16,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from simarchive.focalplane import detector_name, detector_number, detectors
-from simarchive.sky import Sky, SkyConfig
+from simarchive.sky.focalplane import detector_name, detector_number, detectors
+from simarchive.sky.survey_sky import Sky, SkyConfig
 
 TARGET = (62.0, -37.0)
 DATALINK = "http://127.0.0.1:8123/api/datalink/links"

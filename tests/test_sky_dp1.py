@@ -21,7 +21,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from simarchive.sky import Sky, SkyConfig
+from simarchive.sky.survey_sky import Sky, SkyConfig
 
 from .test_sky import polygon_contains, polygons_contain
 

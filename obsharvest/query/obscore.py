@@ -38,7 +38,7 @@ from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from obsharvest.runtime import stopping
 from obsharvest.runtime.crashpoints import crashpoint
-from simarchive import geometry
+from simarchive.adql import geometry
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import numpy as np
 from sqlglot import exp
 
-from .adql_errors import AdqlError
-from .adql_functions import SCALAR_FUNCTIONS, call_scalar, function_args, function_name
-from .adql_geom import GEOMETRY_FUNCTIONS, call_geometry
-from .adql_scope import Frame, Scope
-from .adql_values import (
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.functions import SCALAR_FUNCTIONS, call_scalar, function_args, function_name
+from simarchive.adql.geom import GEOMETRY_FUNCTIONS, call_geometry
+from simarchive.adql.scope import Frame, Scope
+from simarchive.adql.values import (
     ColumnRef,
     Geo,
     Val,

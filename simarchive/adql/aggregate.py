@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 from sqlglot import exp
 
-from .adql_errors import AdqlError
-from .adql_eval import AGGREGATES, Evaluator, materialize
-from .adql_functions import function_name
-from .adql_scope import Frame, Scope
-from .adql_values import Geo, Val
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
+from simarchive.adql.functions import function_name
+from simarchive.adql.scope import Frame, Scope
+from simarchive.adql.values import Geo, Val
 
 
 def is_aggregate_query(select: exp.Select) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 from astropy.table import Table
 from sqlglot import exp
 
-from .adql_errors import AdqlError
+from simarchive.adql.errors import AdqlError
 
 
 @dataclass(eq=False)

@@ -26,8 +26,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from .naming import RAW, Naming
-from .pixels import (
+from simarchive.sky.naming import RAW, Naming
+from simarchive.sky.pixels import (
     MASK_PLANES,
     PixelRecipe,
     paint,
@@ -35,9 +35,9 @@ from .pixels import (
     to_raw_counts,
     variance_of,
 )
-from .product import Product
-from .projection import TanWcs
-from .starfield import StarField
+from simarchive.sky.product import Product
+from simarchive.sky.projection import TanWcs
+from simarchive.sky.starfield import StarField
 
 FITS_BLOCK: Final = 2880
 ROWS_PER_CHUNK: Final = 256

@@ -22,19 +22,19 @@ from astropy.table import Table
 from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError, TokenError
 
-from .adql_aggregate import group_frame, is_aggregate_query
-from .adql_errors import AdqlError
-from .adql_eval import Evaluator
-from .adql_functions import function_name
-from .adql_join import filtered_frame
-from .adql_output import (
+from simarchive.adql.aggregate import group_frame, is_aggregate_query
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.evaluate import Evaluator
+from simarchive.adql.functions import function_name
+from simarchive.adql.join import filtered_frame
+from simarchive.adql.output import (
     build_table,
     distinct_rows,
     expand_select,
     output_aliases,
     sort_permutation,
 )
-from .adql_scope import Scope, make_sources
+from simarchive.adql.scope import Scope, make_sources
 
 __all__ = ["AdqlError", "QueryResult", "run_adql"]
 

@@ -14,13 +14,13 @@ import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 from sqlglot import exp
 
-from .adql_aggregate import combine_codes, value_codes
-from .adql_errors import AdqlError
-from .adql_eval import AGGREGATES, Evaluator, materialize
-from .adql_functions import function_name
-from .adql_geom import format_regions
-from .adql_scope import Scope, Source, identifier_matches
-from .adql_values import ColumnRef, Geo, Val, column_data
+from simarchive.adql.aggregate import combine_codes, value_codes
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
+from simarchive.adql.functions import function_name
+from simarchive.adql.geom import format_regions
+from simarchive.adql.scope import Scope, Source, identifier_matches
+from simarchive.adql.values import ColumnRef, Geo, Val, column_data
 
 
 @dataclass

@@ -13,9 +13,9 @@ import threading
 import numpy as np
 from astropy.table import Table
 
-from . import geometry as g
-from .adql_errors import AdqlError
-from .adql_values import Geo, Val, merge_null, require
+from simarchive.adql import geometry as g
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.values import Geo, Val, merge_null, require
 
 GEOMETRY_FUNCTIONS = frozenset(
     {

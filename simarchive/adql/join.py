@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from sqlglot import exp
 
-from .adql_errors import AdqlError
-from .adql_eval import Evaluator
-from .adql_scope import Frame, Scope, Source
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.evaluate import Evaluator
+from simarchive.adql.scope import Frame, Scope, Source
 
 MAX_CROSS_ROWS = 5_000_000
 

@@ -14,9 +14,9 @@ from typing import Final
 
 import numpy as np
 
-from .focalplane import N_AMP_X, N_AMP_Y
-from .projection import TanWcs
-from .starfield import StarField
+from simarchive.sky.focalplane import N_AMP_X, N_AMP_Y
+from simarchive.sky.projection import TanWcs
+from simarchive.sky.starfield import StarField
 
 MASK_PLANES: Final = {
     "BAD": 0,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .adql_errors import AdqlError
-from .geometry import RegionArray
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.geometry import RegionArray
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Final
 
 import numpy as np
 
-from .focalplane import PIXEL_SCALE_ARCSEC
-from .projection import TanWcs, sky_to_tangent, tangent_to_sky
+from simarchive.sky.focalplane import PIXEL_SCALE_ARCSEC
+from simarchive.sky.projection import TanWcs, sky_to_tangent, tangent_to_sky
 
 
 @dataclass(frozen=True)

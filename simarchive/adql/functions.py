@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 from sqlglot import exp
 
-from .adql_errors import AdqlError
-from .adql_values import Val, literal, merge_null, require
+from simarchive.adql.errors import AdqlError
+from simarchive.adql.values import Val, literal, merge_null, require
 
 _ADQL_NAMES: dict[type, str] = {
     exp.Ceil: "CEILING",

@@ -1,0 +1,1 @@
+"""The embedded archive's ADQL engine: parse (sqlglot), scope, evaluate over numpy columns."""

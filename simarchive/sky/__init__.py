@@ -1,0 +1,1 @@
+"""The synthetic Rubin-like survey the embedded archive serves: visits, focal plane, sky, FITS."""
