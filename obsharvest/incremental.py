@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 import fsspec
 import numpy as np
 
-from obsharvest.metadata import READ_ATTEMPTS, _direct_write, forget_listings, part_name
+from obsharvest.metadata import READ_ATTEMPTS, direct_write, forget_listings, part_name
 from obsharvest.models import Target
 from obsharvest.query.adql import Constraints
 
@@ -166,7 +166,7 @@ def states(output_url: str, storage_options: Mapping | None = None) -> dict[str,
 def _write(fs, path: str, text: str) -> None:
     """A new file that appears whole: one PUT on object stores, else temporary + rename."""
     directory = posixpath.dirname(path)
-    if _direct_write(fs):
+    if direct_write(fs):
         fs.pipe_file(path, text.encode())
         return
     fs.makedirs(directory, exist_ok=True)

@@ -59,7 +59,7 @@ from astropy.table import meta as table_meta
 from obsharvest.errors import MetadataFormatError
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
 from obsharvest.storage.download import DEFAULT_TIMEOUT
-from obsharvest.storage.store import DIRECT_WRITE_PROTOCOLS, _mtime, with_timeouts
+from obsharvest.storage.store import DIRECT_WRITE_PROTOCOLS, mtime_of, with_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -757,7 +757,7 @@ class MetadataStore:
         left (:func:`_orphaned`); never one a live writer may still rename. Local and
         similar file systems only: object stores have no temporaries."""
         fs, _ = self.fs_root
-        if _direct_write(fs):
+        if direct_write(fs):
             return []
         try:
             if recursive:
@@ -768,7 +768,7 @@ class MetadataStore:
             return []
         removed = []
         for path, info in found.items():
-            if _orphaned(posixpath.basename(path), _mtime(info), older_than):
+            if _orphaned(posixpath.basename(path), mtime_of(info), older_than):
                 _remove(fs, path)
                 removed.append(path)
         return removed
@@ -778,7 +778,7 @@ class MetadataStore:
         whole or not at all. ``path`` is unique to this write (:func:`part_name`), so no
         other writer's file is ever replaced, and no other writer's temporary is touched."""
         table = table.replace_schema_metadata(file_metadata(table))
-        if _direct_write(fs):
+        if direct_write(fs):
             _write_object(fs, path, table)
             return
         directory, name = posixpath.split(path)
@@ -817,7 +817,9 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
         fs.rm_file(path)
 
 
-def _direct_write(fs: fsspec.AbstractFileSystem) -> bool:
+def direct_write(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` publishes an object only once its upload completes (S3, GCS, Azure),
+    so a write may go straight to its final key; elsewhere a temporary name and a rename."""
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     return bool(protocols & DIRECT_WRITE_PROTOCOLS)
 

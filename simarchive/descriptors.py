@@ -3,7 +3,7 @@
 They tell a client how to call a related service with values from a result row. How a
 service writes them matters in practice: the RSP ships the ObsCore result's Datalink
 descriptor with an empty ``inputParams`` group, which makes pyvo's ``iter_datalinks()``
-fail with ``KeyError('ID')`` (NOTES.md), while generic services reference a column.
+fail with ``KeyError('ID')``, while generic services reference a column.
 Both shapes are produced here so clients can be tested against each.
 """
 

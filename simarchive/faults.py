@@ -14,7 +14,7 @@ all, which is what makes pyvo raise the seed tutorial's
 ``DALServiceError('Connection aborted.', RemoteDisconnected(...))``.
 
 Some real servers do not fail, they hang, and a client without a read timeout hangs with
-them: GAVO DaCHS never answers a HEAD on its product and SODA URLs (NOTES.md), which is
+them: GAVO DaCHS never answers a HEAD on its product and SODA URLs, which is
 exactly what fsspec sends before its first read. ``head_stall`` reproduces that on HEAD
 requests, ``stall`` on any request, and ``stall_body`` sends the headers and half the body
 and then nothing. A held connection stays open (no status line, no close) until the

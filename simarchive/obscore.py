@@ -7,7 +7,7 @@ standard as Rubin's sdm_schemas publish them.  The server turns ``Column.meta``
 into VOTable FIELDs and tap_schema.columns rows.
 
 What ``access_url``/``access_format`` hold depends on the archive's access style, because
-real archives disagree (NOTES.md) and a client must cope with each: a Datalink URL with
+real archives disagree and a client must cope with each: a Datalink URL with
 ``?ID=`` (the RSP, ``datalink``), a product URL without an ID that redirects to Datalink
 (DaCHS's getproduct, ``product``), the file itself (MAST, IRSA: ``direct``; with no
 ``access_format`` at all: ``unlabelled``), or no URL, Datalink being reachable only through

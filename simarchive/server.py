@@ -4,7 +4,7 @@ One process serves everything on one port. URLs the archive hands out for files 
 different host name (``localhost`` rather than ``127.0.0.1``, like the RSP's Datalink
 pointing at cloud storage), so clients must not assume data lives with the service.
 
-Real ObsTAP services disagree on what ObsCore's ``access_url`` is (NOTES.md), so the
+Real ObsTAP services disagree on what ObsCore's ``access_url`` is, so the
 archive speaks each convention (``ArchiveSettings.access_style``) and a client can be
 tested against all of them offline:
 
@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
 ALL_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS", "DISTANCE")
-# What the RSP's TAPRegExt capabilities advertise (NOTES.md): no INTERSECTS, no BOX.
+# What the RSP's TAPRegExt capabilities advertise: no INTERSECTS, no BOX.
 RUBIN_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "DISTANCE", "CONTAINS")
 PROFILES = ("generic", "rubin")
 # endpoints that want a bearer token when auth is on (product URLs are a service on the

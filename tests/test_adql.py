@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from astropy.table import Column, MaskedColumn, Table
 
-from simarchive.adql.engine import AdqlError, QueryResult, run_adql
 from simarchive.adql import geometry as g
+from simarchive.adql.engine import AdqlError, QueryResult, run_adql
 
 REGION_I = (
     "POLYGON ICRS 61.693243 -36.780375 61.702475 -37.034112 "

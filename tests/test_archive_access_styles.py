@@ -1,7 +1,7 @@
 """The embedded archive speaks the access conventions of real ObsTAP services.
 
 Each ``access_style`` is checked the way a client meets it: a TAP query of ivoa.ObsCore,
-then the standard way from a row to the file's bytes (NOTES.md, "Real ObsTAP servers").
+then the standard way from a row to the file's bytes, as the RSP, GAVO DaCHS, MAST and IRSA lay it out.
 The hanging faults (``head_stall``, ``stall``, ``stall_body``) are checked on the raw
 socket, with bounded client timeouts, and so is that ``stop()`` lets held connections go.
 """

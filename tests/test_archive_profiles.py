@@ -105,7 +105,7 @@ def test_rubin_sync_times_out_and_async_does_not(rubin):
 
 
 def test_rubin_obscore_datalink_descriptor_breaks_iter_datalinks(rubin):
-    """The RSP's descriptor has an empty inputParams group (NOTES.md): pyvo's batching fails."""
+    """The RSP's descriptor has an empty inputParams group: pyvo's batching fails."""
     service = pyvo.dal.TAPService(rubin.tap_url)
     rows = service.run_async(
         point_query(TARGET_RA, TARGET_DEC).replace("obs_publisher_did", "TOP 2 *")

@@ -1,7 +1,7 @@
 """``SkyConfig(naming="dp1")``: Rubin Data Preview 1 shapes (LSSTComCam, TAN-SIP headers).
 
 Expected values come from dax_obscore's ``configs/dp1.yaml`` (collection, facility,
-subtypes, identifier formats, obs_id templates, coadd size), NOTES.md and obs_lsst
+subtypes, identifier formats, obs_id templates, coadd size), the DP1 documentation and obs_lsst
 (LSSTComCam detectors and filters), and are checked with independent code here: the
 spherical polygon test of test_sky and astropy.wcs on the written headers.
 """

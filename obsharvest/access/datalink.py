@@ -10,7 +10,7 @@ on a bounded thread pool. A multi-ID reply is never trusted to cover every ID as
 (some services answer only the first): the IDs it left out are asked again, in requests
 no larger than what the service did answer, and that size sticks for the endpoint. Reply
 rows are grouped by their ``ID`` column whatever their order.
-pyvo traps avoided (NOTES.md): ``iter_datalinks()`` breaks on the RSP's descriptor, and
+pyvo traps avoided: ``iter_datalinks()`` breaks on the RSP's descriptor, and
 ``bysemantics('#this')`` fetches a vocabulary from the internet, so the ``semantics``
 column is filtered directly; ``from_result_url`` does not check the HTTP status, so the
 requests are made here and checked before the VOTable is parsed.

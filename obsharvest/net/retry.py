@@ -1,6 +1,6 @@
 """Which failures are worth retrying, and how long to wait: one policy for every request.
 
-pyvo reports a transient failure in several shapes (NOTES.md): ``DALServiceError`` with
+pyvo reports a transient failure in several shapes: ``DALServiceError`` with
 code 0, 429 or 5xx; ``DALRateLimitError`` with ``retry_after_seconds``; ``DALFormatError``
 whose cause is a connection error; raw ``requests`` exceptions from ``submit_job``.
 ``DALQueryError`` means the query itself is wrong, and 400/401/403/404/405 or a reply that

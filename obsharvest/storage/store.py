@@ -99,7 +99,7 @@ def _normalise_md5(value: str | None) -> str | None:
     return value or None
 
 
-def _mtime(info: dict[str, Any]) -> float | None:
+def mtime_of(info: dict[str, Any]) -> float | None:
     """Modification time in epoch seconds from an fsspec info dict, whatever its backend."""
     for name in ("mtime", "LastModified", "last_modified", "updated", "created", "modified"):
         value = info.get(name)
@@ -435,7 +435,7 @@ class ObjectStore:
             if not (name.startswith(".") and PART_MARKER in name):
                 continue
             if older_than > 0:
-                mtime = _mtime(info)
+                mtime = mtime_of(info)
                 if mtime is None or now - mtime < older_than:
                     continue
             with contextlib.suppress(FileNotFoundError):

@@ -7,7 +7,7 @@ header (§4.1.4); this module does the same, reading only the header bytes over 
 (explicit range GETs, never a HEAD, and ``lazy_load_hdus``: ~32 KB of a ~195 MB calexp).
 
 It does not use ``WCS.footprint_contains``: that returns False on *any* conversion
-exception (NOTES.md), which would turn "could not tell" into "outside". Here a failed
+exception, which would turn "could not tell" into "outside". Here a failed
 transform is ``Verdict.ERROR``, never ``Verdict.OUTSIDE``.
 
 No Prefect here: a task wraps :func:`verify`; the exception types say what to do next

@@ -245,14 +245,5 @@ def _read_exact(handle, start: int, size: int) -> bytes:
 
     if isinstance(handle, RangedHttpFile):
         return handle.read_exact(start, size)
-    fetch = getattr(handle, "_fetch_range", None)  # fsspec's buffered remote files
-    if callable(fetch) and not isinstance(handle, _local_file_types()):
-        return bytes(fetch(start, start + size))
-    handle.seek(start)
+    handle.seek(start)  # a local or fsspec file: its own buffering
     return handle.read(size)
-
-
-def _local_file_types() -> tuple[type, ...]:
-    from fsspec.implementations.local import LocalFileOpener
-
-    return (LocalFileOpener,)

@@ -31,6 +31,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from simarchive.sky import fitsgen
 from simarchive.sky.focalplane import (
     N_AMP_X,
     N_AMP_Y,
@@ -73,13 +74,12 @@ from simarchive.sky.projection import (
 )
 from simarchive.sky.skymap import SKYMAPS, Tract, binned_crpix, place_tract
 from simarchive.sky.starfield import StarField, make_starfield
-from simarchive.sky import fitsgen
 from simarchive.sky.visits import Visits, make_visits
 
 __all__ = ["Product", "Sky", "SkyConfig"]
 
 S_REGION_PADDING_PX: Final = 250
-"""Rubin pads visit-image s_regions by ~250 px (~50"); NOTES.md, seed §1.1."""
+"""Rubin pads visit-image s_regions by ~250 px (~50"; seed §1.1)."""
 KEEP_RADIUS_DEG: Final = 2.5
 """Detector-visits whose padded region lies entirely beyond this are dropped."""
 ASTROMETRIC_OFFSET_ARCSEC: Final = 0.7
