@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo archive lint clean bench system-deps
+.PHONY: venv test demo archive lint typecheck clean bench system-deps
 
 venv: $(STAMP)
 
@@ -27,6 +27,7 @@ system-deps:
 # README, "Known problems fixed"; `make stress` loops the workload that met it.)
 test: venv system-deps interop-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A real GAVO DaCHS for the ObsTAP interop tests: Debian's gavodachs2-server and pg_sphere,
@@ -43,6 +44,10 @@ interop: venv interop-deps
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# obsharvest/, tasks/ and flows/ with the pydantic plugin (pyproject.toml [tool.mypy])
+typecheck: venv
+	$(BIN)/mypy
 
 demo: venv
 	$(BIN)/obsharvest run --config config/local.yaml --targets config/demo-targets.csv --output output/demo

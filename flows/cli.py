@@ -7,7 +7,6 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import logging
 import os
 import re
@@ -465,19 +464,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def crash_traces() -> None:
-    """On a fatal signal (segfault, abort) print every thread's Python stack to stderr, here
-    and in the processes this one starts (Prefect flow runs, Dask workers): a crash inside
-    a C extension then says where it happened instead of ending with a bare exit code."""
-    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
-    if faulthandler.is_enabled():  # already (PYTHONFAULTHANDLER, -X faulthandler, pytest)
-        return
-    try:
-        faulthandler.enable(all_threads=True)
-    except (AttributeError, ValueError, OSError):  # sys.stderr replaced by one with no fd
-        faulthandler.enable(file=sys.__stderr__, all_threads=True)
-
-
 _ANGLE_FLAGS = ("--ra", "--dec")
 _NEGATIVE_ANGLE = re.compile(r"^-\s*[\d.]")
 
@@ -502,6 +488,8 @@ def angle_arguments(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .crashes import crash_traces
+
     crash_traces()
     parser = build_parser()
     args = parser.parse_args(angle_arguments(sys.argv[1:] if argv is None else argv))

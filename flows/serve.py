@@ -37,7 +37,7 @@ def serve_deployments(prefect_file: str | Path, only: list[str] | None = None) -
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.client.schemas.schedules import construct_schedule
 
-    from .cli import crash_traces
+    from .crashes import crash_traces
     from .harvest import harvest
 
     crash_traces()  # flow runs are subprocesses of this one: they inherit the setting

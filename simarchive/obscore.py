@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
@@ -26,8 +26,8 @@ from astropy.time import Time
 
 from simarchive.sky.naming import visit_name
 
-if TYPE_CHECKING:
-    from simarchive.sky.survey_sky import Sky
+# The survey (simarchive.sky.survey_sky.Sky), which calls in here: typed loosely, no cycle.
+Sky = Any
 
 ACCESS_FORMAT: Final = "application/x-votable+xml;content=datalink"
 FITS_ACCESS_FORMAT: Final = "image/fits"

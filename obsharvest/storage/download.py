@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from http.client import IncompleteRead
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
@@ -43,8 +43,25 @@ from obsharvest.net.http import retry_after
 from obsharvest.net.redact import redact, strip_query
 from obsharvest.runtime import stopping
 
-if TYPE_CHECKING:
-    from obsharvest.storage.store import ObjectStore
+
+class Sink(Protocol):
+    """Where a download goes (an :class:`~obsharvest.storage.store.ObjectStore`)."""
+
+    def path(self, key: str) -> str: ...
+
+    def exists_same(
+        self, key: str, size: int, sha256: str | None = None, *, md5: str | None = None
+    ) -> StoredObject | None: ...
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        expected_size: int | None = None,
+        expected_md5: str | None = None,
+    ) -> StoredObject: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +261,7 @@ class _Transfer:
 
 def download(
     url: str,
-    store: ObjectStore,
+    store: Sink,
     key: str,
     *,
     session: requests.Session | None = None,
