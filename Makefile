@@ -61,6 +61,12 @@ bench: venv
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.bench --bandwidth 0 --latency 0.05 --runs 1 --no-rss
 
+# Plan runs of 1k, 4k, 16k and 64k targets against the embedded archive in its own
+# process: wall time, peak RSS, rows and their growth ratios (benchmarks/scale.py).
+.PHONY: bench-scale
+bench-scale: venv
+	$(BIN)/python -m benchmarks.scale $(SCALE_ARGS)
+
 # Not part of `make test`: loops archives, TAP uploads, Datalink, header reads and
 # quicklooks in fresh processes and reports crashes with their traces (benchmarks/stress.py).
 .PHONY: stress
