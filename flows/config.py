@@ -31,11 +31,11 @@ from .params import HarvestParams
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader without YAML 1.1's timestamps and base-60 numbers."""
 
-    def construct_yaml_int(self, node):  # type: ignore[override]
+    def construct_yaml_int(self, node):
         value = self.construct_scalar(node)
         return value if ":" in str(value) else super().construct_yaml_int(node)
 
-    def construct_yaml_float(self, node):  # type: ignore[override]
+    def construct_yaml_float(self, node):
         value = self.construct_scalar(node)
         return value if ":" in str(value) else super().construct_yaml_float(node)
 

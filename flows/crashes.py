@@ -17,4 +17,6 @@ def crash_traces() -> None:
     try:
         faulthandler.enable(all_threads=True)
     except (AttributeError, ValueError, OSError):  # sys.stderr replaced by one with no fd
+        if sys.__stderr__ is None:  # started without a stderr at all: nowhere to print
+            return
         faulthandler.enable(file=sys.__stderr__, all_threads=True)

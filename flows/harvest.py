@@ -57,6 +57,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
     token = resolve_token(env=svc.token_env, secret_block=svc.token_secret_block)
     source = token_source(svc.token_env, svc.token_secret_block)
     if svc.embedded is None:
+        assert svc.tap_url is not None  # Service: exactly one of tap_url and embedded
         yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts), source)
         return
     from simarchive.faults import FaultPlan
@@ -346,7 +347,8 @@ def _run_name() -> str:
 @flow(
     name="harvest",
     flow_run_name=_run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    # Prefect types this TaskRunner[PrefectFuture[Any]], which no runner class matches (invariant)
+    task_runner=ThreadPoolTaskRunner(max_workers=2),  # type: ignore[arg-type]
     persist_result=False,
 )
 def harvest(
@@ -426,11 +428,14 @@ def harvest(
     if _absorbed and stopping.cancelled():  # Prefect asked: the run ends Cancelled
         raise _absorbed[-1]
     if not summary.ok:
-        return Failed(message=artifacts.failure_message(summary), data=summary)
+        # Prefect makes a returned State the run's final state; its data is the summary
+        return Failed(  # type: ignore[return-value]
+            message=artifacts.failure_message(summary), data=summary
+        )
     return summary
 
 
-harvest_run = flow(run_harvest, name="harvest-run", persist_result=False)
+harvest_run = flow(name="harvest-run", persist_result=False)(run_harvest)
 
 
 def harvest_params(params: HarvestParams, *, incremental: bool = False) -> Summary:

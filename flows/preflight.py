@@ -90,9 +90,11 @@ def preflight(params: HarvestParams, *, network: bool = True) -> None:
 
 def check_inputs(params: HarvestParams) -> list[Target]:
     """The targets, the query values and what the chosen modes need; returns the targets."""
-    if params.targets:
+    if params.targets is not None:
         targets = read_targets(params.targets, default_radius=params.radius)
     else:
+        # HarvestParams: without a target file, both ra and dec are given
+        assert params.ra is not None and params.dec is not None
         try:
             targets = [single_target(params.ra, params.dec, params.radius, params.target_name)]
         except TargetError as err:  # "target: dec 95.0 ...": say where the value came from
@@ -157,20 +159,21 @@ def _quick(params: HarvestParams) -> RetryPolicy:
 def check_service(params: HarvestParams) -> None:
     """A token when one is needed, a TAP service at ``tap_url``, the token accepted."""
     svc = params.service
-    if svc.embedded is not None or not svc.tap_url:
+    tap_url = svc.tap_url
+    if svc.embedded is not None or not tap_url:
         return  # started by the run itself: nothing to ask yet
     source = token_source(svc.token_env, svc.token_secret_block)
     token = resolve_token(env=svc.token_env, secret_block=svc.token_secret_block)
     where = source_of(params, "service.tap_url")
     if svc.token_required and not token:
         raise PreflightError(
-            f"{source_of(params, 'service.token_required')}: {svc.tap_url} needs a token "
+            f"{source_of(params, 'service.token_required')}: {tap_url} needs a token "
             f"and {source} is not set: export {svc.token_env}=<token> (or name a Prefect "
             "Secret block in service.token_secret_block)"
         )
     session = ServiceSession(
         token,
-        [svc.tap_url, *svc.extra_token_hosts],
+        [tap_url, *svc.extra_token_hosts],
         timeout=(params.retry.connect_timeout, min(params.retry.read_timeout, 30.0)),
         token_source=source,
     )
@@ -179,17 +182,17 @@ def check_service(params: HarvestParams) -> None:
     retry = _quick(params)
     with session:
         try:
-            retry.call(lambda: read_tap_capability(session, svc.tap_url), "TAP capabilities")
+            retry.call(lambda: read_tap_capability(session, tap_url), "TAP capabilities")
         except ServiceRefusedError as exc:
             raise type(exc)(f"{where}: {exc}", status=exc.status, url=exc.url) from None
         except Exception as exc:
             if not is_transient(exc):
                 raise
             raise PreflightError(
-                f"{where}: cannot reach the TAP service {svc.tap_url}: {transport_words(exc)}"
+                f"{where}: cannot reach the TAP service {tap_url}: {transport_words(exc)}"
             ) from None
         if token:
-            _check_token(session, svc.tap_url, retry)
+            _check_token(session, tap_url, retry)
 
 
 def _check_token(session: ServiceSession, tap_url: str, retry: RetryPolicy) -> None:

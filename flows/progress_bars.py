@@ -119,6 +119,7 @@ def bars(enabled: bool) -> Iterator[None]:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeElapsedColumn,
     )
@@ -131,7 +132,7 @@ def bars(enabled: bool) -> Iterator[None]:
         TimeElapsedColumn(),
         transient=False,
     ) as bar:
-        ids: dict[str, int] = {}
+        ids: dict[str, TaskID] = {}
         stored = {"bytes": 0}
 
         def on_event(event: str, stage: str, count: int, nbytes: int) -> None:

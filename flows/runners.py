@@ -10,6 +10,8 @@ optional ``dask`` extra: imported only when asked for.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from obsharvest.errors import RunnerError
@@ -17,7 +19,7 @@ from obsharvest.errors import RunnerError
 from .params import Execution
 
 
-def task_runner_for(execution: Execution, task_workers: int = 2) -> TaskRunner:
+def task_runner_for(execution: Execution, task_workers: int = 2) -> TaskRunner[Any]:
     """A fresh task runner for one run (task runners are entered once per flow run).
 
     ``task_workers`` is the thread pool size (``concurrency.task_workers``); Dask sizes

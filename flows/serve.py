@@ -8,6 +8,7 @@ schedules, parameters, tags and concurrency and turns each into ``harvest.to_dep
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -36,12 +37,13 @@ def serve_deployments(prefect_file: str | Path, only: list[str] | None = None) -
     from prefect import serve
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.client.schemas.schedules import construct_schedule
+    from prefect.deployments.runner import RunnerDeployment
 
     from .crashes import crash_traces
     from .harvest import harvest
 
     crash_traces()  # flow runs are subprocesses of this one: they inherit the setting
-    deployments = []
+    deployments: list[RunnerDeployment] = []
     for spec in deployment_specs(prefect_file, only):
         schedules = [
             construct_schedule(cron=s["cron"], timezone=s.get("timezone"))
@@ -54,14 +56,14 @@ def serve_deployments(prefect_file: str | Path, only: list[str] | None = None) -
             limit = ConcurrencyLimitConfig(
                 limit=limit["limit"], collision_strategy=limit.get("collision_strategy", "ENQUEUE")
             )
-        deployments.append(
-            harvest.to_deployment(
-                name=spec["name"],
-                description=spec.get("description"),
-                tags=spec.get("tags"),
-                parameters=spec.get("parameters") or {},
-                schedules=schedules or None,
-                concurrency_limit=limit,
-            )
+        deployment = harvest.to_deployment(
+            name=spec["name"],
+            description=spec.get("description"),
+            tags=spec.get("tags"),
+            parameters=spec.get("parameters") or {},
+            schedules=schedules or None,
+            concurrency_limit=limit,
         )
+        # called here, outside any event loop: the deployment, not a coroutine
+        deployments.append(cast(RunnerDeployment, deployment))
     serve(*deployments)

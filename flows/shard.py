@@ -13,16 +13,18 @@ from __future__ import annotations
 import io
 import posixpath
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import fsspec
 import pyarrow.compute as pc
 from astropy.table import Table
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Failed
 from pydantic import Field
 
+from obsharvest.errors import ConfigError
 from obsharvest.metadata import MetadataStore
 from obsharvest.targets import read_targets
 
@@ -83,6 +85,8 @@ def harvest_sharded(
         values["output_url"] = output_url
     params = build_params(profile, {**values, "targets": targets})  # validated up front
     params = with_storage_credentials(params)  # for this flow's own reads and writes
+    if params.targets is None:  # build_params lets an ra/dec in overrides replace the list
+        raise ConfigError("harvest-sharded splits a target list: overrides must not set ra or dec")
     everything = read_targets(params.targets, default_radius=params.radius)
     out = params.output_url.rstrip("/")
     fs, root = fsspec.core.url_to_fs(out, **params.output_storage_options)
@@ -97,7 +101,9 @@ def harvest_sharded(
             "output_url": f"{out}/{SHARD_DIR}/{i}",
             "storage.url": params.storage_url,
         }
-        runs.append(
+        # called from this (sync) flow: the flow run, not a coroutine (async_dispatch)
+        run = cast(
+            FlowRun,
             run_deployment(
                 deployment,
                 timeout=0,
@@ -107,9 +113,10 @@ def harvest_sharded(
                     "targets": fs.unstrip_protocol(path),
                     "overrides": shard_values,
                 },
-            )
+            ),
         )
-        logger.info("shard %d: %d targets → flow run %s", i, len(group), runs[-1].name)
+        runs.append(run)
+        logger.info("shard %d: %d targets → flow run %s", i, len(group), run.name)
     finals = _wait(runs, timeout)
     failed = [r for r in finals if not r.state or not r.state.is_completed()]
     merged = MetadataStore(out, params.output_storage_options)

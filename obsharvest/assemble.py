@@ -10,6 +10,7 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -142,7 +143,7 @@ def priors_from(table: pa.Table | None) -> dict[tuple[str, str], Prior]:
     ``MetadataStore.read``), by (target, image)."""
     if table is None or table.num_rows == 0:
         return {}
-    cols = {
+    cols: dict[str, list[Any]] = {
         c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
         for c in PRIOR_COLUMNS
     }
@@ -285,12 +286,14 @@ def summarize(
                 verdict = outcome.verdicts.get(target.name)
                 if verdict is None or verdict.verdict != Verdict.CONTAINS:
                     continue
-                size = cutout_bytes(verdict, target.radius or cutout_radius, outcome.content_length)
+                estimate = cutout_bytes(
+                    verdict, target.radius or cutout_radius, outcome.content_length
+                )
                 summary.planned_cutouts += 1
-                if size is None:
+                if estimate is None:
                     summary.planned_unknown += 1
                 else:
-                    summary.planned_bytes += size
+                    summary.planned_bytes += estimate
         elif plan and outcome.wanted and outcome.content_length:
             summary.planned_bytes += outcome.content_length
     summary.by_subtype_band = dict(sorted(counts.items()))

@@ -86,13 +86,13 @@ def prior_verdicts(work: ImageWork) -> dict[str, Containment] | None:
     """The verdicts of an earlier run, if it decided every pair of this image."""
     if not work.priors or any(t.name not in work.priors for t in work.targets):
         return None
-    priors = [work.priors[t.name] for t in work.targets]
-    if any(p.verdict not in DECIDED for p in priors):
-        return None
-    return {
-        t.name: Containment(Verdict(p.verdict), p.x, p.y, p.hdu, p.reason)
-        for t, p in zip(work.targets, priors, strict=True)
-    }
+    verdicts: dict[str, Containment] = {}
+    for t in work.targets:
+        p = work.priors[t.name]
+        if p.verdict is None or p.verdict not in DECIDED:
+            return None
+        verdicts[t.name] = Containment(Verdict(p.verdict), p.x, p.y, p.hdu, p.reason)
+    return verdicts
 
 
 def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> ImageOutcome | None:
@@ -126,10 +126,10 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
             reused=True,
             cutout_circles={n: "" for n in cutouts},
         )
-    sized = [p for p in priors if p.stored and p.size is not None]
-    if not sized:
+    sized = next((p for p in priors if p.stored and p.size is not None), None)
+    if sized is None or sized.size is None:
         return None
-    found = store.exists_same(work.storage_key, sized[0].size, sized[0].sha256)
+    found = store.exists_same(work.storage_key, sized.size, sized.sha256)
     if found is None:
         return None
     return ImageOutcome(work.key, verdicts, stored=found, content_length=found.size, reused=True)
@@ -246,8 +246,12 @@ def _with_fresh_url(
         if link.url is None:
             raise _ImageFailure(link.error or "Datalink gave no URL")
         url = link.url
+
+        def act(url: str = url) -> object:
+            return action(url)
+
         try:
-            return retry.call(lambda url=url: action(url), describe)
+            return retry.call(act, describe)
         except UrlExpiredError:
             if not link.refreshable:  # a direct file URL: nothing to resolve again
                 raise _ImageFailure(
@@ -316,10 +320,11 @@ def _mask_checked(
         verdict = verdicts.get(target.name)
         if verdict is None or verdict.verdict != Verdict.CONTAINS or target.radius:
             continue
-        check = _with_fresh_url(
-            links,
-            work.key,
-            lambda url, v=verdict: mask.mask_flags(
+
+        def flags(url: str, v: Containment = verdict) -> mask.MaskCheck:
+            # a point CONTAINS from containment.verify has its HDU and pixel position
+            assert v.hdu is not None and v.x is not None and v.y is not None
+            return mask.mask_flags(
                 url,
                 v.hdu,
                 v.x,
@@ -328,10 +333,9 @@ def _mask_checked(
                 storage_options=_reader_options(
                     settings, session, url, links.get(work.key).content_length
                 ),
-            ),
-            settings.retry,
-            f"mask of {work.key}",
-        )
+            )
+
+        check = _with_fresh_url(links, work.key, flags, settings.retry, f"mask of {work.key}")
         out[target.name] = mask.apply_mask(verdict, check)
     return out
 
@@ -412,13 +416,16 @@ def _cutouts(
         )
         if found is None:
             headers = settings.auth_headers(request.soda_url) if settings.auth_headers else None
-            with downloads:
-                found = settings.retry.call(
-                    lambda r=request, k=key, h=headers: fetch_cutout(
-                        r, store, k, headers=h, session=session, timeout=settings.timeout
-                    ),
-                    f"cutout of {work.key} for {target.name}",
+
+            def cut(
+                r: CutoutRequest = request, k: str = key, h: dict[str, str] | None = headers
+            ) -> StoredObject:
+                return fetch_cutout(
+                    r, store, k, headers=h, session=session, timeout=settings.timeout
                 )
+
+            with downloads:
+                found = settings.retry.call(cut, f"cutout of {work.key} for {target.name}")
         cutouts[target.name] = found
         circles[target.name] = request.circle
         if settings.quicklook:

@@ -114,7 +114,7 @@ def _read_json(fs, path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_all(fs, root: str) -> list[tuple[str, dict]]:
+def _read_all(fs, root: str) -> list[tuple[str, dict | None]]:
     """(path, content) of every readable state file. A file that vanishes between the
     listing and its read was folded by another run, which wrote its claims first: list
     again."""
@@ -207,8 +207,11 @@ def fold(output_url: str, storage_options: Mapping | None = None) -> list[str]:
     found = _read_all_present(fs, root)
     by_key: dict[str | None, list[tuple[str, dict | None]]] = {}
     for path, data in found:
-        usable = data is not None and data.get("version") == VERSION
-        by_key.setdefault(data.get("constraints") if usable else None, []).append((path, data))
+        if data is not None and data.get("version") == VERSION:
+            constraints = data.get("constraints")
+        else:
+            constraints = None  # damaged or foreign: grouped under None, left alone
+        by_key.setdefault(constraints, []).append((path, data))
     removed = []
     for key, group in by_key.items():
         if key is None or len(group) < 2:

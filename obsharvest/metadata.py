@@ -185,7 +185,7 @@ def _arrow_array(col) -> pa.Array:
         values = pa.array(flat, mask=flat_mask if flat_mask.any() else None)
         return pa.FixedSizeListArray.from_arrays(values, int(np.prod(data.shape[1:])))
     if mask.ndim > 1:
-        mask = mask.reshape(len(col), -1).all(axis=1)
+        mask = np.asarray(mask.reshape(len(col), -1).all(axis=1))
     if data.dtype.kind in "SU":
         return pa.array(
             [_text_or_none(v, m) for v, m in zip(data, mask, strict=True)], type=pa.string()

@@ -422,7 +422,7 @@ def _from_astropy(table: Table) -> tuple[list[_Column], int]:
                 raw = np.char.decode(raw, "utf-8", "replace")
             values = np.array([str(v).strip() for v in raw.tolist()], dtype=object)
             missing = missing | (values == "")
-        columns.append(_Column(name, values, missing, _parse_unit(col.unit)))
+        columns.append(_Column(name, values, np.asarray(missing, bool), _parse_unit(col.unit)))
     return columns, len(table)
 
 
@@ -570,7 +570,7 @@ def _numbers(
                 out[i] = _sexagesimal(text, hours)
                 shown[i] = text
             except (ValueError, TypeError, u.UnitsError, ArithmeticError):
-                row, column = label(i)
+                row, column = label(int(i))
                 problems.add(
                     Problem(f"{text!r} is not a number or a sexagesimal angle", row, column)
                 )
@@ -623,16 +623,23 @@ def _validate(
         )
         report(col, col.missing, lambda i: "is empty")
         finite = np.isfinite(values)
-        report(col, ok & ~finite, lambda i, v=values: f"{float(v[i])!r} is not a finite number")
+
+        def not_finite(i: int, v: np.ndarray = values) -> str:
+            return f"{float(v[i])!r} is not a finite number"
+
+        def out_of_range(
+            i: int,
+            v: np.ndarray = values,
+            s: list[str | None] = shown,
+            lo: float = low,
+            hi: float = high,
+        ) -> str:
+            return f"{_show(v[i], s[i])} is outside [{lo:g}, {hi:g}]"
+
+        report(col, ok & ~finite, not_finite)
         with np.errstate(invalid="ignore"):
             outside = ok & finite & ((values < low) | (values > high))
-        report(
-            col,
-            outside,
-            lambda i, v=values, s=shown, lo=low, hi=high: (
-                f"{_show(v[i], s[i])} is outside [{lo:g}, {hi:g}]"
-            ),
-        )
+        report(col, outside, out_of_range)
         coords[role] = values
     # 360 -> 0 (and 24h, which comes back from hours as 359.99999999999994); -0.0 -> 0.0
     ra = np.where(coords["ra"] > 360.0 - 1e-9, 0.0, coords["ra"]) + 0.0
@@ -654,13 +661,11 @@ def _validate(
         given = ok & ~np.isnan(values)  # empty or NaN radius: use the default
         with np.errstate(invalid="ignore"):
             bad = given & ~((values > 0) & (values <= MAX_RADIUS_DEG))
-        report(
-            col,
-            bad,
-            lambda i, v=values, s=shown: (
-                f"{_show(v[i], s[i])} is not a radius in (0, {MAX_RADIUS_DEG:g}] deg"
-            ),
-        )
+
+        def not_a_radius(i: int, v: np.ndarray = values, s: list[str | None] = shown) -> str:
+            return f"{_show(v[i], s[i])} is not a radius in (0, {MAX_RADIUS_DEG:g}] deg"
+
+        report(col, bad, not_a_radius)
         radius = np.where(given, values, radius)
         has_radius = has_radius | given
 

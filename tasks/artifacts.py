@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from prefect.artifacts import (
     create_link_artifact,
@@ -31,9 +33,14 @@ class ProgressTracker:
     def __init__(self, total: int) -> None:
         self.total = max(total, 1)
         self.done = 0
+        self._id: UUID | None
         try:
-            self._id = create_progress_artifact(
-                0.0, key="harvest-progress", description="Images decided and stored"
+            # created from the (sync) flow: the artifact's id, not a coroutine
+            self._id = cast(
+                UUID,
+                create_progress_artifact(
+                    0.0, key="harvest-progress", description="Images decided and stored"
+                ),
             )
         except Exception:  # outside a run (or no API): progress is a nicety, not a need
             self._id = None

@@ -55,7 +55,8 @@ def process_images(
     )
     if failed:
         _drop_empty_tracebacks(logging.getLogger("prefect.task_runs"))
-        return Failed(
+        # Prefect makes a returned State the task's final state; its data are the outcomes
+        return Failed(  # type: ignore[return-value]
             message=capped(
                 f"{len(failed)} of {len(works)} images failed; first: "
                 f"{failed[0].key}: {failed[0].failure}"

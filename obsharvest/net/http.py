@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
@@ -78,14 +79,14 @@ class ServiceSession(requests.Session):
     def allow_host(self, url: str) -> None:
         self._hosts.add(host_of(url))
 
-    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+    def request(self, method, url, *args, **kwargs):
         if self._token and host_of(url) in self._hosts:
             headers = dict(kwargs.pop("headers", None) or {})
             headers.setdefault("Authorization", f"Bearer {self._token}")
             kwargs["headers"] = headers
         return super().request(method, url, *args, **kwargs)
 
-    def send(self, request, **kwargs):  # type: ignore[override]
+    def send(self, request, **kwargs):
         """Every request, redirects and direct ``send`` calls included, with a timeout."""
         kwargs["timeout"] = self.timeout_for(request.url or "", kwargs.get("timeout"))
         return super().send(request, **kwargs)
@@ -133,7 +134,8 @@ def resolve_token(
         from prefect.blocks.system import Secret
 
         try:
-            value = Secret.load(secret_block).get()
+            # a sync caller gets the block, not a coroutine (Prefect's async_dispatch)
+            value = cast("Secret[str]", Secret.load(secret_block)).get()
         except ValueError as exc:  # Prefect: no block of that name (or of another type)
             raise TokenError(
                 f"service.token_secret_block: no Secret block named {secret_block!r} ({exc})"

@@ -129,12 +129,15 @@ class RetryPolicy:
                 one_line(exc),
             )
 
+        limits = stop_after_attempt(self.attempts) | stop_after_delay(self.deadline)
+
+        def stop(state: RetryCallState) -> bool:
+            return limits(state) or stopping.requested()  # a stopping run retries nothing
+
         return Retrying(
             retry=retry_if_exception(is_transient),
             wait=wait,
-            stop=stop_after_attempt(self.attempts)
-            | stop_after_delay(self.deadline)
-            | (lambda _state: stopping.requested()),  # a stopping run retries nothing
+            stop=stop,
             before_sleep=before_sleep,
             sleep=stopping.sleep,  # backoff ends at once (Interrupted) when the run stops
             reraise=True,

@@ -30,7 +30,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeAlias
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -76,7 +76,7 @@ VERDICT_STYLES: dict[str, tuple[str, str, str]] = {
 }
 UNKNOWN_STYLE = ("black", "dotted", "not checked")
 
-FitsSource = str | os.PathLike | bytes | BinaryIO | fits.HDUList
+FitsSource: TypeAlias = str | os.PathLike | bytes | BinaryIO | fits.HDUList
 
 
 @dataclass(frozen=True)

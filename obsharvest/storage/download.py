@@ -149,7 +149,7 @@ class _Transfer:
         self.total = int(length) if length and length.isdigit() and not encoded else None
         self.etag = head.get("ETag")
         self.md5 = _etag_md5(self.response)
-        strong = bool(self.etag) and not self.etag.startswith("W/")
+        strong = bool(self.etag and not self.etag.startswith("W/"))
         # If-Range needs a strong validator; without one a changed file could be spliced
         self.resumable = head.get("Accept-Ranges", "").lower() == "bytes" and not encoded and strong
 
@@ -185,6 +185,7 @@ class _Transfer:
             self.max_resumes,
             _describe(cause, self.url),
         )
+        assert self.etag is not None  # resumable: a strong ETag was sent
         headers = {**self.headers, "Range": f"bytes={self.received}-", "If-Range": self.etag}
         response = self._get(headers)
         _raise_for_status(response, self.url)
