@@ -38,7 +38,7 @@ from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from obsharvest.runtime import stopping
 from obsharvest.runtime.crashpoints import crashpoint
-from simarchive.adql import geometry
+from obsharvest.verify.sregion import circle_meets_regions, pack_regions, point_in_regions
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def votable_upload(table: Table) -> bytes:
     writer, which in 8.0.2 and before writes its row's NUL terminator one byte past its
     buffer when a row is exactly 256, 512, 1024... bytes (``tablewriter.c``), corrupting
     the heap; the process then crashes later, anywhere. Same bytes, written in Python. The
-    embedded archive has its own copy (``simarchive.votable``).
+    embedded test archive has its own copy: the client shares no code with it.
     """
     buf = io.BytesIO()
     from_table(table).to_xml(buf, tabledata_format="tabledata", _debug_python_based_parser=True)
@@ -331,16 +331,13 @@ def associate(rows: Table, targets: Sequence[Target], *, intersects: bool) -> Ta
         if single and (not target.radius or intersects):
             keep = np.ones(len(rows), dtype=bool)
         else:
-            if regions is None:
-                regions = geometry.parse_regions([str(s) for s in rows["s_region"]])
-            ra, dec = np.array([target.ra]), np.array([target.dec])
+            if regions is None:  # each distinct s_region parsed once for all targets
+                regions = pack_regions(rows["s_region"])
             if target.radius:
-                hit, null = geometry.intersects(
-                    geometry.circles(ra, dec, np.array([target.radius])), regions
-                )
+                hit, unknown = circle_meets_regions(target.ra, target.dec, target.radius, regions)
             else:
-                hit, null = geometry.contains(geometry.points(ra, dec), regions)
-            keep = np.asarray(hit, dtype=bool) | np.asarray(null, dtype=bool)
+                hit, unknown = point_in_regions(target.ra, target.dec, regions)
+            keep = hit | unknown
         if keep.any():
             part = rows[keep]
             part[TARGET_COLUMN] = np.array([target.name] * len(part), dtype=str)
@@ -518,15 +515,16 @@ def _refine_upload(rows: Table, targets: Sequence[Target], features: ServiceFeat
     if len(rows) == 0 or features.intersects or not any(t.radius for t in targets):
         return rows
     by_name = {t.name: t for t in targets}
-    regions = geometry.parse_regions([str(s) for s in rows["s_region"]])
-    keep = np.ones(len(rows), dtype=bool)
+    ra, dec, radius = (np.zeros(len(rows)) for _ in range(3))
+    check = np.zeros(len(rows), dtype=bool)
     for i, name in enumerate(rows[TARGET_COLUMN]):
         target = by_name.get(str(name))
-        if target is None or not target.radius:
-            continue
-        shape = geometry.circles(
-            np.array([target.ra]), np.array([target.dec]), np.array([target.radius])
+        if target is not None and target.radius:
+            ra[i], dec[i], radius[i], check[i] = target.ra, target.dec, target.radius, True
+    keep = ~check
+    if check.any():
+        hit, unknown = circle_meets_regions(
+            ra[check], dec[check], radius[check], pack_regions(rows["s_region"][check])
         )
-        hit, null = geometry.intersects(shape, regions.take(np.array([i])))
-        keep[i] = bool(hit[0]) or bool(null[0])
+        keep[check] = hit | unknown
     return rows[keep]

@@ -40,6 +40,7 @@ from obsharvest.errors import (
     without_query,
 )
 from obsharvest.models import Containment, Target, Verdict
+from obsharvest.verify.sregion import parse_s_region  # the one client s_region parser
 
 __all__ = [
     "CorruptHeaderError",
@@ -61,8 +62,6 @@ EDGE_SEGMENTS = 128  # per grid edge when measuring the circle-to-edge distance 
 GATE_SLACK = 1.01  # relative slack on the "farther than the farthest edge" test
 FAR_SIDE_DEG = 60.0  # beyond this from the image centre, do not even project
 ROUNDTRIP_TOLERANCE_PX = 0.01  # world2pix solutions must map back to the target this well
-S_REGION_FRAMES = ("ICRS", "FK5", "J2000")  # frames whose coordinates are ICRS to < 0.1"
-_QUOTE_CHARS = 60  # how much of a bad s_region an error message quotes
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -79,58 +78,6 @@ def _redact_text(text: str) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-# -- s_region -------------------------------------------------------------------------
-
-
-def parse_s_region(text: str) -> list[tuple[float, float]]:
-    """Vertices ``(ra, dec)`` in degrees of an ObsCore/STC-S ``POLYGON [frame] ra dec ...``.
-
-    Rubin writes ``POLYGON ICRS ra1 dec1 ra2 dec2 ...`` (seed tutorial §1.1). The frame token
-    is optional; ICRS, FK5 and J2000 are accepted (they agree to well under an arcsecond).
-    A closing vertex that repeats the first is dropped. RA is normalised to [0, 360).
-    Anything else - CIRCLE, BOX, several polygons, Union/Intersection, an odd number of
-    coordinates, non-numbers, NaN - raises :class:`SRegionError`. These vertices are for
-    pre-filtering and reports only: the padded polygon never decides containment.
-    """
-    if not isinstance(text, str):
-        raise SRegionError(f"s_region is not text: {type(text).__name__}")
-    quoted = _one_line(text, _QUOTE_CHARS)
-    tokens = text.split()
-    if not tokens or tokens[0].upper() != "POLYGON":
-        raise SRegionError(f"s_region is not a single POLYGON: {quoted!r}")
-    rest = tokens[1:]
-    if rest and not _is_number(rest[0]):
-        frame = rest[0].upper()
-        if frame not in S_REGION_FRAMES:
-            raise SRegionError(
-                f"s_region frame {rest[0]!r} is not one of {', '.join(S_REGION_FRAMES)}: {quoted!r}"
-            )
-        rest = rest[1:]
-    if any(not _is_number(tok) for tok in rest):
-        raise SRegionError(f"s_region has a non-number (or several shapes): {quoted!r}")
-    values = [float(tok) for tok in rest]
-    if not all(math.isfinite(v) for v in values):
-        raise SRegionError(f"s_region has a non-finite coordinate: {quoted!r}")
-    if len(values) % 2:
-        raise SRegionError(f"s_region has an odd number of coordinates: {quoted!r}")
-    vertices = [(values[i] % 360.0, values[i + 1]) for i in range(0, len(values), 2)]
-    if len(vertices) > 1 and vertices[0] == vertices[-1]:
-        vertices.pop()
-    if len(vertices) < 3:
-        raise SRegionError(f"s_region polygon needs at least 3 vertices: {quoted!r}")
-    if any(not -90.0 <= dec <= 90.0 for _, dec in vertices):
-        raise SRegionError(f"s_region has a declination outside [-90, 90]: {quoted!r}")
-    return vertices
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
 
 
 # -- reading the header ---------------------------------------------------------------
