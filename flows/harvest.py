@@ -14,9 +14,11 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
+import numpy as np
 from astropy.table import Table, vstack
 from prefect import flow, get_run_logger
 from prefect.states import Failed
@@ -30,12 +32,14 @@ from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
 from obsharvest.net.http import Connection, resolve_token, token_source
 from obsharvest.net.retry import one_line
+from obsharvest.products.quicklook import GalleryItem
 from obsharvest.query.adql import Constraints
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
+from obsharvest.targets import in_sky_order
 from tasks import artifacts, progress
 from tasks.images import check_cutouts, process_images
-from tasks.outputs import gallery, write_metadata
+from tasks.outputs import footprints, gallery, write_metadata
 from tasks.query import query_obscore
 from tasks.targets import load_targets
 
@@ -184,7 +188,12 @@ def _run_deadline(seconds: float | None) -> Iterator[None]:
 
 
 def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False) -> Summary:
-    """The harvest as a sequence of coarse task calls; returns the run's summary."""
+    """The harvest as a sequence of coarse task calls, shard by shard; the run's summary.
+
+    Each shard of ``execution.shard_targets`` targets (neighbours on the sky together) is
+    queried, verified, stored and written to the Parquet before the next begins: memory is
+    bounded by a shard, not by the run, and what a shard decided is on disk when it ends.
+    """
     logger = get_run_logger()
     params = with_storage_credentials(params)
     base = _constraints(params)
@@ -192,7 +201,6 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
         targets = load_targets(
             params.targets, params.ra, params.dec, params.radius, params.target_name
         )
-        by_name = {t.name: t for t in targets}
         progress.start("query", len(targets))
         state = None
         if incremental:
@@ -201,67 +209,31 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
                 params.output_storage_options,
                 incremental_state.constraints_key(base),
             )
-            groups = incremental_state.windows(targets, state)
-        else:
-            groups = {None: targets}
-        parts, query_failures = [], []
-        for watermark, group in groups.items():
-            constraints = base
-            if watermark is not None:
-                start = max(watermark, base.t_min) if base.t_min is not None else watermark
-                constraints = base.with_time(start, base.t_max)
-                logger.info("%d targets: incremental window from MJD %.6f", len(group), start)
-            rows_part, failed = _query_all(params, conn, group, constraints, logger)
-            parts.append(rows_part)
-            query_failures += failed
-        parts = [p for p in parts if len(p)]
-        rows = vstack(parts, metadata_conflicts="silent") if parts else Table()
-        metadata = MetadataStore(params.output_url, params.output_storage_options)
-        priors = assemble.priors_from(
-            metadata.read(columns=assemble.PRIOR_COLUMNS, targets=by_name)  # the current view
-        )
-        works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
-        logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
-        if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
-            check_cutouts(conn, works, settings.image_settings(params))
-        progress.start("images", len(works))
-        outcomes = _process_all(params, conn, works, logger)
-        paths = (
-            write_metadata(
-                rows, by_name, outcomes, run_id, params.output_url, params.output_storage_options
-            )
-            if len(rows)
-            else []
-        )
-        if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
-            gallery(rows, by_name, outcomes, params.output_url, params.output_storage_options)
-        summary = assemble.summarize(
-            rows,
-            works,
-            outcomes,
-            run_id,
-            band_column=params.service.band_column,
-            plan=params.plan,
-            cutout_radius=params.products.cutout_radius,
-            cutout_mode=params.products.mode == "cutout",
-        )
-        summary.failures = query_failures + summary.failures
+        shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))
+        run = _RunTotals()
+        for number, shard in enumerate(shards, 1):
+            if stopping.requested():
+                run.parts.append(_not_started(run_id, shard, number, len(shards)))
+                continue
+            if len(shards) > 1:
+                logger.info("shard %d of %d: %d targets", number, len(shards), len(shard))
+            _harvest_shard(params, conn, shard, base, state, run_id, run, logger)
+        if run.gallery_items:
+            gallery(run.gallery_items, params.output_url, params.output_storage_options)
+        summary = assemble.merge(run_id, run.parts, plan=params.plan)
         summary.interrupted = stopping.describe() if stopping.requested() else None
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
-        summary.metadata_written = bool(paths)
+        summary.metadata_written = bool(run.paths)
         summary.storage_url = params.storage_url
-        logger.info("metadata written: %d files", len(paths))
+        logger.info("metadata written: %d files", len(run.paths))
         if state is not None and summary.ok and not params.plan:
-            t_min = (
-                [float(v) for v in rows["t_min"]] if len(rows) and "t_min" in rows.colnames else []
-            )
             incremental_state.save(
                 params.output_url,
                 params.output_storage_options,
                 incremental_state.advanced(
                     state,
                     targets,
-                    t_min,
+                    run.newest_t_min,
                     {
                         "run_id": run_id,
                         "images": summary.images,
@@ -272,6 +244,91 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
                 run_id=run_id,  # a file of its own: runs at once keep each other's watermarks
             )
         return summary
+
+
+@dataclass
+class _RunTotals:
+    """What a run keeps across its shards: small, whatever the number of rows."""
+
+    parts: list[Summary] = field(default_factory=list)
+    counted: dict[str, assemble.ImageTally] = field(default_factory=dict)  # by image
+    paths: list[str] = field(default_factory=list)
+    newest_t_min: list[float] = field(default_factory=list)  # per shard
+    gallery_items: list[GalleryItem] = field(default_factory=list)
+    images: int = 0  # the images of the shards begun so far (the progress total)
+
+
+def _harvest_shard(
+    params: HarvestParams,
+    conn: Connection,
+    shard: list[Target],
+    base: Constraints,
+    state: incremental_state.State | None,
+    run_id: str,
+    run: _RunTotals,
+    logger,
+) -> None:
+    """Query, verify, store and write one shard; its summary and paths go into ``run``."""
+    by_name = {t.name: t for t in shard}
+    groups = incremental_state.windows(shard, state) if state is not None else {None: shard}
+    parts, query_failures = [], []
+    for watermark, group in groups.items():
+        constraints = base
+        if watermark is not None:
+            start = max(watermark, base.t_min) if base.t_min is not None else watermark
+            constraints = base.with_time(start, base.t_max)
+            logger.info("%d targets: incremental window from MJD %.6f", len(group), start)
+        rows_part, failed = _query_all(params, conn, group, constraints, logger)
+        parts.append(rows_part)
+        query_failures += failed
+    parts = [p for p in parts if len(p)]
+    rows = vstack(parts, metadata_conflicts="silent") if parts else Table()
+    del parts
+    metadata = MetadataStore(params.output_url, params.output_storage_options)
+    priors = assemble.priors_from(  # the current view, of earlier runs: shards' targets differ
+        metadata.read(columns=assemble.PRIOR_COLUMNS, targets=by_name, exclude_run=run_id)
+    )
+    works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
+    logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
+    if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
+        check_cutouts(conn, works, settings.image_settings(params))
+    run.images += len(works)
+    progress.start("images", run.images)
+    outcomes = _process_all(params, conn, works, logger)
+    if len(rows):
+        run.paths += write_metadata(
+            rows, by_name, outcomes, run_id, params.output_url, params.output_storage_options
+        )
+    if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
+        run.gallery_items += footprints(
+            rows, by_name, outcomes, params.output_url, params.output_storage_options
+        )
+    part = assemble.summarize(
+        rows,
+        works,
+        outcomes,
+        run_id,
+        band_column=params.service.band_column,
+        plan=params.plan,
+        cutout_radius=params.products.cutout_radius,
+        cutout_mode=params.products.mode == "cutout",
+        counted=run.counted,
+    )
+    part.failures = query_failures + part.failures
+    run.parts.append(part)
+    if len(rows) and "t_min" in rows.colnames:
+        values = np.asarray(rows["t_min"], dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            run.newest_t_min.append(float(values.max()))
+
+
+def _not_started(run_id: str, shard: list[Target], number: int, total: int) -> Summary:
+    """A shard the run stopped before: one failure line for its targets, not one each."""
+    reason = f"not started: {stopping.describe()}"
+    return Summary(
+        run_id=run_id, failures=[(f"{len(shard)} targets of shard {number}/{total}", reason)]
+    )
 
 
 def _process_all(

@@ -326,6 +326,13 @@ class Execution(Model):
         description="Prefect global concurrency limit: each query or image batch holds one "
         "slot, shared by every run and worker; None: no limit",
     )
+    shard_targets: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="targets per shard: each shard is queried, verified, stored and written "
+        "to the Parquet before the next begins, so memory is bounded by a shard",
+    )
     run_deadline_seconds: float | None = Field(
         None,
         gt=0,

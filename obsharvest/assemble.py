@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -208,6 +209,16 @@ def metadata_rows(
     return with_harvest_columns(obscore, values)
 
 
+@dataclass
+class ImageTally:
+    """What a run has counted of one image so far, across its shards."""
+
+    stored: set[str] = field(default_factory=set)  # URIs of its file or cutouts counted
+    downloaded: bool = False
+    failed: bool = False
+    planned: bool = False  # plan mode: its bytes are in the estimate
+
+
 def summarize(
     rows: Table,
     works: Sequence[ImageWork],
@@ -218,18 +229,27 @@ def summarize(
     plan: bool = False,
     cutout_radius: float | None = None,
     cutout_mode: bool = False,
+    counted: dict[str, ImageTally] | None = None,
 ) -> Summary:
-    summary = Summary(run_id=run_id, plan=plan, images=len(works), cutout_mode=cutout_mode)
+    """The summary of ``rows`` and their images' outcomes.
+
+    ``counted``: what earlier shards of the run counted of each image (their targets were
+    others). An image shared by shards is one image: counted once, its file once, its
+    failure once; only what a later shard adds (a file, a cutout) adds to the totals.
+    This call's images are tallied into it.
+    """
+    counted = {} if counted is None else counted
+    summary = Summary(run_id=run_id, plan=plan, cutout_mode=cutout_mode)
     per_target: dict[str, TargetSummary] = {}
     for work in works:
         for target in work.targets:
             per_target.setdefault(target.name, TargetSummary(target.name))
-    counted: set[tuple[str, str]] = set()
+    pairs_seen: set[tuple[str, str]] = set()
     for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True) if len(rows) else ():
         did, name = _text(did), _text(name)
-        if (name, did) in counted:
+        if (name, did) in pairs_seen:
             continue
-        counted.add((name, did))
+        pairs_seen.add((name, did))
         entry = per_target.setdefault(name, TargetSummary(name))
         entry.rows += 1
         outcome = outcomes.get(did)
@@ -261,28 +281,36 @@ def summarize(
         else {}
     )
     for work in works:
+        tally = counted.get(work.key)
+        first = tally is None
+        if tally is None:
+            tally = counted[work.key] = ImageTally()
+            summary.images += 1
+            counts[f"{subtype.get(work.key, '?')} {band.get(work.key, '') or '-'}"] += 1
         outcome = outcomes.get(work.key)
-        counts[f"{subtype.get(work.key, '?')} {band.get(work.key, '') or '-'}"] += 1
-        if outcome is None:
-            summary.failures.append((work.key, "image was not processed"))
-            continue
-        failure = failure_of(outcome)
-        if failure:
+        failure = failure_of(outcome) if outcome else "image was not processed"
+        if failure and not tally.failed:
+            tally.failed = True
             summary.failures.append((work.key, failure))
-        if outcome.reused:
+        if outcome is None:
+            continue
+        if outcome.reused and first:
             summary.reused += 1
-        objects = outcome.stored_objects  # the image, or its cutouts
-        if objects:
-            size = sum(o.size for o in objects)
-            summary.stored_images += 1
-            summary.stored_bytes += size
+        objects = [o for o in outcome.stored_objects if o.uri not in tally.stored]
+        if objects:  # the image, or cutouts not counted yet
+            if not tally.stored:
+                summary.stored_images += 1
+                if not outcome.downloaded and not outcome.reused:
+                    summary.already_stored += 1
+            summary.stored_bytes += sum(o.size for o in objects)
             if outcome.downloaded:
-                summary.downloaded += 1
+                if not tally.downloaded:
+                    summary.downloaded += 1
+                    tally.downloaded = True
                 summary.downloaded_bytes += sum(o.size for o in objects if not o.skipped)
-            elif not outcome.reused:
-                summary.already_stored += 1
+            tally.stored.update(o.uri for o in objects)
         elif plan and cutout_mode:
-            for target in work.targets:
+            for target in work.targets:  # a shard's targets are its own: none counted twice
                 verdict = outcome.verdicts.get(target.name)
                 if verdict is None or verdict.verdict != Verdict.CONTAINS:
                     continue
@@ -294,11 +322,33 @@ def summarize(
                     summary.planned_unknown += 1
                 else:
                     summary.planned_bytes += estimate
-        elif plan and outcome.wanted and outcome.content_length:
+        elif plan and outcome.wanted and outcome.content_length and not tally.planned:
+            tally.planned = True
             summary.planned_bytes += outcome.content_length
     summary.by_subtype_band = dict(sorted(counts.items()))
     summary.targets = sorted(per_target.values(), key=lambda t: t.name)
     return summary
+
+
+def merge(run_id: str, parts: Sequence[Summary], *, plan: bool = False) -> Summary:
+    """One summary from the summaries of a run's shards (made with one ``counted`` set,
+    so an image shared by two shards is counted once): counts add up, lists join."""
+    out = Summary(run_id=run_id, plan=plan, cutout_mode=any(p.cutout_mode for p in parts))
+    totals = [
+        f.name
+        for f in fields(Summary)
+        if f.type in ("int", int) and f.name not in ("plan", "cutout_mode")
+    ]
+    kinds: Counter[str] = Counter()
+    for part in parts:
+        for name in totals:
+            setattr(out, name, getattr(out, name) + getattr(part, name))
+        out.targets += part.targets
+        out.failures += part.failures
+        kinds.update(part.by_subtype_band)
+    out.targets.sort(key=lambda t: t.name)
+    out.by_subtype_band = dict(sorted(kinds.items()))
+    return out
 
 
 CUTOUT_HEADER_BYTES = 4 * 2880  # headers a cutout carries whatever its size (a few HDUs)

@@ -132,7 +132,14 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
     found = store.exists_same(work.storage_key, sized.size, sized.sha256)
     if found is None:
         return None
-    return ImageOutcome(work.key, verdicts, stored=found, content_length=found.size, reused=True)
+    return ImageOutcome(
+        work.key,
+        verdicts,
+        stored=found,
+        content_length=found.size,
+        reused=True,
+        kept_for_all=settings.verification != "skip",
+    )
 
 
 UNSETTLED = "unsettled"  # an unlabelled access_url before its first reply
@@ -620,6 +627,7 @@ def process_images(
                 downloaded=not stored.skipped,
                 quicklooks=looks,
                 access=links.get(work.key).access,
+                kept_for_all=settings.verification != "skip",
             )
         except (_ImageFailure, stopping.Interrupted) as exc:
             return _failed(work, links, verdicts, str(exc))

@@ -591,7 +591,10 @@ class MetadataStore:
         return table
 
     def _read_all(
-        self, columns: Iterable[str] | None = None, targets: Iterable[str] | None = None
+        self,
+        columns: Iterable[str] | None = None,
+        targets: Iterable[str] | None = None,
+        exclude_run: str | None = None,
     ) -> list[pa.Table]:
         """Every file's rows. A file that vanishes between the listing and its read was
         replaced by a compaction or a migration, which wrote its rows into a new file
@@ -599,8 +602,9 @@ class MetadataStore:
         fs, _ = self.fs_root
         wanted = None if columns is None else {*columns, *PAIR_KEY, *ORDER}
         names = None if targets is None else pa.array(sorted(set(targets)), pa.string())
+        skip = f"-{_dir_part(exclude_run)[:64]}-" if exclude_run else None
         for attempt in range(1, READ_ATTEMPTS + 1):
-            paths = self.files()
+            paths = [p for p in self.files() if not (skip and skip in posixpath.basename(p))]
             if not paths:
                 return []
             try:
@@ -613,7 +617,11 @@ class MetadataStore:
         return []  # unreachable
 
     def read(
-        self, *, columns: Iterable[str] | None = None, targets: Iterable[str] | None = None
+        self,
+        *,
+        columns: Iterable[str] | None = None,
+        targets: Iterable[str] | None = None,
+        exclude_run: str | None = None,
     ) -> pa.Table | None:
         """The current view (:func:`current`): one row per (target, image) pair, the newest;
         None before the first harvest. Files in an older format are read as if migrated
@@ -622,9 +630,10 @@ class MetadataStore:
         ``columns``: only these (and the pair's key and ``obsh_harvested_at``/``obsh_run_id``,
         which the view is made from). ``targets``: only rows of these target names, filtered
         as each file is read -- the target is part of the pair's key, so the view of a
-        subset is exactly the subset of the view.
+        subset is exactly the subset of the view. ``exclude_run``: not the files this run
+        wrote (a run in shards asks once per shard, and its own shards' targets differ).
         """
-        tables = self._read_all(columns, targets)
+        tables = self._read_all(columns, targets, exclude_run)
         if not tables:
             return None
         return current(_concat(tables))

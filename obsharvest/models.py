@@ -127,10 +127,20 @@ class ImageOutcome:
     cutout_circles: dict[str, str] = field(default_factory=dict)  # "ra dec r" asked, by target
     quicklooks: dict[str, str] = field(default_factory=dict)  # PNG URI, by target
     access: str | None = None  # how the file was reached (obsharvest.access.kinds.Access)
+    kept_for_all: bool = False  # stored whatever the verdicts (record-only, off)
 
     def stored_for(self, target: str) -> StoredObject | None:
-        """What is stored for this (target, image) pair: its cutout, or the image."""
-        return self.cutouts.get(target) if self.cutouts or self.cutout_circles else self.stored
+        """What is stored for this (target, image) pair: its cutout, or the image when it
+        holds this target (or every image is kept). Not the image stored for another
+        target: that would make a pair's row depend on which targets shared its run."""
+        if self.cutouts or self.cutout_circles:
+            return self.cutouts.get(target)
+        if self.stored is None:
+            return None
+        verdict = self.verdicts.get(target)
+        if self.kept_for_all or (verdict is not None and verdict.verdict == Verdict.CONTAINS):
+            return self.stored
+        return None
 
     @property
     def stored_objects(self) -> list[StoredObject]:

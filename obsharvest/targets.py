@@ -141,6 +141,12 @@ def read_targets(
     return _validate(source, _resolve_columns(source, columns), nrows, default_radius)
 
 
+def in_sky_order(targets: Sequence[Target], zone_deg: float = 1.0) -> list[Target]:
+    """``targets`` in Dec zones of ``zone_deg``, by RA within each: a run in shards then
+    keeps neighbours (which share images) in one shard, so few images are verified twice."""
+    return sorted(targets, key=lambda t: (math.floor((t.dec + 90.0) / zone_deg), t.ra, t.name))
+
+
 def targets_for(
     path: str | None,
     *,

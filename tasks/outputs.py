@@ -10,6 +10,7 @@ from prefect import task
 from obsharvest import assemble
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, Target
+from obsharvest.products.quicklook import GalleryItem
 
 from . import artifacts
 
@@ -30,16 +31,25 @@ def write_metadata(
     return MetadataStore(output_url, dict(storage_options)).append(table, run_id=run_id)
 
 
-@task(name="quicklook-gallery")
-def gallery(
+@task(name="footprint-maps")
+def footprints(
     rows: Table,
     targets: dict[str, Target],
     outcomes: dict[str, ImageOutcome],
     output_url: str,
     storage_options: Mapping,
-) -> str:
-    from obsharvest.products.gallery import write_gallery
+) -> list[GalleryItem]:
+    """The footprint maps of a shard's targets; their gallery items, for the index."""
+    from obsharvest.products.gallery import write_footprints
 
-    index, markdown = write_gallery(rows, targets, outcomes, output_url, storage_options)
+    return write_footprints(rows, targets, outcomes, output_url, storage_options)
+
+
+@task(name="quicklook-gallery")
+def gallery(items: list[GalleryItem], output_url: str, storage_options: Mapping) -> str:
+    """The gallery's index.html over every shard's items, and its artifact."""
+    from obsharvest.products.gallery import write_index
+
+    index, markdown = write_index(items, output_url, storage_options)
     artifacts.publish_gallery(markdown, index)
     return index

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import posixpath
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import fsspec
 from astropy.table import Table
@@ -89,17 +89,22 @@ def footprint_regions(rows: Table, outcomes: Mapping[str, ImageOutcome]) -> dict
     return regions
 
 
-def write_gallery(
+def _root(output_url: str, storage_options: Mapping | None):
+    fs, root = fsspec.core.url_to_fs(output_url, **dict(storage_options or {}))
+    return fs, fs.unstrip_protocol(root.rstrip("/")), posixpath.join(root.rstrip("/"), GALLERY_DIR)
+
+
+def write_footprints(
     rows: Table,
     targets: Mapping[str, Target],
     outcomes: Mapping[str, ImageOutcome],
     output_url: str,
     storage_options: Mapping | None = None,
-) -> tuple[str, str]:
-    """Write footprint maps and index.html; return (index URI, markdown for an artifact)."""
-    fs, root = fsspec.core.url_to_fs(output_url, **dict(storage_options or {}))
-    output_uri = fs.unstrip_protocol(root.rstrip("/"))
-    directory = posixpath.join(root.rstrip("/"), GALLERY_DIR)
+) -> list[GalleryItem]:
+    """Write the footprint map of each target of ``rows``; return the gallery's items for
+    them (their quicklooks and maps). A run in shards calls this per shard and writes the
+    index once, from the items, which are small."""
+    fs, output_uri, directory = _root(output_url, storage_options)
     fs.makedirs(directory, exist_ok=True)
     items = gallery_items(rows, outcomes, output_uri)
     for name, regions in footprint_regions(rows, outcomes).items():
@@ -109,7 +114,28 @@ def write_gallery(
         with fs.open(posixpath.join(directory, png), "wb") as fh:
             fh.write(buffer.getvalue())
         items.append(GalleryItem(target=name, png=png, title="footprints around the target"))
+    return items
+
+
+def write_index(
+    items: Sequence[GalleryItem], output_url: str, storage_options: Mapping | None = None
+) -> tuple[str, str]:
+    """Write index.html; return (its URI, markdown for an artifact)."""
+    fs, _, directory = _root(output_url, storage_options)
+    fs.makedirs(directory, exist_ok=True)
     index = posixpath.join(directory, "index.html")
     with fs.open(index, "w") as fh:
-        fh.write(gallery_html(items))
-    return fs.unstrip_protocol(index), gallery_markdown(items, title="Quicklooks by target")
+        fh.write(gallery_html(list(items)))
+    return fs.unstrip_protocol(index), gallery_markdown(list(items), title="Quicklooks by target")
+
+
+def write_gallery(
+    rows: Table,
+    targets: Mapping[str, Target],
+    outcomes: Mapping[str, ImageOutcome],
+    output_url: str,
+    storage_options: Mapping | None = None,
+) -> tuple[str, str]:
+    """Write footprint maps and index.html; return (index URI, markdown for an artifact)."""
+    items = write_footprints(rows, targets, outcomes, output_url, storage_options)
+    return write_index(items, output_url, storage_options)

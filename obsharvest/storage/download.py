@@ -106,7 +106,7 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
 
 
 def _etag_md5(response: requests.Response) -> str | None:
-    """The MD5 in a strong ETag of 32 hex digits (S3 single-part, simarchive), else None.
+    """The MD5 in a strong ETag of 32 hex digits (S3 single-part, the embedded archive), else None.
 
     Weak ETags (``W/``) and multipart S3 ETags (``"…-3"``) are not an MD5 of the body.
     """

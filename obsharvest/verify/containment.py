@@ -256,7 +256,7 @@ def _build_wcs(header: fits.Header) -> WCS:
         return WCS(header)
 
 
-def _unit(lon_deg: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
+def _unit(lon_deg: np.ndarray | float, lat_deg: np.ndarray | float) -> np.ndarray:
     lon, lat = np.radians(lon_deg), np.radians(lat_deg)
     cos_lat = np.cos(lat)
     return np.stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)], axis=-1)
@@ -378,8 +378,8 @@ class _Footprint:
             return self._verdict(Verdict.CONTAINS, x, y)
         # A point, or a circle touching no edge: it overlaps iff its centre is on the grid.
         x, y, error = self._pixel(lon, lat)
-        if error:
-            return self._verdict(Verdict.ERROR, reason=error)
+        if error or x is None or y is None:
+            return self._verdict(Verdict.ERROR, reason=error or "no pixel position")
         inside = self.lo <= x < self.hi_x and self.lo <= y < self.hi_y
         return self._verdict(Verdict.CONTAINS if inside else Verdict.OUTSIDE, x, y)
 
