@@ -228,7 +228,16 @@ class Concurrency(Model):
     task_workers: int = Field(2, ge=1, le=64, description="Prefect tasks running at once")
     datalink_workers: int = Field(4, ge=1, le=64)
     datalink_batch: int = Field(50, ge=1, le=1000, description="IDs per Datalink request")
-    verify_workers: int = Field(8, ge=1, le=128, description="header reads at once per task")
+    verify_workers: int = Field(
+        8, ge=1, le=128, description="images in flight per archive host to start with"
+    )
+    max_per_host: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="images in flight per archive host at most (all tasks of the process): "
+        "the limit grows from verify_workers while replies come back, halves on 429/503",
+    )
     download_workers: int = Field(8, ge=1, le=64, description="downloads at once per task")
 
 

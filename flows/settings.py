@@ -49,6 +49,7 @@ def image_settings(params: HarvestParams) -> ImageSettings:
         plan=params.plan,
         verify_workers=c.verify_workers,
         download_workers=c.download_workers,
+        max_per_host=c.max_per_host,
         retry=retry_policy(params),
         mask=v.mask,
         mode=p.mode,

@@ -40,6 +40,7 @@ from obsharvest.models import (
     Verdict,
     VerificationMode,
 )
+from obsharvest.net import pacing
 from obsharvest.net.http import Connection
 from obsharvest.net.redact import strip_query
 from obsharvest.net.retry import RetryPolicy, one_line
@@ -59,8 +60,9 @@ class ImageSettings:
     margin_px: float = 0.0
     block_size: int = 32768
     plan: bool = False
-    verify_workers: int = 8
+    verify_workers: int = 8  # images in flight per host to start with
     download_workers: int = 4
+    max_per_host: int = 32  # ... and at most, as replies keep coming (net.pacing)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     mask: bool = False  # also require the target pixel not to be flagged NO_DATA
     mode: ProductMode = "image"
@@ -528,19 +530,28 @@ def process_images(
     links = _Links(resolver, fresh)
     downloads = threading.Semaphore(settings.download_workers)
     # one pool for header reads and downloads: keep-alive connections across images
-    pool_size = settings.verify_workers + settings.download_workers
+    in_flight = max(settings.verify_workers, settings.max_per_host)
+    pool_size = in_flight + settings.download_workers
     data_session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
     data_session.mount("http://", adapter)
     data_session.mount("https://", adapter)
 
-    def one(work: ImageWork) -> ImageOutcome:
-        verdicts: dict[str, Containment] = {}
+    def paced(work: ImageWork) -> ImageOutcome:
+        """One image, holding a slot of its host's adaptive limit (net.pacing)."""
         try:
             stopping.check()
             link = links.get(work.key)
+            limit = pacing.limit_for(
+                link.url or work.access_url, settings.verify_workers, settings.max_per_host
+            )
+            with limit.slot():
+                return one(work, link, replace(settings.retry, on_throttle=limit.throttled))
         except stopping.Interrupted as exc:
             return ImageOutcome(work.key, {}, failure=str(exc))
+
+    def one(work: ImageWork, link: AccessLink, policy: RetryPolicy) -> ImageOutcome:
+        verdicts: dict[str, Containment] = {}
         ends = time.monotonic() + settings.image_deadline
 
         def budget() -> RetryPolicy:
@@ -551,7 +562,7 @@ def process_images(
                     f"image deadline of {settings.image_deadline:.0f} s passed "
                     "(retry.image_deadline_seconds)"
                 )
-            return settings.retry.within(left)
+            return policy.within(left)
 
         try:
             if link.url is None:
@@ -644,7 +655,7 @@ def process_images(
             return _failed(work, links, verdicts, one_line(exc))
 
     started = time.monotonic()
-    pairs = workers.run_all(one, fresh, settings.verify_workers, name="image")
+    pairs = workers.run_all(paced, fresh, in_flight, name="image")
     for work, future in pairs:
         if future.done() and not future.cancelled():
             outcome = future.result()

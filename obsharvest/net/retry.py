@@ -13,7 +13,7 @@ from __future__ import annotations
 import http.client
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import requests
@@ -30,6 +30,7 @@ from tenacity import (
 )
 
 from obsharvest.errors import RefusedError, TransientError, status_is_transient
+from obsharvest.net.pacing import is_throttle
 from obsharvest.runtime import stopping
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class RetryPolicy:
     max_wait: float = 30.0
     deadline: float = 600.0  # seconds for all attempts of one call together
     log_level: int = logging.WARNING  # of the "failed (attempt n); retrying" lines
+    # told when a host asks for less (429, 503): an adaptive limit halves (net.pacing)
+    on_throttle: Callable[[], None] | None = field(default=None, compare=False)
 
     def retrying(self, describe: str = "request") -> Retrying:
         # exponential backoff plus jitter, so parallel workers do not retry in lockstep
@@ -121,6 +124,8 @@ class RetryPolicy:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
+            if self.on_throttle is not None and is_throttle(exc):
+                self.on_throttle()
             log.log(
                 self.log_level,
                 "%s failed (attempt %d): %s; retrying",
