@@ -11,16 +11,22 @@ from obsharvest.net import pacing
 from obsharvest.net.retry import RetryPolicy
 
 
-def test_the_limit_grows_by_one_per_window_up_to_the_ceiling():
-    limit = pacing.HostLimit(start=4, ceiling=6)
+def test_slow_start_then_one_per_window_after_a_throttle_up_to_the_ceiling():
+    limit = pacing.HostLimit(start=4, ceiling=40)
     for _ in range(4):
         with limit.slot():
             pass
-    assert limit.limit == 5  # one window of 4 completed images
-    for _ in range(100):
+    assert limit.limit == 8  # slow start: one more per completed image
+    limit.throttled()
+    assert limit.limit == 4 and not limit.slow_start
+    for _ in range(4):
         with limit.slot():
             pass
-    assert limit.limit == 6  # never above the politeness cap
+    assert limit.limit == 5  # congestion avoidance: one window of 4 images, one more
+    for _ in range(1000):
+        with limit.slot():
+            pass
+    assert limit.limit == 40  # never above the politeness cap
 
 
 def test_a_failed_image_does_not_grow_the_limit():

@@ -2,10 +2,11 @@
 
 Where latency dominates (small files, a distant archive), twice as many requests in
 flight do twice as much per second; where the archive is the bottleneck, it says so with
-429 or 503. So the limit grows by one for every window of images a host completes
-(additive increase) up to a cap per host (``concurrency.max_per_host``: the politeness
-ceiling), and halves when the host answers 429 or 503 (multiplicative decrease), as TCP
-does with its congestion window. One limit per host for the whole process: the image
+429 or 503. So, as TCP does with its congestion window, the limit grows by one for every
+image a host completes (doubling per window: slow start) until the host first throttles,
+then by one per window (additive increase), always up to a cap per host
+(``concurrency.max_per_host``: the politeness ceiling); an answer of 429 or 503 halves it
+(multiplicative decrease). One limit per host for the whole process: the image
 tasks of a run running at once share it.
 """
 
@@ -34,6 +35,7 @@ class HostLimit:
         self.peak = 0  # the most in flight at once (for logs and tests)
         self._credit = 0
         self._last_cut = 0.0
+        self.slow_start = True  # until the first 429/503
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
@@ -57,6 +59,9 @@ class HostLimit:
                 self._cond.notify_all()
 
     def _grow(self) -> None:
+        if self.slow_start:
+            self.limit = min(self.ceiling, self.limit + 1)
+            return
         self._credit += 1
         if self._credit >= self.limit and self.limit < self.ceiling:
             self._credit = 0
@@ -69,6 +74,7 @@ class HostLimit:
             if now - self._last_cut < CALM_SECONDS:
                 return
             self._last_cut = now
+            self.slow_start = False
             self._credit = 0
             self.limit = max(self.floor, self.limit // 2)
 
