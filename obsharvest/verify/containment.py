@@ -307,7 +307,7 @@ class _Footprint:
         full = _build_wcs(header)
         if not full.has_celestial:
             raise NoWcsError("the header has no celestial WCS")
-        wcs = full.celestial
+        wcs = full if full.is_celestial else full.celestial  # .celestial copies: not twice
         nx, ny = (int(n) for n in shape)
         if nx <= 0 or ny <= 0:
             raise ValueError(f"pixel grid shape {shape} is empty")
