@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyvo
 from astropy.table import Table
 
 from obsharvest.models import Target
 from obsharvest.net.http import Connection
 from obsharvest.query.adql import Constraints
-from obsharvest.query.obscore import QueryOptions, Strategy, probe_features, query_targets
+from obsharvest.query.obscore import (
+    QueryOptions,
+    Strategy,
+    TapService,
+    probe_features,
+    query_targets,
+)
 
 
 def query_batch(
@@ -24,7 +29,7 @@ def query_batch(
     """The (target, image) rows of ``targets`` and how many queries it took, over a
     session of its own (a task may run in another thread or a Dask worker)."""
     session = conn.session(timeout=timeout)
-    service = pyvo.dal.TAPService(conn.tap_url, session=session)
+    service = TapService(conn.tap_url, session=session)
     features = probe_features(service, options.retry)
     queries: list[str] = []
     rows = query_targets(

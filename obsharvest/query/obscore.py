@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyvo
+import requests
 from astropy.io.votable import from_table
 from astropy.table import Table, vstack
 from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError, DALServiceError
@@ -31,7 +32,7 @@ from obsharvest.errors import (
     TransientError,
     status_is_transient,
 )
-from obsharvest.models import Target
+from obsharvest.models import QueryMode, QueryStrategy, Target
 from obsharvest.net.redact import strip_query
 from obsharvest.net.replies import refused, said_by
 from obsharvest.net.retry import RetryPolicy, is_transient, one_line
@@ -116,6 +117,23 @@ def read_tap_capability(session, tap_url: str):
     )
 
 
+class TapService(pyvo.dal.TAPService):
+    """pyvo's TAP service with the session it was built with in sight (pyvo keeps it to
+    itself): the requests pyvo does not make for us (VOSI capabilities read with their real
+    status, UWS long polls) go with the same token and timeouts."""
+
+    def __init__(self, baseurl: str, session: requests.Session | None = None) -> None:
+        self.session = session if session is not None else requests.Session()
+        super().__init__(baseurl, session=self.session)
+
+
+def session_of(service: pyvo.dal.TAPService) -> requests.Session:
+    """The session of a :class:`TapService`; a plain pyvo service gets a fresh one (its
+    requests then carry no token: build a TapService to send one)."""
+    session = getattr(service, "session", None)
+    return session if isinstance(session, requests.Session) else requests.Session()
+
+
 def _token_sent(session, url: str) -> bool:
     check = getattr(session, "token_sent_to", None)
     return bool(check(url)) if check else "Authorization" in getattr(session, "headers", {})
@@ -125,7 +143,7 @@ def probe_features(service: pyvo.dal.TAPService, retry: RetryPolicy) -> ServiceF
     """Read capabilities once; a service that describes nothing gets the ADQL 2.0 default."""
 
     def read() -> ServiceFeatures:
-        capability = read_tap_capability(service._session, str(service.baseurl))
+        capability = read_tap_capability(session_of(service), str(service.baseurl))
         adql = capability.get_adql()
         forms = (
             {f.form.upper() for f in adql.get_feature_list(GEOMETRY_FEATURES)} if adql else set()
@@ -147,7 +165,7 @@ def probe_features(service: pyvo.dal.TAPService, retry: RetryPolicy) -> ServiceF
 
 @dataclass
 class QueryOptions:
-    mode: str = "async"  # "sync" | "async"
+    mode: QueryMode = "async"
     maxrec: int | None = None  # None: the service default
     deadline: float = 1800.0  # seconds an async job may take before it is aborted
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -217,7 +235,7 @@ def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseExcept
     service's message) a :class:`~obsharvest.errors.QueryError`; our own errors stay."""
     if isinstance(exc, DALQueryError):
         return QueryError(f"{options.mode} TAP query refused: {one_line(exc)}")
-    session = service._session
+    session = session_of(service)
     base = strip_query(str(service.baseurl))
     endpoint = f"{base}/{'sync' if options.mode == 'sync' else 'async'}"
     if isinstance(exc, DALServiceError) and exc.code and not isinstance(exc, DALQueryError):
@@ -279,11 +297,12 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
                     f"TAP job {job.job_id} still {phase} after {options.deadline:.0f} s; aborted"
                 )
             try:  # UWS 1.1 blocking: returns when the phase changes or after WAIT seconds
-                service._session.get(
+                session = session_of(service)
+                session.get(
                     job.url,
                     params={"WAIT": int(min(options.poll_wait, remaining)) or 1, "PHASE": phase},
                     # the session's (connect, read), read stretched past WAIT (obsharvest.net.http)
-                    timeout=getattr(service._session, "timeout", None) or options.poll_wait + 30,
+                    timeout=getattr(session, "timeout", None) or options.poll_wait + 30,
                 )
             except Exception:  # a failed long poll is harmless: the next phase read retries
                 time.sleep(0.5)
@@ -309,7 +328,7 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
 
 @dataclass(frozen=True)
 class Strategy:
-    kind: str = "upload"  # "per_target" | "batched" | "upload"
+    kind: QueryStrategy = "upload"
     batch_size: int = 50  # targets per OR-batch or upload
     prefilter_radius: float = 0.25  # deg: how far an image centre may lie from a circle's edge
 
