@@ -17,10 +17,12 @@ No Prefect here: a task wraps :func:`verify`; the exception types say what to do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +104,7 @@ def read_wcs_header(
     ``timeout``) for HTTP, to fsspec for other URLs and paths.
     """
     options = dict(storage_options or {})
-    try:
+    with read_failures(url):
         if opened is None and _is_http(url):
             from obsharvest.access.ranged import RangedHttpFile
 
@@ -113,13 +115,22 @@ def read_wcs_header(
         options.setdefault("block_size", block_size)
         with fits.open(url, use_fsspec=True, lazy_load_hdus=True, fsspec_kwargs=options) as hdul:
             return _first_celestial(hdul, url)
+
+
+@contextlib.contextmanager
+def read_failures(url: str) -> Iterator[None]:
+    """Inside, a failure while reading ``url`` becomes the :class:`ReadError` it means
+    (:func:`classify_read_failure`), so header, mask and quicklook reads retry, re-sign or
+    give up alike; an unknown kind (a bug) passes unchanged."""
+    try:
+        yield
     except ReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified, and unknown kinds re-raised
         classified = classify_read_failure(exc, url)
         if classified is None:
             raise
-    raise classified from None
+        raise classified from None
 
 
 def _is_http(url: str) -> bool:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from astropy.io import fits
 
-from obsharvest.errors import CorruptHeaderError, ReadError, without_query
+from obsharvest.errors import CorruptHeaderError, without_query
 from obsharvest.models import Containment, Verdict
-from obsharvest.verify.containment import DEFAULT_BLOCK_SIZE, classify_read_failure
+from obsharvest.verify.containment import DEFAULT_BLOCK_SIZE, read_failures
 
 __all__ = ["MASK_EXTNAME", "NO_DATA_PLANE", "MaskCheck", "apply_mask", "mask_flags"]
 
@@ -89,19 +89,12 @@ def mask_flags(
     """
     url = os.fspath(url_or_path)
     options = dict(storage_options or {})
-    try:
-        with (
-            _open(url, block_size, options) as handle,
-            fits.open(handle, lazy_load_hdus=True, memmap=False) as hdul,
-        ):
-            return _check(hdul, handle, url, hdu_index, x, y)
-    except ReadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - classified, and unknown kinds re-raised
-        classified = classify_read_failure(exc, url)
-        if classified is None:
-            raise
-    raise classified from None
+    with (
+        read_failures(url),
+        _open(url, block_size, options) as handle,
+        fits.open(handle, lazy_load_hdus=True, memmap=False) as hdul,
+    ):
+        return _check(hdul, handle, url, hdu_index, x, y)
 
 
 def _open(url: str, block_size: int, options: dict):
