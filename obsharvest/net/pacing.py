@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from pyvo.dal import DALRateLimitError
+
 from obsharvest.runtime import stopping
 
 THROTTLE_STATUS = frozenset({429, 503})
@@ -101,5 +103,7 @@ def limit_for(url: str, start: int, ceiling: int) -> HostLimit:
 
 def is_throttle(exc: BaseException | None) -> bool:
     """Whether a failure is the host asking for less (429, 503)."""
+    if isinstance(exc, DALRateLimitError):
+        return True
     status = getattr(exc, "status", None) or getattr(exc, "code", None)
-    return status in THROTTLE_STATUS or type(exc).__name__ == "DALRateLimitError"
+    return status in THROTTLE_STATUS

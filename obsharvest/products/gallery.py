@@ -127,15 +127,3 @@ def write_index(
     with fs.open(index, "w") as fh:
         fh.write(gallery_html(list(items)))
     return fs.unstrip_protocol(index), gallery_markdown(list(items), title="Quicklooks by target")
-
-
-def write_gallery(
-    rows: Table,
-    targets: Mapping[str, Target],
-    outcomes: Mapping[str, ImageOutcome],
-    output_url: str,
-    storage_options: Mapping | None = None,
-) -> tuple[str, str]:
-    """Write footprint maps and index.html; return (index URI, markdown for an artifact)."""
-    items = write_footprints(rows, targets, outcomes, output_url, storage_options)
-    return write_index(items, output_url, storage_options)

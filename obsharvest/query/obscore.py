@@ -271,6 +271,7 @@ def _reply_problem(exc: BaseException) -> str:
 
 def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
     job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
+    session = session_of(service)  # one for every long poll of the job: keep-alive
     try:
         job.run()
         crashpoint("query")
@@ -297,7 +298,6 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
                     f"TAP job {job.job_id} still {phase} after {options.deadline:.0f} s; aborted"
                 )
             try:  # UWS 1.1 blocking: returns when the phase changes or after WAIT seconds
-                session = session_of(service)
                 session.get(
                     job.url,
                     params={"WAIT": int(min(options.poll_wait, remaining)) or 1, "PHASE": phase},
