@@ -18,6 +18,7 @@ from obsharvest.errors import UserError
 
 
 def _archive(args: argparse.Namespace) -> int:
+    from simarchive.dialect import Dialect
     from simarchive.faults import FaultPlan
     from simarchive.server import ArchiveSettings, EmbeddedArchive
 
@@ -40,6 +41,7 @@ def _archive(args: argparse.Namespace) -> int:
             access_style=args.access_style,
             datalink_multi_id=args.datalink_multi_id,
             datalink_order=args.datalink_order,
+            dialect=Dialect.parse(args.dialect),
         )
     except ValueError as exc:
         print(f"obsharvest archive: {exc}", file=sys.stderr)
@@ -397,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["grouped", "shuffled"],
         default="grouped",
         help="shuffled: rows of a multi-ID Datalink reply come out of ID order",
+    )
+    archive.add_argument(
+        "--dialect",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="read the standards as a real server does, e.g. capabilities=untyped, files=fz, "
+        "s_region_dialect=union (repeatable; simarchive/dialect.py lists them)",
     )
     archive.set_defaults(func=_archive)
 

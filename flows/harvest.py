@@ -64,6 +64,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         assert svc.tap_url is not None  # Service: exactly one of tap_url and embedded
         yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts), source)
         return
+    from simarchive.dialect import Dialect
     from simarchive.faults import FaultPlan
     from simarchive.server import ArchiveSettings, EmbeddedArchive
 
@@ -79,6 +80,7 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         datalink_multi_id=e.datalink_multi_id,
         datalink_order=e.datalink_order,
         faults=FaultPlan.parse(e.faults, seed=e.seed),
+        dialect=Dialect.parse(e.dialect),
     )
     with EmbeddedArchive(archive_settings) as archive:
         yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts), source)

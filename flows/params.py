@@ -63,6 +63,11 @@ class EmbeddedArchive(Model):
     faults: list[str] = Field(
         default_factory=list, description="injected faults, e.g. files.head_stall=1"
     )
+    dialect: list[str] = Field(
+        default_factory=list,
+        description="how the archive reads the standards, e.g. capabilities=untyped, files=fz "
+        "(simarchive.dialect)",
+    )
 
     @field_validator("faults")
     @classmethod
@@ -70,6 +75,14 @@ class EmbeddedArchive(Model):
         from simarchive.faults import FaultPlan
 
         FaultPlan.parse(value)  # raises ValueError naming the bad item
+        return value
+
+    @field_validator("dialect")
+    @classmethod
+    def _dialect(cls, value: list[str]) -> list[str]:
+        from simarchive.dialect import Dialect
+
+        Dialect.parse(value)  # raises ValueError naming the bad item
         return value
 
 

@@ -43,6 +43,7 @@ from urllib.parse import unquote
 from simarchive.adql.engine import AdqlError, run_adql
 from simarchive.datalink import links_for, links_votable, scramble
 from simarchive.descriptors import CUTOUT_SERVICE_ID, cutout_descriptor, obscore_datalink_descriptor
+from simarchive.dialect import Dialect
 from simarchive.faults import FaultInjector, FaultPlan
 from simarchive.files import FitsCache, file_response
 from simarchive.httpcore import (
@@ -114,6 +115,8 @@ class ArchiveSettings:
     access_style: str = "datalink"
     datalink_multi_id: str = "all"  # "first": a multi-ID Datalink request answers the first
     datalink_order: str = "grouped"  # "shuffled": multi-ID replies' rows out of ID order
+    # how the archive reads the standards: one switch per real server's dialect
+    dialect: Dialect = field(default_factory=Dialect)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
