@@ -75,7 +75,8 @@ def one_archive(settings: dict, rng: random.Random, binning: int, cache: str) ->
     from obsharvest.net.retry import RetryPolicy
     from obsharvest.products import quicklook
     from obsharvest.query.adql import TARGET_COLUMN, Constraints
-    from obsharvest.query.obscore import QueryOptions, Strategy, probe_features, query_targets
+    from obsharvest.query.capabilities import probe_features
+    from obsharvest.query.obscore import QueryOptions, Strategy, query_targets
     from obsharvest.verify import containment
     from simarchive.server import ArchiveSettings, EmbeddedArchive
 

@@ -177,7 +177,7 @@ def check_service(params: HarvestParams) -> None:
         timeout=(params.retry.connect_timeout, min(params.retry.read_timeout, 30.0)),
         token_source=source,
     )
-    from obsharvest.query.obscore import read_tap_capability
+    from obsharvest.query.capabilities import read_tap_capability
 
     retry = _quick(params)
     with session:

@@ -11,20 +11,23 @@ behaviour; ``Dialect.parse(["capabilities=untyped", "files=fz"])`` turns some on
 - ``table_case``: ``mixed`` (``ivoa.ObsCore`` as the RSP names it, any case accepted) or
   ``lower`` (only ``ivoa.obscore`` is found, as case-sensitive servers do), or ``upper``
   (result column names in upper case, as some database back ends give them);
-- ``serialization``: ``binary2`` (VOTable 1.4 BINARY2, ``application/x-votable+xml``) or
-  ``tabledata`` (VOTable 1.3 TABLEDATA served as ``application/xml``, ``QUERY_STATUS``
-  after the table);
+- ``serialization``: ``binary2`` (VOTable 1.4, ``application/x-votable+xml``, BINARY2
+  when ``RESPONSEFORMAT`` asks for it, TABLEDATA when nothing is asked; ``QUERY_STATUS``
+  before the table) or ``tabledata`` (VOTable 1.3 TABLEDATA whatever was asked, served as
+  ``application/xml``, the one ``QUERY_STATUS`` after the table);
 - ``s_region_dialect``: ``stcs`` (``POLYGON ICRS ...``), ``stcs-j2000`` (ESO's
   ``POLYGON J2000 ...``, mixed case), ``union`` (ALMA's ``Union ICRS (Polygon ...)``),
   ``dali`` (DALI ``xtype="polygon"`` double arrays) or ``null`` (NULL ``s_region`` on
   some rows, ``s_ra``/``s_dec``/``s_fov`` set);
-- ``files``: ``fits`` (plain), ``fz`` (tile-compressed, ``.fits.fz``) or ``gz``
-  (gzip, ``.fits.gz``, ``application/x-gzip``);
+- ``files``: ``fits`` (plain), ``fz`` (tile-compressed, ``.fits.fz``), ``gz``
+  (gzip, ``.fits.gz``, ``application/x-gzip``) or ``gz-encoded`` (gzip bytes of a
+  ``.fits`` URL sent with ``Content-Encoding: gzip``, as S3 objects with that metadata);
 - ``upload``: ``on`` or ``off`` (no ``TAP_UPLOAD`` advertised nor accepted);
 - ``async``: ``on``, ``inline`` (the job completes inside the ``PHASE=RUN`` POST) or
-  ``off`` (no ``/async`` endpoint);
-- ``sync``: ``any`` or ``post`` (the sync endpoint only accepts POST);
-- ``errors``: ``votable`` (DALI error documents) or ``text`` (HTTP 400 with plain text);
+  ``off`` (no ``/async`` endpoint: 404);
+- ``sync``: ``any`` or ``post`` (the sync endpoint only accepts POST: 405 to GET);
+- ``errors``: ``votable`` (DALI error documents) or ``text`` (HTTP 400 with plain text,
+  a Python dict's repr for unknown names and uploads; a job's error document as text);
 - ``soda``: ``cutout`` (a ``#cutout`` link) or ``proc`` (a ``#proc`` link whose
   service descriptor declares the SODA ``standardID``, as GAVO DaCHS does);
 - ``upload_join``: ``ok`` or ``broken`` (an upload joined on ``CONTAINS`` answers 500);
@@ -34,8 +37,13 @@ behaviour; ``Dialect.parse(["capabilities=untyped", "files=fz"])`` turns some on
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import ClassVar
+
+# errors about a name the service does not know (a table, a column) or an upload: these
+# are the ones ``errors=text`` words as a Python dict's repr, the rest as plain text
+_NAMING_ERROR = re.compile(r"does not exist|not found|\bupload", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,7 @@ class Dialect:
         "table_case": ("mixed", "lower", "upper"),
         "serialization": ("binary2", "tabledata"),
         "s_region_dialect": ("stcs", "stcs-j2000", "union", "dali", "null"),
-        "files": ("fits", "fz", "gz"),
+        "files": ("fits", "fz", "gz", "gz-encoded"),
         "upload": ("on", "off"),
         "async_": ("on", "inline", "off"),
         "sync": ("any", "post"),
@@ -105,3 +113,13 @@ class Dialect:
             for f in fields(self)
             if getattr(self, f.name) != getattr(plain, f.name)
         ]
+
+
+def plain_error(message: str, status: int = 400) -> str:
+    """An error as ``errors=text`` servers word it: half of the kinds (unknown tables and
+    columns, upload problems) as the repr of a Python dict, as some web frameworks answer
+    (``{'error': 'Table ivoa.foo not found', 'code': 400}``), the others (syntax,
+    parameters) as the bare message. Chosen by kind, so a test knows which it gets."""
+    if _NAMING_ERROR.search(message):
+        return repr({"error": message, "code": status})
+    return message

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -42,10 +43,16 @@ from urllib.parse import unquote
 
 from simarchive.adql.engine import AdqlError, run_adql
 from simarchive.datalink import links_for, links_votable, scramble
-from simarchive.descriptors import CUTOUT_SERVICE_ID, cutout_descriptor, obscore_datalink_descriptor
-from simarchive.dialect import Dialect
+from simarchive.descriptors import (
+    CUTOUT_SERVICE_ID,
+    PROC_SERVICE_ID,
+    cutout_descriptor,
+    obscore_datalink_descriptor,
+    proc_descriptor,
+)
+from simarchive.dialect import Dialect, plain_error
 from simarchive.faults import FaultInjector, FaultPlan
-from simarchive.files import FitsCache, file_response
+from simarchive.files import SERVED, FitsCache, file_response
 from simarchive.httpcore import (
     ArchiveHTTPServer,
     BadRequest,
@@ -60,6 +67,7 @@ from simarchive.obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
 from simarchive.signing import UrlSigner
 from simarchive.sky.survey_sky import Sky, SkyConfig
 from simarchive.soda import SodaError, parse_soda_params, write_cutout
+from simarchive.sregion_dialect import served_s_region, tap_schema_meta
 from simarchive.tapschema import PublishedTable, build_tap_schema
 from simarchive.uploads import MAX_UPLOAD_BYTES, load_uploads
 from simarchive.uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
@@ -69,6 +77,7 @@ from simarchive.votable import VOTABLE_CONTENT_TYPE, error_votable, results_vota
 log = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
 ALL_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "BOX", "CONTAINS", "INTERSECTS", "DISTANCE")
 # What the RSP's TAPRegExt capabilities advertise: no INTERSECTS, no BOX.
 RUBIN_GEOMETRY = ("POINT", "CIRCLE", "POLYGON", "DISTANCE", "CONTAINS")
@@ -173,6 +182,23 @@ def endpoint_of(path: str) -> str:
     )
 
 
+_IVOA_TABLE = re.compile(r'\bivoa\s*\.\s*"?([A-Za-z_]+)"?', re.IGNORECASE)
+
+
+class ServerFault(Exception):
+    """A query the server breaks on (a 500 for sync, an ERROR job for async), as real
+    servers do on shapes their database cannot run."""
+
+
+def _proc_service_ids(ids: list[str]) -> dict[str, str]:
+    """The RESOURCE ID of each asked ID's SODA descriptor: ``procsvc`` as DaCHS names
+    its one, numbered when a request asks several IDs (DaCHS answers only the first)."""
+    unique = list(dict.fromkeys(ids))
+    if len(unique) == 1:
+        return {unique[0]: PROC_SERVICE_ID}
+    return {ident: f"{PROC_SERVICE_ID}-{n}" for n, ident in enumerate(unique, start=1)}
+
+
 def _fetch_upload(url: str) -> bytes:
     """Fetch a TAP_UPLOAD table given by URL, refusing anything over the upload limit."""
     import requests
@@ -216,7 +242,7 @@ class EmbeddedArchive:
             self._tmp = tempfile.mkdtemp(prefix="simarchive-")
             cache = Path(self._tmp)
         try:
-            self.files = FitsCache(self.sky, cache)
+            self.files = FitsCache(self.sky, cache, self.settings.dialect.files)
             self._load_sky(self.sky)
             self.jobs = JobStore(self._run_job, workers=self.settings.async_workers)
         except BaseException:  # Ctrl-C or SIGTERM during start-up: leave no directory
@@ -232,15 +258,21 @@ class EmbeddedArchive:
         flight sees either the old archive or the new one)."""
         obscore = PublishedTable(
             "ivoa",
-            "ivoa.ObsCore",
+            "ivoa.obscore" if self.settings.dialect.table_case == "lower" else "ivoa.ObsCore",
             "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model",
             sky.obscore_table(
-                self.datalink_url, access_style=self.settings.access_style, base_url=self.base_url
+                self.datalink_url,
+                access_style=self.settings.access_style,
+                base_url=self.base_url,
+                file_suffix=self.files.served.url_suffix,
             ),
             1,
         )
+        # TAP_SCHEMA and /tables describe s_region as served (a DALI array under dali)
+        served = tap_schema_meta(self.settings.dialect.s_region_dialect)
+        obscore.data["s_region"].meta.update(served)
         published = [obscore, *build_tap_schema([obscore])]
-        self._products_by_path = {p.file_path: p for p in sky.products}
+        self._products_by_path = {self.files.url_path(p): p for p in sky.products}
         self._products_by_did = {p.obs_publisher_did: p for p in sky.products}
         self.files.sky = sky
         self.published = published
@@ -412,6 +444,8 @@ class EmbeddedArchive:
                     execution_duration=s.execution_duration,
                     retention_period=7 * 86400,
                     upload_limit_bytes=32 * 1024 * 1024,
+                    untyped=s.dialect.capabilities == "untyped",
+                    upload=s.dialect.upload == "on",
                 ).encode(),
                 XML,
             )
@@ -452,18 +486,58 @@ class EmbeddedArchive:
             tables = self.tables
             if uploads:
                 tables = {**self.tables, **load_uploads(uploads, files or {}, _fetch_upload)}
+            self._dialect_refuses(query, uploads)
             result = run_adql(query, tables, maxrec, disabled_functions=disabled)
+            # CONTAINS ran against the stored region: only the served value changes
+            result.table = served_s_region(result.table, self.settings.dialect.s_region_dialect)
+            if self.settings.dialect.table_case == "upper":  # a back end that shouts
+                result.table.rename_columns(
+                    result.table.colnames, [c.upper() for c in result.table.colnames]
+                )
             descriptors, ids = self._result_descriptors(result.table.colnames)
+            tabledata = self.settings.dialect.serialization == "tabledata"
             body = results_votable(
                 result.table,
                 overflow=result.overflow,
-                binary=fmt in BINARY2_FORMATS,
+                binary=fmt in BINARY2_FORMATS and not tabledata,
                 field_ids=ids,
                 resources=descriptors,
+                status_last=tabledata,
+                version="1.3" if tabledata else None,
             )
             return body, None
         except AdqlError as exc:
+            if self.settings.dialect.errors == "text":
+                said = plain_error(str(exc))
+                return (said + "\n").encode(), said
             return error_votable(str(exc)), str(exc)
+
+    @property
+    def _result_type(self) -> str:
+        """``serialization=tabledata`` servers label every result plain XML."""
+        if self.settings.dialect.serialization == "tabledata":
+            return "application/xml"
+        return VOTABLE_CONTENT_TYPE
+
+    @property
+    def _error_type(self) -> str:
+        """``errors=text`` servers answer errors as plain text, not as DALI VOTables."""
+        return TEXT if self.settings.dialect.errors == "text" else VOTABLE_CONTENT_TYPE
+
+    def _dialect_refuses(self, query: str, uploads: list[str]) -> None:
+        """What a server of this dialect cannot run: a case-sensitive table name, an
+        upload it does not take, an upload joined on CONTAINS it breaks on, too many ORs."""
+        d = self.settings.dialect
+        if d.table_case == "lower":
+            for name in _IVOA_TABLE.findall(query):
+                if name.lower() == "obscore" and name != "obscore":
+                    raise AdqlError(f"Table ivoa.{name} not found")
+        if uploads and d.upload == "off":
+            raise AdqlError("UPLOAD is not supported by this service")
+        if uploads and d.upload_join == "broken" and re.search(r"\bCONTAINS\b", query, re.I):
+            raise ServerFault("java.lang.NullPointerException in spatial join")
+        if d.or_limit and len(re.findall(r"\bOR\b", query, re.I)) + 1 > d.or_limit:
+            raise AdqlError(f"query too complex: more than {d.or_limit} OR-ed conditions")
 
     def _result_descriptors(self, columns: list[str]) -> tuple[tuple[str, ...], frozenset[str]]:
         """The Datalink descriptor ObsCore results carry, in the profile's shape.
@@ -483,8 +557,8 @@ class EmbeddedArchive:
         return (), frozenset()
 
     def _maxrec(self, value: str | None) -> int:
-        if value is None or value == "":
-            return self.settings.maxrec_default
+        if value is None or value == "":  # a default above the hard limit is cut to it
+            return min(self.settings.maxrec_default, self.settings.maxrec_hard)
         try:
             maxrec = int(value)
         except ValueError:
@@ -494,10 +568,17 @@ class EmbeddedArchive:
         return min(maxrec, self.settings.maxrec_hard)
 
     def _sync(self, request: Request) -> Response:
+        if self.settings.dialect.sync == "post" and request.method != "POST":
+            response = text(405, "this service takes TAP queries by POST only")
+            response.headers["Allow"] = "POST"
+            return response
         if request.method not in ("GET", "POST"):
             return text(405, "use GET or POST")
         started = time.monotonic()
-        body, error = self.execute([*request.query, *request.form], request.files)
+        try:
+            body, error = self.execute([*request.query, *request.form], request.files)
+        except ServerFault as exc:  # what a server that breaks on a query answers
+            return text(500, f"Internal Server Error: {exc}")
         limit = self.settings.sync_timeout
         if limit is not None and time.monotonic() - started > limit:
             # what a gateway in front of a real service answers: HTML, not VOTable
@@ -507,22 +588,38 @@ class EmbeddedArchive:
                 b"<h1>504 Gateway Time-out</h1></body></html>",
                 "text/html",
             )
-        return Response(400 if error else 200, body, VOTABLE_CONTENT_TYPE)
+        if error:
+            return Response(400, body, self._error_type)
+        return Response(200, body, self._result_type)
 
     def _run_job(self, job: Job) -> JobOutcome:
-        body, error = self.execute(job.parameters, job.uploads)
+        try:
+            body, error = self.execute(job.parameters, job.uploads)
+        except ServerFault as exc:
+            said = f"Internal Server Error: {exc}"
+            return JobOutcome(error_message=said, error_document=error_votable(said))
         if error:
             return JobOutcome(error_message=error, error_document=body)
         return JobOutcome(result=body)
 
+    def _start(self, job: Job) -> None:
+        """``async=inline`` servers run the job inside the request that says RUN, so the
+        303 that answers it leads to a job already COMPLETED or ERROR."""
+        if self.settings.dialect.async_ == "inline":
+            self.jobs.run_inline(job)
+        else:
+            self.jobs.start(job)
+
     def _async(self, request: Request, rest: list[str]) -> Response:
+        if self.settings.dialect.async_ == "off":  # sync-only services have no UWS at all
+            return text(404, f"no such resource: {request.path}")
         base = f"{self.tap_url}/async"
         if not rest:
             if request.method == "POST":
                 params = [*request.query, *request.form]
                 job = self.jobs.create(params, uploads=request.files)
                 if (request.param("PHASE") or "").upper() == "RUN":
-                    self.jobs.start(job)
+                    self._start(job)
                 return redirect(f"{base}/{job.job_id}")
             return Response(200, jobs_xml(self.jobs.list(), base).encode(), XML)
         job = self.jobs.get(rest[0])
@@ -545,7 +642,7 @@ class EmbeddedArchive:
             if request.method == "POST":
                 phase = (request.param("PHASE") or "").upper()
                 if phase == "RUN":
-                    self.jobs.start(job)
+                    self._start(job)
                 elif phase == "ABORT":
                     self.jobs.abort(job)
                 else:
@@ -556,7 +653,7 @@ class EmbeddedArchive:
             if sub[1:] == ["result"]:
                 if job.phase != "COMPLETED" or job.outcome is None or job.outcome.result is None:
                     return text(404, f"job {job.job_id} has no result (phase {job.phase})")
-                return Response(200, job.outcome.result, VOTABLE_CONTENT_TYPE)
+                return Response(200, job.outcome.result, self._result_type)
             xml = job.to_xml(job_url)
             start, end = xml.find("<uws:results>"), xml.find("</uws:results>")
             body = '<?xml version="1.0" encoding="UTF-8"?>\n' + xml[start:end] + "</uws:results>\n"
@@ -570,7 +667,7 @@ class EmbeddedArchive:
         if what == "error":
             if job.phase != "ERROR" or job.outcome is None:
                 return text(404, f"job {job.job_id} has no error (phase {job.phase})")
-            return Response(200, job.outcome.error_document or b"", VOTABLE_CONTENT_TYPE)
+            return Response(200, job.outcome.error_document or b"", self._error_type)
         if what == "parameters":
             if request.method == "POST":
                 return self._post_parameters(request, job, job_url)
@@ -649,17 +746,29 @@ class EmbeddedArchive:
             return Response(400, body, VOTABLE_CONTENT_TYPE)
         if self.settings.datalink_multi_id == "first":
             ids = ids[:1]  # what services without multi-ID support do: the rest is ignored
+        # soda=proc: SODA as GAVO DaCHS offers it, a #proc row per ID naming that ID's
+        # own descriptor (the ID as its value), and no #cutout row
+        procs = _proc_service_ids(ids) if self.settings.dialect.soda == "proc" else None
         links = links_for(
             ids,
             self._product_by_id,
             self._sign,
-            lambda p: self.sky.fits_size(p.id),
+            self.files.served_size,
             cutout_service=CUTOUT_SERVICE_ID,
+            content_type=self.files.served.content_type,
+            proc_services=procs,
         )
         if self.settings.datalink_order == "shuffled":
             links = scramble(links, self.settings.seed)
-        descriptor = cutout_descriptor(self.soda_url, ids)
-        return Response(200, links_votable(links, (descriptor,)), VOTABLE_CONTENT_TYPE)
+        if procs is None:
+            descriptors = (cutout_descriptor(self.soda_url, ids),)
+        else:
+            descriptors = tuple(
+                proc_descriptor(self.soda_url, ident, resource)
+                for ident, resource in procs.items()
+                if self._product_by_id(ident) is not None
+            )
+        return Response(200, links_votable(links, descriptors), VOTABLE_CONTENT_TYPE)
 
     def _product_by_id(self, ident: str):
         """Datalink IDs are the butler-style IDs in access_url, or obs_publisher_did."""
@@ -669,7 +778,7 @@ class EmbeddedArchive:
             return self._products_by_did.get(ident)
 
     def _sign(self, product) -> str:
-        path = f"/files/{product.file_path}"
+        path = f"/files/{self.files.url_path(product)}"
         stale = self.faults.issue_expired(path)  # the injected 'files.expired' fault
         return self.signer.sign(self.signed_base_url, path, lifetime=-60 if stale else None)
 
@@ -688,14 +797,16 @@ class EmbeddedArchive:
             return Response(403, body, "application/xml")
         rel = unquote(path)[len("/files/") :]
         product = self._products_by_path.get(rel)
+        served = self.files.served
         if product is not None:
             file_path, etag = self.files.ensure(product)
         elif rel.startswith(CUTOUT_DIR + "/") and (found := self.files.existing(rel)):
             file_path, etag = found
+            served = SERVED["fits"]  # SODA writes plain FITS whatever the archive's files
         else:
             return text(404, f"no such file: {path}")
         return file_response(
-            file_path, etag, request.header("range"), request.header("if-none-match")
+            file_path, etag, request.header("range"), request.header("if-none-match"), served
         )
 
     def _data(self, request: Request) -> Response:
@@ -707,7 +818,11 @@ class EmbeddedArchive:
             return text(404, f"no such file: {request.path}")
         file_path, etag = self.files.ensure(product)
         return file_response(
-            file_path, etag, request.header("range"), request.header("if-none-match")
+            file_path,
+            etag,
+            request.header("range"),
+            request.header("if-none-match"),
+            self.files.served,
         )
 
     def _product(self, request: Request) -> Response:
@@ -721,7 +836,8 @@ class EmbeddedArchive:
         return redirect(f"{self.datalink_url}?ID={did}")
 
     def _cutout(self, request: Request) -> Response:
-        """SODA sync, as the RSP serves it: one ID, one shape, a redirect to the result."""
+        """SODA sync, as the RSP serves it: one ID, one shape, a redirect to the result;
+        with ``soda=proc`` as DaCHS' ``dlget`` does, the cutout itself in the reply."""
         try:
             ident, shape = parse_soda_params([*request.query, *request.form])
         except SodaError as exc:
@@ -729,7 +845,7 @@ class EmbeddedArchive:
         product = self._product_by_id(ident)
         if product is None:
             return text(404, f"NotFoundFault: {ident} is not a known dataset")
-        source, _ = self.files.ensure(product)
+        source, _ = self.files.ensure_plain(product)  # cut from the uncompressed file
         digest = hashlib.sha1(f"{product.id}|{shape}".encode()).hexdigest()[:24]
         rel = f"{CUTOUT_DIR}/{digest}.fits"
         try:
@@ -738,6 +854,9 @@ class EmbeddedArchive:
             )
         except SodaError as exc:
             return text(exc.status, str(exc))
+        if self.settings.dialect.soda == "proc":
+            path, etag = self.files.ensure_derived(rel, lambda tmp: None)  # made just above
+            return file_response(path, etag, None, None)
         return redirect(self.signer.sign(self.signed_base_url, f"/files/{rel}"))
 
     def _truth(self, request: Request) -> Response:

@@ -31,7 +31,12 @@ def capabilities_xml(
     execution_duration: int,
     retention_period: int,
     upload_limit_bytes: int,
+    untyped: bool = False,
+    upload: bool = True,
 ) -> str:
+    """The VOSI capabilities, typed as TAPRegExt says (``xsi:type="tr:TableAccess"`` with a
+    ``language``) or, ``untyped``, as some servers write them: the TAP standardID with its
+    interface, upload methods and limits, no ``xsi:type``, no ``language``."""
     features = "".join(
         f"        <feature><form>{escape(f)}</form></feature>\n" for f in geometry_functions
     )
@@ -47,27 +52,39 @@ def capabilities_xml(
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<vosi:capabilities {_NS}>\n"
-        '  <capability standardID="ivo://ivoa.net/std/TAP" xsi:type="tr:TableAccess">\n'
-        '    <interface xsi:type="vs:ParamHTTP" role="std" version="1.1">\n'
+        + (
+            '  <capability standardID="ivo://ivoa.net/std/TAP">\n'
+            if untyped
+            else '  <capability standardID="ivo://ivoa.net/std/TAP" xsi:type="tr:TableAccess">\n'
+        )
+        + '    <interface xsi:type="vs:ParamHTTP" role="std" version="1.1">\n'
         f'      <accessURL use="base">{escape(tap_url)}</accessURL>\n'
         "    </interface>\n"
-        "    <language>\n"
-        "      <name>ADQL</name>\n"
-        '      <version ivo-id="ivo://ivoa.net/std/ADQL#v2.0">2.0</version>\n'
-        "      <description>ADQL 2.0</description>\n"
-        f"      <languageFeatures type={quoteattr(GEOMETRY_FEATURES)}>\n"
-        f"{features}"
-        "      </languageFeatures>\n"
-        "    </language>\n"
-        '    <outputFormat ivo-id="ivo://ivoa.net/std/TAPRegExt#output-votable-td">\n'
+        + (
+            ""
+            if untyped
+            else "    <language>\n"
+            "      <name>ADQL</name>\n"
+            '      <version ivo-id="ivo://ivoa.net/std/ADQL#v2.0">2.0</version>\n'
+            "      <description>ADQL 2.0</description>\n"
+            f"      <languageFeatures type={quoteattr(GEOMETRY_FEATURES)}>\n"
+            f"{features}"
+            "      </languageFeatures>\n"
+            "    </language>\n"
+        )
+        + '    <outputFormat ivo-id="ivo://ivoa.net/std/TAPRegExt#output-votable-td">\n'
         "      <mime>application/x-votable+xml</mime>\n      <alias>votable</alias>\n"
         "    </outputFormat>\n"
         '    <outputFormat ivo-id="ivo://ivoa.net/std/TAPRegExt#output-votable-binary2">\n'
         "      <mime>application/x-votable+xml;serialization=BINARY2</mime>\n"
         "      <alias>votable/b2</alias>\n"
         "    </outputFormat>\n"
-        '    <uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-inline"/>\n'
-        f"    <retentionPeriod><default>{retention_period}</default></retentionPeriod>\n"
+        + (
+            '    <uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-inline"/>\n'
+            if upload
+            else ""
+        )
+        + f"    <retentionPeriod><default>{retention_period}</default></retentionPeriod>\n"
         f"    <executionDuration><default>{execution_duration}</default></executionDuration>\n"
         "    <outputLimit>\n"
         f'      <default unit="row">{maxrec_default}</default>\n'
@@ -105,6 +122,8 @@ def tables_xml(published: Iterable[PublishedTable]) -> str:
                 datatype = votable_datatype(col)
                 arraysize = col.meta.get("arraysize", "*" if datatype == "char" else None)
                 size_attr = f" arraysize={quoteattr(arraysize)}" if arraysize else ""
+                if col.meta.get("xtype"):  # VODataService's name for a DALI xtype
+                    size_attr += f" extendedType={quoteattr(col.meta['xtype'])}"
                 out.append(
                     "      <column>\n"
                     f"        <name>{escape(name)}</name>\n"

@@ -22,6 +22,19 @@ _SAFE_STRING = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")
 TARGET_COLUMN = "obsh_target"  # the uploaded target name, carried into each result row
 
 
+_TABLE_PART = re.compile(r'^(?:[A-Za-z][A-Za-z0-9_]{0,63}|"[^"\x00-\x1f]{1,64}")$')
+
+
+def table_name(name: str) -> str:
+    """A qualified table name for a FROM clause, as a service listed it (``ivoa.obscore``,
+    ``ivoa."ObsCore"``): each part a regular or a delimited identifier, nothing else, so a
+    name read from a service's ``/tables`` cannot carry ADQL of its own."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 3 or not all(_TABLE_PART.match(p) for p in parts):
+        raise AdqlValueError(f"table name {name[:80]!r} is not an ADQL table identifier")
+    return name
+
+
 def quote(value: str, what: str) -> str:
     """An ADQL string literal for a value of a known, harmless shape."""
     if not _SAFE_STRING.match(value):
@@ -107,6 +120,7 @@ def obscore_query(
     intersects: bool = True,
     prefilter_radius: float = 0.25,
     columns: str = "*",
+    obscore: str = OBSCORE,
 ) -> str:
     """One query for one or several targets (an OR-batch); rows are tied to targets later."""
     if not targets:
@@ -117,7 +131,7 @@ def obscore_query(
     ]
     where = preds[0] if len(preds) == 1 else "(" + " OR ".join(preds) + ")"
     clauses = [where, *constraints.clauses()]
-    return f"SELECT {columns} FROM {OBSCORE} WHERE " + " AND ".join(clauses)
+    return f"SELECT {columns} FROM {table_name(obscore)} WHERE " + " AND ".join(clauses)
 
 
 def upload_query(
@@ -127,6 +141,7 @@ def upload_query(
     intersects: bool = True,
     prefilter_radius: float = 0.25,
     table: str = "targets",
+    obscore: str = OBSCORE,
 ) -> str:
     """A TAP_UPLOAD join: one query for many targets, each row carrying its target's name.
 
@@ -147,5 +162,5 @@ def upload_query(
     where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
     return (
         f"SELECT t.name AS {TARGET_COLUMN}, o.* FROM TAP_UPLOAD.{table} AS t "
-        f"JOIN {OBSCORE} AS o ON {predicate}{where}"
+        f"JOIN {table_name(obscore)} AS o ON {predicate}{where}"
     )

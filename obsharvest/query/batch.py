@@ -9,13 +9,9 @@ from astropy.table import Table
 from obsharvest.models import Target
 from obsharvest.net.http import Connection
 from obsharvest.query.adql import Constraints
-from obsharvest.query.obscore import (
-    QueryOptions,
-    Strategy,
-    TapService,
-    probe_features,
-    query_targets,
-)
+from obsharvest.query.capabilities import probe_features
+from obsharvest.query.obscore import QueryOptions, Strategy, query_targets
+from obsharvest.query.service import TapService
 
 
 def query_batch(

@@ -11,156 +11,47 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyvo
-import requests
 from astropy.io.votable import from_table
 from astropy.table import Table, vstack
 from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError, DALServiceError
 
 from obsharvest.access.kinds import DESCRIPTORS_META, service_descriptors
 from obsharvest.errors import (
-    NotTapServiceError,
     QueryError,
     ServiceError,
     ServiceRefusedError,
     TransientError,
-    status_is_transient,
 )
 from obsharvest.models import QueryMode, QueryStrategy, Target
 from obsharvest.net.redact import strip_query
 from obsharvest.net.replies import refused, said_by
 from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
+from obsharvest.query.capabilities import ServiceFeatures
+from obsharvest.query.service import session_of
+from obsharvest.query.shapes import Shape, ShapeMemory, may_be_the_shape, simpler
 from obsharvest.runtime import stopping
 from obsharvest.runtime.crashpoints import crashpoint
-from obsharvest.verify.sregion import circle_meets_regions, pack_regions, point_in_regions
+from obsharvest.verify.sregion import circle_meets_regions, pack_rows, point_in_regions
 
 log = logging.getLogger(__name__)
 
 FINAL_PHASES = {"COMPLETED", "ERROR", "ABORTED"}
 UWS_PHASES = FINAL_PHASES | {"PENDING", "QUEUED", "EXECUTING", "HELD", "SUSPENDED", "UNKNOWN"}
-GEOMETRY_FEATURES = "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo"
-UPLOAD_INLINE = "ivo://ivoa.net/std/TAPRegExt#upload-inline"
 EARLIEST_MJD, LATEST_MJD = 40000.0, 80000.0  # bounds for splitting an open time range
-
-
-@dataclass(frozen=True)
-class ServiceFeatures:
-    """What the service's TAPRegExt capabilities say it can do."""
-
-    intersects: bool = True
-    upload: bool = True
-    maxrec_hard: int | None = None
-
-
-def read_tap_capability(session, tap_url: str):
-    """The TAP capability (``pyvo.io.vosi.tapregext.TableAccess``) from
-    ``{tap_url}/capabilities`` (TAP 1.0 and 1.1 both put VOSI capabilities there).
-
-    Read here rather than through pyvo, which reports every failure of this request as a
-    ``DALServiceError`` without a status: a 401 or a 404 would look like a dropped
-    connection and be retried. Raises :class:`~obsharvest.errors.ServiceRefusedError` for
-    401/403, :class:`~obsharvest.errors.NotTapServiceError` for another 4xx or a reply that is
-    no capabilities document with TAP in it, :class:`TransientError` for 429/5xx; a
-    transport error propagates as it is (transient too).
-    """
-    from pyvo.io import vosi
-    from pyvo.io.vosi import tapregext
-
-    url = f"{tap_url.rstrip('/')}/capabilities"
-    where = strip_query(url)
-    reply = session.get(url, timeout=getattr(session, "timeout", None) or (10.0, 60.0))
-    status = reply.status_code
-    ctype = reply.headers.get("Content-Type", "").split(";")[0].strip() or "no Content-Type"
-    if status >= 400:
-        if status_is_transient(status):
-            after = reply.headers.get("Retry-After")
-            raise TransientError(
-                f"TAP capabilities {where} answered {status}",
-                float(after) if after and after.isdigit() else None,
-            )
-        raise refused(
-            "TAP service",
-            url,
-            status,
-            reply.reason or "",
-            said_by(reply.content, ctype),
-            token_source=getattr(session, "token_source", None),
-            token_sent=_token_sent(session, url),
-            cls=ServiceRefusedError if status in (401, 403) else NotTapServiceError,
-            hint="" if status in (401, 403) else "is service.tap_url the TAP service's base URL?",
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pedantic VOSI warnings are not the user's to fix
-            capabilities = vosi.parse_capabilities(io.BytesIO(reply.content))
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not this document"
-        raise NotTapServiceError(
-            f"TAP service {where} answered {status} with {ctype}, not a VOSI capabilities "
-            f"document ({type(exc).__name__}); is service.tap_url the TAP service's base URL?",
-            status=status,
-            url=where,
-        ) from None
-    for capability in capabilities:
-        if isinstance(capability, tapregext.TableAccess):
-            return capability
-    raise NotTapServiceError(
-        f"{where} lists no TAP capability: service.tap_url is not a TAP service",
-        status=status,
-        url=where,
-    )
-
-
-class TapService(pyvo.dal.TAPService):
-    """pyvo's TAP service with the session it was built with in sight (pyvo keeps it to
-    itself): the requests pyvo does not make for us (VOSI capabilities read with their real
-    status, UWS long polls) go with the same token and timeouts."""
-
-    def __init__(self, baseurl: str, session: requests.Session | None = None) -> None:
-        self.session = session if session is not None else requests.Session()
-        super().__init__(baseurl, session=self.session)
-
-
-def session_of(service: pyvo.dal.TAPService) -> requests.Session:
-    """The session of a :class:`TapService`; a plain pyvo service gets a fresh one (its
-    requests then carry no token: build a TapService to send one)."""
-    session = getattr(service, "session", None)
-    return session if isinstance(session, requests.Session) else requests.Session()
 
 
 def _token_sent(session, url: str) -> bool:
     check = getattr(session, "token_sent_to", None)
     return bool(check(url)) if check else "Authorization" in getattr(session, "headers", {})
-
-
-def probe_features(service: pyvo.dal.TAPService, retry: RetryPolicy) -> ServiceFeatures:
-    """Read capabilities once; a service that describes nothing gets the ADQL 2.0 default."""
-
-    def read() -> ServiceFeatures:
-        capability = read_tap_capability(session_of(service), str(service.baseurl))
-        adql = capability.get_adql()
-        forms = (
-            {f.form.upper() for f in adql.get_feature_list(GEOMETRY_FEATURES)} if adql else set()
-        )
-        uploads = {str(m.ivo_id) for m in capability.uploadmethods}
-        hard = (
-            capability.outputlimit.hard.content
-            if capability.outputlimit and capability.outputlimit.hard
-            else None
-        )
-        return ServiceFeatures(
-            intersects="INTERSECTS" in forms if forms else True,
-            upload=any(u.startswith(UPLOAD_INLINE) for u in uploads),
-            maxrec_hard=int(hard) if hard else None,
-        )
-
-    return retry.call(read, "reading TAP capabilities")
 
 
 @dataclass
@@ -170,6 +61,55 @@ class QueryOptions:
     deadline: float = 1800.0  # seconds an async job may take before it is aborted
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_wait: float = 5.0  # UWS WAIT per poll (a stopping run waits at most this)
+    # the query shapes each service could not run, learnt once per run (query.shapes)
+    shapes: ShapeMemory = field(default_factory=ShapeMemory, compare=False, repr=False)
+    # the services found without async (UWS), learnt once per run: their queries go sync
+    sync_only: SyncOnly = field(default_factory=lambda: SyncOnly(), compare=False, repr=False)
+
+
+class SyncOnly:
+    """The TAP services of a run that have no async endpoint (thread-safe, like
+    :class:`~obsharvest.query.shapes.ShapeMemory`; a Dask worker learns on its own).
+
+    TAP 1.1 asks for ``/async``, but sync-only services exist: job creation answers 404 or
+    405. With ``query.mode: async`` such a service is then asked sync for the rest of the
+    run (the rows are the same), said once in one warning line.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {"_services": set(self._services)}
+
+    def __setstate__(self, state: dict) -> None:
+        self._services = state["_services"]
+        self._lock = threading.Lock()
+
+    def __contains__(self, service: str) -> bool:
+        with self._lock:
+            return service in self._services
+
+    def learn(self, service: str, status: int) -> None:
+        with self._lock:
+            if service in self._services:
+                return
+            self._services.add(service)
+        log.warning(
+            "%s has no async (UWS) endpoint (job creation answered %d): "
+            "its queries go sync for the rest of the run",
+            service,
+            status,
+        )
+
+
+class _NoAsync(Exception):
+    """Job creation answered 404/405: the service has no ``/async``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"no async endpoint (HTTP {status})")
+        self.status = status
 
 
 def run_query(
@@ -189,26 +129,37 @@ def run_query(
         k: votable_upload(v) if isinstance(v, Table) else v for k, v in (uploads or {}).items()
     }
 
+    base = strip_query(str(service.baseurl)).rstrip("/")
+
+    def fresh() -> dict | None:
+        # a fresh file object per request: pyvo sends a BytesIO as it is, from where it stands
+        return {k: io.BytesIO(v) if isinstance(v, bytes) else v for k, v in bodies.items()} or None
+
+    def mode() -> str:
+        return "sync" if options.mode == "sync" or base in options.sync_only else "async"
+
     def once():
         nonlocal attempts
         attempts += 1
-        # a fresh file object per attempt: pyvo sends a BytesIO as it is, from where it stands
-        sent = {k: io.BytesIO(v) if isinstance(v, bytes) else v for k, v in bodies.items()} or None
-        if options.mode == "sync":
-            return service.run_sync(adql, maxrec=options.maxrec, uploads=sent)
-        return _run_async(service, adql, options, sent)
+        if mode() == "async":
+            try:
+                return _run_async(service, adql, options, fresh())
+            except _NoAsync as missing:
+                options.sync_only.learn(base, missing.status)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DALOverflowWarning)  # we read the status ourselves
+            # pyvo sends sync queries by POST (TAPQuery.submit), which POST-only services need
+            return service.run_sync(adql, maxrec=options.maxrec, uploads=fresh())
 
-    describe = f"{options.mode} TAP query"
     try:
-        result = options.retry.call(once, describe)
+        result = options.retry.call(once, f"{mode()} TAP query")
     except Exception as exc:
         if not is_transient(exc):
-            raise _permanent(service, options, exc) from None
+            raise _permanent(service, mode(), exc) from None
         raise ServiceError(
-            f"{describe} to {strip_query(str(service.baseurl))} failed {attempts} times; "
-            f"last: {_reply_problem(exc)}"
+            f"{mode()} TAP query to {base} failed {attempts} times; last: {_reply_problem(exc)}"
         ) from None
-    overflow = str(result.status[0]).upper() == "OVERFLOW"
+    overflow = overflowed(result)
     table = result.to_table()
     table.meta[DESCRIPTORS_META] = [d.to_meta() for d in service_descriptors(result.votable)]
     return table, overflow
@@ -228,22 +179,43 @@ def votable_upload(table: Table) -> bytes:
     return buf.getvalue()
 
 
-def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseException:
+def overflowed(result) -> bool:
+    """Whether the service cut the result at MAXREC (``QUERY_STATUS=OVERFLOW``).
+
+    DALI lets the status stand before the table, after it (alone, or as a second INFO
+    after an ``OK``), or inside the TABLE after its DATA. pyvo reads the last status of the
+    results RESOURCE, and looks into the table only when the RESOURCE has none; an
+    ``OVERFLOW`` anywhere in the document counts here, so no placement hides a cut.
+    """
+    if str(result.status[0]).upper() == "OVERFLOW":
+        return True
+    return any(
+        str(info.name).upper() == "QUERY_STATUS" and str(info.value).upper() == "OVERFLOW"
+        for info in result.votable.iter_info()
+    )
+
+
+def _permanent(service, mode: str, exc: BaseException) -> BaseException:
     """A permanent failure of a query, as the error the run ends with: a 4xx becomes a
     :class:`~obsharvest.errors.ServiceRefusedError` with the service's words and a hint, a
     reply that is no VOTable one saying so, a wrong query (pyvo's ``DALQueryError``, with the
-    service's message) a :class:`~obsharvest.errors.QueryError`; our own errors stay."""
+    service's message) a :class:`~obsharvest.errors.QueryError`; our own errors stay.
+
+    The service's words are quoted on one line whatever shape they came in (a DALI error
+    VOTable, plain text, the repr of a Python dict, an async job's error summary)."""
     if isinstance(exc, DALQueryError):
-        return QueryError(f"{options.mode} TAP query refused: {one_line(exc)}")
+        words = said_by(str(exc).removeprefix("Query Error:").strip()) or "no reason given"
+        where = f" (job {strip_query(str(exc.url))})" if mode == "async" and exc.url else ""
+        return QueryError(f"{mode} TAP query refused: {words}{where}")
     session = session_of(service)
     base = strip_query(str(service.baseurl))
-    endpoint = f"{base}/{'sync' if options.mode == 'sync' else 'async'}"
+    endpoint = f"{base}/{mode}"
     if isinstance(exc, DALServiceError) and exc.code and not isinstance(exc, DALQueryError):
         url = strip_query(str(getattr(exc, "url", None) or endpoint))
         said = " ".join(str(exc).split())
         said = said.removesuffix(f" for {url}").removesuffix(f" for {endpoint}")
         return refused(
-            f"{options.mode} TAP query:",
+            f"{mode} TAP query:",
             url,
             exc.code,
             "",
@@ -254,7 +226,7 @@ def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseExcept
         )
     if isinstance(exc, DALFormatError):
         return ServiceRefusedError(
-            f"{options.mode} TAP query: {endpoint} answered something that is not a VOTable "
+            f"{mode} TAP query: {endpoint} answered something that is not a VOTable "
             f"({one_line(exc)}); is service.tap_url the TAP service's base URL?",
             url=endpoint,
         )
@@ -262,15 +234,27 @@ def _permanent(service, options: QueryOptions, exc: BaseException) -> BaseExcept
 
 
 def _reply_problem(exc: BaseException) -> str:
-    """The last failure in one line; a reply that is no VOTable is named as such."""
+    """The last failure in one line; a reply that is no VOTable is named as such, an error
+    status with the service's words (plain text or a dict's repr, unwrapped)."""
     text = one_line(exc)
     if isinstance(exc, DALFormatError) and "E19" in text:
         return f"the reply is not a VOTable (an HTML error page?): {text}"
+    if isinstance(exc, DALServiceError) and exc.code and not isinstance(exc, DALQueryError):
+        said = " ".join(str(exc).split()).removesuffix(f" for {exc.url}")
+        if words := said_by(said):
+            return f"HTTP {exc.code}: {words}"
     return text
 
 
 def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
-    job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
+    """One async (UWS) query. A job may already be final when ``PHASE=RUN`` returns (some
+    services run it inside that request): the first phase read then ends the wait."""
+    try:
+        job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
+    except DALServiceError as exc:
+        if exc.code in (404, 405) and not isinstance(exc, DALQueryError):
+            raise _NoAsync(exc.code) from None
+        raise
     session = session_of(service)  # one for every long poll of the job: keep-alive
     try:
         job.run()
@@ -310,7 +294,7 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
             try:
                 job.raise_if_error()
             except DALQueryError as exc:
-                raise DALQueryError(f"{exc} (job {job.url})") from None
+                raise DALQueryError(_job_error(job, session, str(exc)), url=job.url) from None
         if phase == "ABORTED":
             raise TransientError(f"TAP job {job.job_id} was aborted by the service")
         with warnings.catch_warnings():
@@ -321,6 +305,19 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
             job.delete()
         except Exception:  # deleting is a courtesy; the service expires jobs anyway
             log.debug("could not delete job %s", getattr(job, "url", "?"))
+
+
+def _job_error(job, session, summary: str) -> str:
+    """The job's error in the service's words: its UWS error summary, or, when that says
+    nothing, its error document (a DALI VOTable or, on some services, plain text)."""
+    if summary.removeprefix("Query Error:").strip() not in ("", "<No useful error from server>"):
+        return summary
+    try:
+        reply = session.get(f"{job.url}/error", timeout=getattr(session, "timeout", None) or 30)
+    except Exception:  # noqa: BLE001 - the summary, empty as it is, is still the answer
+        return summary
+    said = said_by(reply.content, reply.headers.get("Content-Type", "")) if reply.ok else ""
+    return said.removeprefix("Query Error:").strip() or summary
 
 
 # -- many targets, complete results ---------------------------------------------------------
@@ -351,7 +348,7 @@ def associate(rows: Table, targets: Sequence[Target], *, intersects: bool) -> Ta
             keep = np.ones(len(rows), dtype=bool)
         else:
             if regions is None:  # each distinct s_region parsed once for all targets
-                regions = pack_regions(rows["s_region"])
+                regions = pack_rows(rows)
             if target.radius:
                 hit, unknown = circle_meets_regions(target.ra, target.dec, target.radius, regions)
             else:
@@ -386,51 +383,100 @@ def query_targets(
     options: QueryOptions,
     on_query: Callable[[str], None] | None = None,
 ) -> Table:
-    """All ObsCore rows for ``targets``, each tied to its target by ``obsh_target``."""
-    kind = strategy.kind
-    if kind == "upload" and not features.upload:
-        kind = "batched"
-    size = 1 if kind == "per_target" else strategy.batch_size
+    """All ObsCore rows for ``targets``, each tied to its target by ``obsh_target``.
+
+    The richest shape the strategy and the service allow is tried first; a shape the
+    service cannot run is replaced by a simpler one (:mod:`obsharvest.query.shapes`).
+    """
+    wanted = Shape(
+        upload=strategy.kind == "upload" and features.upload,
+        size=1 if strategy.kind == "per_target" else max(1, strategy.batch_size),
+        intersects=features.intersects,
+    )
+    shape = options.shapes.start(str(service.baseurl), wanted)
     tables = []
-    for start in range(0, len(targets), size):
+    for start in range(0, len(targets), shape.size):
         stopping.check()
-        chunk = list(targets[start : start + size])
-        if kind == "upload":
-            for with_radius in (False, True):
-                group = [t for t in chunk if bool(t.radius) == with_radius]
-                if group:
-                    tables.append(
-                        _complete(
-                            service,
-                            group,
-                            constraints,
-                            strategy,
-                            features,
-                            options,
-                            on_query,
-                            upload=True,
-                            with_radius=with_radius,
-                        )
-                    )
-        else:
-            tables.append(
-                _complete(
-                    service,
-                    chunk,
-                    constraints,
-                    strategy,
-                    features,
-                    options,
-                    on_query,
-                    upload=False,
-                    with_radius=False,
-                )
-            )
+        chunk = list(targets[start : start + shape.size])
+        tables.append(
+            _shaped(service, chunk, constraints, strategy, features, options, on_query, shape)
+        )
     tables = [t for t in tables if len(t)]
     if not tables:
         return Table()
     rows = vstack(tables, metadata_conflicts="silent")
     return _unique_pairs(rows)
+
+
+def _shaped(
+    service, chunk, constraints, strategy, features, options, on_query, shape: Shape
+) -> Table:
+    """``chunk`` asked in ``shape``, or, when the service cannot run it, in simpler ones."""
+    base = str(service.baseurl)
+    memory = options.shapes
+    fallback = simpler(shape, chunk)
+    shaped = replace(features, intersects=shape.intersects)
+    tried = options
+    if fallback is not None and not memory.gave_up(base):  # a 500 that repeats is enough
+        tried = replace(
+            options, retry=replace(options.retry, attempts=min(2, options.retry.attempts))
+        )
+    try:
+        if not shape.upload:
+            return _complete(
+                service,
+                chunk,
+                constraints,
+                strategy,
+                shaped,
+                tried,
+                on_query,
+                upload=False,
+                with_radius=False,
+            )
+        parts = []
+        for with_radius in (False, True):
+            group = [t for t in chunk if bool(t.radius) == with_radius]
+            if group:
+                parts.append(
+                    _complete(
+                        service,
+                        group,
+                        constraints,
+                        strategy,
+                        shaped,
+                        tried,
+                        on_query,
+                        upload=True,
+                        with_radius=with_radius,
+                    )
+                )
+        return _joined(Table(), parts)
+    except Exception as exc:
+        if fallback is None or memory.gave_up(base) or not may_be_the_shape(exc):
+            raise
+        problem = one_line(exc)
+        # the service's words may name the feature it lacks
+        fallback = simpler(shape, chunk, problem) or fallback
+    try:
+        parts = [
+            _shaped(
+                service,
+                chunk[i : i + fallback.size],
+                constraints,
+                strategy,
+                features,
+                options,
+                on_query,
+                fallback,
+            )
+            for i in range(0, len(chunk), fallback.size)
+        ]
+    except Exception:
+        memory.give_up(base)  # not the shape's fault: the next batches fail as they are
+        raise
+    memory.learn(base, shape, fallback, problem)
+    return _joined(Table(), parts)
 
 
 def _unique_pairs(rows: Table) -> Table:
@@ -461,6 +507,7 @@ def _complete(
             with_radius=with_radius,
             intersects=features.intersects,
             prefilter_radius=strategy.prefilter_radius,
+            obscore=features.obscore_table,
         )
         uploads = {"targets": _upload_table(targets)}
     else:
@@ -469,11 +516,13 @@ def _complete(
             constraints,
             intersects=features.intersects,
             prefilter_radius=strategy.prefilter_radius,
+            obscore=features.obscore_table,
         )
         uploads = None
     if on_query:
         on_query(adql)
     rows, overflow = run_query(service, adql, options, uploads)
+    rows = lower_case_columns(rows)
     if not overflow:
         if upload:
             return _refine_upload(rows, targets, features)
@@ -518,7 +567,19 @@ def _complete(
 
 def _joined(rows: Table, parts: list[Table]) -> Table:
     parts = [p for p in parts if len(p)]
-    return vstack(parts, metadata_conflicts="silent") if parts else parts_or_empty(rows)
+    if parts:
+        return vstack(parts, metadata_conflicts="silent")
+    return parts_or_empty(rows) if rows.colnames else Table()
+
+
+def lower_case_columns(rows: Table) -> Table:
+    """Result columns by their ObsCore names: some database back ends give them in upper
+    case (``S_REGION``), and TAP column names are case-insensitive anyway."""
+    names = rows.colnames
+    lowered = [n.lower() for n in names]
+    if lowered != names and len(set(lowered)) == len(lowered):
+        rows.rename_columns(names, lowered)
+    return rows
 
 
 def parts_or_empty(rows: Table) -> Table:
@@ -543,7 +604,7 @@ def _refine_upload(rows: Table, targets: Sequence[Target], features: ServiceFeat
     keep = ~check
     if check.any():
         hit, unknown = circle_meets_regions(
-            ra[check], dec[check], radius[check], pack_regions(rows["s_region"][check])
+            ra[check], dec[check], radius[check], pack_rows(rows[check])
         )
         keep[check] = hit | unknown
     return rows[keep]
