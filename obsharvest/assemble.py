@@ -114,6 +114,7 @@ def image_works(
                 datalink_id=column_value(row, datalink),
                 soda_url=soda.endpoint if soda else None,
                 soda_id=column_value(row, soda),
+                soda_shape=soda.soda_shape if soda else "CIRCLE",
                 storage_key=key,
                 targets=tuple(targets[n] for n in names),
                 priors={n: priors[(n, did)] for n in names if (n, did) in priors},

@@ -147,6 +147,16 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
 UNSETTLED = "unsettled"  # an unlabelled access_url before its first reply
 
 
+def _with_result_soda(link: AccessLink, work: ImageWork) -> AccessLink:
+    """A Datalink document that names no SODA service leaves the one the TAP result's
+    descriptor offers for the row, if any (SODA found by the standard, wherever it is)."""
+    if link.url is None or (link.soda_url and link.soda_id):
+        return link
+    if not (work.soda_url and work.soda_id):
+        return link
+    return replace(link, soda_url=work.soda_url, soda_id=work.soda_id, soda_shape=work.soda_shape)
+
+
 class _Links:
     """How each image of a batch is reached, decided by ObsCore's ``access_format``.
 
@@ -184,7 +194,9 @@ class _Links:
             except ValueError as exc:
                 out[key] = AccessLink(key, error=str(exc), access=self._route(key, sniffed))
         for key, link in self._resolver.resolve(wanted).items():
-            out[key] = replace(link, access=self._route(key, sniffed))
+            out[key] = _with_result_soda(
+                replace(link, access=self._route(key, sniffed)), self._works[key]
+            )
         return out
 
     def get(self, key: str) -> AccessLink:
@@ -205,6 +217,7 @@ class _Links:
                     access=UNSETTLED if unknown else Access.DIRECT,
                     soda_url=work.soda_url if work.soda_id else None,
                     soda_id=work.soda_id,
+                    soda_shape=work.soda_shape,
                 )
             with self._lock:
                 return self._links.setdefault(key, link)
@@ -415,6 +428,7 @@ def _cutouts(
             target.ra,
             target.dec,
             cutout_radius(target, settings.cutout_radius),
+            link.soda_shape,
         )
         key = cutout_key(work.storage_key, target.name)
         prior = work.priors.get(target.name)
@@ -451,21 +465,30 @@ def _cutouts(
     )
 
 
-NO_SODA = "no SODA cutout service offered for this image (no #cutout link, no SODA descriptor)"
+SODA_LOOKED_FOR = (
+    "a service descriptor with standardID ivo://ivoa.net/std/SODA#sync-1.0 (or #sync-1)"
+)
+NO_SODA = (
+    "no SODA cutout service offered for this image: no Datalink row (#cutout, #proc or "
+    f"other) names {SODA_LOOKED_FOR}, and the TAP result carries none"
+)
 
 
 def check_cutouts_offered(works: Sequence[ImageWork], resolver: DatalinkResolver) -> None:
     """Cutout mode needs SODA: said at plan time, before any work, not once per image.
 
-    Direct files need a SODA descriptor in the TAP result; Datalink images are asked
-    once, for the first of them, whether their links carry a ``#cutout`` service.
+    SODA is found by the standard: a service descriptor whose standardID is SODA sync,
+    named by any Datalink row's ``service_def`` (the RSP's ``#cutout``, DaCHS' ``#proc``)
+    or carried by the TAP result. Direct files need it in the TAP result; Datalink images
+    are asked once, for the first of them.
     """
     fix = "set products.cutout_fallback=image to store whole images instead"
     direct = [w for w in works if w.kind != Kind.DATALINK]
     if any(not (w.soda_url and w.soda_id) for w in direct):
         raise CutoutUnavailableError(
             f"cutout mode: {len(direct)} images are reached through their access_url itself "
-            f"and the TAP result carries no SODA service descriptor for them; {fix}"
+            f"and the TAP result carries no SODA service descriptor for them "
+            f"({SODA_LOOKED_FOR}, with an ID param); {fix}"
         )
     datalink = [w for w in works if w.kind == Kind.DATALINK]
     if not datalink:
@@ -476,8 +499,9 @@ def check_cutouts_offered(works: Sequence[ImageWork], resolver: DatalinkResolver
         return  # the image's own failure will say why; nothing to learn about SODA
     if not (link.soda_url and link.soda_id):
         raise CutoutUnavailableError(
-            f"cutout mode: the archive's Datalink offers no #cutout (SODA) service "
-            f"(asked for {first.key}); {fix}"
+            f"cutout mode: the archive offers no SODA cutout service for {first.key}: no row "
+            f"of its Datalink document (#cutout, #proc or other) names {SODA_LOOKED_FOR}, "
+            f"and the TAP result carries none; {fix}"
         )
 
 

@@ -102,6 +102,7 @@ class ImageWork:
     datalink_id: str | None = None  # this row's value of the column that descriptor names
     soda_url: str | None = None  # the TAP result's SODA descriptor (for direct files)
     soda_id: str | None = None
+    soda_shape: str = "CIRCLE"  # the SODA shape parameter that descriptor takes
 
     @property
     def kind(self) -> Kind:
@@ -161,9 +162,10 @@ class AccessLink:
     content_type: str | None = None
     error: str | None = None  # why there is no URL (error_message row, no #this, ...)
     resolved_at: float = 0.0
-    soda_url: str | None = None  # the #cutout row's SODA sync endpoint, if offered
+    soda_url: str | None = None  # the SODA sync endpoint a Datalink row names, if any
     soda_id: str | None = None  # the ID to send it
     access: str = "datalink"  # how the URL was found (obsharvest.access.kinds.Access)
+    soda_shape: str = "CIRCLE"  # the SODA shape parameter its descriptor takes
 
     @property
     def refreshable(self) -> bool:

@@ -13,7 +13,7 @@ client that assumes one row block per ID in request order is caught.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ from simarchive.votable import results_votable
 
 THIS = "#this"
 CUTOUT = "#cutout"
+PROC = "#proc"
 FITS_CONTENT_TYPE = "application/fits"
 
 _COLUMNS = [  # name, ucd, description
@@ -56,11 +57,15 @@ def links_for(
     sign: Callable[[object], str],
     size: Callable[[object], int],
     cutout_service: str | None = None,
+    content_type: str = FITS_CONTENT_TYPE,
+    proc_services: Mapping[str, str] | None = None,
 ) -> list[Link]:
     """The links of each ID, consecutive per ID as DataLink requires.
 
     Processed images (not raws, as on the RSP) also get a ``#cutout`` row pointing at the
-    SODA descriptor ``cutout_service``.
+    SODA descriptor ``cutout_service``, or, given ``proc_services`` (ID → descriptor
+    resource ID), a ``#proc`` row pointing at that ID's own SODA descriptor, as GAVO
+    DaCHS offers SODA.
     """
     links = []
     for ident in ids:
@@ -76,11 +81,20 @@ def links_for(
                 access_url=sign(product),
                 semantics=THIS,
                 description=f"Primary image or observation data file ({product.subtype})",
-                content_type=FITS_CONTENT_TYPE,
+                content_type=content_type,  # of the file as served (gzip: application/x-gzip)
                 content_length=size(product),
             )
         )
-        if cutout_service and product.calib_level >= 2:
+        if proc_services is not None and product.calib_level >= 2:
+            links.append(  # GAVO DaCHS: SODA as a #proc link, its descriptor one per ID
+                Link(
+                    ident,
+                    service_def=proc_services[ident],
+                    semantics=PROC,
+                    description="An interactive service on this dataset.",
+                )
+            )
+        elif cutout_service and product.calib_level >= 2:
             links.append(
                 Link(
                     ident,

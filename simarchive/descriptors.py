@@ -106,6 +106,40 @@ def cutout_descriptor(access_url: str, ids: list[str]) -> str:
     )
 
 
+PROC_SERVICE_ID = "procsvc"
+
+
+def proc_descriptor(access_url: str, ident: str, resource_id: str = PROC_SERVICE_ID) -> str:
+    """The SODA descriptor GAVO DaCHS (2.7) points a ``#proc`` Datalink row at.
+
+    Its shape, as DaCHS wrote it for a FITS image: ``RESOURCE ID="procsvc"
+    name="proc_svc"``, the ``ID`` param carrying the dataset's ID as its value, then
+    ``RA``/``DEC`` intervals, ``SCALE``, ``POS``, ``POLYGON``, ``CIRCLE``, ``PIXEL_1``/
+    ``PIXEL_2`` and ``KIND``, every one with ``value=""`` (numeric ones too, which a
+    VOTable parser reads as zeros), and the SODA sync standardID. One per dataset.
+    """
+    return service_descriptor(
+        SODA_SYNC_STANDARD,
+        access_url,
+        [
+            InputParam("ID", value=ident, ucd="meta.id;meta.main"),
+            InputParam("DEC", "double", "2", ucd="pos.eq.dec", xtype="interval", unit="deg"),
+            InputParam("RA", "double", "2", ucd="pos.eq.ra", xtype="interval", unit="deg"),
+            InputParam("SCALE", "int", None, description="Factor to scale the image down"),
+            InputParam("POS", ucd="phys.angArea;obs", description="Region to cut out"),
+            InputParam(
+                "POLYGON", "double", "*", ucd="phys.argArea;obs", xtype="polygon", unit="deg"
+            ),
+            InputParam("CIRCLE", "double", "3", ucd="phys.argArea;obs", xtype="circle", unit="deg"),
+            InputParam("PIXEL_1", "int", "2", ucd="pos.cartesian.x;instr.pixel", xtype="interval"),
+            InputParam("PIXEL_2", "int", "2", ucd="pos.cartesian.y;instr.pixel", xtype="interval"),
+            InputParam("KIND", description="Set to HEADER to retrieve just the primary header"),
+        ],
+        resource_id=resource_id,
+        name="proc_svc",
+    )
+
+
 def obscore_datalink_descriptor(datalink_url: str, *, rubin: bool) -> str:
     """The descriptor TAP attaches to ObsCore results: empty inputParams on the RSP."""
     params = [] if rubin else [InputParam("ID", ref="obs_publisher_did", ucd="meta.id;meta.main")]

@@ -10,6 +10,9 @@ on a bounded thread pool. A multi-ID reply is never trusted to cover every ID as
 (some services answer only the first): the IDs it left out are asked again, in requests
 no larger than what the service did answer, and that size sticks for the endpoint. Reply
 rows are grouped by their ``ID`` column whatever their order.
+Each ID's SODA service, if any, is the service descriptor (recognised by its SODA
+standardID) that one of its rows names in ``service_def``, whatever that row's semantics:
+the RSP's ``#cutout``, GAVO DaCHS' ``#proc``.
 pyvo traps avoided: ``iter_datalinks()`` breaks on the RSP's descriptor, and
 ``bysemantics('#this')`` fetches a vocabulary from the internet, so the ``semantics``
 column is filtered directly; ``from_result_url`` does not check the HTTP status, so the
@@ -24,13 +27,19 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import numpy as np
 import requests
 from astropy.io.votable import parse as parse_votable
 from pyvo.dal.adhoc import DatalinkResults
 
-from obsharvest.access.kinds import LinkRequest, link_request
+from obsharvest.access.kinds import (
+    LinkRequest,
+    ServiceDescriptor,
+    link_request,
+    service_descriptors,
+)
 from obsharvest.errors import DatalinkAuthError, RefusedError, TransientError, status_is_transient
 from obsharvest.models import AccessLink
 from obsharvest.net.redact import redact, strip_query
@@ -48,31 +57,64 @@ def _token_sent(session, url: str) -> bool:
     return bool(check(url)) if check else False
 
 
-SODA_SYNC = "ivo://ivoa.net/std/SODA#sync-1.0"
 CUTOUT = "#cutout"
 
 
-def _soda_services(results: DatalinkResults) -> dict[str, tuple[str, str | None]]:
-    """SODA sync descriptors of a Datalink reply: resource ID → (accessURL, fixed ID value)."""
-    services = {}
-    for resource in results.votable.resources:
-        if resource.type != "meta" or resource.utype != "adhoc:service":
+@dataclass(frozen=True)
+class SodaLink:
+    """The SODA service a Datalink document offers for one ID: where, with which ID, how."""
+
+    url: str  # the descriptor's accessURL with its fixed input params
+    ident: str
+    shape: str  # CIRCLE, POS or POLYGON (ServiceDescriptor.soda_shape)
+
+
+def _soda_descriptors(results: DatalinkResults) -> dict[str, ServiceDescriptor]:
+    """The document's SODA service descriptors by RESOURCE ID (what ``service_def``
+    names; a descriptor without one cannot be named), recognised by their standardID,
+    not by the semantics of the rows pointing at them: the RSP points ``#cutout`` rows
+    at ``cutout-sync``, GAVO DaCHS a ``#proc`` row at ``procsvc``; both declare
+    ``ivo://ivoa.net/std/SODA#sync-1.0``."""
+    found: dict[str, ServiceDescriptor] = {}
+    for descriptor in service_descriptors(results.votable):
+        if descriptor.soda and descriptor.access_url and descriptor.resource_id:
+            found.setdefault(descriptor.resource_id, descriptor)
+    return found
+
+
+def _soda_for(
+    rows: Sequence, columns: Sequence[str], soda: Mapping[str, ServiceDescriptor], ident: str
+) -> SodaLink | None:
+    """The SODA service for one ID's rows: the descriptor a row's ``service_def`` names,
+    whatever the row's semantics (a ``#cutout`` row before others, sync before async).
+    A descriptor no row names is not guessed at: the RSP offers no cutouts of raws, and a
+    multi-ID document's descriptor may carry another dataset's ID. Only sync is used:
+    SODA async is a UWS job per cutout.
+
+    The ID to send is the descriptor's own ``ID`` value (DaCHS, the RSP), else the value
+    of the column its ``ref`` names in the row that points at it, else the ID asked.
+    """
+    if "service_def" not in columns:
+        return None
+    named = [
+        (row, soda[_cell(row, "service_def")]) for row in rows if _cell(row, "service_def") in soda
+    ]
+    named.sort(key=lambda pair: (pair[1].soda != "sync", str(pair[0]["semantics"]) != CUTOUT))
+    for row, descriptor in named:
+        if descriptor.soda != "sync":
+            log.debug("SODA %s is async only: not used", strip_query(descriptor.access_url))
             continue
-        params = {p.name: p for p in resource.params}
-        standard = str(params["standardID"].value) if "standardID" in params else ""
-        if not standard.startswith(SODA_SYNC) or "accessURL" not in params:
-            continue
-        fixed = None
-        for group in resource.groups:
-            if group.name == "inputParams":
-                for param in group.entries:
-                    if getattr(param, "name", "").upper() == "ID" and not getattr(
-                        param, "ref", None
-                    ):
-                        value = param.value
-                        fixed = value.decode() if isinstance(value, bytes) else (str(value) or None)
-        services[resource.ID or ""] = (str(params["accessURL"].value), fixed)
-    return services
+        value = descriptor.id_value
+        if not value and descriptor.id_column and descriptor.id_column in columns:
+            value = _cell(row, descriptor.id_column) or None
+        return SodaLink(descriptor.endpoint, value or ident, descriptor.soda_shape)
+    return None
+
+
+def _cell(row, column: str) -> str:
+    """A text cell, ``""`` when empty or masked (astropy prints a masked cell as ``--``)."""
+    value = row[column]
+    return "" if value is None or value is np.ma.masked else str(value).strip()
 
 
 def _links_from(
@@ -81,7 +123,7 @@ def _links_from(
     """Links by the ID asked. With one ID asked (or None: a URL used as given), a reply
     whose rows all carry one other ID string (a service normalising it) is that ID's."""
     table = results.to_table()
-    soda = _soda_services(results)
+    soda = _soda_descriptors(results)
     by_id: dict[str | None, list] = defaultdict(list)
     for row in table:
         by_id[str(row["ID"])].append(row)
@@ -108,14 +150,17 @@ def _links_from(
             except (TypeError, ValueError):
                 length = None
             ctype = str(row["content_type"]) if "content_type" in table.colnames else None
-            soda_url = soda_id = None
-            cutouts = [r for r in rows if str(r["semantics"]) == CUTOUT]
-            if cutouts and "service_def" in table.colnames:
-                service = soda.get(str(cutouts[0]["service_def"]))
-                if service is not None:
-                    soda_url, soda_id = service[0], service[1] or ident
+            service = _soda_for(rows, table.colnames, soda, ident or str(row["ID"]))
             out[ident] = AccessLink(
-                ident or "", str(row["access_url"]), length, ctype, None, now, soda_url, soda_id
+                ident or "",
+                str(row["access_url"]),
+                length,
+                ctype,
+                None,
+                now,
+                service.url if service else None,
+                service.ident if service else None,
+                soda_shape=service.shape if service else "CIRCLE",
             )
         elif errors:
             message = " ".join(redact(errors[0]).split())  # one line, whatever was sent

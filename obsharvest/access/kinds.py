@@ -26,7 +26,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from obsharvest.net.redact import strip_query
 
 DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links"
-SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync"
+SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync"  # sync-1.0, sync-1, any version
+SODA_ASYNC_STANDARD = "ivo://ivoa.net/std/SODA#async"
+SODA_SHAPES = ("CIRCLE", "POS", "POLYGON")  # SODA 1.0 §3.3, in the order obsharvest uses them
 DATALINK_CONTENT = "datalink"  # the content= parameter of the DataLink media type
 FITS_TYPES = frozenset(
     {
@@ -111,6 +113,22 @@ class ServiceDescriptor:
     access_url: str
     id_column: str | None  # None: the descriptor names no column (the RSP's empty group)
     fixed: tuple[tuple[str, str], ...] = ()  # other input params with fixed values
+    inputs: tuple[str, ...] = ()  # every input param's name (SODA: which shapes it takes)
+    id_value: str | None = None  # the ID param's own value (a Datalink document's, DaCHS')
+    resource_id: str | None = None  # the RESOURCE's ID, what Datalink's service_def names
+
+    @property
+    def soda(self) -> str | None:
+        """``"sync"`` or ``"async"`` for a SODA descriptor (by its standardID), else None."""
+        return soda_flavour(self.standard_id)
+
+    @property
+    def soda_shape(self) -> str:
+        """The SODA shape parameter to send: ``CIRCLE`` if the descriptor lists it (an
+        exact circle), else ``POS`` (``POS=CIRCLE ...``), else ``POLYGON``; a descriptor
+        that lists none of them gets ``CIRCLE``, the plainest SODA shape."""
+        listed = {name.upper() for name in self.inputs}
+        return next((shape for shape in SODA_SHAPES if shape in listed), "CIRCLE")
 
     @property
     def endpoint(self) -> str:
@@ -126,6 +144,9 @@ class ServiceDescriptor:
             "access_url": self.access_url,
             "id_column": self.id_column,
             "fixed": [list(p) for p in self.fixed],
+            "inputs": list(self.inputs),
+            "id_value": self.id_value,
+            "resource_id": self.resource_id,
         }
 
     @classmethod
@@ -135,6 +156,9 @@ class ServiceDescriptor:
             str(meta["access_url"]),
             meta.get("id_column"),
             tuple((str(k), str(v)) for k, v in meta.get("fixed", ())),
+            tuple(str(n) for n in meta.get("inputs", ())),
+            meta.get("id_value"),
+            meta.get("resource_id"),
         )
 
 
@@ -166,26 +190,59 @@ def service_descriptors(votable) -> list[ServiceDescriptor]:
         params = {p.name: p for p in resource.params}
         if "standardID" not in params or "accessURL" not in params:
             continue
-        id_column, fixed = None, []
+        id_column, id_value, fixed, inputs = None, None, [], []
         for group in resource.groups:
             if group.name != "inputParams":
                 continue
             for entry in group.entries:
                 name = getattr(entry, "name", "") or ""
                 ref = getattr(entry, "ref", None)
-                if name.upper() == "ID" and ref:
-                    id_column = names.get(ref)
-                elif not ref and _text(getattr(entry, "value", "")).strip():
-                    fixed.append((name, _text(entry.value).strip()))
+                inputs.append(name)
+                if name.upper() == "ID":
+                    if ref:
+                        id_column = names.get(ref, ref)
+                    else:
+                        id_value = _fixed_value(entry)
+                elif not ref and name.upper() not in SODA_SHAPES:
+                    value = _fixed_value(entry)
+                    if value is not None:
+                        fixed.append((name, value))
         out.append(
             ServiceDescriptor(
-                _text(params["standardID"].value),
-                _text(params["accessURL"].value),
+                _text(params["standardID"].value).strip(),
+                _text(params["accessURL"].value).strip(),
                 id_column,
                 tuple(fixed),
+                tuple(inputs),
+                id_value,
+                getattr(resource, "ID", None) or None,
             )
         )
     return out
+
+
+def _fixed_value(param) -> str | None:
+    """A PARAM's value when it is one a client must send as given: only ``char`` params.
+
+    astropy reads ``value=""`` of a numeric PARAM as 0 or an array of zeros (DaCHS writes
+    ``CIRCLE``, ``SCALE``, ``PIXEL_1`` so, as templates to fill in): sent back they would
+    ask for a zero-radius circle or a scale of 0.
+    """
+    if getattr(param, "datatype", "char") not in ("char", "unicodeChar"):
+        return None
+    value = _text(getattr(param, "value", "")).strip()
+    return value or None
+
+
+def soda_flavour(standard_id: str | None) -> str | None:
+    """``"sync"``/``"async"`` for a SODA standardID (``…/SODA#sync-1.0``, ``#sync-1``,
+    ``#async-1.0``, any capitalisation), else None."""
+    standard = (standard_id or "").strip().lower()
+    if standard.startswith(SODA_SYNC_STANDARD.lower()):
+        return "sync"
+    if standard.startswith(SODA_ASYNC_STANDARD.lower()):
+        return "async"
+    return None
 
 
 def _resources(resources: Iterable) -> Iterable:

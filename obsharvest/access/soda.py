@@ -1,40 +1,87 @@
 """Cutout mode: a SODA cutout per (target, image) instead of the whole image.
 
-Datalink's ``#cutout`` row points at a SODA sync service descriptor (``cutout-sync`` on
-the RSP); one ID and one circle per request, answered with a redirect to object storage.
-The request carries the service's bearer token; the redirect to the storage host does
-not (requests drops Authorization when the host changes), so the signed URL needs none.
+SODA is found by its descriptor's standardID (``obsharvest.access.kinds``): the RSP
+points Datalink's ``#cutout`` row at ``cutout-sync``, GAVO DaCHS a ``#proc`` row at a
+descriptor listing ``CIRCLE``/``POS``/``POLYGON``, and a TAP result may carry one for
+its rows. One ID and one shape per request, as the descriptor takes it: ``CIRCLE`` if
+listed (exact), else ``POS=CIRCLE ...``, else a ``POLYGON`` around the circle.
+
+The request is a GET (SODA sync takes GET and POST, but DaCHS 2.7 answered a form POST
+with HTTP 500 here), a POST only when the service refuses GET with 405; never a HEAD,
+which DaCHS does not answer. The service may answer with the FITS (DaCHS) or a redirect
+to object storage (the RSP). The request carries the service's bearer token; the
+redirect to the storage host does not (requests drops Authorization when the host
+changes), so the signed URL needs none.
 """
 
 from __future__ import annotations
 
+import math
 import posixpath
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from obsharvest.errors import ReadError
 from obsharvest.models import StoredObject, Target
 from obsharvest.storage.download import DEFAULT_TIMEOUT, download
 from obsharvest.storage.keys import sanitize_part
 from obsharvest.storage.store import ObjectStore
 
+POLYGON_VERTICES = 8  # a polygon around the circle, for services that take no circle
+
 
 @dataclass(frozen=True)
 class CutoutRequest:
-    """Where and what to cut: the SODA endpoint, the dataset ID and the circle (deg)."""
+    """Where and what to cut: the SODA endpoint (with the descriptor's fixed params), the
+    dataset ID, the circle (deg) and the shape parameter the descriptor takes."""
 
     soda_url: str
     dataset_id: str
     ra: float
     dec: float
     radius: float
+    shape: str = "CIRCLE"  # CIRCLE, POS or POLYGON
 
     @property
     def circle(self) -> str:
         return f"{self.ra!r} {self.dec!r} {self.radius!r}"
 
     @property
+    def params(self) -> list[tuple[str, str]]:
+        """``ID`` and the shape: ``CIRCLE=ra dec r``, ``POS=CIRCLE ra dec r`` or
+        ``POLYGON=ra1 dec1 ...`` (a regular polygon whose edges touch the circle, so the
+        cutout still covers all of it)."""
+        shape = self.shape.upper()
+        if shape == "POS":
+            return [("ID", self.dataset_id), ("POS", f"CIRCLE {self.circle}")]
+        if shape == "POLYGON":
+            return [("ID", self.dataset_id), ("POLYGON", self.polygon)]
+        return [("ID", self.dataset_id), ("CIRCLE", self.circle)]
+
+    @property
+    def polygon(self) -> str:
+        reach = math.radians(self.radius) / math.cos(math.pi / POLYGON_VERTICES)
+        ra0, dec0 = math.radians(self.ra), math.radians(self.dec)
+        points = []
+        for i in range(POLYGON_VERTICES):  # north, then east: counter-clockwise on the sky
+            bearing = 2 * math.pi * i / POLYGON_VERTICES
+            dec = math.asin(
+                math.sin(dec0) * math.cos(reach)
+                + math.cos(dec0) * math.sin(reach) * math.cos(bearing)
+            )
+            ra = ra0 + math.atan2(
+                math.sin(bearing) * math.sin(reach) * math.cos(dec0),
+                math.cos(reach) - math.sin(dec0) * math.sin(dec),
+            )
+            points.append(f"{math.degrees(ra) % 360.0!r} {math.degrees(dec)!r}")
+        return " ".join(points)
+
+    @property
     def url(self) -> str:
-        return f"{self.soda_url}?{urlencode({'ID': self.dataset_id, 'CIRCLE': self.circle})}"
+        """The GET URL: the endpoint's own query (fixed params) and then ours."""
+        parts = urlsplit(self.soda_url)
+        query = parse_qsl(parts.query, keep_blank_values=True) + self.params
+        return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def cutout_radius(target: Target, default: float | None) -> float:
@@ -68,4 +115,18 @@ def fetch_cutout(
     """
     if timeout is None:
         timeout = getattr(session, "timeout", None) or DEFAULT_TIMEOUT
-    return download(request.url, store, key, session=session, headers=headers, timeout=timeout)
+    try:
+        return download(request.url, store, key, session=session, headers=headers, timeout=timeout)
+    except ReadError as exc:
+        if exc.status != 405:
+            raise
+    # the service refuses GET: the same fields as a form POST to the endpoint as given
+    return download(
+        request.soda_url,
+        store,
+        key,
+        session=session,
+        headers=headers,
+        timeout=timeout,
+        form=request.params,
+    )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from http.client import IncompleteRead
 from typing import Protocol
 
@@ -129,9 +129,11 @@ class _Transfer:
         chunk_size: int,
         max_resumes: int,
         timeout: float | tuple[float, float],
+        form: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         self.session = session
         self.url = url
+        self.form = list(form) if form is not None else None  # a POST, never resumed
         self.headers = {"Accept-Encoding": "identity", **headers}
         self.chunk_size = chunk_size
         self.max_resumes = max_resumes
@@ -151,11 +153,20 @@ class _Transfer:
         self.md5 = _etag_md5(self.response)
         strong = bool(self.etag and not self.etag.startswith("W/"))
         # If-Range needs a strong validator; without one a changed file could be spliced
-        self.resumable = head.get("Accept-Ranges", "").lower() == "bytes" and not encoded and strong
+        self.resumable = (
+            head.get("Accept-Ranges", "").lower() == "bytes"
+            and not encoded
+            and strong
+            and self.form is None
+        )
 
     def _get(self, headers: Mapping[str, str]) -> requests.Response:
-        """A GET built without the session's headers, auth and cookies (see module doc)."""
-        prepared = requests.Request("GET", self.url, headers=dict(headers)).prepare()
+        """A GET (a POST of ``form``) built without the session's headers, auth and
+        cookies (see module doc)."""
+        method = "GET" if self.form is None else "POST"
+        prepared = requests.Request(
+            method, self.url, headers=dict(headers), data=self.form
+        ).prepare()
         settings = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
         try:
             return self.session.send(prepared, timeout=self.timeout, **settings)
@@ -273,6 +284,7 @@ def download(
     max_resumes: int = 3,
     timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
     skip_existing: bool = True,
+    form: Sequence[tuple[str, str]] | None = None,
 ) -> StoredObject:
     """Stream ``url`` into ``store`` under ``key``; verified, resumed if cut off.
 
@@ -283,6 +295,8 @@ def download(
     Raises :class:`UrlExpiredError` (403), :class:`NotFoundError` (404/410),
     :class:`TransientReadError` (429/5xx/network/unresumable cut),
     :class:`IntegrityError` (size or MD5 mismatch), :class:`ReadError` (other).
+    With ``form``, the request is a POST of those fields (a SODA service that refuses
+    GET), and a cut body is not resumed.
     """
     store.path(key)  # refuse an unsafe key before touching the network
     wanted_md5 = expected_md5.strip().strip('"').lower() if expected_md5 else None
@@ -300,6 +314,7 @@ def download(
             chunk_size=chunk_size,
             max_resumes=max_resumes,
             timeout=timeout,
+            form=form,
         )
         where = _safe_url(url)
         size, md5 = transfer.total, transfer.md5
