@@ -387,9 +387,10 @@ def access_url(datalink_url: str, product_id: str, safe: str = "/") -> str:
 
 
 def access_columns(
-    sky: Sky, datalink_url: str, style: str, base_url: str
+    sky: Sky, datalink_url: str, style: str, base_url: str, file_suffix: str = ""
 ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """``access_format`` and ``access_url`` (values, mask or None) for an access style."""
+    """``access_format`` and ``access_url`` (values, mask or None) for an access style;
+    ``file_suffix`` (``.fz``, ``.gz``) ends file URLs of compressed files."""
     c = sky.columns
     n = len(c["id"])
     if style == "datalink":
@@ -404,7 +405,7 @@ def access_columns(
             "access_url": (np.full(n, b"", dtype="S1"), np.ones(n, dtype=bool)),
         }
     prefix = base_url + (PRODUCT_PATH if style == "product" else DATA_PATH)
-    urls = _strings([prefix + path for path in c["file_path"]])  # paths are URL-safe
+    urls = _strings([prefix + path + file_suffix for path in c["file_path"]])  # URL-safe
     if style == "product":
         return {"access_format": (_constant(ACCESS_FORMAT, n), None), "access_url": (urls, None)}
     if style == "direct":
@@ -477,7 +478,12 @@ def _masked_int(values: np.ndarray, mask: np.ndarray, dtype: type) -> tuple[np.n
 
 
 def build_obscore_table(
-    sky: Sky, datalink_url: str, *, access_style: str = "datalink", base_url: str = ""
+    sky: Sky,
+    datalink_url: str,
+    *,
+    access_style: str = "datalink",
+    base_url: str = "",
+    file_suffix: str = "",
 ) -> Table:
     """One row per product, columns in the seed's order with TAP metadata in ``.meta``.
 
@@ -506,7 +512,7 @@ def build_obscore_table(
     filt = {b: nm.physical_filter(b) for b in set(band.tolist())}
 
     values: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
-        **access_columns(sky, datalink_url, access_style, base_url),
+        **access_columns(sky, datalink_url, access_style, base_url, file_suffix),
         "calib_level": (np.array([level_of[k] for k in kind_list], dtype=np.int32), None),
         "dataproduct_subtype": (_strings([subtype_of[k] for k in kind_list]), None),
         "dataproduct_type": (_constant(DATAPRODUCT_TYPE, n), None),

@@ -22,6 +22,7 @@ import io
 import math
 import re
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -102,6 +103,13 @@ def read_wcs_header(
     ``opened`` is such a reader already opened by the caller (it has the first block).
     ``storage_options`` go to the reader (``headers``, ``session``, ``size``,
     ``timeout``) for HTTP, to fsspec for other URLs and paths.
+
+    Tile-compressed files (``.fits.fz``) are read like any FITS file: astropy gives the
+    ``BINTABLE`` as a ``CompImageHDU`` whose header has the image's WCS and ``NAXISn``
+    (:func:`_grid_shape` also takes ``ZNAXISn``). A gzip-compressed one (``.fits.gz``, or
+    ``Content-Encoding: gzip``: the reader asks for identity, but not every server
+    listens) is found by its magic bytes and decompressed from its first byte only as far
+    as its headers go (:func:`obsharvest.access.compression.header_stream`).
     """
     options = dict(storage_options or {})
     with read_failures(url):
@@ -110,8 +118,17 @@ def read_wcs_header(
 
             opened = RangedHttpFile(url, block_size=block_size, **options)
         if opened is not None:
-            with fits.open(opened, lazy_load_hdus=True, memmap=False) as hdul:
-                return _first_celestial(hdul, url)
+            from obsharvest.access.compression import header_stream
+            from obsharvest.access.ranged import RangedHttpFile
+
+            gunzip = header_stream(opened) if isinstance(opened, RangedHttpFile) else None
+            try:
+                with fits.open(gunzip or opened, lazy_load_hdus=True, memmap=False) as hdul:
+                    return _first_celestial(hdul, url)
+            finally:
+                if gunzip is not None:  # closing a GzipFile leaves the file it read open
+                    gunzip.close()
+                    opened.close()
         options.setdefault("block_size", block_size)
         with fits.open(url, use_fsspec=True, lazy_load_hdus=True, fsspec_kwargs=options) as hdul:
             return _first_celestial(hdul, url)
@@ -252,7 +269,9 @@ def classify_read_failure(exc: BaseException, url: str) -> ReadError | None:
         return NotFoundError(f"no such file: {where}", url=url)
     if isinstance(exc, ValueError) and "range requests" in str(exc):
         return ReadError(f"the server of {where} does not support HTTP range requests", url=url)
-    if isinstance(exc, (OSError, ValueError, EOFError, VerifyError, UnicodeDecodeError)):
+    if isinstance(
+        exc, (OSError, ValueError, EOFError, VerifyError, UnicodeDecodeError, zlib.error)
+    ):  # zlib.error: a damaged gzip stream
         return CorruptHeaderError(f"unreadable FITS header in {where}: {cause(exc)}", url=url)
     return None
 

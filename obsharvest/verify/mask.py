@@ -13,7 +13,9 @@ Only a few bytes travel: the headers up to ``MASK`` (one ``block_size`` range re
 the first HDUs, one more where the MASK header starts) and then exactly the bytes of the
 target's pixel, computed from the MASK data offset, BITPIX and NAXIS1. A 195 MB calexp
 costs about two 32 KB blocks. Tile-compressed masks fall back to astropy's ``section``,
-which reads only the tiles it needs.
+which reads only the tiles it needs. A gzip-compressed file (``.fits.gz``) has no byte
+offset for a pixel: reaching the MASK would mean decompressing the image before it, so
+its mask is reported as not checked (the header verdict stands), never guessed.
 
 No Prefect here. Read failures raise the :mod:`obsharvest.verify.containment` error types
 (:class:`~obsharvest.errors.TransientReadError`: retry; ``UrlExpiredError``: resolve
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from astropy.io import fits
 
+from obsharvest.access.compression import is_gzip
 from obsharvest.errors import CorruptHeaderError, without_query
 from obsharvest.models import Containment, Verdict
 from obsharvest.verify.containment import DEFAULT_BLOCK_SIZE, read_failures
@@ -89,12 +92,26 @@ def mask_flags(
     """
     url = os.fspath(url_or_path)
     options = dict(storage_options or {})
-    with (
-        read_failures(url),
-        _open(url, block_size, options) as handle,
-        fits.open(handle, lazy_load_hdus=True, memmap=False) as hdul,
-    ):
-        return _check(hdul, handle, url, hdu_index, x, y)
+    with read_failures(url), _open(url, block_size, options) as handle:
+        if is_gzip(_first_bytes(handle)):
+            return MaskCheck(False, reason=GZIP_NOT_CHECKED)
+        with fits.open(handle, lazy_load_hdus=True, memmap=False) as hdul:
+            return _check(hdul, handle, url, hdu_index, x, y)
+
+
+GZIP_NOT_CHECKED = "mask not checked: a gzip-compressed file cannot be read by pixel offset"
+
+
+def _first_bytes(handle) -> bytes:
+    """The first bytes, leaving the handle where it was (the reader's cached block)."""
+    from obsharvest.access.ranged import RangedHttpFile
+
+    if isinstance(handle, RangedHttpFile):
+        return handle.read_range(0, 2)
+    handle.seek(0)
+    head = handle.read(2)
+    handle.seek(0)
+    return head
 
 
 def _open(url: str, block_size: int, options: dict):

@@ -295,3 +295,44 @@ def write_fits(ctx: ImageContext, path: str) -> None:
         del image
         fh.write(specs[3].header.tostring().encode("ascii"))
         _write_data(fh, variance, ">f4")
+
+
+def tile_compress(source: str, dest: str) -> None:
+    """``source`` (a plain FITS file) as fpack writes it: an empty primary HDU (or the
+    data-less one the file has), then each image HDU as a tile-compressed ``BINTABLE``
+    (``ZIMAGE = T``, ``ZNAXISn``, the WCS and every other keyword in that header).
+
+    RICE_1, astropy's default; floats are quantised as fpack does, with a dither seed
+    taken from the pixels' checksum, so the same input always gives the same bytes. The
+    WCS keywords are copied unchanged: the archive's truth stays the truth.
+    """
+    with fits.open(source, memmap=False) as hdul:
+        first = hdul[0]
+        primary = fits.PrimaryHDU(header=first.header if first.data is None else None)
+        out = fits.HDUList([primary])
+        for hdu in hdul:
+            if hdu.data is None:
+                continue
+            out.append(
+                fits.CompImageHDU(
+                    data=hdu.data,
+                    header=hdu.header,
+                    compression_type="RICE_1",
+                    dither_seed=-1,  # DITHER_SEED_CHECKSUM: deterministic
+                )
+            )
+        out.writeto(dest, overwrite=True)
+
+
+def gzip_compress(source: str, dest: str, level: int = 6) -> None:
+    """``source`` gzipped whole, as archives serve ``.fits.gz``: no file name and a zero
+    modification time in the gzip header, so the same input always gives the same bytes."""
+    import gzip
+    import shutil
+
+    with (
+        open(source, "rb") as src,
+        open(dest, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0) as z,
+    ):
+        shutil.copyfileobj(src, z, 1 << 20)

@@ -589,12 +589,23 @@ class Sky:
 
     # ----------------------------------------------------------------- tables
     def obscore_table(
-        self, datalink_url: str, *, access_style: str = "datalink", base_url: str = ""
+        self,
+        datalink_url: str,
+        *,
+        access_style: str = "datalink",
+        base_url: str = "",
+        file_suffix: str = "",
     ) -> Table:
         """ivoa.ObsCore rows for every product (see :mod:`simarchive.obscore`)."""
         from simarchive.obscore import build_obscore_table
 
-        return build_obscore_table(self, datalink_url, access_style=access_style, base_url=base_url)
+        return build_obscore_table(
+            self,
+            datalink_url,
+            access_style=access_style,
+            base_url=base_url,
+            file_suffix=file_suffix,
+        )
 
     # ----------------------------------------------------------------- files
     @cached_property
