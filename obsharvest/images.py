@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import requests
 
+from obsharvest.access import compression
 from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.access.kinds import Access, Kind, sniff
 from obsharvest.access.ranged import RangedHttpFile
@@ -131,7 +132,8 @@ def _reusable(work: ImageWork, store: ObjectStore, settings: ImageSettings) -> I
     sized = next((p for p in priors if p.stored and p.size is not None), None)
     if sized is None or sized.size is None:
         return None
-    found = store.exists_same(work.storage_key, sized.size, sized.sha256)
+    key = compression.stored_key(work.storage_key, sized.storage_uri)  # .fits.gz, .fits.fz
+    found = store.exists_same(key, sized.size, sized.sha256)
     if found is None:
         return None
     return ImageOutcome(

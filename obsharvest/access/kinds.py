@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from obsharvest.access.compression import gunzip_prefix, is_gzip
 from obsharvest.net.redact import strip_query
 
 DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links"
@@ -94,9 +95,12 @@ def kind_of(access_format: str | None) -> Kind:
 
 def sniff(content_type: str | None, first_bytes: bytes) -> Kind:
     """What a reply is, from its ``Content-Type`` and first bytes (FITS starts with
-    ``SIMPLE  =``; a Datalink document is a VOTable, often labelled plain ``text/xml``)."""
+    ``SIMPLE  =``, also once a gzip file's first bytes are decompressed; a Datalink
+    document is a VOTable, often labelled plain ``text/xml``)."""
     if first_bytes.startswith(FITS_MAGIC):
         return Kind.FILE
+    if is_gzip(first_bytes) and gunzip_prefix(first_bytes).startswith(FITS_MAGIC):
+        return Kind.FILE  # .fits.gz, application/x-gzip or Content-Encoding: gzip
     head = first_bytes[:2048].lstrip().lower()
     kind, _ = _media_type(content_type or "")
     xml = kind in ("application/x-votable+xml", "text/xml", "application/xml")

@@ -22,6 +22,7 @@ reading ``fits_source`` (fsspec URLs are read with range requests).
 
 from __future__ import annotations
 
+import gzip
 import html
 import io
 import logging
@@ -37,6 +38,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from obsharvest.access.compression import is_gzip
 from obsharvest.errors import ReadError, SRegionError
 from obsharvest.models import Containment, Target, Verdict
 from obsharvest.verify.containment import classify_read_failure, parse_s_region
@@ -107,6 +109,8 @@ def _open(source: FitsSource, storage_options: dict | None) -> tuple[fits.HDULis
     if isinstance(source, fits.HDUList):
         return source, False
     if isinstance(source, bytes):
+        if is_gzip(source):  # a stored .fits.gz: astropy finds gzip only in named files
+            source = gzip.decompress(source)
         return fits.open(io.BytesIO(source), lazy_load_hdus=True), True
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)

@@ -19,10 +19,20 @@ request that also carries an Authorization header. So the request is built witho
 session's headers, auth or cookies (the session only lends its connection pool, proxies
 and TLS settings); pass ``headers=`` to send something on purpose. Query strings never
 appear in messages or logs: they are the signature.
+
+Compressed files are stored as served, byte for byte, and named by what they are
+(:func:`obsharvest.access.compression.stored_suffix`: ``.fits.fz``, ``.fits.gz``). That
+holds for ``Content-Encoding: gzip`` too (we ask for ``identity``; S3 objects uploaded
+with that metadata and static ``.gz`` files behind ``AddEncoding`` come encoded anyway):
+the gzip bytes are kept as ``.fits.gz``, not decoded to ``.fits``. Those are the bytes
+``Content-Length``, Datalink's ``content_length``, a strong ETag's MD5 and ``Range``
+count, so sizes, checksums and resumes all stay checkable, and the sha256 recorded is
+that of the stored object. Decoding would store bytes no archive figure describes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,6 +42,7 @@ from typing import Protocol
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from obsharvest.access import compression
 from obsharvest.errors import (
     IntegrityError,
     ReadError,
@@ -111,8 +122,7 @@ def _etag_md5(response: requests.Response) -> str | None:
     Weak ETags (``W/``) and multipart S3 ETags (``"…-3"``) are not an MD5 of the body.
     """
     etag = response.headers.get("ETag", "").strip()
-    if response.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-        return None  # the ETag describes the encoded representation
+    # under Content-Encoding the ETag describes the encoded bytes: the ones stored
     match = _MD5_ETAG.match(etag)
     return match.group(1).lower() if match else None
 
@@ -146,18 +156,16 @@ class _Transfer:
             self.response.close()
             raise ReadError(f"unexpected 206 for {_safe_url(url)}", status=206, url=url)
         head = self.response.headers
-        encoded = head.get("Content-Encoding", "identity") not in ("identity", "")
+        self.content_type = head.get("Content-Type", "")
+        self.content_encoding = head.get("Content-Encoding", "")  # kept: bytes stored as sent
         length = head.get("Content-Length")
-        self.total = int(length) if length and length.isdigit() and not encoded else None
+        self.total = int(length) if length and length.isdigit() else None  # encoded bytes
         self.etag = head.get("ETag")
         self.md5 = _etag_md5(self.response)
         strong = bool(self.etag and not self.etag.startswith("W/"))
         # If-Range needs a strong validator; without one a changed file could be spliced
         self.resumable = (
-            head.get("Accept-Ranges", "").lower() == "bytes"
-            and not encoded
-            and strong
-            and self.form is None
+            head.get("Accept-Ranges", "").lower() == "bytes" and strong and self.form is None
         )
 
     def _get(self, headers: Mapping[str, str]) -> requests.Response:
@@ -231,12 +239,13 @@ class _Transfer:
         raw = self.response.raw
         read1 = getattr(raw, "read1", None)
         if read1 is None:  # urllib3 1.x: small reads bound what a cut can lose
-            yield from raw.stream(min(self.chunk_size, 1 << 16), decode_content=True)
+            yield from raw.stream(min(self.chunk_size, 1 << 16), decode_content=False)
             return
         buffer = bytearray()
         cut: BaseException | None = None
         try:
-            while data := read1(self.chunk_size - len(buffer), decode_content=True):
+            # the bytes as sent: a Content-Encoding is kept, not undone (see module doc)
+            while data := read1(self.chunk_size - len(buffer), decode_content=False):
                 buffer += data
                 if len(buffer) >= self.chunk_size:
                     yield bytes(buffer)
@@ -271,6 +280,15 @@ class _Transfer:
             self.response.close()
 
 
+def _suffix(first: bytes, url: str, transfer: _Transfer) -> str:
+    return compression.stored_suffix(
+        first,
+        url=url,
+        content_type=transfer.content_type,
+        content_encoding=transfer.content_encoding,
+    )
+
+
 def download(
     url: str,
     store: Sink,
@@ -300,8 +318,10 @@ def download(
     """
     store.path(key)  # refuse an unsafe key before touching the network
     wanted_md5 = expected_md5.strip().strip('"').lower() if expected_md5 else None
+    named = compression.suffix_of(key) is not None  # a FITS key: named by what arrives
     if skip_existing and expected_size is not None:
-        found = store.exists_same(key, expected_size, md5=wanted_md5)
+        hinted = compression.with_suffix(key, compression.suffix_hint(url)) if named else key
+        found = store.exists_same(hinted, expected_size, md5=wanted_md5)
         if found is not None:
             return found
     own = session is None
@@ -323,9 +343,13 @@ def download(
                 raise IntegrityError(f"{where} is {size} bytes, expected {expected_size}")
             if wanted_md5 and md5 and wanted_md5 != md5:
                 raise IntegrityError(f"{where}: server ETag MD5 {md5} differs from {wanted_md5}")
+            chunks = transfer.chunks()
+            first = next(chunks, b"")
+            if named:
+                key = compression.with_suffix(key, _suffix(first, url, transfer))
             stored = store.put_stream(
                 key,
-                transfer.chunks(),
+                itertools.chain([first], chunks),
                 expected_size=expected_size if expected_size is not None else size,
                 expected_md5=md5 or wanted_md5,
             )
