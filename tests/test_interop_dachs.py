@@ -182,7 +182,9 @@ def _snapshot(output: Path, run: Run) -> Run:
     return run
 
 
-def _harvest(dachs, obs_collection: str, targets: Path, output: Path, home: Path) -> Run:
+def _harvest(
+    dachs, obs_collection: str, targets: Path, output: Path, home: Path, *extra: str
+) -> Run:
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)  # each run on its own ephemeral API, as a user's would be
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -199,6 +201,7 @@ def _harvest(dachs, obs_collection: str, targets: Path, output: Path, home: Path
         str(targets),
         "--output",
         str(output),
+        *extra,
     ]
     start = time.monotonic()
     # its own process group: on a timeout, the CLI's children (Prefect's ephemeral API
@@ -358,3 +361,70 @@ def test_parquet_keeps_the_obscore_target_name(dachs, harvest):
         dachs.tap_url, harvest.output, sample=8, session=_Timeouts()
     )
     assert checked >= 29  # ObsCore 1.1's mandatory columns, at least
+
+
+# ------------------------------------------------------------------------------ cutouts
+
+CUTOUT_RADIUS = 0.005  # deg: 18 px of the 300 px images (1"/px)
+
+
+@pytest.fixture(scope="module")
+def cutout_run(dachs, tmp_path_factory) -> tuple[Path, Run]:
+    """`obsharvest run` in cutout mode on the Datalink collection. DaCHS offers SODA as a
+    ``#proc`` row naming its ``procsvc`` descriptor (standardID SODA#sync-1.0, the ID as
+    the ID param's value), not as a ``#cutout`` row; its ``dlget`` answers the FITS."""
+    published = dachs.collections["datalink"]
+    base = tmp_path_factory.mktemp("harvest-cutout")
+    targets = dachs.collection.write_targets(base / "targets.csv")
+    output = base / "out"
+    run = _harvest(
+        dachs,
+        published.obs_collection,
+        targets,
+        output,
+        base / "prefect-home",
+        "--set",
+        "products.mode=cutout",
+        "--set",
+        f"products.cutout_radius={CUTOUT_RADIUS}",
+    )
+    return output, run
+
+
+@pytest.mark.timeout(900)
+def test_cutout_mode_on_datalink_stores_cutouts_holding_each_target(dachs, cutout_run):
+    """Exactly one cutout per (target, image) whose pixels hold the target; each cutout's
+    own WCS puts the target on its pixels, and it is smaller than the image it was cut
+    from (and no copy of any whole file)."""
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from tests.interop.collection import NX, NY
+
+    output, run = cutout_run
+    assert run.returncode == 0, run.explain()
+    assert "Traceback" not in run.stderr, run.explain()
+    collection = dachs.collection
+    column = "obsh_target_name"
+    stored = {(r[column], r["obs_id"]): r for r in run.rows if r["obsh_stored"]}
+    assert set(stored) == collection.truth(), (
+        f"missing {sorted(collection.truth() - set(stored))}, "
+        f"extra {sorted(set(stored) - collection.truth())}"
+    )
+    assert len(run.files) == len(stored), sorted(run.files)
+    assert not run.hidden, f"temporary files left behind: {run.hidden}"
+    whole = set(_frames_by_hash(dachs))
+    targets = {t.name: t for t in collection.targets}
+    for (name, frame), row in stored.items():
+        target = targets[name]
+        path = Path(row["obsh_storage_uri"].removeprefix("file://"))
+        assert sha256(path) not in whole, f"{path} is the whole image of {frame}"
+        with fits.open(path) as hdul:
+            image = next(h for h in hdul if h.is_image and h.header.get("NAXIS") == 2)
+            nx, ny = image.header["NAXIS1"], image.header["NAXIS2"]
+            x, y = WCS(image.header).world_to_pixel(SkyCoord(target.ra, target.dec, unit="deg"))
+        assert -0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5, (name, frame, x, y, nx, ny)
+        assert nx < NX and ny < NY, (name, frame, nx, ny)
+        ra, dec = float(f"{target.ra:.10f}"), float(f"{target.dec:.10f}")  # as written
+        assert row["obsh_cutout_circle"] == f"{ra!r} {dec!r} {CUTOUT_RADIUS!r}"
