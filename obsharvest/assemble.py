@@ -36,6 +36,7 @@ from obsharvest.models import (
 )
 from obsharvest.query.adql import TARGET_COLUMN
 from obsharvest.storage.keys import object_key
+from obsharvest.verify.sregion import region_text
 
 ID_COLUMN = "obs_publisher_did"
 
@@ -87,6 +88,8 @@ def image_works(
     datalink = access.find(descriptors, access.DATALINK_STANDARD)
     soda = access.find(descriptors, access.SODA_SYNC_STANDARD)
     has_format = "access_format" in rows.colnames
+    has_region = "s_region" in rows.colnames  # text, or a DALI array written as STC-S
+    s_region_xtype = rows["s_region"].meta.get("xtype") if has_region else None
 
     def column_value(row, descriptor: access.ServiceDescriptor | None) -> str | None:
         if descriptor is None or descriptor.id_column not in rows.colnames:
@@ -118,7 +121,7 @@ def image_works(
                 storage_key=key,
                 targets=tuple(targets[n] for n in names),
                 priors={n: priors[(n, did)] for n in names if (n, did) in priors},
-                s_region=_text(row["s_region"]) if "s_region" in rows.colnames else "",
+                s_region=(region_text(row["s_region"], s_region_xtype) or "") if has_region else "",
             )
         )
     return works

@@ -176,7 +176,12 @@ def _arrow_array(col) -> pa.Array:
     strings, numbers in their own width, masked values as nulls, fixed-size arrays as
     fixed-size lists (masked elements null, the row never: astropy's Parquet reader cannot
     stack a null row) and variable-length arrays (e.g. a DALI ``polygon`` s_region) as
-    lists of their element type."""
+    lists of their element type.
+
+    So ``s_region`` is kept as served, never rewritten: STC-S text in any dialect, a DALI
+    array as ``list<double>`` whose field metadata keeps the ``xtype``, a NULL as null (or
+    as ``""``, which is how VOTable TABLEDATA carries a NULL ``char``).
+    ``obsharvest.verify.sregion.region_text`` turns any of them into STC-S."""
     data = np.ma.getdata(col)
     mask = np.ma.getmaskarray(col) if np.ma.isMaskedArray(col) else np.zeros(data.shape, bool)
     if data.ndim > 1 and data.dtype.kind not in "SUO":

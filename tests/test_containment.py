@@ -106,7 +106,6 @@ def test_parse_s_region_accepts(text, expected):
     "text",
     [
         "CIRCLE ICRS 62 -37 0.1",
-        "BOX ICRS 62 -37 1 1",
         "Union ICRS (POLYGON 1 2 3 4 5 6 POLYGON 7 8 9 10 11 12)",
         "POLYGON ICRS 1 2 3 4 5 6 POLYGON ICRS 7 8 9 10 11 12",
         "POLYGON ICRS 1 2 3 4 5",  # odd count

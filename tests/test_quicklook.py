@@ -181,7 +181,8 @@ def test_footprint_map_has_ra_increasing_to_the_left(tmp_path):
         (POLYGON, "", Verdict.CONTAINS.value, "lsst.calexp"),
         (SHIFTED, "", Verdict.OUTSIDE.value, "lsst.calexp"),
         (COADD, "3831_3", Verdict.CONTAINS.value, "lsst.deepCoadd_calexp"),
-        ("CIRCLE ICRS 62 -37 0.1", "", Verdict.ERROR.value, "lsst.calexp"),
+        ("CIRCLE ICRS 62 -37 0.1", "", Verdict.ERROR.value, "lsst.calexp"),  # drawn
+        ("POLYGON GALACTIC 1 2 3 4 5 6", "", Verdict.ERROR.value, "lsst.calexp"),  # not
     ]
     fig = footprint_map_figure(target, regions)
     (ax,) = fig.axes

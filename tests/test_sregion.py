@@ -24,8 +24,11 @@ from obsharvest.query.obscore import ServiceFeatures, _refine_upload, associate
 from obsharvest.verify import containment, sregion
 from obsharvest.verify.sregion import (
     Circle,
+    Intersection,
+    Not,
     Point,
     Polygon,
+    Union,
     circle_meets_regions,
     pack_regions,
     parse_region,
@@ -130,8 +133,16 @@ def test_circle_and_point_regions() -> None:
         ("POLYGON GALACTIC 1 2 3 4 5 6", "frame 'GALACTIC'"),
         ("POLYGON ECLIPTIC 1 2 3 4 5 6", "frame 'ECLIPTIC'"),
         ("POLYGON FK4 1 2 3 4 5 6", "frame 'FK4'"),
-        ("BOX ICRS 62 -37 1 1", "shape 'BOX'"),
-        ("Union ICRS (POLYGON 1 2 3 4 5 6 POLYGON 7 8 9 10 11 12)", "shape 'Union'"),
+        ("ELLIPSE ICRS 62 -37 1 1 0", "shape 'ELLIPSE'"),
+        ("Difference ICRS (POLYGON 1 2 3 4 5 6 POLYGON 7 8 9 10 11 12)", "shape 'Difference'"),
+        ("Union ICRS (POLYGON 1 2 3 4 5 6", "unclosed"),
+        ("Union ICRS POLYGON 1 2 3 4 5 6", "parentheses"),
+        ("Not (POLYGON 1 2 3 4 5 6 POLYGON 7 8 9 10 11 12)", "one operand"),
+        ("Union ICRS ()", "no operands"),
+        ("Union ICRS (POLYGON 1 2 3 4 5 6) POLYGON 1 2 3 4 5 6", "more after"),
+        ("Union GALACTIC (POLYGON 1 2 3 4 5 6)", "frame 'GALACTIC'"),
+        ("BOX ICRS 62 -37 1", "BOX needs 4"),
+        ("BOX ICRS 62 -37 0 1", "width and height"),
         ("POLYGON ICRS 1 2 3 4 5 6 POLYGON ICRS 7 8 9 10 11 12", "non-number"),
         ("POLYGON ICRS 1 2 3 4 5", "odd number"),
         ("POLYGON ICRS 1 2 3 4", "at least 3 vertices"),
@@ -417,12 +428,13 @@ def test_circle_and_point_regions_against_astropy_separations() -> None:
     hit, _ = circle_meets_regions(ra, dec, 0.5, texts)
     clear = np.abs(truth - radius - 0.5) > 1e-8
     assert (hit == (truth <= radius + 0.5))[clear].all()
+    # a point has no extent: it rules no target out, whatever the target
     points = [f"POINT ICRS {a!r} {d!r}" for a, d in zip(ra0.tolist(), dec0.tolist(), strict=True)]
-    hit, _ = circle_meets_regions(ra, dec, 1.0, points)
-    clear = np.abs(truth - 1.0) > 1e-8
-    assert (hit == (truth <= 1.0))[clear].all()
-    assert point_in_regions(ra0, dec0, points)[0].all()
-    assert not point_in_regions(ra0, dec0 + 1e-6, points)[0].any()
+    for hit, unknown in (
+        circle_meets_regions(ra, dec, 1.0, points),
+        point_in_regions(ra0, dec0 + 1e-6, points),
+    ):
+        assert not hit.any() and unknown.all()
 
 
 # -- the embedded archive's geometry, written separately --------------------------------
@@ -548,3 +560,360 @@ def test_refine_upload_decides_radius_rows_only() -> None:
     kept = _refine_upload(rows, targets, ServiceFeatures(intersects=False))
     assert list(kept[TARGET_COLUMN]) == ["near", "point", "far", "gone"]
     assert len(_refine_upload(rows, targets, ServiceFeatures(intersects=True))) == 5
+
+
+# -- dialects: what other archives write ------------------------------------------------
+
+
+SQUARE = square(62.0, -37.0, 0.2, angle=10.0)
+
+
+def _coords(vertices) -> str:
+    return " ".join(f"{float(ra)!r} {float(dec)!r}" for ra, dec in vertices)
+
+
+def _probes(rng: np.random.Generator, ra0: float, dec0: float, size: float, count: int = 400):
+    ra, dec = np.array(
+        offsets(ra0, dec0, rng.uniform(0, 360, count), rng.uniform(0, size, count))
+    ).T
+    return ra, dec
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "POLYGON J2000 {}",  # ESO
+        "Polygon J2000 {}",
+        "Polygon ICRS {}",  # ALMA
+        "polygon icrs {}",
+        "POLYGON ICRS TOPOCENTER {}",
+        "Polygon ICRS GEOCENTER SPHERICAL2 {}",
+        "POLYGON FK5 {}",
+        "POLYGON UNKNOWNFrame {}",
+        "POLYGON {}",
+        "polygon {}",  # DALI 1.2 "shape" text: no frame, lower case
+    ],
+)
+def test_every_icrs_like_polygon_dialect_is_the_same_region(template: str) -> None:
+    text = template.format(_coords(SQUARE))
+    assert parse_region(text) == Polygon(tuple(SQUARE))
+    plain, rest = sregion._plain_polygons([text])
+    assert not rest or "TOPOCENTER" in text or "GEOCENTER" in text  # the bulk path reads it
+    ra, dec = _probes(np.random.default_rng(1), 62.0, -37.0, 0.3)
+    reference = s_region(SQUARE)
+    assert (
+        point_in_regions(ra, dec, [text] * len(ra))[0]
+        == point_in_regions(ra, dec, [reference] * len(ra))[0]
+    ).all()
+
+
+def test_alma_circle() -> None:
+    assert parse_region("Circle ICRS 83.8221 -5.3911 0.0127") == Circle(83.8221, -5.3911, 0.0127)
+    hit, unknown = point_in_regions(
+        [83.8221, 83.8221], [-5.38, -5.37], ["Circle ICRS 83.8221 -5.3911 0.0127"] * 2
+    )
+    assert hit.tolist() == [True, False] and not unknown.any()
+
+
+@pytest.mark.parametrize(("ra0", "dec0"), [(62.0, -37.0), (0.05, 10.0), (150.0, 85.0)])
+def test_box_is_the_gnomonic_rectangle(ra0: float, dec0: float) -> None:
+    """STC's BOX: in the tangent plane at its centre, |x| <= tan(w/2), |y| <= tan(h/2)
+    (astropy's TAN projection is the reference)."""
+    width, height = 1.0, 0.4
+    region = parse_region(f"BOX ICRS {ra0} {dec0} {width} {height}")
+    assert isinstance(region, Polygon) and len(region.vertices) == 4
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra0, dec0]
+    w.wcs.crpix = [1.0, 1.0]  # pixel 0 (0-based) is the tangent point
+    w.wcs.cdelt = [-1.0, 1.0]
+    ra, dec = _probes(np.random.default_rng(2), ra0, dec0, 0.8, 3000)
+    x, y = w.wcs_world2pix(ra, dec, 0)
+    half_x, half_y = (
+        np.degrees(np.tan(np.radians(width / 2))),
+        np.degrees(np.tan(np.radians(height / 2))),
+    )
+    expected = (np.abs(x) <= half_x) & (np.abs(y) <= half_y)
+    clear = (np.abs(np.abs(x) - half_x) > 1e-7) & (np.abs(np.abs(y) - half_y) > 1e-7)
+    hit, unknown = point_in_regions(ra, dec, [f"box icrs {ra0} {dec0} {width} {height}"] * len(ra))
+    assert not unknown.any() and expected.sum() > 100
+    assert (hit == expected)[clear].all()
+
+
+def _halves(vertices) -> str:
+    """The square cut along a diagonal, as ALMA would write two pointings."""
+    a, b = vertices[:3], [vertices[2], vertices[3], vertices[0]]
+    return f"Union ICRS (Polygon {_coords(a)} Polygon {_coords(b)})"
+
+
+def test_union_of_two_halves_is_the_whole() -> None:
+    text = _halves(SQUARE)
+    region = parse_region(text)
+    assert isinstance(region, Union) and len(region.members) == 2
+    ra, dec = _probes(np.random.default_rng(3), 62.0, -37.0, 0.35, 2000)
+    whole = point_in_regions(ra, dec, [s_region(SQUARE)] * len(ra))[0]
+    near = _near_edge(SQUARE, ra, dec, 1e-9)
+    for packed in ([text] * len(ra), pack_regions([text] * len(ra))):
+        hit, unknown = point_in_regions(ra, dec, packed)
+        assert not unknown.any()
+        assert (hit == whole)[~near].all() and whole.sum() > 200
+    # a circle meets the union when it meets either half, and the single-target path agrees
+    for one_ra, one_dec, radius in [(62.0, -36.6, 0.25), (62.0, -36.6, 0.1), (62.4, -37.0, 0.3)]:
+        union = circle_meets_regions(one_ra, one_dec, radius, [text])
+        plain = circle_meets_regions(one_ra, one_dec, radius, [s_region(SQUARE)])
+        assert union[0].tolist() == plain[0].tolist() and not union[1].any()
+        rows = circle_meets_regions([one_ra], [one_dec], [radius], [text])
+        assert rows[0].tolist() == union[0].tolist()
+
+
+def test_union_spacing_case_and_frames_inside() -> None:
+    a = "Polygon ICRS 1 0 2 0 2 1"
+    b = "POLYGON 10 0 11 0 11 1"
+    for text in (
+        f"Union ICRS ({a} {b})",
+        f"union icrs ( {a} {b} )",
+        f"UNION (\n{a}\n{b}\n)",
+        f"Union ICRS (Circle ICRS 1.7 0.3 0.01 {b})",
+    ):
+        hit, unknown = point_in_regions([1.7, 10.7, 5.0], [0.3, 0.3, 0.3], [text] * 3)
+        assert hit.tolist() == [True, True, False] and not unknown.any(), text
+
+
+def test_intersection_and_not_for_points() -> None:
+    big = s_region(square(62.0, -37.0, 0.4))
+    small = s_region(square(62.0, -37.0, 0.1))
+    ring = f"Intersection ICRS ({big} Not ({small}))"
+    region = parse_region(ring)
+    assert isinstance(region, Intersection) and isinstance(region.members[1], Not)
+    points = [(62.0, -37.0), (62.0, -36.8), (62.0, -36.0)]  # hole, ring, outside
+    ra, dec = np.array(points).T
+    hit, unknown = point_in_regions(ra, dec, [ring] * 3)
+    assert hit.tolist() == [False, True, False] and not unknown.any()
+    hit, unknown = point_in_regions(ra, dec, [f"Not ({small})"] * 3)
+    assert hit.tolist() == [False, True, True] and not unknown.any()
+
+
+def test_intersection_and_not_for_circles_are_never_wrongly_outside() -> None:
+    big = s_region(square(62.0, -37.0, 0.4))
+    small = s_region(square(62.0, -37.0, 0.1))
+    ring = f"Intersection ICRS ({big} Not ({small}))"
+    cases = [
+        ((62.0, -37.0, 0.01), (False, True)),  # in the hole, too small to reach the ring
+        ((62.0, -37.0, 0.2), (False, True)),  # in the hole, reaching the ring: undecided
+        ((62.0, -36.8, 0.01), (True, False)),  # centre in the ring
+        ((62.0, -36.0, 0.1), (False, False)),  # misses the big square: outside for sure
+        ((62.0, -36.0, 0.8), (False, True)),  # meets the big square, centre outside it
+    ]
+    for (ra, dec, radius), expected in cases:
+        hit, unknown = circle_meets_regions(ra, dec, radius, [ring])
+        assert (bool(hit[0]), bool(unknown[0])) == expected, (ra, dec, radius)
+        rows = circle_meets_regions([ra], [dec], [radius], [ring])
+        assert (bool(rows[0][0]), bool(rows[1][0])) == expected
+
+
+def test_unknown_members_make_unknown_never_outside() -> None:
+    good = s_region(square(62.0, -37.0, 0.1))
+    wide = "POLYGON ICRS 0 0 90 0 180 1 270 0"  # not within a hemisphere: unusable
+    texts = [
+        f"Union ICRS ({good} {wide})",
+        f"Union ICRS ({good} POINT 200 10)",
+        f"Intersection ICRS ({wide} {good})",
+        "Difference ICRS (POLYGON 1 2 3 4 5 6 POLYGON 7 8 9 10 11 12)",
+        "POLYGON GALACTIC 1 2 3 4 5 6",
+    ]
+    inside = point_in_regions(62.0, -37.0, texts)
+    assert inside[0].tolist() == [True, True, False, False, False]
+    assert inside[1].tolist() == [False, False, True, True, True]
+    far = point_in_regions(100.0, 30.0, texts)
+    assert not far[0].any()
+    assert far[1].tolist() == [True, True, False, True, True]  # the good member rules it out
+    packed = pack_regions(texts)
+    assert packed.unknown.tolist() == [False, False, False, True, True]
+    assert "hemisphere" in packed.reasons[texts[0]]
+
+
+def test_point_regions_are_unknown() -> None:
+    for text in ("POINT ICRS 10 20", "Position ICRS 10 20", "POSITION 10 20"):
+        packed = pack_regions([text])
+        hit, unknown = point_in_regions(10.0, 20.0, packed)
+        assert not hit[0] and unknown[0]
+        assert "POINT has no extent" in packed.reasons[text]
+
+
+# -- DALI arrays ------------------------------------------------------------------------
+
+
+def _dali(arrays, xtype: str | None) -> MaskedColumn:
+    data = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        values = a if a is not None else []
+        data[i] = np.ma.MaskedArray(values, mask=np.zeros(len(values), bool), dtype=float)
+    column = MaskedColumn(data, mask=[a is None for a in arrays])
+    if xtype:
+        column.meta["xtype"] = xtype
+    return column
+
+
+def test_dali_arrays_read_by_xtype_and_exactly() -> None:
+    flat = [x for vertex in SQUARE for x in vertex]
+    column = _dali([flat, None, [62.0, -37.0, 0.05]], "polygon")
+    packed = pack_regions(column)
+    assert packed.unknown.tolist() == [False, True, True]  # 3 numbers are no polygon
+    hit, _ = point_in_regions(62.0, -37.0, packed)
+    assert hit.tolist() == [True, False, False]
+    assert sregion.region_text(np.array(flat), "polygon") == "POLYGON ICRS " + _coords(SQUARE)
+    assert parse_s_region(sregion.region_text(np.array(flat), "polygon")) == SQUARE
+    circles = _dali([[62.0, -37.0, 0.05], [62.0, -37.2, 0.05]], "circle")
+    assert point_in_regions(62.0, -37.0, circles)[0].tolist() == [True, False]
+    points = _dali([[62.0, -37.0]], "point")
+    assert point_in_regions(62.0, -37.0, points)[1].tolist() == [True]
+
+
+def test_dali_arrays_without_xtype_by_count() -> None:
+    flat = [x for vertex in SQUARE for x in vertex]
+    column = _dali([flat, [62.0, -37.0, 0.05], [62.0, -37.0], [1.0, 2.0, 3.0, 4.0]], None)
+    packed = pack_regions(column)
+    assert packed.unknown.tolist() == [False, False, True, True]
+    hit, _ = point_in_regions(62.0, -37.0, packed)
+    assert hit.tolist() == [True, True, False, False]
+    # fixed-size arrays (arraysize="8") arrive as a 2-D column
+    fixed = MaskedColumn(np.array([flat, flat]), mask=np.array([[False] * 8, [True] * 8]))
+    fixed.meta["xtype"] = "polygon"
+    assert point_in_regions(62.0, -37.0, fixed)[0].tolist() == [True, False]
+
+
+def test_dali_column_through_a_votable() -> None:
+    """As pyvo hands it over: astropy's VOTable reader puts the xtype in ``meta``."""
+    import io
+
+    from astropy.io.votable import from_table, parse
+
+    flat = [x for vertex in SQUARE for x in vertex]
+    wound = [x for vertex in SQUARE[::-1] for x in vertex]
+    table = Table({"obs_id": ["a", "b"], "s_region": _dali([flat, wound], "polygon")})
+    for binary in (False, True):
+        buffer = io.BytesIO()
+        votable = from_table(table)
+        votable.get_first_table().get_field_by_id("s_region").xtype = "polygon"
+        votable.to_xml(buffer, tabledata_format="binary2" if binary else "tabledata")
+        read = parse(io.BytesIO(buffer.getvalue())).get_first_table().to_table()
+        assert read["s_region"].meta["xtype"] == "polygon"
+        hit, unknown = point_in_regions(62.0, -37.0, read)  # the whole table: pack_rows
+        assert hit.tolist() == [True, True] and not unknown.any()
+
+
+# -- NULL s_region: ObsCore's s_ra, s_dec, s_fov ----------------------------------------
+
+
+def _null_rows(upper: bool = False) -> Table:
+    good = s_region(SQUARE)
+    rows = Table(
+        {
+            "s_region": MaskedColumn(
+                [good, "", "   ", "", "POINT ICRS 62 -37", "x"],
+                mask=[False, True, False, True, False, False],
+                dtype=object,
+            ),
+            "s_ra": MaskedColumn([62.0, 62.0, 62.0, 62.0, 62.0, 62.0], mask=[0, 0, 0, 1, 0, 0]),
+            "s_dec": [-37.0, -37.0, -36.0, -37.0, -37.0, -37.0],
+            "s_fov": [0.4, 0.2, 0.2, 0.2, 0.2, 0.2],
+        }
+    )
+    if upper:
+        rows.rename_columns(rows.colnames, [c.upper() for c in rows.colnames])
+    return rows
+
+
+@pytest.mark.parametrize("upper", [False, True], ids=["lower", "UPPER"])
+def test_null_s_region_falls_back_to_the_s_fov_circle(upper: bool) -> None:
+    rows = _null_rows(upper)
+    packed = sregion.pack_rows(rows)
+    # good, NULL -> circle, blank -> circle elsewhere, NULL without s_ra -> unknown,
+    # POINT -> circle, unparseable -> unknown (no fallback: it said something)
+    assert packed.unknown.tolist() == [False, False, False, True, False, True]
+    hit, unknown = point_in_regions(62.0, -37.0, packed)
+    assert hit.tolist() == [True, True, False, False, True, False]
+    assert unknown.tolist() == [False, False, False, True, False, True]
+    # the circle's radius is s_fov / 2: 0.1 deg
+    near = circle_meets_regions(62.0, -37.0 + 0.15, 0.049, packed)[0]
+    far = circle_meets_regions(62.0, -37.0 + 0.15, 0.051, packed)[0]
+    assert not near[1] and far[1]
+    assert pack_regions(rows).unknown.tolist() == packed.unknown.tolist()
+
+
+def test_without_s_fov_a_null_row_is_unknown() -> None:
+    rows = _null_rows()
+    rows.remove_column("s_fov")
+    assert sregion.pack_rows(rows).unknown.tolist() == [False, True, True, True, True, True]
+
+
+def test_upper_case_columns_through_associate() -> None:
+    a = s_region(square(0.0, 0.0, 0.2))
+    rows = Table(
+        {"OBS_PUBLISHER_DID": ["ivo://x?0", "ivo://x?1"], "S_REGION": [a, f"Union ICRS ({a} {a})"]}
+    )
+    out = associate(rows, [Target("in", 0.0, 0.0), Target("out", 5.0, 0.0)], intersects=True)
+    assert sorted(map(str, out[TARGET_COLUMN])) == ["in", "in"]
+
+
+# -- drawing --------------------------------------------------------------------------
+
+
+def test_outlines_of_every_dialect() -> None:
+    flat = [x for vertex in SQUARE for x in vertex]
+    assert sregion.s_region_outlines(s_region(SQUARE)) == [SQUARE]
+    assert sregion.s_region_outlines(_halves(SQUARE).encode()) == [
+        SQUARE[:3],
+        [SQUARE[2], SQUARE[3], SQUARE[0]],
+    ]
+    assert sregion.s_region_outlines(np.array(flat), "polygon") == [SQUARE]
+    (ring,) = sregion.s_region_outlines("Circle ICRS 62 -37 0.1")
+    separations = SkyCoord(*np.array(ring).T, unit="deg").separation(SkyCoord(62, -37, unit="deg"))
+    assert np.allclose(separations.deg, 0.1, atol=1e-9)
+    assert (
+        len(
+            sregion.s_region_outlines(f"Intersection ({s_region(SQUARE)} Not (CIRCLE 62 -37 0.01))")
+        )
+        == 2
+    )
+    for nothing in ("POINT ICRS 1 2", "nonsense", "", None, np.ma.masked, 17):
+        assert sregion.s_region_outlines(nothing) == []
+
+
+def test_footprint_map_draws_every_dialect() -> None:
+    import io
+
+    from obsharvest.products.quicklook import footprint_map_png
+
+    flat = np.array([x for vertex in SQUARE for x in vertex])
+    regions = [
+        (s_region(SQUARE), "a", "contains", "visit"),
+        (_halves(SQUARE), "b", "outside", "visit"),
+        ("Circle ICRS 62 -37 0.1", "c", None, "coadd"),
+        (sregion.region_text(flat, "polygon"), "d", None, "coadd"),
+        ("POINT ICRS 62 -37", "e", None, "visit"),
+        (None, "f", None, "visit"),
+    ]
+    buffer = io.BytesIO()
+    footprint_map_png(Target("t", 62.0, -37.0), regions, buffer)
+    assert buffer.getvalue()[:4] == b"\x89PNG"
+
+
+# -- the Parquet writer keeps what was served -------------------------------------------
+
+
+def test_metadata_writes_dali_and_null_s_region_as_served() -> None:
+    import pyarrow as pa
+
+    from obsharvest.metadata import obscore_to_arrow
+
+    flat = [x for vertex in SQUARE for x in vertex]
+    dali = Table({"obs_id": ["a", "b"], "s_region": _dali([flat, None], "polygon")})
+    arrow = obscore_to_arrow(dali)
+    assert arrow.schema.field("s_region").type == pa.list_(pa.float64())
+    assert arrow.schema.field("s_region").metadata[b"xtype"] == b"polygon"
+    assert arrow.column("s_region").to_pylist() == [flat, None]
+    null = Table(
+        {"s_region": MaskedColumn([s_region(SQUARE), ""], mask=[False, True], dtype=object)}
+    )
+    assert obscore_to_arrow(null).column("s_region").to_pylist() == [s_region(SQUARE), None]

@@ -25,6 +25,7 @@ from obsharvest.products.quicklook import (
 )
 from obsharvest.query.adql import TARGET_COLUMN
 from obsharvest.storage.keys import sanitize_part
+from obsharvest.verify.sregion import region_text
 
 GALLERY_DIR = "gallery"
 
@@ -67,6 +68,7 @@ def gallery_items(
 def footprint_regions(rows: Table, outcomes: Mapping[str, ImageOutcome]) -> dict[str, list]:
     """Per target: (s_region, label, verdict, kind) of every image found for it."""
     regions: dict[str, list] = defaultdict(list)
+    xtype = rows["s_region"].meta.get("xtype") if "s_region" in rows.colnames else None
     for row in rows:
         did, name = _text(row["obs_publisher_did"]), _text(row[TARGET_COLUMN])
         outcome = outcomes.get(did)
@@ -80,7 +82,7 @@ def footprint_regions(rows: Table, outcomes: Mapping[str, ImageOutcome]) -> dict
         )
         regions[name].append(
             (
-                _text(row["s_region"]),
+                region_text(row["s_region"], xtype),  # STC-S, a DALI array's too
                 label,
                 verdict.verdict.value if verdict else None,
                 "coadd" if coadd else "visit",

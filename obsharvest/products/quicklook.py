@@ -39,9 +39,10 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from obsharvest.access.compression import is_gzip
-from obsharvest.errors import ReadError, SRegionError
+from obsharvest.errors import ReadError
 from obsharvest.models import Containment, Target, Verdict
-from obsharvest.verify.containment import classify_read_failure, parse_s_region
+from obsharvest.verify.containment import classify_read_failure
+from obsharvest.verify.sregion import s_region_outlines
 
 __all__ = [
     "GalleryItem",
@@ -332,18 +333,18 @@ def quicklook_figure(
             coord.set_axislabel("Dec")
             coord.set_major_formatter("dd:mm")
 
-    if s_region:
-        try:
-            vertices = parse_s_region(s_region)
-        except SRegionError as exc:
-            log.warning("quicklook of %s: s_region not drawn: %s", target.name, exc)
-        else:
-            ra, dec = np.array(vertices).T
-            pixels = _to_pixel(wcs, ra, dec)
-            if pixels is not None:
-                xs, ys = (np.append(p, p[0]) for p in pixels)
-                ax.plot(xs, ys, color=S_REGION_COLOUR, lw=1.2)
-                shown += list(zip(xs, ys, strict=True))
+    # every outline of the s_region: a union's pieces, a circle; a point or an unusable
+    # value has none (the WCS decided containment anyway)
+    outlines = s_region_outlines(s_region) if s_region else []
+    if s_region and not outlines:
+        log.debug("quicklook of %s: s_region has no outline to draw", target.name)
+    for vertices in outlines:
+        ra, dec = np.array(vertices).T
+        pixels = _to_pixel(wcs, ra, dec)
+        if pixels is not None:
+            xs, ys = (np.append(p, p[0]) for p in pixels)
+            ax.plot(xs, ys, color=S_REGION_COLOUR, lw=1.2)
+            shown += list(zip(xs, ys, strict=True))
 
     _compass(ax, wcs, nx, ny)
 
@@ -444,8 +445,9 @@ def footprint_map_figure(
     ``regions`` are ``(s_region, label, verdict, kind)``: the verdict (a
     :class:`~obsharvest.models.Verdict` value, or None when unchecked) picks the colour;
     a ``kind`` containing "coadd" (``lsst.deepCoadd_calexp``, ``lsst.deep_coadd``, ...)
-    draws a thicker line and writes ``label`` (``tract_patch``) at its centre. Unparseable
-    ``s_region`` values are counted in a footnote, not drawn.
+    draws a thicker line and writes ``label`` (``tract_patch``) at its centre. An
+    ``s_region`` is STC-S text or a DALI array; a union draws each member. Unparseable
+    values and points are counted in a footnote, not drawn.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -458,25 +460,27 @@ def footprint_map_figure(
     used: dict[str, tuple[str, str]] = {}
     skipped = 0
     for s_region, label, verdict, kind in regions:
-        try:
-            vertices = parse_s_region(s_region)
-        except SRegionError:
+        outlines = s_region_outlines(s_region)  # a union draws each member
+        if not outlines:
             skipped += 1
             continue
-        ra, dec = np.array(vertices).T
-        ra = _unwrap(ra, target.ra)
         colour, style, legend = VERDICT_STYLES.get(str(verdict or ""), UNKNOWN_STYLE)
         used.setdefault(legend, (colour, style))
         coadd = "coadd" in str(kind or "").lower()
-        ax.plot(
-            np.append(ra, ra[0]),
-            np.append(dec, dec[0]),
-            color=colour,
-            ls=style,
-            lw=1.8 if coadd else 0.9,
-            alpha=0.8 if coadd else 0.5,
-        )
+        for vertices in outlines:
+            ra, dec = np.array(vertices).T
+            ra = _unwrap(ra, target.ra)
+            ax.plot(
+                np.append(ra, ra[0]),
+                np.append(dec, dec[0]),
+                color=colour,
+                ls=style,
+                lw=1.8 if coadd else 0.9,
+                alpha=0.8 if coadd else 0.5,
+            )
         if coadd and label:
+            ra, dec = np.array([v for outline in outlines for v in outline]).T
+            ra = _unwrap(ra, target.ra)
             ax.text(
                 float(np.mean(ra)),
                 float(np.mean(dec)),
