@@ -125,9 +125,11 @@ def is_tap_capability(element: ET.Element) -> bool:
 def parse_tap_capability(document: bytes) -> TapCapability | None:
     """The TAP capability of a VOSI capabilities document; None when it has none.
 
-    Raises ``ET.ParseError`` for a reply that is not XML at all.
+    Raises ``ET.ParseError`` for a reply that is not XML, or XML of another kind.
     """
     root = ET.fromstring(document)
+    if _local(root.tag) != "capabilities":
+        raise ET.ParseError(f"the root element is <{_local(root.tag)}>, not <capabilities>")
     for element in root.iter():
         if _local(element.tag) != "capability" or not is_tap_capability(element):
             continue

@@ -417,10 +417,11 @@ def _shaped(
     fallback = simpler(shape, chunk)
     shaped = replace(features, intersects=shape.intersects)
     tried = options
-    if fallback is not None and not memory.gave_up(base):  # a 500 that repeats is enough
-        tried = replace(
-            options, retry=replace(options.retry, attempts=min(2, options.retry.attempts))
-        )
+    if fallback is not None and not memory.gave_up(base):
+        # a 500 that repeats once is enough, and the fall-back says it in one line
+        attempts = min(2, options.retry.attempts)
+        quick = replace(options.retry, attempts=attempts, log_level=logging.DEBUG)
+        tried = replace(options, retry=quick)
     try:
         if not shape.upload:
             return _complete(
