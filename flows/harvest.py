@@ -34,6 +34,7 @@ from obsharvest.net.http import Connection, resolve_token, token_source
 from obsharvest.net.retry import one_line
 from obsharvest.products.quicklook import GalleryItem
 from obsharvest.query.adql import Constraints
+from obsharvest.query.obscore import QueryOptions
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
 from obsharvest.targets import in_sky_order
@@ -137,11 +138,16 @@ def _say_stopping() -> None:
 
 
 def _query_all(
-    params: HarvestParams, conn: Connection, targets: list[Target], constraints: Constraints, logger
+    params: HarvestParams,
+    conn: Connection,
+    targets: list[Target],
+    constraints: Constraints,
+    logger,
+    options: QueryOptions,
 ) -> tuple[Table, list[tuple[str, str]]]:
     """Query every target (in coarse batches), keeping failed batches as reported failures."""
     chunks = list(workers.batches(targets, params.concurrency.targets_per_task))
-    options, strategy = settings.query_options(params), settings.strategy(params)
+    strategy = settings.strategy(params)
     timeout, slot = settings.timeouts(params), params.execution.archive_concurrency_limit
     futures = [
         query_obscore.submit(
@@ -212,7 +218,7 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
                 incremental_state.constraints_key(base),
             )
         shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))
-        run = _RunTotals()
+        run = _RunTotals(query_options=settings.query_options(params))
         for number, shard in enumerate(shards, 1):
             if stopping.requested():
                 run.parts.append(_not_started(run_id, shard, number, len(shards)))
@@ -258,6 +264,8 @@ class _RunTotals:
     newest_t_min: list[float] = field(default_factory=list)  # per shard
     gallery_items: list[GalleryItem] = field(default_factory=list)
     images: int = 0  # the images of the shards begun so far (the progress total)
+    # built once: what the run learns of its services (no async, query shapes) lasts the run
+    query_options: QueryOptions = field(default_factory=QueryOptions)
 
 
 def _harvest_shard(
@@ -280,7 +288,7 @@ def _harvest_shard(
             start = max(watermark, base.t_min) if base.t_min is not None else watermark
             constraints = base.with_time(start, base.t_max)
             logger.info("%d targets: incremental window from MJD %.6f", len(group), start)
-        rows_part, failed = _query_all(params, conn, group, constraints, logger)
+        rows_part, failed = _query_all(params, conn, group, constraints, logger, run.query_options)
         parts.append(rows_part)
         query_failures += failed
     parts = [p for p in parts if len(p)]

@@ -163,6 +163,16 @@ class JobStore:
             job.changed.notify_all()
         self._pool.submit(self._execute, job)
 
+    def run_inline(self, job: Job) -> None:
+        """Run the job in the caller's thread: it is final when this returns (what services
+        that complete a job inside the ``PHASE=RUN`` request do)."""
+        with job.changed:
+            if job.phase != PENDING:
+                return
+            job.phase = QUEUED
+            job.changed.notify_all()
+        self._execute(job)
+
     def abort(self, job: Job) -> None:
         with job.changed:
             if job.phase in ACTIVE_PHASES:

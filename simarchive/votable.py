@@ -76,6 +76,8 @@ def results_votable(
     binary: bool = False,
     field_ids: frozenset[str] = frozenset(),
     resources: tuple[str, ...] = (),
+    status_last: bool = False,
+    version: str | None = None,
 ) -> bytes:
     """Serialise a query result as a TAP result document.
 
@@ -84,11 +86,19 @@ def results_votable(
     truncated at MAXREC (pyvo takes the last status and warns ``DALOverflowWarning``).
     ``field_ids`` gives those FIELDs an XML ID (service descriptors ``ref`` them) and
     ``resources`` are extra RESOURCE elements, such as DataLink service descriptors.
+
+    ``status_last`` writes the one ``QUERY_STATUS`` (``OK`` or ``OVERFLOW``) after the
+    TABLE only, as some servers do (DALI allows either place): a client that reads the
+    status before the rows, or only the first one, misses the overflow. ``version`` is the
+    VOTable version written (``"1.3"`` for those servers; astropy's default otherwise).
     """
     votable = from_table(_ascii_strings(table))
+    if version:
+        votable.version = version
     resource = votable.resources[0]
     resource.type = "results"
-    resource.infos.append(Info(name="QUERY_STATUS", value="OK"))
+    if not status_last:
+        resource.infos.append(Info(name="QUERY_STATUS", value="OK"))
     for field in votable.get_first_table().fields:
         col = table[field.name] if field.name in table.colnames else None
         if col is None:
@@ -103,10 +113,11 @@ def results_votable(
         if field.name in field_ids:
             field.ID = field.name
     data = _python_written(votable, "binary2" if binary else "tabledata")
-    if overflow:
+    if overflow or status_last:
         marker = b"</RESOURCE>"
         pos = data.rfind(marker)
-        data = data[:pos] + b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' + data[pos:]
+        status = b"OVERFLOW" if overflow else b"OK"
+        data = data[:pos] + b'<INFO name="QUERY_STATUS" value="' + status + b'"/>\n' + data[pos:]
     if resources:
         end = data.rfind(b"</VOTABLE>")
         data = data[:end] + "".join(resources).encode() + data[end:]

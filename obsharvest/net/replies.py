@@ -15,6 +15,8 @@ hint a person can act on (which variable holds the token, which URL was asked).
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 
 from obsharvest.errors import (
@@ -23,6 +25,9 @@ from obsharvest.errors import (
 from obsharvest.net.redact import redact, strip_query
 
 SAID_LIMIT = 200  # characters of the service's own message quoted back
+# where services put the words in an error body that is a dict (JSON, or a Python repr)
+MESSAGE_KEYS = ("error", "message", "detail", "msg", "reason", "description", "error_message")
+_DICT_LIMIT = 20_000  # characters: a longer "dict" is not parsed, only quoted
 _TAGS = re.compile(r"<[^>]+>")
 _TITLE = re.compile(r"(?is)<title[^>]*>(.*?)</title>")
 
@@ -42,8 +47,38 @@ def said_by(body: bytes | str | None, content_type: str = "") -> str:
         text = match.group(1) if match else _TAGS.sub(" ", text)
     elif text.lstrip().startswith("<"):
         text = _TAGS.sub(" ", text)
+    else:
+        text = dict_message(text) or text
     text = redact(" ".join(text.split()))
     return text if len(text) <= SAID_LIMIT else text[: SAID_LIMIT - 1] + "…"
+
+
+def dict_message(text: str) -> str | None:
+    """The message in an error body that is a dict: JSON, or the ``repr`` of a Python dict
+    (``{'error': 'Table ivoa.foo not found', 'code': 400}``, as some servers answer a 400
+    in plain text); ``None`` for anything else. Read as a literal, never evaluated."""
+    text = text.strip()
+    if not (text.startswith("{") and text.endswith("}")) or len(text) > _DICT_LIMIT:
+        return None
+    for read in (json.loads, ast.literal_eval):
+        try:
+            value = read(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        return _message_in(value) if isinstance(value, dict) else None
+    return None
+
+
+def _message_in(value: dict, depth: int = 0) -> str | None:
+    """The first message-like entry, looking one level into ``{"error": {...}}``."""
+    named = {str(k).lower(): v for k, v in value.items()}
+    for key in MESSAGE_KEYS:
+        found = named.get(key)
+        if isinstance(found, str) and found.strip():
+            return found
+        if isinstance(found, dict) and depth == 0 and (inner := _message_in(found, 1)):
+            return inner
+    return None
 
 
 def token_hint(status: int | None, token_source: str | None, token_sent: bool) -> str:

@@ -107,9 +107,19 @@ class SyncOnly:
 class _NoAsync(Exception):
     """Job creation answered 404/405: the service has no ``/async``."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"no async endpoint (HTTP {status})")
-        self.status = status
+    def __init__(self, refusal: DALServiceError) -> None:
+        super().__init__(f"no async endpoint (HTTP {refusal.code})")
+        self.refusal = refusal
+        self.status = int(refusal.code)
+
+
+def _no_endpoint(exc: BaseException) -> bool:
+    """A 404/405 for the request itself (not a query error): nothing takes it there."""
+    return (
+        isinstance(exc, DALServiceError)
+        and not isinstance(exc, DALQueryError)
+        and exc.code in (404, 405)
+    )
 
 
 def run_query(
@@ -138,18 +148,29 @@ def run_query(
     def mode() -> str:
         return "sync" if options.mode == "sync" or base in options.sync_only else "async"
 
-    def once():
-        nonlocal attempts
-        attempts += 1
-        if mode() == "async":
-            try:
-                return _run_async(service, adql, options, fresh())
-            except _NoAsync as missing:
-                options.sync_only.learn(base, missing.status)
+    def sync():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DALOverflowWarning)  # we read the status ourselves
             # pyvo sends sync queries by POST (TAPQuery.submit), which POST-only services need
             return service.run_sync(adql, maxrec=options.maxrec, uploads=fresh())
+
+    def once():
+        nonlocal attempts
+        attempts += 1
+        if mode() == "sync":
+            return sync()
+        try:
+            return _run_async(service, adql, options, fresh())
+        except _NoAsync as missing:
+            try:
+                result = sync()
+            except Exception as exc:
+                if _no_endpoint(exc):  # no sync either: the async refusal is the news
+                    raise missing.refusal from None
+                options.sync_only.learn(base, missing.status)
+                raise
+            options.sync_only.learn(base, missing.status)
+            return result
 
     try:
         result = options.retry.call(once, f"{mode()} TAP query")
@@ -252,8 +273,8 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
     try:
         job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
     except DALServiceError as exc:
-        if exc.code in (404, 405) and not isinstance(exc, DALQueryError):
-            raise _NoAsync(exc.code) from None
+        if _no_endpoint(exc):
+            raise _NoAsync(exc) from None
         raise
     session = session_of(service)  # one for every long poll of the job: keep-alive
     try:
