@@ -546,13 +546,14 @@ class EmbeddedArchive:
         profile then references the ``obs_publisher_did`` column.
         """
         if self.settings.profile == "rubin" and self.settings.access_style != "descriptor":
-            if "access_url" in columns:
+            if any(c.lower() == "access_url" for c in columns):
                 return (obscore_datalink_descriptor(self.datalink_url, rubin=True),), frozenset()
             return (), frozenset()
-        if "obs_publisher_did" in columns:
+        did = next((c for c in columns if c.lower() == "obs_publisher_did"), None)
+        if did is not None:  # the FIELD keeps its served name (table_case=upper: shouted)
             return (
                 (obscore_datalink_descriptor(self.datalink_url, rubin=False),),
-                frozenset({"obs_publisher_did"}),
+                frozenset({did}),
             )
         return (), frozenset()
 

@@ -390,6 +390,7 @@ FLOW_CASES = [
         s_region="Union ICRS ( Polygon 61.9 -37.1 62.1 -37.1 62.1 -36.9 61.9 -36.9 "
         "Polygon 10 10 11 10 11 11 )",
         verdict="contains",
+        kept_for=frozenset({"seed"}),  # ALMA's Union is read: its members miss "far"
     ),
     ImageCase(
         "s-region-two-polygons",

@@ -13,6 +13,8 @@ pixels contain a target, send no HEAD, and fetch nothing when run again.
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow.dataset as ds
 import pytest
 
@@ -142,3 +144,139 @@ def test_cutout_mode_without_soda_says_so_before_any_work(targets_csv, tmp_path)
         rows = ds.dataset(str(tmp_path / "fallback" / "metadata"), format="parquet")
         stored = {r["obs_publisher_did"] for r in rows.to_table().to_pylist() if r["obsh_stored"]}
         assert stored and stored <= truth
+
+
+# -- every dialect of the standards (simarchive.dialect), in servers that combine them ----
+#
+# Real servers bend several rules at once, so each archive below combines switches, and
+# together they hold every one of them; each also publishes its access_url in another
+# style. Queries are unconstrained so the stored set is compared with the whole WCS
+# truth, not with what the query happened to return.
+DIALECT_SERVERS = {
+    # the issue's server: untyped capabilities without a language, TAP_UPLOAD declared
+    # but its join on CONTAINS answers 500, case-sensitive ivoa.obscore, TABLEDATA as
+    # application/xml, plain-text errors, ESO's J2000 polygons, tile-compressed files
+    "eso-like": (
+        [
+            "capabilities=untyped",
+            "table_case=lower",
+            "serialization=tabledata",
+            "errors=text",
+            "upload_join=broken",
+            "s_region_dialect=stcs-j2000",
+            "files=fz",
+        ],
+        "direct",
+        "async",
+    ),
+    # upper-case columns, no upload, jobs that finish inside RUN, POST-only sync,
+    # ALMA's unions, gzip files
+    "alma-like": (
+        [
+            "table_case=upper",
+            "upload=off",
+            "async=inline",
+            "sync=post",
+            "s_region_dialect=union",
+            "files=gz",
+        ],
+        "datalink",
+        "async",
+    ),
+    # no UWS at all (the run falls back to sync once), DALI arrays, a limit on ORs,
+    # gzip sent as a Content-Encoding
+    "sync-only": (
+        ["async=off", "s_region_dialect=dali", "or_limit=2", "files=gz-encoded"],
+        "descriptor",
+        "async",
+    ),
+    # NULL s_region on some rows (s_ra/s_dec/s_fov decide), SODA as a #proc link
+    "dachs-like": (
+        ["s_region_dialect=null", "soda=proc", "table_case=lower", "capabilities=untyped"],
+        "product",
+        "sync",
+    ),
+}
+
+
+@pytest.mark.parametrize("server", list(DIALECT_SERVERS))
+@pytest.mark.timeout(300)
+def test_every_dialect_harvests_exactly_the_truth(server, targets_csv, tmp_path, caplog):
+    from simarchive.dialect import Dialect
+
+    switches, style, mode = DIALECT_SERVERS[server]
+    settings = ArchiveSettings(
+        seed=7,
+        n_visits=24,
+        binning=10,
+        access_style=style,
+        dialect=Dialect.parse(switches),
+        faults=FaultPlan.parse(["*.head_stall=1"], seed=11),
+    )
+    with EmbeddedArchive(settings) as archive:
+        truth = {name: archive.truth(ra, dec) for name, ra, dec in TARGETS}
+        params = _params(archive, tmp_path, targets_csv)
+        params = params.model_copy(
+            update={
+                "constraints": params.constraints.model_copy(
+                    update={"bands": [], "calib_levels": []}
+                ),
+                "query": params.query.model_copy(update={"mode": mode}),
+            }
+        )
+        summary = harvest_params(params)
+        assert summary.ok, summary.failures
+        assert _heads(archive.stats()) == 0
+
+        rows = ds.dataset(str(tmp_path / "metadata"), format="parquet").to_table().to_pylist()
+        for row in rows:
+            did, name = row["obs_publisher_did"], row["obsh_target_name"]
+            assert row["obsh_verdict"] == ("contains" if did in truth[name] else "outside"), row
+            assert row["obsh_failure"] is None
+            assert row["obsh_access_route"] == expected_route(style, "generic")
+        stored = {r["obs_publisher_did"] for r in rows if r["obsh_stored"]}
+        assert stored == set().union(*truth.values())
+        uris = {r["obsh_storage_uri"] for r in rows if r["obsh_stored"]}
+        suffix = {"files=fz": ".fits.fz", "files=gz": ".fits.gz", "files=gz-encoded": ".fits.gz"}
+        wanted = next((suffix[s] for s in switches if s in suffix), ".fits")
+        assert all(u.endswith(wanted) for u in uris), sorted(uris)[:3]
+
+        archive.reset_stats()
+        again = harvest_params(params)
+        assert again.ok and again.downloaded == 0 and again.reused == summary.images
+        assert not {"files", "data", "datalink", "product"} & set(archive.stats())
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.timeout(300)
+def test_an_untyped_service_without_language_harvests_from_the_cli_without_traceback(
+    targets_csv, tmp_path
+):
+    """The issue's server, run as a user would: exit 0, every target stored, one line
+    about the broken upload join, and nothing on stderr that looks like a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from simarchive.dialect import Dialect
+
+    switches = DIALECT_SERVERS["eso-like"][0]
+    settings = ArchiveSettings(seed=7, n_visits=24, binning=10, dialect=Dialect.parse(switches))
+    with EmbeddedArchive(settings) as archive:
+        truth = set().union(*(archive.truth(ra, dec) for _, ra, dec in TARGETS))
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+        env.pop("PREFECT_API_URL", None)  # the CLI starts its own temporary API
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--targets", str(targets_csv)]
+            + ["--output", str(tmp_path / "out"), "--set", f"service.tap_url={archive.tap_url}"],
+            capture_output=True,
+            text=True,
+            timeout=280,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and 'File "' not in done.stderr, done.stderr
+        assert "could not run upload joins" in done.stderr + done.stdout
+        rows = ds.dataset(str(tmp_path / "out" / "metadata"), format="parquet").to_table()
+        stored = {r["obs_publisher_did"] for r in rows.to_pylist() if r["obsh_stored"]}
+        assert stored == truth

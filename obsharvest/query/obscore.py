@@ -601,6 +601,9 @@ def lower_case_columns(rows: Table) -> Table:
     lowered = [n.lower() for n in names]
     if lowered != names and len(set(lowered)) == len(lowered):
         rows.rename_columns(names, lowered)
+        for meta in rows.meta.get(DESCRIPTORS_META, []):  # a descriptor's ID column too
+            if meta.get("id_column"):
+                meta["id_column"] = meta["id_column"].lower()
     return rows
 
 
