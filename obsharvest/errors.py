@@ -28,6 +28,7 @@
     │       ├── UnauthorizedError         401: token missing or rejected
     │       ├── NotFoundError             404/410: the archive does not have the file
     │       ├── TransientReadError        (also a TransientError) retry with backoff
+    │       ├── NoOverlapError            a SODA cutout shape misses the image (204)
     │       ├── IntegrityError            bytes differ from the announced size or MD5
     │       ├── CorruptHeaderError        bytes arrived, but no readable FITS header
     │       └── NoWcsError                no HDU with a celestial 2-D WCS
@@ -225,6 +226,11 @@ class NotFoundError(ReadError):
 
 class TransientReadError(ReadError, TransientError):
     """Connection refused or dropped, timeout, truncated body, 5xx, 429: worth retrying."""
+
+
+class NoOverlapError(ReadError):
+    """A SODA service found none of the image in the cutout's shape: no cutout, no failure
+    (SODA 1.0's ``NoOverlap``; GAVO DaCHS answers 204 No Content)."""
 
 
 class IntegrityError(ReadError):

@@ -25,6 +25,7 @@ from obsharvest.access.soda import CutoutRequest, cutout_key, cutout_radius, fet
 from obsharvest.errors import (
     CutoutUnavailableError,
     IntegrityError,
+    NoOverlapError,
     NotFoundError,
     ReadError,
     StorageError,
@@ -449,8 +450,12 @@ def _cutouts(
                     r, store, k, headers=h, session=session, timeout=settings.timeout
                 )
 
-            with downloads:
-                found = settings.retry.call(cut, f"cutout of {work.key} for {target.name}")
+            try:
+                with downloads:
+                    found = settings.retry.call(cut, f"cutout of {work.key} for {target.name}")
+            except NoOverlapError:  # the service says the target misses the image: no cutout
+                log.debug("no overlap: %s for %s", work.key, target.name)
+                continue
         cutouts[target.name] = found
         circles[target.name] = request.circle
         if settings.quicklook:

@@ -411,6 +411,19 @@ def test_a_service_that_refuses_get_is_sent_a_post_and_never_a_head(server, tmp_
     assert server.requests[1].query == "RESPONSEFORMAT=fits"
 
 
+def test_no_content_is_no_overlap_not_a_failure(server, tmp_path):
+    """GAVO DaCHS answers a shape that misses the image with 204 and no body: that is an
+    answer (no cutout for that target), and nothing is left in the store."""
+    from obsharvest.errors import NoOverlapError
+
+    url = server.route("/soda/none", Reply(204, b""))
+    request = CutoutRequest(url, "ivo://x/a", 10.0, 20.0, 0.01)
+    with pytest.raises(NoOverlapError, match="no overlap"):
+        fetch_cutout(request, ObjectStore(str(tmp_path)), "a/t.fits", timeout=(5, 10))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [r.method for r in server.requests] == ["GET"]
+
+
 def test_no_soda_anywhere_names_what_was_looked_for(server):
     doc = _links_doc(
         [("#this", f"{server.base_url}/file.fits", ""), ("#proc", "", "other")],

@@ -21,7 +21,7 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from obsharvest.errors import ReadError
+from obsharvest.errors import NoOverlapError, ReadError
 from obsharvest.models import StoredObject, Target
 from obsharvest.storage.download import DEFAULT_TIMEOUT, download
 from obsharvest.storage.keys import sanitize_part
@@ -116,17 +116,29 @@ def fetch_cutout(
     if timeout is None:
         timeout = getattr(session, "timeout", None) or DEFAULT_TIMEOUT
     try:
-        return download(request.url, store, key, session=session, headers=headers, timeout=timeout)
+        try:
+            return download(
+                request.url, store, key, session=session, headers=headers, timeout=timeout
+            )
+        except ReadError as exc:
+            if exc.status != 405:
+                raise
+        # the service refuses GET: the same fields as a form POST to the endpoint as given
+        return download(
+            request.soda_url,
+            store,
+            key,
+            session=session,
+            headers=headers,
+            timeout=timeout,
+            form=request.params,
+        )
     except ReadError as exc:
-        if exc.status != 405:
+        if exc.status != 204:
             raise
-    # the service refuses GET: the same fields as a form POST to the endpoint as given
-    return download(
-        request.soda_url,
-        store,
-        key,
-        session=session,
-        headers=headers,
-        timeout=timeout,
-        form=request.params,
-    )
+        # no content: the shape misses the image (GAVO DaCHS; SODA's NoOverlap)
+        raise NoOverlapError(
+            f"SODA found no overlap of {request.circle} with {request.dataset_id}",
+            status=204,
+            url=exc.url,
+        ) from None
