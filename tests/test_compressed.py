@@ -203,10 +203,9 @@ def targets_csv(tmp_path_factory):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize(
-    ("files", "style"),
-    [("fz", "datalink"), ("gz", "datalink"), ("gz-encoded", "datalink"), ("gz", "unlabelled")],
-)
+# fz (direct), gz (datalink) and gz-encoded (descriptor) harvest in tests/test_conformance.py
+# too; here Datalink for each, and gzip behind an access_url with no access_format
+@pytest.mark.parametrize(("files", "style"), [("fz", "datalink"), ("gz", "unlabelled")])
 @pytest.mark.timeout(240)
 def test_compressed_files_harvest_exactly_the_truth(files, style, targets_csv, tmp_path):
     with EmbeddedArchive(_settings(files, access_style=style)) as archive:
