@@ -501,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .crashes import crash_traces
 
     crash_traces()
+    from obsharvest.net.redact import install_redaction
+
+    install_redaction()  # a token or signed URL quoted by any log line or traceback: masked
     parser = build_parser()
     args = parser.parse_args(angle_arguments(sys.argv[1:] if argv is None else argv))
     from .quiet import quiet_library_noise

@@ -31,6 +31,7 @@ from obsharvest.errors import UserError
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
 from obsharvest.net.http import Connection, resolve_token, token_source
+from obsharvest.net.redact import install_redaction
 from obsharvest.net.retry import one_line
 from obsharvest.products.quicklook import GalleryItem
 from obsharvest.query.adql import Constraints
@@ -481,6 +482,7 @@ def harvest(
         sources[key] = f"parameter overrides[{key!r}]"
     values.update(overrides or {})
     quiet_library_noise()
+    install_redaction(excepthooks=False)  # a deployment run's logs reach the Prefect DB
     params = build_params(profile, values, sources)
     preflight(params)  # a deployment run's checks; in the CLI's process already done
     run_id = str(flow_run.id or uuid.uuid4())

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import time
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -28,7 +30,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from obsharvest.errors import TokenError
-from obsharvest.net.redact import register_secret
+from obsharvest.net.redact import register_secret, scrub_exception
 
 TOKEN_ENV = "ACCESS_TOKEN"  # what the RSP's own tools read
 DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (longest pause between two bytes) seconds
@@ -56,11 +58,11 @@ class ServiceSession(requests.Session):
     ) -> None:
         super().__init__()
         self.timeout = (float(timeout[0]), float(timeout[1]))
-        self._token = token
+        # a library caller's token is held to the rules the CLI and flows apply
+        self._token = clean_token(token, token_source or "the session's token")
         # where the token comes from, for messages about a refused request ("ACCESS_TOKEN")
         self.token_source = token_source
         self._hosts = {host_of(u) for u in service_urls}
-        register_secret(token)
         adapter = HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
         self.mount("http://", adapter)
         self.mount("https://", adapter)
@@ -84,12 +86,20 @@ class ServiceSession(requests.Session):
             headers = dict(kwargs.pop("headers", None) or {})
             headers.setdefault("Authorization", f"Bearer {self._token}")
             kwargs["headers"] = headers
-        return super().request(method, url, *args, **kwargs)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        except Exception as exc:  # a header or URL quoted by requests/urllib3: masked
+            scrub_exception(exc)
+            raise
 
     def send(self, request, **kwargs):
         """Every request, redirects and direct ``send`` calls included, with a timeout."""
         kwargs["timeout"] = self.timeout_for(request.url or "", kwargs.get("timeout"))
-        return super().send(request, **kwargs)
+        try:
+            return super().send(request, **kwargs)
+        except Exception as exc:
+            scrub_exception(exc)
+            raise
 
     def timeout_for(self, url: str, asked: Timeout | None) -> tuple[float, float]:
         """The ``(connect, read)`` timeout of a request to ``url``; ``asked`` is the
@@ -124,12 +134,58 @@ def token_source(env: str = TOKEN_ENV, secret_block: str | None = None) -> str:
     return f"${env} (service.token_env)"
 
 
+_INVISIBLE = re.compile(r"[^!-~]+")  # anything but visible ASCII
+
+
+def clean_token(value: str | None, source: str) -> str | None:
+    """``value`` without surrounding whitespace, or None when nothing is left; registered
+    as a secret to mask (:func:`obsharvest.net.redact.register_secret`).
+
+    ``$(cat token-file)`` keeps nothing extra, but ``export TOKEN=$(<file)`` on a file
+    saved on Windows, a Secret block pasted with its newline, or a YAML ``|`` block leave
+    ``\r``/``\n`` at the end: sent as is, requests refuses the header and quotes it in
+    the exception. A bearer token (RFC 6750 ``b64token``) is one word of visible ASCII,
+    so anything else inside it (a control character, whitespace, a non-ASCII letter) is a
+    saving accident: refused as a :class:`TokenError` naming ``source`` and the kind of
+    character, never the value.
+    """
+    if value is None:
+        return None
+    token = value.strip()
+    if not token:
+        return None
+    register_secret(token)  # masked from now on, even when refused below
+    bad = next((c for c in token if not "!" <= c <= "~"), None)
+    if bad is None:
+        return token
+    for piece in _INVISIBLE.split(token):  # what a library might quote of a refused value
+        register_secret(piece)
+    if unicodedata.category(bad).startswith("C"):  # \r, \n, \t, ESC, BEL, ...
+        kind = "a control character"
+    elif bad.isspace():
+        kind = "whitespace"
+    else:
+        kind = "a non-ASCII character"
+    raise TokenError(
+        f"{source}: the token has {kind} (U+{ord(bad):04X}) inside it; an OAuth 2 token is "
+        "one word of visible ASCII: save it again without it"
+    )
+
+
 def resolve_token(
     explicit: str | None = None, *, env: str = TOKEN_ENV, secret_block: str | None = None
 ) -> str | None:
-    """The token from (in order) an explicit value, a Prefect Secret block, the environment."""
+    """The token from (in order) an explicit value, a Prefect Secret block, the
+    environment; stripped of surrounding whitespace, refused with a :class:`TokenError`
+    naming where it came from if a character inside it cannot be sent (:func:`clean_token`).
+    """
     if explicit:
-        return explicit
+        return clean_token(explicit, "the token given")
+    source = token_source(env, secret_block)
+    return clean_token(_read_token(env, secret_block), source)
+
+
+def _read_token(env: str, secret_block: str | None) -> str | None:
     if secret_block:
         from prefect.blocks.system import Secret
 
