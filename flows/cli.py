@@ -7,14 +7,19 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from obsharvest.errors import UserError
+from obsharvest.errors import Interrupted, UserError
+
+T = TypeVar("T")
 
 
 def _archive(args: argparse.Namespace) -> int:
@@ -173,7 +178,9 @@ def _run_harvest(args: argparse.Namespace) -> int:
 
     try:  # before anything starts (its Prefect API, an archive): a user error costs seconds
         preflight(params)
-    except UserError as exc:
+    except (UserError, stopping.Interrupted) as exc:
+        if stopping.requested():  # a check cut short by the stop is no finding
+            return _stopped_early("during the preflight (checking the service and the outputs)")
         print(f"obsharvest run: {_one_line(exc)}", file=sys.stderr)
         return 2
     from .prefect_api import api_for_run
@@ -181,11 +188,60 @@ def _run_harvest(args: argparse.Namespace) -> int:
     try:
         with api_for_run(stopping.requested):
             return _report(args, overrides)
-    except RuntimeError as exc:
+    except RuntimeError:
         if not stopping.requested():
             raise
-        print(f"obsharvest run: {stopping.describe()} before the harvest began ({exc})")
-        return 1
+        return _stopped_early("while starting the temporary Prefect API")
+
+
+def _stopped_early(when: str, what: str = "nothing was queried or written") -> int:
+    """A run stopped before its flow could sum up (before it began, or past
+    ``STOP_BOUND``): an empty summary on stdout, as every stopped run prints one, and one
+    line on stderr saying what was not done."""
+    from obsharvest.models import Summary
+    from obsharvest.report import text
+    from obsharvest.runtime import stopping
+
+    print(text(Summary(run_id="-", interrupted=stopping.describe())))
+    print(f"obsharvest run: {stopping.describe()} {when}: {what}; rerun", file=sys.stderr)
+    return 1
+
+
+STOP_BOUND = 6.0  # seconds the CLI waits for a stopping flow before it leaves without it
+
+
+def _flow_off_the_main_thread(run: Callable[[], T]) -> T | None:
+    """``run()`` (the flow) in a thread of its own, the main thread waiting on it.
+
+    Python runs signal handlers in the main thread, and a flow run there installs
+    Prefect's SIGTERM handler, which raises ``TerminationSignal`` wherever the flow is (a
+    Parquet write, the summary, between shards): the run crashed and its summary was lost.
+    Off the main thread Prefect installs none (``signal.signal`` is refused there), so the
+    CLI's handler keeps both signals, and both only ask the run to stop: the flow notices
+    between steps and ends with what it decided. A flow still running ``STOP_BOUND``
+    seconds after the stop is left behind: None (the exit code still says the signal).
+    """
+    from concurrent.futures import Future
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from obsharvest.runtime import stopping
+
+    future: Future[T] = Future()
+    context = contextvars.copy_context()
+
+    def body() -> None:
+        try:
+            future.set_result(context.run(run))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+            future.set_exception(exc)
+
+    threading.Thread(target=body, name="harvest-flow", daemon=True).start()
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except FutureTimeout:
+            if stopping.past_grace(STOP_BOUND):
+                return None
 
 
 def _report(args: argparse.Namespace, overrides: dict) -> int:
@@ -200,19 +256,27 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_UserErrorNoise())
     if stopping.requested():  # stopped during start-up: nothing was begun
-        print(f"obsharvest run: {stopping.describe()} before the harvest began", file=sys.stderr)
-        return 1
+        return _stopped_early("before the harvest began")
     with progress_display(
         terminal=sys.stderr.isatty(), verbose=args.verbose, interval=args.progress_interval
     ):
-        state = harvest(profile=args.config, overrides=overrides, return_state=True)
+        state = _flow_off_the_main_thread(
+            lambda: harvest(profile=args.config, overrides=overrides, return_state=True)
+        )
+    if state is None:
+        return _stopped_early(
+            f"and the run did not end within {STOP_BOUND:g} s",
+            "its summary is lost; what was written before is kept",
+        )
     outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException) and stopping.requested():
+        return _stopped_early(
+            f"and the run ended without a summary ({_one_line(outcome)})",
+            "what was written before is kept",
+        )
     if isinstance(outcome, UserError):
         print(f"obsharvest run: {_one_line(outcome)}", file=sys.stderr)
         return 2
-    if isinstance(outcome, BaseException) and stopping.requested():
-        print(f"obsharvest run: {stopping.describe()}: {_one_line(outcome)}", file=sys.stderr)
-        return 1
     if isinstance(outcome, BaseException):
         raise outcome  # a bug, not the user's doing: show the traceback
     summary = outcome
@@ -241,13 +305,15 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
 
 class _UserErrorNoise(logging.Filter):
     """Keep Prefect's failure tracebacks for user errors off the console: the CLI says it
-    in one line. (Prefect's own API log handler still records everything.)"""
+    in one line. A task ended by a stop (``Interrupted``) is no failure to trace: the stop
+    and what it left undone are said once, at the end. (Prefect's own API log handler
+    still records everything.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("prefect"):
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UserError):
+        if isinstance(exc, (UserError, Interrupted)):
             return False
         return not (
             record.levelno >= logging.ERROR and "Finished in state Failed" in record.getMessage()

@@ -37,7 +37,7 @@ from obsharvest.products.quicklook import GalleryItem
 from obsharvest.query.adql import Constraints
 from obsharvest.query.obscore import QueryOptions
 from obsharvest.runtime import stopping, workers
-from obsharvest.runtime.crashpoints import crashpoint
+from obsharvest.runtime.crashpoints import crashpoint, rendezvous
 from obsharvest.targets import in_sky_order
 from tasks import artifacts, progress
 from tasks.images import check_cutouts, process_images
@@ -221,6 +221,8 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
         shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))
         run = _RunTotals(query_options=settings.query_options(params))
         for number, shard in enumerate(shards, 1):
+            if number > 1:
+                rendezvous("shard")  # tests: a stop between shards
             if stopping.requested():
                 run.parts.append(_not_started(run_id, shard, number, len(shards)))
                 continue
@@ -229,6 +231,7 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
             _harvest_shard(params, conn, shard, base, state, run_id, run, logger)
         if run.gallery_items:
             gallery(run.gallery_items, params.output_url, params.output_storage_options)
+        rendezvous("summary")  # tests: a stop while the run sums up
         summary = assemble.merge(run_id, run.parts, plan=params.plan)
         summary.interrupted = stopping.describe() if stopping.requested() else None
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
@@ -493,6 +496,7 @@ def harvest(
         body = harvest_run.with_options(task_runner=runner)
         summary = body(params, run_id, incremental=incremental)
     crashpoint("report")
+    rendezvous("report")  # tests: a stop while the artifacts are published
     artifacts.publish(summary)
     if _absorbed and stopping.cancelled():  # Prefect asked: the run ends Cancelled
         raise _absorbed[-1]

@@ -45,6 +45,7 @@ from obsharvest.net.http import ServiceSession, resolve_token, token_source
 from obsharvest.net.replies import refused, said_by
 from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import Constraints
+from obsharvest.runtime import workers
 from obsharvest.targets import read_targets, single_target
 
 from .config import source_of
@@ -73,15 +74,19 @@ def constraints_of(params: HarvestParams) -> Constraints:
 def preflight(params: HarvestParams, *, network: bool = True) -> None:
     """Check the inputs, then (``network``) the service and the output locations.
     Raises a :class:`~obsharvest.errors.UserError` (one line); returns quickly when these parameters passed
-    in this process moments ago (the CLI checks, then runs the flow, which checks)."""
+    in this process moments ago (the CLI checks, then runs the flow, which checks).
+    A stop (signal, deadline) during the network checks raises ``Interrupted`` within
+    ``workers.STOP_GRACE`` seconds: the CLI then says nothing was begun."""
     key = params.model_dump_json()
     if time.monotonic() - _passed.get(key, -REMEMBER_SECONDS) < REMEMBER_SECONDS:
         return
     check_inputs(params)
     if not network:
         return
-    check_service(params)
-    check_storage(params)
+    # in daemon threads, waited on with the stop: a signal during a read the service never
+    # answers ends the wait in a second or two, not after its timeouts and retries
+    workers.call(lambda: check_service(params), name="preflight-service")
+    workers.call(lambda: check_storage(params), name="preflight-storage")
     _passed[key] = time.monotonic()
 
 

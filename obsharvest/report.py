@@ -145,7 +145,7 @@ def text(summary: Summary, *, max_targets: int = 20) -> str:
     if s.metadata_written:
         out.append(f"Parquet: {s.metadata_url}")
     else:
-        out.append("Parquet: nothing written (no ObsCore rows)")
+        out.append("Parquet: nothing written" + ("" if s.interrupted else " (no ObsCore rows)"))
     if s.stored_images:
         out.append(f"FITS:    {s.storage_url}")
     return "\n".join(out)

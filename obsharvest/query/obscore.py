@@ -9,6 +9,7 @@ complete: targets halves first, then time halves for a single busy target.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import threading
@@ -38,7 +39,7 @@ from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upl
 from obsharvest.query.capabilities import ServiceFeatures
 from obsharvest.query.service import session_of
 from obsharvest.query.shapes import Shape, ShapeMemory, may_be_the_shape, simpler
-from obsharvest.runtime import stopping
+from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
 from obsharvest.verify.sregion import circle_meets_regions, pack_rows, point_in_regions
 
@@ -302,13 +303,22 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
                 raise QueryError(
                     f"TAP job {job.job_id} still {phase} after {options.deadline:.0f} s; aborted"
                 )
-            try:  # UWS 1.1 blocking: returns when the phase changes or after WAIT seconds
-                session.get(
-                    job.url,
-                    params={"WAIT": int(min(options.poll_wait, remaining)) or 1, "PHASE": phase},
-                    # the session's (connect, read), read stretched past WAIT (obsharvest.net.http)
-                    timeout=getattr(session, "timeout", None) or options.poll_wait + 30,
+            wait = int(min(options.poll_wait, remaining)) or 1
+            try:  # UWS 1.1 blocking: returns when the phase changes or after WAIT seconds;
+                # waited on with the stop, so a stopping run aborts the job at once
+                workers.call(
+                    functools.partial(
+                        session.get,
+                        job.url,
+                        params={"WAIT": wait, "PHASE": phase},
+                        # the session's (connect, read), read stretched past WAIT (net.http)
+                        timeout=getattr(session, "timeout", None) or options.poll_wait + 30,
+                    ),
+                    name="uws-poll",
+                    grace=0.0,
                 )
+            except stopping.Interrupted:
+                continue  # the loop's stop check aborts the job
             except Exception:  # a failed long poll is harmless: the next phase read retries
                 time.sleep(0.5)
         if phase == "ERROR":

@@ -10,6 +10,7 @@ gives up on the rest and returns; nothing waits for them afterwards.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -98,3 +99,42 @@ def batches(items: Sequence, size: int, workers: int = 1) -> Iterator[list]:
     step = -(-len(items) // count)
     for start in range(0, len(items), step):
         yield list(items[start : start + step])
+
+
+def call(fn: Callable[[], R], *, name: str = "stoppable", grace: float = STOP_GRACE) -> R:
+    """``fn()`` in a daemon thread, waited for until it returns or the run stops.
+
+    A blocking call (a socket read the server never answers, a storage endpoint that
+    accepts and says nothing) cannot be interrupted where it waits, and a signal handler
+    only sets the stop flag: the caller would sit out the call's own timeouts and retries.
+    Here the caller waits on the result *or* the stop; once the run stops, ``fn`` gets
+    ``grace`` seconds to finish (0 for a call nobody needs once stopping: a UWS long poll),
+    then it is abandoned (its thread ends with its timeout, nothing waits for it) and
+    :class:`stopping.Interrupted` is raised. ``fn``'s own exceptions are raised as they are.
+    ``fn`` runs in a copy of the caller's context (settings and run contexts are
+    context variables: a Prefect Secret read in there sees the caller's API).
+    """
+    stopping.check()
+    future: Future[R] = Future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(context.run(fn))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    deadline: float | None = None
+    while not future.done():
+        if stopping.requested():
+            deadline = deadline or time.monotonic() + grace
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise stopping.Interrupted(stopping.describe())
+            wait([future], timeout=min(left, 0.1))
+        else:
+            wait([future], timeout=0.1)
+    return future.result()
