@@ -17,7 +17,11 @@ Checked, in this order, each failure one line naming what and where (the profile
    authentication tells whether the token is accepted, and a job list runs no query;
 3. the output locations: a small probe object written and removed with the run's
    credentials, in ``{output_url}/metadata`` (the Parquet) and, unless it is a plan,
-   ``storage.url`` (the FITS). Directories the probe had to create are removed again.
+   ``storage.url`` (the FITS). Runs started together into one new output probe at once:
+   each writes a probe object of its own (a uuid in its name) and removes only that;
+   directories are created idempotently and kept (the run writes there next, and another
+   run may already be writing in a directory this probe created: removing it again made a
+   concurrent run's probe fail with "no such directory").
 
 No query is sent: capabilities and the job list are the only requests to the service.
 """
@@ -80,11 +84,12 @@ def preflight(params: HarvestParams, *, network: bool = True) -> None:
     key = params.model_dump_json()
     if time.monotonic() - _passed.get(key, -REMEMBER_SECONDS) < REMEMBER_SECONDS:
         return
-    check_inputs(params)
     if not network:
+        check_inputs(params)
         return
-    # in daemon threads, waited on with the stop: a signal during a read the service never
-    # answers ends the wait in a second or two, not after its timeouts and retries
+    # in daemon threads, waited on with the stop: a signal during a read the service (or a
+    # targets URL) never answers ends the wait in a second or two, not after its timeouts
+    workers.call(lambda: check_inputs(params), name="preflight-inputs")
     workers.call(lambda: check_service(params), name="preflight-service")
     workers.call(lambda: check_storage(params), name="preflight-storage")
     _passed[key] = time.monotonic()
@@ -283,7 +288,12 @@ def check_storage(params: HarvestParams) -> None:
 
 
 def probe(url: str, options: dict[str, Any], source: str, timeout=(10.0, 60.0)) -> None:
-    """Write and remove a small object under ``url`` with ``options``; one line if not."""
+    """Write and remove a small object under ``url`` with ``options``; one line if not.
+
+    Safe with other runs probing the same new output at the same moment: the probe object's
+    name is unique to this call, missing directories are made with ``exist_ok`` (another run
+    may make them between our look and our mkdir), and nothing but our own probe object is
+    ever removed (a directory made here may already hold another run's probe or files)."""
     import fsspec
 
     from obsharvest.storage.store import with_timeouts
@@ -294,13 +304,15 @@ def probe(url: str, options: dict[str, Any], source: str, timeout=(10.0, 60.0)) 
         raise PreflightError(f"{source}: cannot open {url}: {one_line(exc)}") from None
     root = root.rstrip("/") or root
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    created: list[str] = []
     name = posixpath.join(root, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+    written = False
     try:
         if local:
-            created = _make_dirs(fs, root)
+            _make_dirs(fs, root)
         fs.pipe_file(name, b"obsharvest write probe\n")
+        written = True
         fs.rm_file(name)
+        written = False
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line saying why
         why = _why_not(exc, url, local)
         if not local and isinstance(exc, (PermissionError, FileNotFoundError)):
@@ -310,29 +322,25 @@ def probe(url: str, options: dict[str, Any], source: str, timeout=(10.0, 60.0)) 
                     why = f"bucket {bucket!r} does not exist (or these credentials cannot see it)"
         raise PreflightError(f"{source}: cannot write to {url}: {why}") from None
     finally:
+        if written:  # written but its removal failed: one more try, never a directory
+            with contextlib.suppress(Exception):
+                fs.rm_file(name)
         with contextlib.suppress(Exception):
             fs.invalidate_cache(root)
-        for path in reversed(created):  # leave no directory only the probe made
-            with contextlib.suppress(OSError):
-                fs.rmdir(path)
 
 
-def _make_dirs(fs, root: str) -> list[str]:
-    """Create ``root`` and missing parents; return what was created, outermost first.
-    A file in the way is named."""
-    missing = []
+def _make_dirs(fs, root: str) -> None:
+    """Create ``root`` and its missing parents, idempotently (``exist_ok``: runs at once
+    make the same new directories). A file in the way is named."""
     path = root
     while path and not fs.exists(path):
-        missing.append(path)
         parent = posixpath.dirname(path)
         if parent == path:
             break
         path = parent
     if path and fs.exists(path) and not fs.isdir(path):
         raise NotADirectoryError(f"{path} is a file, not a directory")
-    for directory in reversed(missing):
-        fs.mkdir(directory, create_parents=False)
-    return list(reversed(missing))
+    fs.makedirs(root, exist_ok=True)
 
 
 def _why_not(exc: BaseException, url: str, local: bool = False) -> str:

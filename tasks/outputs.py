@@ -47,9 +47,10 @@ def footprints(
 
 @task(name="quicklook-gallery")
 def gallery(items: list[GalleryItem], output_url: str, storage_options: Mapping) -> str:
-    """The gallery's index.html over every shard's items, and its artifact."""
-    from obsharvest.products.gallery import write_index
+    """The gallery's index.html over everything in the output (runs writing into one
+    output at once all appear), and an artifact of this run's own items."""
+    from obsharvest.products.gallery import run_markdown, write_index
 
-    index, markdown = write_index(items, output_url, storage_options)
-    artifacts.publish_gallery(markdown, index)
+    index, _ = write_index(output_url, storage_options)
+    artifacts.publish_gallery(run_markdown(items), index)
     return index

@@ -3,7 +3,14 @@
 ``<output>/gallery/index.html`` (static, escaped) links every quicklook and FITS, and
 ``<output>/gallery/<target>-footprint.png`` shows the ``s_region`` outlines found around
 each target coloured by verdict, like the seed tutorial's Figure 1 — the padding problem
-visible at a glance. The same index goes to Prefect as a markdown artifact.
+visible at a glance. A run's own items go to Prefect as a markdown artifact.
+
+Several runs may write into one output at once, so the index is not made from the items
+of the run that writes it (the run ending last would then hide the others): it is built
+from what the output holds -- the current Parquet view's quicklook rows and the footprint
+maps present -- and rewritten until the output did not change while it was written
+(:func:`write_index`). Each file is one single-shot put (``pipe_file``): on Azure two
+block-list uploads of one key at once make the later commit fail.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ from __future__ import annotations
 import io
 import posixpath
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import fsspec
 from astropy.table import Table
 
+from obsharvest.metadata import TARGET_NAME, MetadataStore
 from obsharvest.models import ImageOutcome, Target
 from obsharvest.products.quicklook import (
     GalleryItem,
@@ -28,6 +36,17 @@ from obsharvest.storage.keys import sanitize_part
 from obsharvest.verify.sregion import region_text
 
 GALLERY_DIR = "gallery"
+INDEX_NAME = "index.html"
+FOOTPRINT_SUFFIX = "-footprint.png"
+FOOTPRINT_TITLE = "footprints around the target"
+INDEX_ATTEMPTS = 10  # rewrites while other runs keep adding to the output (each one ends)
+INDEX_COLUMNS = (
+    "obs_id",
+    "dataproduct_subtype",
+    "obsh_verdict",
+    "obsh_quicklook_uri",
+    "obsh_storage_uri",
+)
 
 
 def _text(value) -> str:
@@ -112,20 +131,82 @@ def write_footprints(
     for name, regions in footprint_regions(rows, outcomes).items():
         buffer = io.BytesIO()
         footprint_map_png(targets[name], regions, buffer, title=f"{name}: s_region by verdict")
-        png = f"{sanitize_part(name)}-footprint.png"
-        with fs.open(posixpath.join(directory, png), "wb") as fh:
-            fh.write(buffer.getvalue())
-        items.append(GalleryItem(target=name, png=png, title="footprints around the target"))
+        png = f"{sanitize_part(name)}{FOOTPRINT_SUFFIX}"
+        fs.pipe_file(posixpath.join(directory, png), buffer.getvalue())
+        items.append(GalleryItem(target=name, png=png, title=FOOTPRINT_TITLE))
     return items
 
 
-def write_index(
-    items: Sequence[GalleryItem], output_url: str, storage_options: Mapping | None = None
-) -> tuple[str, str]:
-    """Write index.html; return (its URI, markdown for an artifact)."""
+def output_items(output_url: str, storage_options: Mapping | None = None) -> list[GalleryItem]:
+    """The gallery of everything in the output, whichever run made it: a quicklook per
+    current Parquet row that has one, and per target its footprint map if one is stored;
+    targets by name, a target's images by obs_id, its map last."""
+    fs, output_uri, directory = _root(output_url, storage_options)
+    view = MetadataStore(output_url, dict(storage_options or {})).read(columns=INDEX_COLUMNS)
+    every = view.to_pylist() if view is not None else []
+    rows = [r for r in every if r.get("obsh_quicklook_uri")]
+    rows.sort(key=lambda r: (r[TARGET_NAME], str(r.get("obs_id")), r["obs_publisher_did"]))
+    maps = set(_footprints(fs, directory))
+    by_target: dict[str, list[GalleryItem]] = defaultdict(list)
+    for row in rows:
+        by_target[row[TARGET_NAME]].append(
+            GalleryItem(
+                target=row[TARGET_NAME],
+                png=_relative(row["obsh_quicklook_uri"], output_uri),
+                fits=_relative(row["obsh_storage_uri"], output_uri)
+                if row.get("obsh_storage_uri")
+                else None,
+                title=f"{row.get('obs_id')} {row.get('dataproduct_subtype')}",
+                verdict=row.get("obsh_verdict"),
+            )
+        )
+    for target in {str(r[TARGET_NAME]) for r in every}:
+        png = f"{sanitize_part(target)}{FOOTPRINT_SUFFIX}"
+        if png in maps:
+            by_target[target].append(GalleryItem(target=target, png=png, title=FOOTPRINT_TITLE))
+    return [item for target in sorted(by_target) for item in by_target[target]]
+
+
+def _footprints(fs, directory: str) -> list[str]:
+    fs.invalidate_cache(directory)  # other runs write here
+    try:
+        names = [posixpath.basename(p) for p in fs.ls(directory, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(FOOTPRINT_SUFFIX))
+
+
+def _snapshot(output_url: str, storage_options: Mapping | None) -> tuple:
+    """What the index depends on, cheaply: the Parquet file names and the maps present."""
     fs, _, directory = _root(output_url, storage_options)
-    fs.makedirs(directory, exist_ok=True)
-    index = posixpath.join(directory, "index.html")
-    with fs.open(index, "w") as fh:
-        fh.write(gallery_html(list(items)))
-    return fs.unstrip_protocol(index), gallery_markdown(list(items), title="Quicklooks by target")
+    files = MetadataStore(output_url, dict(storage_options or {})).files()
+    return tuple(files), tuple(_footprints(fs, directory))
+
+
+def write_index(output_url: str, storage_options: Mapping | None = None) -> tuple[str, int]:
+    """Write ``gallery/index.html`` from what the output holds; return (its URI, items).
+
+    Runs ending at once each rewrite the index: it is (re)built until the output is the
+    same after the write as it was before the read. Then whichever write lands last saw
+    every run that had published before it, and a run publishing later writes after it
+    (its own index is built after its Parquet is published). A run ending alone reads once,
+    writes once and checks once.
+    """
+    fs, _, directory = _root(output_url, storage_options)
+    index = posixpath.join(directory, INDEX_NAME)
+    before = _snapshot(output_url, storage_options)
+    items: list[GalleryItem] = []
+    for _ in range(INDEX_ATTEMPTS):
+        items = output_items(output_url, storage_options)
+        fs.makedirs(directory, exist_ok=True)
+        fs.pipe_file(index, gallery_html(items).encode())
+        after = _snapshot(output_url, storage_options)
+        if after == before:
+            break
+        before = after
+    return fs.unstrip_protocol(index), len(items)
+
+
+def run_markdown(items: list[GalleryItem]) -> str:
+    """The run's own quicklooks and maps, for its Prefect artifact."""
+    return gallery_markdown(items, title="Quicklooks by target")
