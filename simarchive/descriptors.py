@@ -140,7 +140,10 @@ def proc_descriptor(access_url: str, ident: str, resource_id: str = PROC_SERVICE
     )
 
 
-def obscore_datalink_descriptor(datalink_url: str, *, rubin: bool) -> str:
-    """The descriptor TAP attaches to ObsCore results: empty inputParams on the RSP."""
-    params = [] if rubin else [InputParam("ID", ref="obs_publisher_did", ucd="meta.id;meta.main")]
+def obscore_datalink_descriptor(
+    datalink_url: str, *, rubin: bool, ref: str = "obs_publisher_did"
+) -> str:
+    """The descriptor TAP attaches to ObsCore results: empty inputParams on the RSP; ``ref``
+    is the XML ID of the ``obs_publisher_did`` FIELD as served."""
+    params = [] if rubin else [InputParam("ID", ref=ref, ucd="meta.id;meta.main")]
     return service_descriptor(DATALINK_STANDARD, datalink_url, params, name="datalink")

@@ -143,6 +143,15 @@ class ArchiveSettings:
             raise ValueError(f"n_visits={self.n_visits} must be at least 1")
         if self.binning < 1:
             raise ValueError(f"binning={self.binning} must be at least 1")
+        # a negative duration or port means nothing: refused, not served as if it were 0
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port} must be 0..65535 (0 picks a free one)")
+        if not self.url_lifetime > 0:
+            raise ValueError(f"url_lifetime={self.url_lifetime:g} must be more than 0 seconds")
+        if self.sync_timeout is not None and not self.sync_timeout > 0:
+            raise ValueError(f"sync_timeout={self.sync_timeout:g} must be more than 0 seconds")
+        if not self.query_delay >= 0:
+            raise ValueError(f"query_delay={self.query_delay:g} must be 0 or more seconds")
         if self.sync_timeout is None and self.profile == "rubin":
             object.__setattr__(self, "sync_timeout", 55.0)
 
@@ -550,9 +559,9 @@ class EmbeddedArchive:
                 return (obscore_datalink_descriptor(self.datalink_url, rubin=True),), frozenset()
             return (), frozenset()
         did = next((c for c in columns if c.lower() == "obs_publisher_did"), None)
-        if did is not None:  # the FIELD keeps its served name (table_case=upper: shouted)
+        if did is not None:  # the FIELD as served (table_case=upper: shouted), ID = its name
             return (
-                (obscore_datalink_descriptor(self.datalink_url, rubin=False),),
+                (obscore_datalink_descriptor(self.datalink_url, rubin=False, ref=did),),
                 frozenset({did}),
             )
         return (), frozenset()

@@ -110,8 +110,8 @@ def results_votable(
             field.description = col.description
         if field.datatype == "char":
             field.arraysize = "*"
-        if field.name in field_ids:  # descriptors ref the ObsCore (lower-case) name
-            field.ID = field.name.lower()
+        if field.name in field_ids:
+            field.ID = field.name
     data = _python_written(votable, "binary2" if binary else "tabledata")
     if overflow or status_last:
         marker = b"</RESOURCE>"

@@ -179,7 +179,9 @@ def run_query(
         if not is_transient(exc):
             raise _permanent(service, mode(), exc) from None
         raise ServiceError(
-            f"{mode()} TAP query to {base} failed {attempts} times; last: {_reply_problem(exc)}"
+            f"{mode()} TAP query to {base} failed {attempts} times; last: {_reply_problem(exc)}",
+            status=_status_of(exc),
+            url=base,
         ) from None
     overflow = overflowed(result)
     table = result.to_table()
@@ -253,6 +255,12 @@ def _permanent(service, mode: str, exc: BaseException) -> BaseException:
             url=endpoint,
         )
     return exc
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status of the last failure, None when no reply came (timeout, transport)."""
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    return status if isinstance(status, int) and status > 0 else None
 
 
 def _reply_problem(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ Services that advertise a feature do not always run every query that uses it: a
 answering 500; ``INTERSECTS`` in the language but refused; a limit on the size of a
 query that an OR-batch of 50 targets passes. The rows wanted are the same whatever the
 shape, so when a shape fails with a reply that can be the shape's fault (a 400, a
-refusal, a 500 that repeats), the same targets are asked again in the next simpler
+refusal, a 500 that repeats; not a timeout, which says nothing of the shape), the same targets are asked again in the next simpler
 shape, from richest to simplest:
 
     upload join  →  OR-batch of n  →  OR-batches of n/4 ... 1  →  1 target without INTERSECTS
@@ -70,7 +70,9 @@ def may_be_the_shape(exc: BaseException) -> bool:
     """Whether a failed query may have failed for its shape (then a simpler one may work)."""
     if isinstance(exc, ServiceRefusedError):
         return exc.status in _SHAPE_STATUSES or exc.status is None
-    return isinstance(exc, QueryError | ServiceError)
+    if isinstance(exc, ServiceError):  # a 500 that repeats; no reply at all is no answer
+        return exc.status is not None and exc.status >= 500
+    return isinstance(exc, QueryError)
 
 
 class ShapeMemory:
