@@ -25,7 +25,7 @@ system-deps:
 # Nothing is rerun: a crash fails the run like any failure, and pytest's faulthandler
 # prints every thread's stack. (The old "rare segfault" was astropy's C VOTable writer;
 # README, "Known problems fixed"; `make stress` loops the workload that met it.)
-test: venv system-deps interop-deps
+test: venv system-deps interop-deps azurite-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -40,6 +40,24 @@ interop-deps:
 
 interop: venv interop-deps
 	$(BIN)/python -m pytest -m interop tests/test_interop_dachs.py $(PYTEST_ARGS)
+
+# Azurite (npm) for the Azure Blob tests: installed once into .cache/azurite with the
+# machine's node and npm (the tests start it, tests/emulators.py). Where npm is missing or
+# the install fails it says why and succeeds, and the Azure tests skip with that reason.
+AZURITE_VERSION ?= 3.35.0
+AZURITE_STAMP := .cache/azurite/.installed-$(AZURITE_VERSION)
+.PHONY: azurite-deps
+azurite-deps: $(AZURITE_STAMP)
+
+$(AZURITE_STAMP):
+	@if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then \
+	  echo "node/npm not found: the Azure Blob tests will skip (Azurite runs on Node.js)"; \
+	elif npm install --prefix .cache/azurite --no-audit --no-fund --loglevel=error \
+	    azurite@$(AZURITE_VERSION); then \
+	  touch $@; \
+	else \
+	  echo "npm could not install azurite@$(AZURITE_VERSION): the Azure Blob tests will skip"; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import sys
@@ -53,3 +54,58 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# -- object stores: one server of each per session, shared by every module that uses it ----
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """The endpoint URL of a SeaweedFS S3 gateway running for the whole session."""
+    from .seaweed import seaweed_s3
+
+    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as endpoint:
+        yield endpoint
+
+
+def _emulated(start, tmp_path_factory, name: str):
+    """Run an emulator for the session; skip its tests with the reason if it cannot start."""
+    from .emulators import EmulatorUnavailable
+
+    stack = contextlib.ExitStack()
+    try:
+        endpoint = stack.enter_context(start(tmp_path_factory.mktemp(name)))
+    except (EmulatorUnavailable, RuntimeError, TimeoutError) as exc:
+        stack.close()
+        pytest.skip(f"{name} cannot start here: {exc}")
+    with stack:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """The endpoint URL of fake-gcs-server (Google Cloud Storage's JSON API)."""
+    from .emulators import fake_gcs
+
+    yield from _emulated(fake_gcs, tmp_path_factory, "fake-gcs-server")
+
+
+@pytest.fixture(scope="session")
+def azure(tmp_path_factory):
+    """The blob endpoint URL of Azurite (Azure Blob Storage)."""
+    from .emulators import azurite
+
+    yield from _emulated(azurite, tmp_path_factory, "azurite")
+
+
+CLOUDS = ["s3", "gcs", "azure"]
+
+
+@pytest.fixture(params=CLOUDS)
+def cloud(request):
+    """Each object store the README names, for tests parametrized over them: SeaweedFS (S3),
+    fake-gcs-server (GCS), Azurite (Azure Blob)."""
+    from .emulators import azure_cloud, gcs_cloud, s3_cloud
+
+    make = {"s3": s3_cloud, "gcs": gcs_cloud, "azure": azure_cloud}[request.param]
+    return make(request.getfixturevalue(request.param))

@@ -6,13 +6,28 @@ verified one under a key -- a half FITS file that a rerun then skips as "present
 worst outcome. How that is achieved depends on the file system:
 
 - Object stores (s3/s3a, gs/gcs, az/abfs/adl) publish an object only when the upload is
-  completed, i.e. when the fsspec file is closed. We write to the final key directly and,
-  on failure, call the file's ``discard()`` (s3fs aborts the multipart upload) instead of
-  ``close()``. Incomplete multipart uploads that a killed process leaves behind are
-  invisible and billed; a bucket lifecycle rule (AbortIncompleteMultipartUpload) reaps them.
-  The write buffer, which is also the multipart part size, is set to
+  completed, i.e. when the fsspec file is closed. On S3 and GCS we write to the final key
+  directly and, on failure, call the file's ``discard()`` (s3fs aborts the multipart
+  upload, gcsfs cancels the resumable upload session) instead of ``close()``. Each upload
+  there is a session of its own: two runs writing one key at once both succeed, the last
+  completed wins (measured on SeaweedFS and fake-gcs-server). Incomplete multipart uploads
+  that a killed process leaves behind are invisible and billed; a bucket lifecycle rule
+  (AbortIncompleteMultipartUpload) reaps them (GCS expires resumable sessions after a
+  week). The write buffer, which is also the part size, is set to
   :data:`WRITE_BLOCK_SIZE`: s3fs's default (50 MiB) would hold that much per upload in
   memory, times the download workers. ``mv`` is not used there (on S3 it is copy + delete).
+- Azure Blob (az/abfs/abfss/adl) publishes a block blob only when its block list is
+  committed, but the staged blocks belong to the *blob name*, not to an upload: when one
+  writer commits, the other writer's uncommitted blocks of that name are dropped and its
+  commit then fails with ``InvalidBlockList`` (measured on Azurite with two adlfs writers;
+  Azure documents the garbage collection of uncommitted blocks at commit). Runs at once do
+  write one key (an image that serves targets of both), so here the blocks go to a unique
+  temporary key ``.{name}.part-{uuid}`` (invisible until committed, nothing committed on
+  failure), which a server-side copy then puts under the final key, whole, in one step
+  (the copy is waited for until Azure reports it complete), and the temporary is deleted.
+  The alternative, spooling to a local file for one ``Put Blob``, would hold the whole
+  file in memory in the Azure SDK (its single-shot upload reads the stream at once) or
+  fall back to block lists above 64 MiB: the copy costs one server-side request instead.
 - Everything else (local disk, memory, ...) shows bytes as they are written, so we write
   ``.{name}.part-{uuid}`` in the same directory and ``mv`` it into place after
   verification (a rename on a local disk: atomic). :meth:`ObjectStore.delete_partials`
@@ -78,6 +93,10 @@ log = logging.getLogger(__name__)
 
 # file systems whose writes become visible only when the file is closed successfully
 DIRECT_WRITE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+# ... of which those where two uploads of one key at once collide (Azure block lists): an
+# object that several writers may write goes to a temporary key and is copied into place
+COPY_PUBLISH_PROTOCOLS = frozenset({"az", "abfs", "abfss", "adl"})
+COPY_WAIT_SECONDS = 600.0  # a server-side copy still pending after this has failed
 SIDECAR_SUFFIX = ".sha256"
 PART_MARKER = ".part-"
 STALE_PARTIAL_SECONDS = 3600.0  # a temp older than this belongs to a dead run
@@ -216,8 +235,11 @@ class ObjectStore:
 
     ``storage_options`` go to fsspec (credentials, endpoint_url, ...), with ``timeout``
     (connect, read seconds) added where they set none (:func:`with_timeouts`).
-    ``direct_write`` overrides the choice between writing the final key directly and temp +
-    rename (tests, or a file system this module does not know); ``None`` decides by protocol.
+    ``publish`` is how an object appears under its key: ``"direct"`` (written there, the
+    upload completed at the end: S3, GCS), ``"copy"`` (written to a temporary key, then a
+    server-side copy: Azure) or ``"rename"`` (a temporary file renamed: local disks and the
+    rest); ``None`` decides by protocol. ``direct_write`` (True: direct, False: rename) is
+    the older switch for the same (tests, or a file system this module does not know).
     """
 
     def __init__(
@@ -226,6 +248,7 @@ class ObjectStore:
         storage_options: dict[str, Any] | None = None,
         *,
         direct_write: bool | None = None,
+        publish: str | None = None,
         write_block_size: int = WRITE_BLOCK_SIZE,
         timeout: tuple[float, float] | None = DEFAULT_TIMEOUT,
     ) -> None:
@@ -233,12 +256,27 @@ class ObjectStore:
         self.write_block_size = write_block_size
         self.fs, path = fsspec.core.url_to_fs(root, **with_timeouts(root, storage_options, timeout))
         self.root = path.rstrip("/") or path
-        if direct_write is None:
-            direct_write = bool(_protocols(self.fs) & DIRECT_WRITE_PROTOCOLS)
-        self.direct_write = direct_write
+        if publish is None and direct_write is not None:
+            publish = "direct" if direct_write else "rename"
+        if publish is None:
+            protocols = _protocols(self.fs)
+            if protocols & COPY_PUBLISH_PROTOCOLS:
+                publish = "copy"
+            elif protocols & DIRECT_WRITE_PROTOCOLS:
+                publish = "direct"
+            else:
+                publish = "rename"
+        if publish not in ("direct", "copy", "rename"):
+            raise ValueError(f"publish must be direct, copy or rename, not {publish!r}")
+        self.publish = publish
+
+    @property
+    def direct_write(self) -> bool:
+        """Whether objects are written under their final key (no temporary to clean up)."""
+        return self.publish == "direct"
 
     def __repr__(self) -> str:
-        mode = "direct" if self.direct_write else "temp+rename"
+        mode = {"direct": "direct", "copy": "temp+copy", "rename": "temp+rename"}[self.publish]
         return f"ObjectStore({self.root_url!r}, {mode})"
 
     # -- naming ---------------------------------------------------------------------
@@ -293,8 +331,10 @@ class ObjectStore:
         """
         path = self.path(key)
         # s3fs and friends answer info() from a cached listing of the parent when they have
-        # one; another process (a Dask worker, a concurrent run) may have written since
-        self.fs.invalidate_cache(path)
+        # one; another process (a Dask worker, a concurrent run) may have written since.
+        # s3fs and gcsfs drop the parents' listings with the path's, adlfs only the path's
+        for stale in (path, posixpath.dirname(path)):
+            self.fs.invalidate_cache(stale)
         try:
             info = self.fs.info(path)
         except FileNotFoundError:
@@ -341,18 +381,18 @@ class ObjectStore:
         """
         path = self.path(key)
         wanted_md5 = _normalise_md5(expected_md5)
-        if self.direct_write:
+        if self.publish == "direct":
             target = path
         else:
             parent, name = posixpath.split(path)
             target = f"{parent}/.{name}{PART_MARKER}{uuid.uuid4().hex}"
-            self.fs.makedirs(parent, exist_ok=True)
         sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-        if self.direct_write:
-            handle = self.fs.open(target, "wb", block_size=self.write_block_size)
-        else:
+        if self.publish == "rename":
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             handle = self.fs.open(target, "wb")
-        committed = False
+        else:
+            handle = self.fs.open(target, "wb", block_size=self.write_block_size)
+        committed = uploaded = False
         try:
             for chunk in chunks:
                 if not chunk:
@@ -372,13 +412,17 @@ class ObjectStore:
             if wanted_md5 is not None and md5_hex != wanted_md5:
                 raise IntegrityError(f"{key}: MD5 {md5_hex} differs from expected {wanted_md5}")
             self._drop_sidecar(key)
-            handle.close()  # direct write: completes the upload, the object appears whole
-            if not self.direct_write:
+            handle.close()  # completes the upload: direct, the object appears whole
+            uploaded = True
+            if self.publish == "rename":
                 self.fs.mv(target, path)
+            elif self.publish == "copy":
+                self._copy_into_place(target, path)
+                self._remove_temp(target)
             committed = True
         finally:
             if not committed:
-                self._abort(handle, target)
+                self._abort(handle, target, uploaded)
         digest = sha.hexdigest()
         self._write_sidecar(key, digest, md5_hex, size)
         return StoredObject(uri=self.uri(key), key=key, size=size, sha256=digest, md5=md5_hex)
@@ -387,9 +431,32 @@ class ObjectStore:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._sidecar(key))
 
-    def _abort(self, handle: Any, target: str) -> None:
+    def _copy_into_place(self, temp: str, path: str) -> None:
+        """Server-side copy of the committed temporary onto the final key, waited for."""
+        copy = getattr(self.fs, "service_client", None) and getattr(self.fs, "split_path", None)
+        if copy:  # adlfs: the Azure SDK's copy, whose completion fsspec's cp_file skips
+            from obsharvest.storage.azure import copy_blob
+
+            copy_blob(self.fs, temp, path, COPY_WAIT_SECONDS)
+        else:
+            self.fs.cp_file(temp, path)
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(posixpath.dirname(path))
+
+    def _remove_temp(self, temp: str) -> None:
+        try:
+            self.fs.rm_file(temp)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # the object is published; delete_partials reaps it later
+            log.warning("could not remove temp %s: %s", temp, exc)
+
+    def _abort(self, handle: Any, target: str, uploaded: bool = False) -> None:
         """Throw the write away; must not raise over the error that got us here."""
-        if self.direct_write:
+        if self.publish == "copy" and uploaded:  # the copy failed: only the temp exists
+            self._remove_temp(target)
+            return
+        if self.publish in ("direct", "copy"):
             try:
                 discard = getattr(handle, "discard", None)
                 if discard is not None:
@@ -420,9 +487,10 @@ class ObjectStore:
 
         The age guard keeps a concurrent run's temps alive; pass 0 when no other run can
         be writing. Temps whose age the file system does not report are kept unless
-        ``older_than`` is 0. Direct-write stores make no temps: nothing to list.
+        ``older_than`` is 0. Direct-write stores make no temps: nothing to list (Azure's
+        do: a run killed between a temporary's upload and its copy leaves one).
         """
-        if self.direct_write:
+        if self.publish == "direct":
             return []
         try:
             found = self.fs.find(self.root, withdirs=False, detail=True)
