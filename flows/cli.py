@@ -88,6 +88,7 @@ def _overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     ``--set query.maxrec=0``), so an error blames the argument, not the profile."""
     from .config import parse_override
 
+    _refuse_flags(args)
     overrides: dict = {}
     sources: dict[str, str] = {}
 
@@ -119,6 +120,27 @@ def _overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         key, value = parse_override(item)
         put(key, value, f"--set {item}")
     return overrides, sources
+
+
+def _refuse_flags(args: argparse.Namespace) -> None:
+    """Flags that contradict each other or mean nothing, refused in one line: a position
+    with a target file would harvest one and silently drop the other."""
+    from obsharvest.errors import ConfigError
+
+    if args.targets and (args.ra is not None or args.dec is not None):
+        given = " ".join(
+            f"--{name} {getattr(args, name)}"
+            for name in ("ra", "dec")
+            if getattr(args, name) is not None
+        )
+        raise ConfigError(
+            f"--targets {args.targets} and {given}: give a target file or one position, not both"
+        )
+    if not args.progress_interval >= 0:  # NaN too
+        raise ConfigError(
+            f"--progress-interval {args.progress_interval:g}: must be 0 (no progress lines) "
+            "or more seconds"
+        )
 
 
 def _on_stop_signal(signum: int, _frame) -> None:
@@ -305,9 +327,11 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
 
 class _UserErrorNoise(logging.Filter):
     """Keep Prefect's failure tracebacks for user errors off the console: the CLI says it
-    in one line. A task ended by a stop (``Interrupted``) is no failure to trace: the stop
-    and what it left undone are said once, at the end. (Prefect's own API log handler
-    still records everything.)"""
+    in one line. A Failed state a task returned (a query batch past its retries, an image
+    batch with failures) was already said in the task's or the flow's own lines: Prefect's
+    repr of it would say it again. A task ended by a stop (``Interrupted``) is no failure
+    to trace: the stop and what it left undone are said once, at the end. (Prefect's own
+    API log handler still records everything.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("prefect"):
@@ -315,8 +339,10 @@ class _UserErrorNoise(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (UserError, Interrupted)):
             return False
+        message = record.getMessage()
         return not (
-            record.levelno >= logging.ERROR and "Finished in state Failed" in record.getMessage()
+            record.levelno >= logging.ERROR
+            and ("Finished in state Failed" in message or "Task run failed with state" in message)
         )
 
 
@@ -343,6 +369,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from obsharvest.metadata import MetadataStore
 
     try:
+        _existing_output(args.output)
         done = MetadataStore(args.output).migrate()
     except (UserError, OSError) as exc:
         print(f"obsharvest migrate: {_one_line(exc)}", file=sys.stderr)
@@ -358,6 +385,7 @@ def _compact(args: argparse.Namespace) -> int:
     from obsharvest.metadata import MetadataStore
 
     try:
+        _existing_output(args.output)
         done = MetadataStore(args.output).compact()
         folded = incremental.fold(args.output)
     except (UserError, OSError) as exc:
@@ -372,9 +400,19 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_output(url: str) -> None:
+    """A mistyped output is refused, not reported as an output with nothing to do."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        raise UserError(f"{url}: no such output (the path does not exist)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="obsharvest", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"obsharvest {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     archive = commands.add_parser(
@@ -537,7 +575,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compact.add_argument("output", help="the output URL given to `run --output`")
     compact.set_defaults(func=_compact)
+    for sub in commands.choices.values():  # `obsharvest run -v` as `obsharvest -v run`
+        # SUPPRESS: not given after the command, the flag given before it stands
+        sub.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (its metadata, not a constant to keep in step)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("obsharvest")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 _ANGLE_FLAGS = ("--ra", "--dec")

@@ -36,6 +36,7 @@ from obsharvest.net.retry import one_line
 from obsharvest.products.quicklook import GalleryItem
 from obsharvest.query.adql import Constraints
 from obsharvest.query.obscore import QueryOptions
+from obsharvest.report import split_unfinished
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
 from obsharvest.targets import in_sky_order
@@ -47,7 +48,7 @@ from tasks.targets import load_targets
 
 from . import settings
 from .config import build_params
-from .params import Band, CalibLevel, HarvestParams, Subtype
+from .params import DEC_SCHEMA, MJD_SCHEMA, RA_SCHEMA, Band, CalibLevel, HarvestParams, Subtype
 from .preflight import constraints_of as _constraints
 from .preflight import preflight, with_storage_credentials
 from .quiet import quiet_library_noise
@@ -234,6 +235,8 @@ def run_harvest(params: HarvestParams, run_id: str, *, incremental: bool = False
         rendezvous("summary")  # tests: a stop while the run sums up
         summary = assemble.merge(run_id, run.parts, plan=params.plan)
         summary.interrupted = stopping.describe() if stopping.requested() else None
+        for line in split_unfinished(summary.failures)[1]:  # one line, not one per image
+            logger.warning(line)
         summary.metadata_url = params.output_url.rstrip("/") + "/metadata"
         summary.metadata_written = bool(run.paths)
         summary.storage_url = params.storage_url
@@ -429,9 +432,13 @@ def harvest(
     targets: Annotated[
         str | None, Field(description="target list (CSV/ECSV/Parquet/VOTable path or URL)")
     ] = None,
-    ra: Annotated[float | str | None, Field(description="one target: RA (deg or hh:mm:ss)")] = None,
+    ra: Annotated[
+        float | str | None,
+        Field(description="one target: RA (deg or hh:mm:ss)", json_schema_extra=RA_SCHEMA),
+    ] = None,
     dec: Annotated[
-        float | str | None, Field(description="one target: Dec (deg or dd:mm:ss)")
+        float | str | None,
+        Field(description="one target: Dec (deg or dd:mm:ss)", json_schema_extra=DEC_SCHEMA),
     ] = None,
     radius: Annotated[
         float | None, Field(gt=0, le=10, description="deg: overlap, not containment")
@@ -441,10 +448,12 @@ def harvest(
     subtypes: list[Subtype] | None = None,
     calib_levels: list[CalibLevel] | None = None,
     time_start: Annotated[
-        float | str | date | None, Field(description="MJD or ISO date/time (UTC)")
+        float | str | date | None,
+        Field(description="MJD or ISO date/time (UTC)", json_schema_extra=MJD_SCHEMA),
     ] = None,
     time_end: Annotated[
-        float | str | date | None, Field(description="MJD or ISO date/time (UTC)")
+        float | str | date | None,
+        Field(description="MJD or ISO date/time (UTC)", json_schema_extra=MJD_SCHEMA),
     ] = None,
     output_url: Annotated[str | None, Field(description="where metadata/ and fits/ go")] = None,
     plan: Annotated[

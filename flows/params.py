@@ -35,6 +35,26 @@ Band = Annotated[str, Field(pattern=_BAND.pattern, description="band, e.g. i")]
 Subtype = Annotated[str, Field(pattern=_SUBTYPE.pattern, description="dataproduct_subtype")]
 CalibLevel = Annotated[int, Field(ge=0, le=4)]
 
+# The flow's one-position parameters take degrees or sexagesimal text. Their JSON Schema
+# carries the ranges the target readers enforce (obsharvest.targets: RA in [0, 360] deg or
+# 0-24 h, Dec in [-90, 90]) as keywords that apply to one type each -- minimum/maximum to
+# numbers, pattern to strings -- so Prefect's server refuses ra=400 or dec="-97:00:00"
+# when a deployment run is created, not inside the run. They are schema only
+# (json_schema_extra), not enforced by pydantic: a flow called from Python still gets
+# build_params' message, which names the parameter ("parameter dec: ... outside [-90, 90]").
+RA_TEXT = (
+    r"^\s*\+?(?:(?:[01]?\d|2[0-4])(?:\s*[:hH]\s*|\s+)[0-9:.\shmsHMS]*"
+    r"|(?:360(?:\.0*)?|(?:3[0-5]\d|[12]?\d?\d)(?:\.\d*)?|\.\d+)"
+    r"(?:\s*(?:d|deg|°)[0-9:.\sdmsDMS'\"°]*)?)\s*$"
+)
+DEC_TEXT = (
+    r"^\s*[+-]?(?:(?:[0-8]?\d|90)(?:\s*[:dD°]\s*|\s+)[0-9:.\sdmsDMS'\"°]*"
+    r"|(?:90(?:\.0*)?|[0-8]?\d(?:\.\d*)?|\.\d+)(?:\s*(?:deg|d|°))?)\s*$"
+)
+RA_SCHEMA = {"minimum": 0, "maximum": 360, "pattern": RA_TEXT}
+DEC_SCHEMA = {"minimum": -90, "maximum": 90, "pattern": DEC_TEXT}
+MJD_SCHEMA = {"exclusiveMinimum": 0, "exclusiveMaximum": 200_000}  # as _mjd checks numbers
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -10,6 +10,7 @@ import unicodedata
 
 from obsharvest.models import Summary
 from obsharvest.net.redact import redact
+from obsharvest.runtime import stopping
 
 
 def human_bytes(n: int | float) -> str:
@@ -114,6 +115,24 @@ def plan_line(s: Summary) -> str:
     return line
 
 
+def split_unfinished(
+    failures: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The failures that are failures, and one line per reason for what a stop left
+    unfinished (``136 images not finished: interrupted by SIGINT``): a stop is not 136
+    problems. Each image keeps its own reason in the Parquet and ``Summary.failures``."""
+    failed: list[tuple[str, str]] = []
+    counts: dict[tuple[str, str], int] = {}
+    for key, reason in failures:
+        if reason.startswith(stopping.INTERRUPTED):
+            kind = "targets not queried" if key.startswith("target ") else "images not finished"
+            counts[kind, reason] = counts.get((kind, reason), 0) + 1
+        else:
+            failed.append((key, reason))
+    lines = [f"{n} {kind}: {redact(reason)}" for (kind, reason), n in counts.items()]
+    return failed, lines
+
+
 def text(summary: Summary, *, max_targets: int = 20) -> str:
     """The CLI's closing report. Names are fitted by display width, so the columns stay
     aligned for any script; the Parquet and FITS lines appear only when there is
@@ -138,10 +157,12 @@ def text(summary: Summary, *, max_targets: int = 20) -> str:
             f"{s.downloaded} downloaded now ({human_bytes(s.downloaded_bytes)}), "
             f"s_region false positives {s.false_positive_rate:.1%}"
         )
-    for image, reason in s.failures[:10]:
+    failures, unfinished = split_unfinished(s.failures)
+    for image, reason in failures[:10]:
         out.append(f"FAILED {image}: {redact(reason)}")
-    if len(s.failures) > 10:
-        out.append(f"… and {len(s.failures) - 10} more failures")
+    if len(failures) > 10:
+        out.append(f"… and {len(failures) - 10} more failures")
+    out += unfinished
     if s.metadata_written:
         out.append(f"Parquet: {s.metadata_url}")
     else:

@@ -21,6 +21,7 @@ import io
 import logging
 import math
 import re
+import socket
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -200,8 +201,8 @@ def _read_bytes(source: str, storage_options: dict | None) -> tuple[bytes, str]:
     try:
         with fsspec.open(source, "rb", compression="infer", **(storage_options or {})) as fh:
             data = fh.read()
-    except FileNotFoundError:
-        raise TargetError(source, [Problem("no such file")]) from None
+    except FileNotFoundError as err:
+        raise TargetError(source, [Problem(_not_fetched(err))]) from None
     except IsADirectoryError:
         raise TargetError(source, [Problem("is a directory, not a target list")]) from None
     except PermissionError:
@@ -212,6 +213,86 @@ def _read_bytes(source: str, storage_options: dict | None) -> tuple[bytes, str]:
             inner = inner[: -len(suffix)]
             break
     return data, inner
+
+
+def _not_fetched(err: FileNotFoundError) -> str:
+    """What "not found" really was. fsspec's HTTP file system turns every failure to fetch
+    a URL into ``FileNotFoundError(url)`` with the cause chained: a host that DNS does not
+    know, a refused connection and an HTTP error each get their own words, so a user does
+    not look for a typo in a URL whose server is down."""
+    import aiohttp  # fsspec's HTTP file system runs on it
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientResponseError):
+            reason = f" {cause.message}" if cause.message else ""
+            return f"HTTP {cause.status}{reason}"
+        if isinstance(cause, socket.gaierror | aiohttp.ClientConnectorDNSError):
+            host = getattr(cause, "host", None)
+            return f"host {host + ' ' if host else ''}not found (DNS: {_strerror(cause)})"
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            where, why = f"{cause.host}:{cause.port}", getattr(cause, "os_error", None)
+            if isinstance(why, ConnectionRefusedError):
+                return f"connection refused by {where}"
+            text = getattr(why, "strerror", None) or " ".join(str(why or cause).split())
+            return f"cannot connect to {where} ({text})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, TimeoutError):
+            return "no reply (timed out)"
+        if isinstance(cause, aiohttp.ClientError):
+            return f"cannot fetch: {' '.join(str(cause).split()) or type(cause).__name__}"
+        cause = cause.__cause__ or cause.__context__
+    return "no such file"
+
+
+def _strerror(err: BaseException) -> str:
+    """The OS's words for a resolver error ("Name or service not known")."""
+    while err.__cause__ is not None and not isinstance(err, socket.gaierror):
+        err = err.__cause__
+    return getattr(err, "strerror", None) or str(err)
+
+
+# File types a target list is mistaken for, by their first bytes.
+_MAGIC = (
+    (b"SIMPLE  =", "a FITS file"),
+    (b"PAR1", "a Parquet file"),
+    (b"\x1f\x8b", "gzip-compressed (name it .gz)"),
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx is one)"),
+    (b"\xd0\xcf\x11\xe0", "an MS Office file (e.g. Excel .xls)"),
+    (b"%PDF", "a PDF file"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\x89HDF", "an HDF5 file"),
+)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF16 = "UTF-16 text"
+# control characters no text file holds (tab, newline, CR, form feed and escape allowed)
+_CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\x0c\x1b") + b"\x7f"
+
+
+def _content_kind(data: bytes) -> str | None:
+    """What a file is when it is not text: a known type by its magic bytes, "UTF-16 text",
+    or "binary (not text)" (a NUL, or control characters text does not have, in its first
+    8 KB); None for text. Legacy 8-bit text (Windows-1252) is text: its bytes above 127
+    are not controls, and it gets "re-save as UTF-8" from the decoder instead."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    if data.startswith(_UTF16_BOMS):
+        return _UTF16
+    head = data[:8192]
+    if b"\x00" in head or len(head.translate(None, delete=_CONTROL)) < 0.99 * len(head):
+        return "binary (not text)"
+    return None
+
+
+def _is_not(kind: str, expected: str) -> str:
+    if kind == _UTF16:  # text after all, in an encoding the readers do not take
+        return f"is {kind}, not UTF-8: re-save the file as UTF-8"
+    return f"is {kind}, not {expected}"
+
+
+_NOT_A = {"csv": "a CSV", "tsv": "a TSV", "ecsv": "an ECSV", "parquet": "a Parquet file"}
 
 
 def _detect_format(source: str, inner_name: str, data: bytes) -> str:
@@ -229,19 +310,19 @@ def _detect_format(source: str, inner_name: str, data: bytes) -> str:
         return "votable"
     if head.startswith(b"# %ECSV"):
         return "ecsv"
-    if b"\x00" in head:
+    kind = _content_kind(data)
+    if kind:
         raise TargetError(
             source,
-            [Problem("not a target list: binary content (expected CSV, ECSV, Parquet or VOTable)")],
+            [Problem(_is_not(kind, "a target list (expected CSV, ECSV, Parquet or VOTable)"))],
         )
     first_line = head.split(b"\n", 1)[0]
     return "tsv" if b"\t" in first_line and b"," not in first_line else "csv"
 
 
 def _decode_text(source: str, fmt: str, data: bytes) -> str:
-    """UTF-8 or a clear error saying where it is not (Excel's "CSV" is often Windows-1252)."""
-    if b"\x00" in data[:4096]:
-        raise TargetError(source, [Problem(f"binary content, not {FORMAT_LABELS[fmt]} text")])
+    """UTF-8 or a clear error saying where it is not (Excel's "CSV" is often Windows-1252).
+    Binary files were refused by :func:`_parse` already."""
     try:
         return data.removeprefix(_UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError as err:
@@ -292,6 +373,12 @@ def _parse(source: str, fmt: str, data: bytes) -> tuple[list[_Column], int]:
     label = FORMAT_LABELS[fmt]
     if not data.strip():
         raise TargetError(source, [Problem("file is empty")])
+    kind = _content_kind(data)
+    if fmt == "parquet" and kind not in {k for _, k in _MAGIC} - {"a Parquet file"}:
+        kind = None  # Parquet is binary: only another known type is worth naming
+    if kind:
+        # a FITS file named .csv is no text to re-save as UTF-8: say what it is
+        raise TargetError(source, [Problem(_is_not(kind, _NOT_A.get(fmt, "a " + label)))])
     try:
         if fmt in ("csv", "tsv"):
             return _parse_csv(

@@ -12,6 +12,7 @@ from obsharvest import images
 from obsharvest.images import ImageSettings
 from obsharvest.models import ImageOutcome, ImageWork
 from obsharvest.net.http import Connection
+from obsharvest.runtime import stopping
 
 from . import progress
 from .slots import archive_slot
@@ -45,13 +46,18 @@ def process_images(
     outcomes = BatchOutcomes(outcomes)
     failed = [o for o in outcomes if o.failure]
     logger = get_run_logger()
+    unfinished = 0  # left by a stop: counted, not a line each (the flow says it once)
     for outcome in failed:  # one line each: the key and why, never the outcome's repr
-        logger.warning(capped(f"image {outcome.key} failed: {outcome.failure}"))
+        if (outcome.failure or "").startswith(stopping.INTERRUPTED):
+            unfinished += 1
+        else:
+            logger.warning(capped(f"image {outcome.key} failed: {outcome.failure}"))
     logger.info(
-        "%d images: %d stored, %d failed",
+        "%d images: %d stored, %d failed, %d not finished",
         len(works),
         sum(1 for o in outcomes if o.stored),
-        len(failed),
+        len(failed) - unfinished,
+        unfinished,
     )
     if failed:
         _drop_empty_tracebacks(logging.getLogger("prefect.task_runs"))

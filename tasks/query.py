@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 from astropy.table import Table
 from prefect import get_run_logger, task
+from prefect.states import Failed
 
+from obsharvest.errors import RemoteError, UserError
 from obsharvest.models import Target
 from obsharvest.net.http import Connection
+from obsharvest.net.retry import one_line
 from obsharvest.query.adql import Constraints
 from obsharvest.query.batch import query_batch
 from obsharvest.query.obscore import QueryOptions, Strategy
 
 from . import progress
+from .images import _drop_empty_tracebacks
 from .slots import archive_slot
 
 
@@ -26,8 +32,22 @@ def query_obscore(
     label: str,
     slot: str | None = None,
 ) -> Table:
-    with archive_slot(slot):
-        rows, queries = query_batch(conn, targets, constraints, strategy, options, timeout)
+    """The batch's (target, image) rows.
+
+    A service that kept failing past the retries (``ServiceError``, or another remote
+    error that is not the user's to fix) is no bug: the task ends as a Failed state that
+    carries the exception instead of raising it, so Prefect logs no task traceback, the UI
+    still shows the batch red, and the flow reports its targets in one line.
+    """
+    try:
+        with archive_slot(slot):
+            rows, queries = query_batch(conn, targets, constraints, strategy, options, timeout)
+    except RemoteError as exc:
+        if isinstance(exc, UserError):
+            raise  # a refused token or URL ends the run with its own line
+        _drop_empty_tracebacks(logging.getLogger("prefect.task_runs"))
+        # Prefect makes a returned State the task's final state; result() raises its data
+        return Failed(message=one_line(exc), data=exc)
     get_run_logger().info(
         "%d targets: %d queries, %d (target, image) rows", len(targets), queries, len(rows)
     )

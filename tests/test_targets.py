@@ -24,6 +24,25 @@ from obsharvest.targets import iau_names, read_targets, single_target
 RA, DEC = 62.0, -37.0  # the seed tutorial's point
 
 
+def _fits_bytes() -> bytes:
+    """A small FITS image, as a user may pass by mistake."""
+    import io
+
+    from astropy.io import fits
+
+    out = io.BytesIO()
+    fits.PrimaryHDU(np.zeros((8, 8), dtype="f4")).writeto(out)
+    return out.getvalue()
+
+
+def _parquet_bytes() -> bytes:
+    import io
+
+    out = io.BytesIO()
+    pq.write_table(pa.table({"name": ["a"], "ra": [1.0], "dec": [2.0]}), out)
+    return out.getvalue()
+
+
 def write(tmp_path, name: str, content: str | bytes):
     path = tmp_path / name
     if isinstance(content, str):
@@ -462,15 +481,34 @@ BAD_INPUTS = [
         "t.csv",
         random.Random(7).randbytes(2000),
         None,
-        ["binary content, not CSV text"],
+        ["is binary (not text), not a CSV"],
         id="garbage-binary-csv",
     ),
     pytest.param(
         "t.bin",
         b"\x00\x01garbage\xff" * 50,
         None,
-        ["not a target list: binary content"],
+        ["is binary (not text), not a target list (expected CSV"],
         id="garbage-binary-unknown",
+    ),
+    pytest.param(
+        "image.csv",
+        _fits_bytes(),
+        None,
+        ["is a FITS file, not a CSV"],  # not "re-save the file as UTF-8"
+        id="fits-named-csv",
+    ),
+    pytest.param("image.parquet", _fits_bytes(), None, ["is a FITS file, not a Parquet file"]),
+    pytest.param("image.xml", _fits_bytes(), None, ["is a FITS file, not a VOTable"]),
+    pytest.param("image", _fits_bytes(), None, ["is a FITS file, not a target list"]),
+    pytest.param("t.csv", _parquet_bytes(), None, ["is a Parquet file, not a CSV"]),
+    pytest.param("t.csv", gzip.compress(b"name,ra,dec\na,1,2\n"), None, ["gzip-compressed"]),
+    pytest.param(
+        "t.csv",
+        "name,ra,dec\na,1,2\n".encode("utf-16"),  # Excel's "Unicode text"
+        None,
+        ["is UTF-16 text, not UTF-8: re-save the file as UTF-8"],
+        id="utf-16-csv",
     ),
     pytest.param(
         "t.parquet",
@@ -506,6 +544,54 @@ def test_bad_input_is_one_clear_line(tmp_path, filename, content, max_rows, expe
 def test_missing_file(tmp_path):
     with pytest.raises(TargetError, match=r"nope\.csv: no such file$"):
         read_targets(str(tmp_path / "nope.csv"))
+
+
+@pytest.fixture(scope="module")
+def http_404():
+    """A server that answers 404 to everything."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_url_that_answers_404_is_named_as_such(http_404):
+    url = f"{http_404}/lists/targets.csv"
+    with pytest.raises(TargetError) as info:
+        read_targets(url)
+    assert str(info.value) == f"{url}: HTTP 404 Not Found"
+
+
+def test_a_url_whose_port_refuses_is_named_as_such():
+    import socket
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/targets.csv"
+        with pytest.raises(TargetError) as info:
+            read_targets(url)
+    assert str(info.value) == f"{url}: connection refused by 127.0.0.1:{port}"
+
+
+def test_a_url_whose_host_does_not_resolve_is_named_as_such():
+    url = "http://no-such-host.invalid/targets.csv"  # .invalid never resolves (RFC 2606)
+    with pytest.raises(TargetError) as info:
+        read_targets(url)
+    assert str(info.value).startswith(f"{url}: host no-such-host.invalid not found (DNS: ")
 
 
 def test_problems_are_collected_in_row_order(tmp_path):
