@@ -9,14 +9,17 @@ deadline, Prefect cancellation), incremental windows and the summary.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -55,6 +58,7 @@ from .quiet import quiet_library_noise
 from .runners import task_runner_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -120,13 +124,58 @@ def _result(future, **kwargs):
             if future.state.is_final():
                 return future.result(**kwargs)
         except TerminationSignal as exc:
-            intent = _termination_intent()
-            if stopping.request_for_signal(exc.signal, cancelled=intent == "cancel"):
+            _absorb(exc)
+        except KeyboardInterrupt:
+            if stopping.request_for_signal(signal.SIGINT):
                 _say_stopping()
-            elif intent is None:
-                raise  # a second plain SIGTERM: leave now, as Prefect does
-            if intent is not None:
-                _absorbed.append(exc)  # handed back to Prefect once the run is written
+
+
+def _absorb(exc: BaseException) -> None:
+    """Prefect's ``TerminationSignal`` as a stop request; a second plain SIGTERM (no
+    runner intent) is raised again: leave now, as Prefect does."""
+    intent = _termination_intent()
+    if stopping.request_for_signal(
+        getattr(exc, "signal", signal.SIGTERM), cancelled=intent == "cancel"
+    ):
+        _say_stopping()
+    elif intent is None:
+        raise exc
+    if intent is not None:
+        _absorbed.append(exc)  # handed back to Prefect once the run is written
+
+
+def _absorbing(fn: Callable[[], T]) -> T:
+    """``fn()`` (the run's body) in a helper thread while the flow's thread only waits.
+
+    A flow run in the main thread (a deployment run, a Python caller) has Prefect's SIGTERM
+    handler installed, which raises ``TerminationSignal`` wherever that thread is: in a
+    Parquet write, the summary or between shards it crashed the run and lost what it
+    decided. Here the signal can only land in this wait, where it becomes a stop request
+    (the body notices between steps and returns what it decided); a runner's cancel still
+    ends the run Cancelled (``_absorbed``). Off the main thread (the CLI runs the flow
+    there) no signal arrives: ``fn`` runs in place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    from prefect.exceptions import TerminationSignal
+
+    future: Future[T] = Future()
+    context = contextvars.copy_context()  # the flow run's context: logger, task runner
+
+    def body() -> None:
+        try:
+            future.set_result(context.run(fn))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the flow's thread
+            future.set_exception(exc)
+
+    threading.Thread(target=body, name="harvest-body", daemon=True).start()
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except FutureTimeout:
+            continue
+        except TerminationSignal as exc:
+            _absorb(exc)
         except KeyboardInterrupt:
             if stopping.request_for_signal(signal.SIGINT):
                 _say_stopping()
@@ -499,14 +548,20 @@ def harvest(
     preflight(params)  # a deployment run's checks; in the CLI's process already done
     run_id = str(flow_run.id or uuid.uuid4())
     runner = task_runner_for(params.execution, params.concurrency.task_workers)
-    if runner == harvest.task_runner:
-        summary = run_harvest(params, run_id, incremental=incremental)
-    else:  # a subflow with its own task runner: Dask, or another thread count
-        body = harvest_run.with_options(task_runner=runner)
-        summary = body(params, run_id, incremental=incremental)
-    crashpoint("report")
-    rendezvous("report")  # tests: a stop while the artifacts are published
-    artifacts.publish(summary)
+
+    def body() -> Summary:
+        if runner == harvest.task_runner:
+            summary = run_harvest(params, run_id, incremental=incremental)
+        else:  # a subflow with its own task runner: Dask, or another thread count
+            summary = harvest_run.with_options(task_runner=runner)(
+                params, run_id, incremental=incremental
+            )
+        crashpoint("report")
+        rendezvous("report")  # tests: a stop while the artifacts are published
+        artifacts.publish(summary)
+        return summary
+
+    summary = _absorbing(body)
     if _absorbed and stopping.cancelled():  # Prefect asked: the run ends Cancelled
         raise _absorbed[-1]
     if not summary.ok:

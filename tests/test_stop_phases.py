@@ -360,10 +360,71 @@ def test_a_stop_is_honoured_within_10s(plain_archive, slow_archive, tmp_path, ph
             run.wait()
         ctx.hole.close()
         plain_archive.set_faults(FaultPlan())
+    print(
+        f"{phase} {signal.Signals(sig).name}: exit {run.returncode} {took:.1f} s after the signal"
+    )
     assert run.returncode == code, f"exit {run.returncode}\n{out[-1500:]}\n{err[-3000:]}"
     assert took < STOP_LIMIT, f"{phase}: {took:.1f} s from the signal to the exit\n{err[-2000:]}"
     assert "Traceback" not in err, err[-3000:]
     assert stop_line in err, err[-2000:]
+    assert "did not end within" not in err, err[-2000:]  # the flow's own summary, not the CLI's
     assert "Parquet: " in out, f"no summary on stdout:\n{out[-2000:]}\n{err[-2000:]}"
     if spec.after is not None:
         spec.after(ctx, out, err)
+
+
+MAIN_THREAD_RUN = """
+import sys
+from flows.config import build_params
+from flows.harvest import harvest_params
+
+params = build_params("config/local.yaml", {
+    "service.embedded": None, "service.tap_url": sys.argv[1], "ra": sys.argv[2],
+    "dec": sys.argv[3], "output_url": sys.argv[4], "plan": True,
+}, {})
+summary = harvest_params(params)
+print("interrupted:", summary.interrupted)
+print("metadata written:", summary.metadata_written)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_flow_in_the_main_thread_takes_sigterm_as_a_stop(plain_archive, tmp_path):
+    """A deployment run or a Python caller runs the flow in the main thread, where Prefect's
+    SIGTERM handler raises ``TerminationSignal``: held while it sums up, the flow takes the
+    signal as a stop and returns its summary (interrupted), not a crash."""
+    plain_archive.set_faults(FaultPlan())
+    hold = Hold("summary")
+    env = {**_env(Ctx(plain_archive, plain_archive, tmp_path)), **hold.env}
+    args = [plain_archive.tap_url, str(TARGET_RA), str(TARGET_DEC), str(tmp_path / "out")]
+    run = subprocess.Popen(
+        [sys.executable, "-c", MAIN_THREAD_RUN, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = _Reader(run.stdout), _Reader(run.stderr)
+    try:
+        _wait_for(lambda: hold.reached() or run.poll() is not None, READY_TIMEOUT, "the hold")
+        assert run.poll() is None, stderr.text()[-2000:]
+        sent = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        _wait_for(
+            lambda: "SIGTERM: stopping" in stderr.text() or run.poll() is not None,
+            30,
+            "the stop to be taken",
+        )
+        hold.release()
+        run.wait(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    out, err = stdout.all(), stderr.all()
+    assert run.returncode == 0, f"exit {run.returncode}\n{err[-3000:]}"
+    assert took < STOP_LIMIT, f"{took:.1f} s"
+    assert "Traceback" not in err and "Crash" not in err, err[-3000:]
+    assert "interrupted: interrupted by SIGTERM" in out and "metadata written: True" in out, out

@@ -173,8 +173,12 @@ def run_query(
             options.sync_only.learn(base, missing.status)
             return result
 
-    try:
-        result = options.retry.call(once, f"{mode()} TAP query")
+    try:  # each attempt in a daemon thread waited on with the stop: a reply the service
+        # never finishes would hold the task's thread, and Prefect's task runner waits for
+        # its threads when the flow ends (a stopped run past its summary, still waiting)
+        result = options.retry.call(
+            lambda: workers.call(once, name="tap-query"), f"{mode()} TAP query"
+        )
     except Exception as exc:
         if not is_transient(exc):
             raise _permanent(service, mode(), exc) from None
