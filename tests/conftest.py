@@ -98,10 +98,7 @@ def azure(tmp_path_factory):
     yield from _emulated(azurite, tmp_path_factory, "azurite")
 
 
-CLOUDS = ["s3", "gcs", "azure"]
-
-
-@pytest.fixture(params=CLOUDS)
+@pytest.fixture(params=["s3", "gcs", "azure"])  # emulators.CLOUDS
 def cloud(request):
     """Each object store the README names, for tests parametrized over them: SeaweedFS (S3),
     fake-gcs-server (GCS), Azurite (Azure Blob)."""

@@ -245,6 +245,8 @@ def azurite(tmpdir: str | os.PathLike) -> Iterator[str]:
 
 # -- one interface over the three object stores, for parametrized tests -------------------
 
+CLOUDS = ("s3", "gcs", "azure")  # the conftest's ``cloud`` fixture is parametrized over these
+
 
 @dataclass
 class Cloud:

@@ -8,6 +8,14 @@ waits at the write, its file written but not yet published, until all three are 
 barrier, no sleeps), and check every row of all three is in the current view exactly
 once. Before append-only writes, the same test lost rows (one run's file replaced the
 others') or ended a run with a FileNotFoundError (its temporary removed by another run).
+
+Every store the README names gets the same scenario: a local directory, S3 (SeaweedFS),
+Google Cloud Storage (fake-gcs-server) and Azure Blob (Azurite) -- the CLI harvests once
+per store, and ten rounds of three runs' output steps (write probes into an output that
+does not exist yet, a shared image, Parquet, the gallery index) in worker processes
+(tests/output_race.py). Before issue 22 a round failed one run's write probe with "no such
+directory" (another run's probe removed the directory it had made) and the gallery index
+showed only the run that ended last.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from obsharvest.metadata import FILE_NAME, MetadataStore, current, file_metadata
 from obsharvest.runtime.crashpoints import RENDEZVOUS_ENV
 from simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from .seaweed import TEST_KEY, TEST_SECRET, s3_client, seaweed_s3, storage_options
+from .emulators import CLOUDS, Cloud, azure_cloud, gcs_cloud, s3_cloud
+from .output_race import SHARED_KEY, Workers
+from .seaweed import s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 # three runs, two targets each, all in the archive's field: some images serve targets of
@@ -412,7 +422,7 @@ def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     return proc
 
 
-def _run(archive, targets: Path, output: str, env: dict) -> subprocess.Popen:
+def _run(archive, targets: Path, output: str, env: dict, *extra: str) -> subprocess.Popen:
     cmd = [
         *_cli(),
         "run",
@@ -426,6 +436,7 @@ def _run(archive, targets: Path, output: str, env: dict) -> subprocess.Popen:
         str(targets),
         "--output",
         output,
+        *extra,
     ]
     return _start(cmd, env, targets.with_suffix(f".{uuid.uuid4().hex[:6]}.log"))
 
@@ -439,16 +450,30 @@ def _env(prefect_harness_url: str, **extra) -> dict:
     return {**os.environ, "PREFECT_API_URL": prefect_harness_url, **extra}
 
 
+def _fresh_fs(url: str, options: dict | None):
+    """A file system instance of its own (no cached listings) and the path of ``url``."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **(options or {}), skip_instance_cache=True)
+
+
 def _harvest_at_once_then_again_then_compact(
     archive, expected, output, work, env, listing, options=None
 ):
-    """The scenario, on a local or an S3 output (``options``: how this process reaches it);
-    ``listing()`` lists its Parquet files."""
+    """The scenario, on a local or an object-store output (``options``: how this process
+    reaches it); ``listing()`` lists its Parquet files."""
     store = MetadataStore(output, options)
     files = {g: _targets(work / f"targets-{g}.csv", [groups]) for g, groups in GROUPS.items()}
     with barrier(len(GROUPS)) as (address, arrived, watched):
         procs = {
-            g: _run(archive, path, output, {**env, RENDEZVOUS_ENV: f"parquet@{address}"})
+            g: _run(
+                archive,
+                path,
+                output,
+                {**env, RENDEZVOUS_ENV: f"parquet@{address}"},
+                "--set",
+                "products.quicklook=true",
+            )
             for g, path in files.items()
         }
         watched.extend(procs.values())
@@ -471,6 +496,14 @@ def _harvest_at_once_then_again_then_compact(
         )
         assert row["obsh_verdict"] == ("contains" if contains else "outside"), row
         assert row["obsh_stored"] == contains and row["obsh_failure"] is None
+    # the gallery shows every run's quicklooks and maps, not only the last run's
+    fs, root = _fresh_fs(output, options)
+    index = fs.cat_file(f"{root.rstrip('/')}/gallery/index.html").decode()
+    for row in view:
+        if row["obsh_quicklook_uri"]:
+            assert row["obsh_quicklook_uri"].rsplit("/", 1)[1] in index, row
+    for name, _, _ in [t for group in GROUPS.values() for t in group]:
+        assert f"{name}-footprint.png" in index
 
     # a fourth run over all the targets: nothing fetched, every row superseded
     archive.reset_stats()
@@ -516,38 +549,84 @@ def test_three_harvests_at_once_into_one_local_output(field, prefect_harness, tm
     assert len(stored) == len({d for (_, d), truth in expected.items() if d in truth})
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as endpoint:
-        yield endpoint
-
-
 @pytest.mark.timeout(600)
-def test_three_harvests_at_once_into_one_s3_output(field, prefect_harness, s3, tmp_path):
+def test_three_harvests_at_once_into_one_cloud_output(
+    field, prefect_harness, cloud: Cloud, tmp_path
+):
+    """The same on S3, GCS and Azure; the CLI runs reach the store through the environment
+    only (AWS_*, STORAGE_EMULATOR_HOST, AZURE_STORAGE_CONNECTION_STRING)."""
     from prefect.settings import PREFECT_API_URL
 
     archive, expected = field
-    bucket = "concurrent-runs"
-    client = s3_client(s3)
-    client.create_bucket(Bucket=bucket)
-    env = _env(
-        PREFECT_API_URL.value(),
-        AWS_ACCESS_KEY_ID=TEST_KEY,
-        AWS_SECRET_ACCESS_KEY=TEST_SECRET,
-        AWS_ENDPOINT_URL_S3=s3,
-    )
-
-    def keys(prefix: str) -> list[str]:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    bucket = cloud.new_bucket()
+    env = _env(PREFECT_API_URL.value(), **cloud.env)
 
     def listing():
-        return [k for k in keys("run/metadata/") if k.endswith(".parquet")]
+        return [k for k in cloud.keys(bucket, "run/metadata") if k.endswith(".parquet")]
 
     _harvest_at_once_then_again_then_compact(
-        archive, expected, f"s3://{bucket}/run", tmp_path, env, listing, storage_options(s3)
+        archive, expected, cloud.url(bucket, "run"), tmp_path, env, listing, cloud.options
     )
-    fits = [k for k in keys("run/fits/") if k.endswith(".fits")]
+    keys = cloud.keys(bucket, "run")
+    assert not [k for k in keys if ".part-" in k or k.endswith(".tmp") or "-probe-" in k]
+    fits = [k for k in keys if k.startswith("run/fits/") and k.endswith(".fits")]
     assert len(fits) == len({d for (_, d), truth in expected.items() if d in truth})
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    client.close()
+    if cloud.kind == "s3":
+        client = s3_client(cloud.endpoint)
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        client.close()
+
+
+# ---------------------------------------------------------------- ten rounds, every store
+
+ROUNDS = 10
+
+
+@pytest.fixture(scope="module")
+def workers():
+    """Three processes, each one run's output steps per round (tests/output_race.py)."""
+    pool = Workers(3, {})
+    yield pool
+    pool.close()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("where", ["local", *CLOUDS])
+def test_ten_rounds_of_three_runs_into_a_new_output(where, workers, request, tmp_path):
+    """Ten times, three runs start together into an output that does not exist yet: every
+    write probe passes and leaves nothing, the image they share and each one's own are
+    stored whole, every run's Parquet rows are current, and the gallery index (rewritten by
+    all three at once) lists every run's quicklooks and maps."""
+    if where == "local":
+        options: dict = {}
+
+        def output_of(n: int) -> str:
+            return str(tmp_path / f"round-{n}" / "out")
+    else:
+        make = {"s3": s3_cloud, "gcs": gcs_cloud, "azure": azure_cloud}[where]
+        cloud = make(request.getfixturevalue(where))
+        bucket, options = cloud.new_bucket(), cloud.options
+
+        def output_of(n: int) -> str:
+            return cloud.url(bucket, f"round-{n}/out")
+
+    for n in range(ROUNDS):
+        output = output_of(n)
+        failures = workers.round(output, options)
+        assert sorted(failures) == [0, 1, 2]
+        assert not any(failures.values()), f"round {n}:\n" + "\n".join(
+            f for f in failures.values() if f
+        )
+        fs, root = _fresh_fs(output, options)
+        root = root.rstrip("/")
+        names = [p[len(root) + 1 :] for p in fs.find(root)]
+        assert not [p for p in names if "-probe-" in p or ".part-" in p or p.endswith(".tmp")]
+        fits = sorted(p for p in names if p.endswith(".fits"))
+        own = [f"fits/lsst.calexp/i/own-{w}.fits" for w in range(3)]
+        assert fits == sorted([f"fits/{SHARED_KEY}", *own])
+        assert fs.cat_file(f"{root}/fits/{SHARED_KEY}").startswith(b"SIMPLE  = T")
+        view = MetadataStore(output, options).read()
+        assert view is not None and view.num_rows == 6, n
+        index = fs.cat_file(f"{root}/gallery/index.html").decode()
+        for w in range(3):
+            assert f"own-{w}.png" in index and f"target-{w}-footprint.png" in index, (n, index)
