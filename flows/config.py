@@ -29,7 +29,7 @@ from .params import HarvestParams
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader without YAML 1.1's timestamps and base-60 numbers."""
+    """PyYAML's safe loader without YAML 1.1's timestamps, base-60 numbers and word booleans."""
 
     def construct_yaml_int(self, node):
         value = self.construct_scalar(node)
@@ -39,6 +39,13 @@ class _Loader(yaml.SafeLoader):
         value = self.construct_scalar(node)
         return value if ":" in str(value) else super().construct_yaml_float(node)
 
+    def construct_yaml_bool(self, node):
+        """YAML 1.2's booleans: ``true``/``false`` only; ``off``, ``no``, ``on``, ``yes`` stay
+        words (``verification.mode=off`` is a mode, not False)."""
+        value = self.construct_scalar(node)
+        lowered = str(value).lower()
+        return lowered == "true" if lowered in ("true", "false") else value
+
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
@@ -46,6 +53,7 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _Loader.construct_yaml_bool)
 
 
 def yaml_value(text: str) -> Any:

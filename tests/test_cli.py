@@ -53,3 +53,16 @@ def test_archive_command_reports_busy_port_in_one_line():
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and str(port) in done.stderr
+
+
+def test_set_reads_yaml_1_2_booleans_so_a_mode_named_off_stays_a_word():
+    """``--set verification.mode=off`` is the mode "off" (YAML 1.1 would read False and
+    refuse it); ``true``/``false`` are still booleans."""
+    from flows.config import build_params, parse_override
+
+    key, value = parse_override("verification.mode=off")
+    assert value == "off"
+    params = build_params("config/local.yaml", {key: value, "targets": "config/demo-targets.csv"})
+    assert params.verification.mode == "off"
+    assert parse_override("products.quicklook=false")[1] is False
+    assert parse_override("x=yes")[1] == "yes"
