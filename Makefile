@@ -30,6 +30,12 @@ test: venv system-deps interop-deps azurite-deps
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The same suite with every core kept busy by spinning processes (tests/cpu_hog.py): what
+# depends on kind scheduling fails here before it fails in CI.
+.PHONY: test-loaded
+test-loaded: venv system-deps interop-deps
+	$(BIN)/python -m tests.cpu_hog -- $(MAKE) test
+
 # A real GAVO DaCHS for the ObsTAP interop tests: Debian's gavodachs2-server and pg_sphere,
 # installed once (root, unattended, only what is missing; never upgrades postgresql-15).
 # Where Debian packages cannot be installed (not root, no apt) it says why and succeeds,
