@@ -33,7 +33,7 @@ test: venv system-deps interop-deps azurite-deps
 # The same suite with every core kept busy by spinning processes (tests/cpu_hog.py): what
 # depends on kind scheduling fails here before it fails in CI.
 .PHONY: test-loaded
-test-loaded: venv system-deps interop-deps
+test-loaded: venv system-deps interop-deps azurite-deps
 	$(BIN)/python -m tests.cpu_hog -- $(MAKE) test
 
 # A real GAVO DaCHS for the ObsTAP interop tests: Debian's gavodachs2-server and pg_sphere,
