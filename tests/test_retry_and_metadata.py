@@ -118,3 +118,25 @@ def test_a_later_append_supersedes_its_pairs_and_keeps_the_rest():
     ]
     fs, root = store.fs_root
     assert [p for p in fs.find(root) if ".tmp" in p] == []
+
+
+@pytest.mark.parametrize(("code", "calls"), [(500, 2), (503, 4), (None, 4)])
+def test_broken_after_ends_on_a_500_that_repeats_but_not_on_busy_or_dropped(code, calls):
+    """A query shape being probed stops at its second 500 (the server breaks on it); a
+    503 (busy) or a dropped connection keeps the whole retry budget."""
+    import requests as _requests
+
+    from obsharvest.net.retry import RetryPolicy
+
+    tried = []
+
+    def fail():
+        tried.append(1)
+        if code is None:
+            raise _requests.ConnectionError("Connection aborted.")
+        raise DALServiceError(f"HTTP {code}", code=code)
+
+    policy = RetryPolicy(attempts=4, initial_wait=0.001, max_wait=0.002, broken_after=2)
+    with pytest.raises((DALServiceError, _requests.ConnectionError)):
+        policy.call(fail, "probe")
+    assert len(tried) == calls

@@ -77,6 +77,19 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def http_status(exc: BaseException | None) -> int | None:
+    """The HTTP status a failure carried (pyvo's ``code``, our ``status``); None when no
+    reply came (a timeout, a dropped connection)."""
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    if status is None and isinstance(exc, requests.HTTPError) and exc.response is not None:
+        status = exc.response.status_code
+    return status if isinstance(status, int) and status > 0 else None
+
+
+# what a server answers when a request breaks it, rather than when it is busy (502-504)
+BROKEN_BY_REQUEST = frozenset({500, 501})
+
+
 def _caused_by_transport(exc: BaseException | None) -> bool:
     """Whether a transport error is somewhere in ``exc``'s chain (a VOTable parser that
     met a stalled body may wrap the read error in its own)."""
@@ -109,6 +122,9 @@ class RetryPolicy:
     log_level: int = logging.WARNING  # of the "failed (attempt n); retrying" lines
     # told when a host asks for less (429, 503): an adaptive limit halves (net.pacing)
     on_throttle: Callable[[], None] | None = field(default=None, compare=False)
+    # when set, a 500/501 reply ends the call after this many attempts (a query shape that
+    # breaks the server is known by a 500 that repeats); timeouts and 502-504 keep retrying
+    broken_after: int | None = None
 
     def retrying(self, describe: str = "request") -> Retrying:
         # exponential backoff plus jitter, so parallel workers do not retry in lockstep
@@ -136,8 +152,15 @@ class RetryPolicy:
 
         limits = stop_after_attempt(self.attempts) | stop_after_delay(self.deadline)
 
+        def broken(state: RetryCallState) -> bool:
+            if self.broken_after is None or state.attempt_number < self.broken_after:
+                return False
+            exc = state.outcome.exception() if state.outcome else None
+            return http_status(exc) in BROKEN_BY_REQUEST
+
         def stop(state: RetryCallState) -> bool:
-            return limits(state) or stopping.requested()  # a stopping run retries nothing
+            # a stopping run retries nothing
+            return limits(state) or broken(state) or stopping.requested()
 
         return Retrying(
             retry=retry_if_exception(is_transient),

@@ -34,7 +34,7 @@ from obsharvest.errors import (
 from obsharvest.models import QueryMode, QueryStrategy, Target
 from obsharvest.net.redact import strip_query
 from obsharvest.net.replies import refused, said_by
-from obsharvest.net.retry import RetryPolicy, is_transient, one_line
+from obsharvest.net.retry import RetryPolicy, http_status, is_transient, one_line
 from obsharvest.query.adql import TARGET_COLUMN, Constraints, obscore_query, upload_query
 from obsharvest.query.capabilities import ServiceFeatures
 from obsharvest.query.service import session_of
@@ -184,7 +184,7 @@ def run_query(
             raise _permanent(service, mode(), exc) from None
         raise ServiceError(
             f"{mode()} TAP query to {base} failed {attempts} times; last: {_reply_problem(exc)}",
-            status=_status_of(exc),
+            status=http_status(exc),
             url=base,
         ) from None
     overflow = overflowed(result)
@@ -259,12 +259,6 @@ def _permanent(service, mode: str, exc: BaseException) -> BaseException:
             url=endpoint,
         )
     return exc
-
-
-def _status_of(exc: BaseException) -> int | None:
-    """The HTTP status of the last failure, None when no reply came (timeout, transport)."""
-    status = getattr(exc, "status", None) or getattr(exc, "code", None)
-    return status if isinstance(status, int) and status > 0 else None
 
 
 def _reply_problem(exc: BaseException) -> str:
@@ -461,9 +455,8 @@ def _shaped(
     shaped = replace(features, intersects=shape.intersects)
     tried = options
     if fallback is not None and not memory.gave_up(base):
-        # a 500 that repeats once is enough, and the fall-back says it in one line
-        attempts = min(2, options.retry.attempts)
-        quick = replace(options.retry, attempts=attempts, log_level=logging.DEBUG)
+        # a 500 that repeats once is the answer, and the fall-back says it in one line
+        quick = replace(options.retry, broken_after=2, log_level=logging.DEBUG)
         tried = replace(options, retry=quick)
     try:
         if not shape.upload:
