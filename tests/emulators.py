@@ -26,7 +26,6 @@ import contextlib
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -35,12 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .seaweed import free_ports
+from .seaweed import free_ports, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 AZURITE_DIR = REPO / ".cache" / "azurite"  # make azurite-deps installs it here
 STARTUP_TIMEOUT = 60.0  # seconds; measured here: fake-gcs-server 0.1 s, Azurite ~1 s
-STOP_GRACE = 3.0
 
 GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "NO_GCE_CHECK": "true"}
 for _name, _value in GCS_ENV.items():  # before gcsfs/google-auth are first imported
@@ -55,17 +53,6 @@ AZURITE_KEY = (
 
 class EmulatorUnavailable(RuntimeError):
     """The emulator is not installed here (the tests that need it skip with this reason)."""
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_GRACE)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -164,7 +151,7 @@ def fake_gcs(tmpdir: str | os.PathLike) -> Iterator[str]:
         _wait_ready(proc, log, "fake-gcs-server", ready)
         yield endpoint
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # -- Azure Blob ------------------------------------------------------------------------------
@@ -240,7 +227,7 @@ def azurite(tmpdir: str | os.PathLike) -> Iterator[str]:
         _wait_ready(proc, log, "Azurite", ready)
         yield endpoint
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # -- one interface over the three object stores, for parametrized tests -------------------

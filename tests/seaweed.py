@@ -82,7 +82,9 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return ""
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after ``STOP_GRACE`` s (SeaweedFS and the emulators do not
+    always exit on SIGTERM in time)."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -160,7 +162,7 @@ def seaweed_s3(tmpdir: str | os.PathLike) -> Iterator[str]:
         client.close()
         yield endpoint
     finally:
-        _stop(proc)
+        stop_process(proc)
         # the gRPC servers also listen on Unix sockets named after their ports in /tmp
         for port in (master_grpc, volume_grpc, filer_grpc, s3_grpc):
             for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
