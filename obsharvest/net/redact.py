@@ -100,17 +100,8 @@ class RedactingFilter(logging.Filter):
     records created on the logger it is attached to, whatever the handlers)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:  # fsspec logs tracebacks quoting URLs
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        _redact_record(record)  # fsspec logs tracebacks quoting URLs
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
             record.exc_info = None  # handlers format exc_text, never the raw exception
         return True
 
