@@ -24,11 +24,16 @@ system-deps:
 
 # Nothing is rerun: a crash fails the run like any failure, and pytest's faulthandler
 # prints every thread's stack. (The old "rare segfault" was astropy's C VOTable writer;
-# README, "Known problems fixed"; `make stress` loops the workload that met it.)
+# docs/history.md, "Known problems fixed"; `make stress` loops the workload that met it.)
+#
+# Two workers (pytest-xdist), each taking whole files, so a module's servers and fixtures
+# stay in one process; each worker has its own session servers on free ports.
+# PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 test: venv system-deps interop-deps azurite-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The same suite with every core kept busy by spinning processes (tests/cpu_hog.py): what
 # depends on kind scheduling fails here before it fails in CI.

@@ -98,19 +98,18 @@ def crafted(secured):
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    from .seaweed import s3_client, seaweed_s3
+def s3_harvest_bucket(s3):
+    """The session's SeaweedFS, with the bucket the cases name."""
+    from .seaweed import s3_client
 
-    try:
-        with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as endpoint:
-            s3_client(endpoint).create_bucket(Bucket="harvest")
-            yield endpoint
-    except FileNotFoundError as exc:  # no weed binary
-        pytest.skip(str(exc))
+    client = s3_client(s3)
+    client.create_bucket(Bucket="harvest")
+    client.close()
+    return s3
 
 
 @pytest.fixture(scope="module")
-def world(secured, crafted, s3, tmp_path_factory) -> dict[str, str]:
+def world(secured, crafted, s3_harvest_bucket, tmp_path_factory) -> dict[str, str]:
     """Paths and URLs the cases' arguments name as ``{placeholders}``."""
     tmp = tmp_path_factory.mktemp("bad-inputs")
     remote = tmp / "remote.yaml"
@@ -137,7 +136,7 @@ def world(secured, crafted, s3, tmp_path_factory) -> dict[str, str]:
         "tap": secured.tap_url,
         "base": secured.base_url,
         "crafted": crafted.base_url,
-        "s3": s3,
+        "s3": s3_harvest_bucket,
         "readonly": str(readonly),
     }
 

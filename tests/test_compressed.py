@@ -35,7 +35,7 @@ FILES = ("fz", "gz", "gz-encoded")
 
 def _settings(files: str, **extra) -> ArchiveSettings:
     return ArchiveSettings(
-        seed=7, n_visits=24, binning=10, dialect=Dialect.parse([f"files={files}"]), **extra
+        seed=7, n_visits=12, binning=10, dialect=Dialect.parse([f"files={files}"]), **extra
     )
 
 

@@ -349,7 +349,7 @@ def test_a_fold_that_dies_before_removing_leaves_every_claim(tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def field():
     """One archive for the module's runs, with the pairs each target's query finds."""
-    with EmbeddedArchive(ArchiveSettings(n_visits=40)) as archive:
+    with EmbeddedArchive(ArchiveSettings(n_visits=16)) as archive:
         service = pyvo.dal.TAPService(archive.tap_url)
         expected = {}
         for group in GROUPS.values():

@@ -31,7 +31,7 @@ WHERE = "lsst_band = 'i' AND calib_level = 2"
 def _settings(dialect: str) -> ArchiveSettings:
     return ArchiveSettings(
         seed=7,
-        n_visits=24,
+        n_visits=12,
         binning=10,
         dialect=Dialect.parse([f"s_region_dialect={dialect}"]),
     )

@@ -114,7 +114,7 @@ def test_the_shape_ladder_ends_at_one_target_without_intersects():
 
 def _archive(dialect: list[str], profile: str = "generic") -> ArchiveSettings:
     return ArchiveSettings(
-        seed=7, n_visits=24, binning=10, profile=profile, dialect=Dialect.parse(dialect)
+        seed=7, n_visits=12, binning=10, profile=profile, dialect=Dialect.parse(dialect)
     )
 
 

@@ -42,8 +42,10 @@ TRACEBACK = re.compile(r"Traceback|File \"|line \d+, in ")
 ALL = "SELECT obs_publisher_did FROM ivoa.ObsCore"
 
 
-def _settings(dialect: list[str], **more) -> ArchiveSettings:
-    return ArchiveSettings(seed=7, n_visits=24, binning=10, dialect=Dialect.parse(dialect), **more)
+def _settings(dialect: list[str], n_visits: int = 12, **more) -> ArchiveSettings:
+    return ArchiveSettings(
+        seed=7, n_visits=n_visits, binning=10, dialect=Dialect.parse(dialect), **more
+    )
 
 
 def _params(
@@ -152,7 +154,10 @@ def test_a_result_cut_at_maxrec_is_split_when_the_status_follows_the_table(
     default) with the one QUERY_STATUS after a TABLEDATA table: the cut is noticed, the
     query split until nothing is cut, and the rows are exact. Calibrated visit images
     only: the coadds of one patch share their time, more of them than MAXREC."""
-    with EmbeddedArchive(_settings(["serialization=tabledata"], maxrec_hard=hard)) as archive:
+    # 24 visits: more rows per target than MAXREC, so the first answers are cut
+    with EmbeddedArchive(
+        _settings(["serialization=tabledata"], n_visits=24, maxrec_hard=hard)
+    ) as archive:
         level = {"calib_levels": [2]}
         params = _params(archive, tmp_path, targets_csv, level, mode=mode, maxrec=maxrec)
         summary = harvest_params(params)
@@ -340,7 +345,7 @@ def test_a_wrong_extra_where_under_text_errors_is_one_line_at_the_cli(
             "--set",
             "service.embedded.dialect=[errors=text]",
             "--set",
-            "service.embedded.n_visits=24",
+            "service.embedded.n_visits=12",
             "--set",
             f"query.mode={mode}",
             "--set",

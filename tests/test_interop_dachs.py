@@ -182,12 +182,12 @@ def _snapshot(output: Path, run: Run) -> Run:
     return run
 
 
-def _harvest(
-    dachs, obs_collection: str, targets: Path, output: Path, home: Path, *extra: str
-) -> Run:
-    env = dict(os.environ)
-    env.pop("PREFECT_API_URL", None)  # each run on its own ephemeral API, as a user's would be
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+def _harvest(dachs, obs_collection: str, targets: Path, output: Path, *extra: str) -> Run:
+    """One ``obsharvest run``, reporting to the session's Prefect API (starting a temporary
+    one per run, as a first run does, is tested by test_first_contact and test_stopping)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     cmd = [
         str(CLI),
         "run",
@@ -251,17 +251,17 @@ def _end_group(pgid: int) -> None:
 
 
 @pytest.fixture(scope="module", params=["datalink", "direct"])
-def harvest(request, dachs, tmp_path_factory) -> Harvest:
+def harvest(request, dachs, prefect_harness, tmp_path_factory) -> Harvest:
     """Two `obsharvest run` of the same targets into the same output, for one collection."""
     kind = request.param
     published = dachs.collections[kind]
     base = tmp_path_factory.mktemp(f"harvest-{kind}")
     targets = dachs.collection.write_targets(base / "targets.csv")
     output = base / "out"
-    first = _harvest(dachs, published.obs_collection, targets, output, base / "prefect-home")
+    first = _harvest(dachs, published.obs_collection, targets, output)
     second = None
     if first.returncode is not None:  # a hang would only hang again
-        second = _harvest(dachs, published.obs_collection, targets, output, base / "prefect-home")
+        second = _harvest(dachs, published.obs_collection, targets, output)
     return Harvest(kind, published.obs_collection, output, first, second)
 
 
@@ -369,7 +369,7 @@ CUTOUT_RADIUS = 0.005  # deg: 18 px of the 300 px images (1"/px)
 
 
 @pytest.fixture(scope="module")
-def cutout_run(dachs, tmp_path_factory) -> tuple[Path, Run]:
+def cutout_run(dachs, prefect_harness, tmp_path_factory) -> tuple[Path, Run]:
     """`obsharvest run` in cutout mode on the Datalink collection. DaCHS offers SODA as a
     ``#proc`` row naming its ``procsvc`` descriptor (standardID SODA#sync-1.0, the ID as
     the ID param's value), not as a ``#cutout`` row; its ``dlget`` answers the FITS."""
@@ -382,7 +382,6 @@ def cutout_run(dachs, tmp_path_factory) -> tuple[Path, Run]:
         published.obs_collection,
         targets,
         output,
-        base / "prefect-home",
         "--set",
         "products.mode=cutout",
         "--set",

@@ -502,7 +502,13 @@ BAD_INPUTS = [
     pytest.param("image.xml", _fits_bytes(), None, ["is a FITS file, not a VOTable"]),
     pytest.param("image", _fits_bytes(), None, ["is a FITS file, not a target list"]),
     pytest.param("t.csv", _parquet_bytes(), None, ["is a Parquet file, not a CSV"]),
-    pytest.param("t.csv", gzip.compress(b"name,ra,dec\na,1,2\n"), None, ["gzip-compressed"]),
+    pytest.param(
+        "t.csv",
+        gzip.compress(b"name,ra,dec\na,1,2\n", mtime=0),
+        None,
+        ["gzip-compressed"],
+        id="gzip-csv",
+    ),
     pytest.param(
         "t.csv",
         "name,ra,dec\na,1,2\n".encode("utf-16"),  # Excel's "Unicode text"
