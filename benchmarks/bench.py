@@ -467,7 +467,7 @@ def notes(options: Options, m: Measured, cat, cat2, hb, hl, hv) -> list[str]:
             f"obsharvest / baseline MISS: even the raw transfer of the stored files alone is only "
             f"{bound:.1f}x faster than the baseline here, so no client can reach "
             f"{R.SPEEDUP_MIN:.0f}x on this network: the bandwidth cap, not obsharvest, bounds "
-            "the speed-up (see the README's notes)"
+            "the speed-up (see benchmarks/README.md)"
         )
     elif speed < R.SPEEDUP_MIN:
         out.append(
