@@ -15,65 +15,18 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from obsharvest.errors import Interrupted, UserError
+from simarchive import cli as archive_cli
+
+if TYPE_CHECKING:
+    from obsharvest.models import Summary
+
+    # what ArgumentParser.add_subparsers returns
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 T = TypeVar("T")
-
-
-def _archive(args: argparse.Namespace) -> int:
-    from simarchive.dialect import Dialect
-    from simarchive.faults import FaultPlan
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
-
-    try:
-        settings = ArchiveSettings(
-            host=args.host,
-            port=args.port,
-            seed=args.seed,
-            n_visits=args.visits,
-            binning=args.binning,
-            cache_dir=args.cache_dir,
-            signed_host=args.signed_host,
-            url_lifetime=args.url_lifetime,
-            profile=args.profile,
-            naming=args.naming,
-            token=args.token,
-            sync_timeout=args.sync_timeout,
-            query_delay=args.query_delay,
-            faults=FaultPlan.parse(args.fault, seed=args.seed),
-            access_style=args.access_style,
-            datalink_multi_id=args.datalink_multi_id,
-            datalink_order=args.datalink_order,
-            dialect=Dialect.parse(args.dialect),
-        )
-    except ValueError as exc:
-        print(f"obsharvest archive: {exc}", file=sys.stderr)
-        return 2
-    # SIGTERM as Ctrl-C, from before the archive exists: its data directory goes at stop
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        archive = EmbeddedArchive(settings)
-    except KeyboardInterrupt:
-        return 0
-    except OSError as exc:
-        print(
-            f"obsharvest archive: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        print(f"TAP service: {archive.tap_url}", flush=True)
-        print(f"Datalink:    {archive.datalink_url}", flush=True)
-        rows = len(archive.tables["ivoa.obscore"])
-        print(f"ObsCore:     {rows} rows (seed {args.seed})", flush=True)
-        archive.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        archive.stop()  # also removes its temporary data directory (70-260 MB)
-    return 0
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -268,7 +221,6 @@ def _flow_off_the_main_thread(run: Callable[[], T]) -> T | None:
 
 def _report(args: argparse.Namespace, overrides: dict) -> int:
     """Run the flow and print its summary; the exit code says how it ended."""
-    from obsharvest.report import text
     from obsharvest.runtime import stopping
 
     from .harvest import harvest
@@ -301,7 +253,14 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
         return 2
     if isinstance(outcome, BaseException):
         raise outcome  # a bug, not the user's doing: show the traceback
-    summary = outcome
+    return _print_summary(outcome)
+
+
+def _print_summary(summary: Summary) -> int:
+    """Print a flow's summary and, when it is not all done, one line on stderr saying
+    what to do; the exit code: 0 all done, 1 interrupted or with failures."""
+    from obsharvest.report import text
+
     print(text(summary))
     if summary.interrupted:
         print(
@@ -414,106 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"obsharvest {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    archive_cli.add_parser(commands)  # the embedded archive's own subcommand
+    _add_run(commands)
+    _add_serve(commands)
+    _add_migrate(commands)
+    _add_compact(commands)
+    for sub in commands.choices.values():  # `obsharvest run -v` as `obsharvest -v run`
+        # SUPPRESS: not given after the command, the flag given before it stands
+        sub.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+    return parser
 
-    archive = commands.add_parser(
-        "archive",
-        help="run the embedded ObsTAP archive (TAP, UWS, Datalink, FITS) in the foreground",
-    )
-    archive.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    archive.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
-    archive.add_argument("--seed", type=int, default=42, help="seed of the synthetic sky")
-    archive.add_argument("--visits", type=int, default=120, help="number of visits in the field")
-    archive.add_argument(
-        "--binning",
-        type=int,
-        default=10,
-        help="pixel binning: 1 gives real 4072x4000 calexps (~200 MB each)",
-    )
-    archive.add_argument(
-        "--cache-dir",
-        default=None,
-        help="keep generated FITS files here across runs (default: a temp dir)",
-    )
-    archive.add_argument(
-        "--signed-host",
-        default="localhost",
-        help="host name used in signed file URLs (default localhost)",
-    )
-    archive.add_argument(
-        "--url-lifetime",
-        type=float,
-        default=3600.0,
-        help="seconds a signed file URL stays valid (default 3600)",
-    )
-    archive.add_argument(
-        "--profile",
-        choices=["generic", "rubin"],
-        default="generic",
-        help="rubin: behave like the RSP (no INTERSECTS, sync time limit, ...)",
-    )
-    archive.add_argument(
-        "--naming",
-        choices=["dp02", "dp1"],
-        default="dp02",
-        help="data naming: DP0.2 (lsst.calexp, ...) or DP1 (lsst.visit_image, ...)",
-    )
-    archive.add_argument(
-        "--token",
-        default=None,
-        help="require 'Authorization: Bearer TOKEN' on TAP, Datalink and SODA",
-    )
-    archive.add_argument(
-        "--sync-timeout",
-        type=float,
-        default=None,
-        help="seconds after which sync queries fail (rubin default 55)",
-    )
-    archive.add_argument(
-        "--query-delay",
-        type=float,
-        default=0.0,
-        help="seconds every query takes (to exercise async and timeouts)",
-    )
-    archive.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="ENDPOINT.KIND=VALUE",
-        help="inject a fault, e.g. files.drop=0.2, tap.unavailable=0.05, "
-        "datalink.throttled=0.1, files.truncate=0.02, *.latency=0.02, "
-        "files.bandwidth=5e6, total.bandwidth=2e7, data.head_stall=1, "
-        "files.range_ignored=0.5, datalink.stall=0.1, files.stall_body=0.1 (repeatable)",
-    )
-    archive.add_argument(
-        "--access-style",
-        choices=["datalink", "product", "direct", "unlabelled", "descriptor"],
-        default="datalink",
-        help="what ObsCore access_url is: a Datalink URL with ID (RSP), a product URL "
-        "redirecting to Datalink (DaCHS), the file (MAST/IRSA), the file without "
-        "access_format, or NULL with Datalink only via the service descriptor",
-    )
-    archive.add_argument(
-        "--datalink-multi-id",
-        choices=["all", "first"],
-        default="all",
-        help="first: Datalink answers only the first of several IDs (old services)",
-    )
-    archive.add_argument(
-        "--datalink-order",
-        choices=["grouped", "shuffled"],
-        default="grouped",
-        help="shuffled: rows of a multi-ID Datalink reply come out of ID order",
-    )
-    archive.add_argument(
-        "--dialect",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="read the standards as a real server does, e.g. capabilities=untyped, files=fz, "
-        "s_region_dialect=union (repeatable; simarchive/dialect.py lists them)",
-    )
-    archive.set_defaults(func=_archive)
 
+def _add_run(commands: Commands) -> None:
     run = commands.add_parser("run", help="harvest images for a target list (or one position)")
     run.add_argument("--config", default=None, help="YAML profile, e.g. config/local.yaml")
     run.add_argument("--targets", help="target list: CSV, ECSV, Parquet or VOTable (path or URL)")
@@ -547,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+
+def _add_serve(commands: Commands) -> None:
     serve = commands.add_parser(
         "serve", help="serve the deployments of deployments/prefect.yaml without a work pool"
     )
@@ -560,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
+
+def _add_migrate(commands: Commands) -> None:
     migrate = commands.add_parser(
         "migrate",
         help="rename the Parquet columns of an output written by an older obsharvest "
@@ -568,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("output", help="the output URL given to `run --output`")
     migrate.set_defaults(func=_migrate)
 
+
+def _add_compact(commands: Commands) -> None:
     compact = commands.add_parser(
         "compact",
         help="rewrite an output's Parquet without superseded rows, in fewer files "
@@ -575,12 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compact.add_argument("output", help="the output URL given to `run --output`")
     compact.set_defaults(func=_compact)
-    for sub in commands.choices.values():  # `obsharvest run -v` as `obsharvest -v run`
-        # SUPPRESS: not given after the command, the flag given before it stands
-        sub.add_argument(
-            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
-        )
-    return parser
 
 
 def _version() -> str:
