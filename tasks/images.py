@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from prefect import get_run_logger, task
 from prefect.states import Failed
 
-from obsharvest import images
-from obsharvest.images import ImageSettings
+from obsharvest.images import batch
+from obsharvest.images.settings import ImageSettings
 from obsharvest.models import ImageOutcome, ImageWork
 from obsharvest.net.http import Connection
 from obsharvest.runtime import stopping
@@ -33,7 +33,7 @@ def process_images(
     """A batch's outcomes; a Failed state (with the outcomes as its data) when some images
     failed, so the UI shows the batch red while every decided image is kept."""
     with archive_slot(slot):
-        outcomes = images.harvest_images(
+        outcomes = batch.harvest_images(
             conn,
             works,
             settings,
@@ -75,7 +75,7 @@ def process_images(
 @task(name="check-cutouts")
 def check_cutouts(conn: Connection, works: list[ImageWork], settings: ImageSettings) -> None:
     """Before any image work: does the archive offer SODA at all? (one Datalink request)"""
-    images.check_cutouts(conn, works, settings)
+    batch.check_cutouts(conn, works, settings)
 
 
 def capped(text: str, limit: int = LOG_LINE_CAP) -> str:

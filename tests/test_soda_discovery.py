@@ -30,7 +30,7 @@ from obsharvest.access import kinds
 from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.access.soda import CutoutRequest, fetch_cutout
 from obsharvest.errors import CutoutUnavailableError
-from obsharvest.images import check_cutouts_offered
+from obsharvest.images.cutout import check_cutouts_offered
 from obsharvest.models import ImageWork, Target
 from obsharvest.storage.store import ObjectStore
 from simarchive.dialect import Dialect
