@@ -33,7 +33,7 @@ from obsharvest import incremental as incremental_state
 from obsharvest.errors import UserError
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
-from obsharvest.net.http import Connection, resolve_token, token_source
+from obsharvest.net.http import Connection
 from obsharvest.net.redact import install_redaction
 from obsharvest.net.retry import one_line
 from obsharvest.products.quicklook import GalleryItem
@@ -50,6 +50,7 @@ from tasks.query import query_obscore
 from tasks.targets import load_targets
 
 from . import settings
+from .blocks import service_token
 from .config import build_params
 from .params import DEC_SCHEMA, MJD_SCHEMA, RA_SCHEMA, Band, CalibLevel, HarvestParams, Subtype
 from .preflight import constraints_of as _constraints
@@ -65,8 +66,7 @@ T = TypeVar("T")
 def _service(params: HarvestParams) -> Iterator[Connection]:
     """The connection for this run; starts the embedded archive when the profile asks."""
     svc = params.service
-    token = resolve_token(env=svc.token_env, secret_block=svc.token_secret_block)
-    source = token_source(svc.token_env, svc.token_secret_block)
+    token, source = service_token(svc.token_env, svc.token_secret_block)
     if svc.embedded is None:
         assert svc.tap_url is not None  # Service: exactly one of tap_url and embedded
         yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts), source)
@@ -96,15 +96,51 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
 _absorbed: list[BaseException] = []  # TerminationSignals this process turned into a stop
 
 
+INTENT_TIMEOUT = 2.0  # seconds to ask the API whether a SIGTERM is a cancellation
+CANCEL_STATES = ("CANCELLING", "CANCELLED")  # state types (and, capitalised, names)
+
+
 def _termination_intent() -> str | None:
-    """What the Prefect runner meant by its SIGTERM: "cancel" (UI, ``prefect flow-run
-    cancel``), another control intent, or None for a plain SIGTERM (cron, SLURM,
-    ``timeout``). Prefect has no public API for it; without one, a plain SIGTERM."""
-    try:
-        from prefect._internal.control_listener import get_intent
-    except ImportError:
+    """What a SIGTERM means: "cancel" when this flow run is being cancelled (the UI,
+    ``prefect flow-run cancel``: the API puts the run in Cancelling, then the runner sends
+    the SIGTERM), else None: a plain SIGTERM (cron, SLURM, ``timeout``, a runner shutting
+    down). Read through Prefect's public client, in a daemon thread waited on for at most
+    ``INTENT_TIMEOUT`` seconds; an API that does not answer in time, or any error, is no
+    intent. A second signal during that wait is raised from here: it leaves now, as a
+    second plain SIGTERM does."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    if not run_id:
         return None
-    return get_intent()
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        answer.append("cancel" if _run_is_cancelling(run_id) else None)
+
+    context = contextvars.copy_context()  # the run's settings (its API URL) and logger
+    asking = threading.Thread(
+        target=context.run, args=(ask,), name="termination-intent", daemon=True
+    )
+    asking.start()
+    asking.join(INTENT_TIMEOUT)
+    return answer[0] if answer else None
+
+
+def _run_is_cancelling(run_id: str) -> bool:
+    """Whether the API says flow run ``run_id`` is Cancelling or Cancelled (False on any
+    error: a SIGTERM is then taken as a plain one)."""
+    from prefect import get_client
+
+    try:
+        with get_client(httpx_settings={"timeout": INTENT_TIMEOUT}, sync_client=True) as client:
+            state = client.read_flow_run(uuid.UUID(run_id)).state
+    except Exception:  # noqa: BLE001 - no answer is no intent
+        return False
+    if state is None:
+        return False
+    kind = getattr(state.type, "value", str(state.type))
+    return kind in CANCEL_STATES or (state.name or "").upper() in CANCEL_STATES
 
 
 def _result(future, **kwargs):

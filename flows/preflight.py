@@ -1,7 +1,8 @@
 """Everything cheap, checked before the expensive part: a user error costs seconds, not a
-run. Prefect-free: the CLI runs it before it starts anything (its Prefect API, the
-embedded archive), and the flow runs it again first thing (deployment runs, Python
-callers); in the CLI's process the flow skips what the CLI already checked.
+run. Prefect-free but for the blocks a profile names (read through ``flows/blocks.py``):
+the CLI runs it before it starts anything (its Prefect API, the embedded archive), and
+the flow runs it again first thing (deployment runs, Python callers); in the CLI's
+process the flow skips what the CLI already checked.
 
 Checked, in this order, each failure one line naming what and where (the profile key, the
 ``--set`` argument, the flag or the Prefect parameter the value came from):
@@ -44,14 +45,15 @@ from obsharvest.errors import (
     TransientError,
 )
 from obsharvest.models import Target
-from obsharvest.net.credentials import is_s3, load_aws_block, merged
-from obsharvest.net.http import ServiceSession, resolve_token, token_source
+from obsharvest.net.credentials import is_s3, merged
+from obsharvest.net.http import ServiceSession
 from obsharvest.net.replies import refused, said_by
 from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import Constraints
 from obsharvest.runtime import workers
 from obsharvest.targets import read_targets, single_target
 
+from .blocks import aws_storage_options, service_token
 from .config import source_of
 from .params import HarvestParams
 
@@ -114,7 +116,7 @@ def check_inputs(params: HarvestParams) -> list[Target]:
     constraints_of(params).clauses()
     _check_modes(params, targets)
     if params.storage.aws_credentials_block:
-        load_aws_block(params.storage.aws_credentials_block)
+        aws_storage_options(params.storage.aws_credentials_block)
     return targets
 
 
@@ -172,8 +174,7 @@ def check_service(params: HarvestParams) -> None:
     tap_url = svc.tap_url
     if svc.embedded is not None or not tap_url:
         return  # started by the run itself: nothing to ask yet
-    source = token_source(svc.token_env, svc.token_secret_block)
-    token = resolve_token(env=svc.token_env, secret_block=svc.token_secret_block)
+    token, source = service_token(svc.token_env, svc.token_secret_block)
     where = source_of(params, "service.tap_url")
     if svc.token_required and not token:
         raise PreflightError(
@@ -266,7 +267,7 @@ def with_storage_credentials(params: HarvestParams) -> HarvestParams:
     name = params.storage.aws_credentials_block
     if not name:
         return params
-    base = load_aws_block(name)
+    base = aws_storage_options(name)
     update: dict[str, Any] = {}
     if is_s3(params.output_url):
         update["output_storage_options"] = merged(base, params.output_storage_options)

@@ -1,8 +1,10 @@
 """The records that flow through a harvest (targets, images, verdicts, stored objects,
-outcomes, the run summary) and the modes the parameters choose between.
+outcomes, the run summary), the modes the parameters choose between, and the little
+ObsCore/DataLink vocabulary an image's record needs to say how its bytes are reached.
 
 Plain frozen dataclasses (no Prefect, no I/O) so every step can be tested directly and
-results can cross process boundaries (Dask, Prefect task results) by pickling.
+results can cross process boundaries (Dask, Prefect task results) by pickling. The ground
+floor: this module imports nothing of obsharvest, every other module may import it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
-
-from obsharvest.access.kinds import Kind, LinkRequest, kind_of, link_request
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # The modes, shared by the parameters (the Prefect form refuses other values) and the library.
 VerificationMode = Literal["skip", "record-only", "off"]
@@ -87,6 +88,102 @@ class Prior:
     storage_uri: str | None = None
     size: int | None = None
     sha256: str | None = None
+
+
+# -- what an access_url is (ObsCore 1.1 §4.7) and how Datalink is asked about it ---------
+# The rest of the access vocabulary (sniffing replies, service descriptors, how a file was
+# reached) is in obsharvest.access.kinds, which re-exports these names.
+
+DATALINK_CONTENT = "datalink"  # the content= parameter of the DataLink media type
+FITS_TYPES = frozenset(
+    {
+        "image/fits",
+        "application/fits",
+        "image/x-fits",
+        "application/x-fits",
+        "application/x-fits-bintable",
+        "application/x-fits-image",
+    }
+)
+
+
+class Kind(StrEnum):
+    """What ``access_url`` is: a DataLink document, the file itself, or not said."""
+
+    DATALINK = "datalink"
+    FILE = "file"
+    UNKNOWN = "unknown"
+
+
+def media_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """``'Application/X-VOTable+XML; content=datalink'`` → (type, {param: value})."""
+    parts = [p.strip() for p in str(value or "").split(";")]
+    params = {}
+    for part in parts[1:]:
+        name, _, val = part.partition("=")
+        params[name.strip().lower()] = val.strip().strip('"').lower()
+    return parts[0].lower(), params
+
+
+def is_datalink_type(value: str | None) -> bool:
+    """A DataLink media type (any capitalisation, spacing or parameter order)."""
+    kind, params = media_type(value)
+    return kind in ("application/x-votable+xml", "text/xml") and (
+        params.get("content") == DATALINK_CONTENT
+    )
+
+
+def is_fits_type(value: str | None) -> bool:
+    kind, _ = media_type(value)
+    return kind in FITS_TYPES or (kind.endswith("fits") and "/" in kind)
+
+
+def kind_of(access_format: str | None) -> Kind:
+    """What ObsCore's ``access_format`` says ``access_url`` is."""
+    if is_datalink_type(access_format):
+        return Kind.DATALINK
+    if is_fits_type(access_format):
+        return Kind.FILE
+    return Kind.UNKNOWN
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """How to ask Datalink about one image: ``ident`` sent to ``endpoint`` (batchable),
+    or, with ``ident`` None, a GET on ``endpoint`` exactly as given (redirects followed)."""
+
+    endpoint: str
+    ident: str | None = None
+
+
+def link_request(
+    access_url: str, service_url: str | None = None, service_id: str | None = None
+) -> LinkRequest:
+    """The request for a row: its descriptor and ID if the TAP result gave them, else the
+    links endpoint of an ``access_url`` with exactly one ID, else the URL as given."""
+    if service_url and service_id:
+        return LinkRequest(service_url, service_id)
+    if not access_url:
+        raise ValueError("no access_url and no Datalink service descriptor for this row")
+    try:
+        endpoint, ident = split_access_url(access_url)
+    except ValueError:
+        return LinkRequest(access_url, None)
+    return LinkRequest(endpoint, ident)
+
+
+def split_access_url(access_url: str) -> tuple[str, str]:
+    """``https://host/api/datalink/links?ID=butler%3A//dp02/x`` → (endpoint, ID)."""
+    parts = urlsplit(access_url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    ids = [v for k, v in params if k.upper() == "ID"]
+    if len(ids) != 1:
+        # named without its query (a signed URL's credentials), as messages name URLs
+        raise ValueError(f"access_url {access_url.split('?', 1)[0]} does not carry exactly one ID")
+    rest = [(k, v) for k, v in params if k.upper() != "ID"]
+    if rest:  # keep other parameters (e.g. RESPONSEFORMAT) as part of the endpoint
+        return urlunsplit(parts._replace(query=urlencode(rest))), ids[0]
+    return urlunsplit(parts._replace(query="")), ids[0]
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ import pytest
 from prefect_aws import AwsClientParameters, AwsCredentials
 from pydantic import ValidationError
 
+from flows.blocks import s3_options_from_aws_credentials
 from flows.params import HarvestParams
-from obsharvest.net.credentials import is_s3, merged, s3_options_from_aws_credentials
+from obsharvest.net.credentials import is_s3, merged
 
 
 def test_block_fields_become_s3fs_options():

@@ -21,26 +21,55 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from obsharvest.access.compression import gunzip_prefix, is_gzip
-from obsharvest.net.redact import strip_query
+
+# What an image's record needs lives with the records (obsharvest.models, the ground
+# floor); these names stay importable from here, where the rest of the vocabulary is.
+from obsharvest.models import (
+    DATALINK_CONTENT,
+    FITS_TYPES,
+    Kind,
+    LinkRequest,
+    is_datalink_type,
+    is_fits_type,
+    kind_of,
+    link_request,
+    media_type,
+    split_access_url,
+)
+
+__all__ = [
+    "DATALINK_CONTENT",
+    "DATALINK_STANDARD",
+    "DESCRIPTORS_META",
+    "FITS_MAGIC",
+    "FITS_TYPES",
+    "SODA_ASYNC_STANDARD",
+    "SODA_SHAPES",
+    "SODA_SYNC_STANDARD",
+    "Access",
+    "Kind",
+    "LinkRequest",
+    "ServiceDescriptor",
+    "descriptors_of",
+    "find",
+    "is_datalink_type",
+    "is_fits_type",
+    "kind_of",
+    "link_request",
+    "media_type",
+    "service_descriptors",
+    "sniff",
+    "soda_flavour",
+    "split_access_url",
+]
 
 DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links"
 SODA_SYNC_STANDARD = "ivo://ivoa.net/std/SODA#sync"  # sync-1.0, sync-1, any version
 SODA_ASYNC_STANDARD = "ivo://ivoa.net/std/SODA#async"
 SODA_SHAPES = ("CIRCLE", "POS", "POLYGON")  # SODA 1.0 §3.3, in the order obsharvest uses them
-DATALINK_CONTENT = "datalink"  # the content= parameter of the DataLink media type
-FITS_TYPES = frozenset(
-    {
-        "image/fits",
-        "application/fits",
-        "image/x-fits",
-        "application/x-fits",
-        "application/x-fits-bintable",
-        "application/x-fits-image",
-    }
-)
 FITS_MAGIC = b"SIMPLE  ="
 DESCRIPTORS_META = "obsharvest_service_descriptors"  # where query results keep them
 
@@ -55,44 +84,6 @@ class Access(StrEnum):
     SNIFFED_DIRECT = "sniffed-direct"  # no/unknown access_format; the reply was FITS
 
 
-class Kind(StrEnum):
-    DATALINK = "datalink"
-    FILE = "file"
-    UNKNOWN = "unknown"
-
-
-def _media_type(value: str) -> tuple[str, dict[str, str]]:
-    """``'Application/X-VOTable+XML; content=datalink'`` → (type, {param: value})."""
-    parts = [p.strip() for p in str(value or "").split(";")]
-    params = {}
-    for part in parts[1:]:
-        name, _, val = part.partition("=")
-        params[name.strip().lower()] = val.strip().strip('"').lower()
-    return parts[0].lower(), params
-
-
-def is_datalink_type(value: str | None) -> bool:
-    """A DataLink media type (any capitalisation, spacing or parameter order)."""
-    kind, params = _media_type(value or "")
-    return kind in ("application/x-votable+xml", "text/xml") and (
-        params.get("content") == DATALINK_CONTENT
-    )
-
-
-def is_fits_type(value: str | None) -> bool:
-    kind, _ = _media_type(value or "")
-    return kind in FITS_TYPES or (kind.endswith("fits") and "/" in kind)
-
-
-def kind_of(access_format: str | None) -> Kind:
-    """What ObsCore's ``access_format`` says ``access_url`` is."""
-    if is_datalink_type(access_format):
-        return Kind.DATALINK
-    if is_fits_type(access_format):
-        return Kind.FILE
-    return Kind.UNKNOWN
-
-
 def sniff(content_type: str | None, first_bytes: bytes) -> Kind:
     """What a reply is, from its ``Content-Type`` and first bytes (FITS starts with
     ``SIMPLE  =``, also once a gzip file's first bytes are decompressed; a Datalink
@@ -102,7 +93,7 @@ def sniff(content_type: str | None, first_bytes: bytes) -> Kind:
     if is_gzip(first_bytes) and gunzip_prefix(first_bytes).startswith(FITS_MAGIC):
         return Kind.FILE  # .fits.gz, application/x-gzip or Content-Encoding: gzip
     head = first_bytes[:2048].lstrip().lower()
-    kind, _ = _media_type(content_type or "")
+    kind, _ = media_type(content_type)
     xml = kind in ("application/x-votable+xml", "text/xml", "application/xml")
     if is_datalink_type(content_type) or (xml and b"<votable" in head):
         return Kind.DATALINK
@@ -266,43 +257,3 @@ def find(descriptors: Iterable[ServiceDescriptor], standard: str) -> ServiceDesc
 def descriptors_of(meta) -> list[ServiceDescriptor]:
     """The descriptors a query result table carries in its ``meta``."""
     return [ServiceDescriptor.from_meta(m) for m in (meta or {}).get(DESCRIPTORS_META, ())]
-
-
-@dataclass(frozen=True)
-class LinkRequest:
-    """How to ask Datalink about one image: ``ident`` sent to ``endpoint`` (batchable),
-    or, with ``ident`` None, a GET on ``endpoint`` exactly as given (redirects followed)."""
-
-    endpoint: str
-    ident: str | None = None
-
-
-def link_request(
-    access_url: str, service_url: str | None = None, service_id: str | None = None
-) -> LinkRequest:
-    """The request for a row: its descriptor and ID if the TAP result gave them, else the
-    links endpoint of an ``access_url`` with exactly one ID, else the URL as given."""
-    if service_url and service_id:
-        return LinkRequest(service_url, service_id)
-    if not access_url:
-        raise ValueError("no access_url and no Datalink service descriptor for this row")
-    try:
-        endpoint, ident = split_access_url(access_url)
-    except ValueError:
-        return LinkRequest(access_url, None)
-    return LinkRequest(endpoint, ident)
-
-
-def split_access_url(access_url: str) -> tuple[str, str]:
-    """``https://host/api/datalink/links?ID=butler%3A//dp02/x`` → (endpoint, ID)."""
-    parts = urlsplit(access_url)
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    ids = [v for k, v in params if k.upper() == "ID"]
-    if len(ids) != 1:
-        raise ValueError(f"access_url {strip_query(access_url)} does not carry exactly one ID")
-    rest = [(k, v) for k, v in params if k.upper() != "ID"]
-    if rest:  # keep other parameters (e.g. RESPONSEFORMAT) as part of the endpoint
-        from urllib.parse import urlencode
-
-        return urlunsplit(parts._replace(query=urlencode(rest))), ids[0]
-    return urlunsplit(parts._replace(query="")), ids[0]

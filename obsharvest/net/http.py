@@ -23,7 +23,6 @@ import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
@@ -127,10 +126,8 @@ def uws_wait(url: str) -> float | None:
     return None
 
 
-def token_source(env: str = TOKEN_ENV, secret_block: str | None = None) -> str:
-    """Where the token comes from, as a message names it."""
-    if secret_block:
-        return f"the Prefect Secret block {secret_block!r} (service.token_secret_block)"
+def token_source(env: str = TOKEN_ENV) -> str:
+    """Where a token read from the environment comes from, as a message names it."""
     return f"${env} (service.token_env)"
 
 
@@ -142,7 +139,8 @@ def clean_token(value: str | None, source: str) -> str | None:
     as a secret to mask (:func:`obsharvest.net.redact.register_secret`).
 
     ``$(cat token-file)`` keeps nothing extra, but ``export TOKEN=$(<file)`` on a file
-    saved on Windows, a Secret block pasted with its newline, or a YAML ``|`` block leave
+    saved on Windows, a secret store's value pasted with its newline, or a YAML ``|`` block
+    leave
     ``\r``/``\n`` at the end: sent as is, requests refuses the header and quotes it in
     the exception. A bearer token (RFC 6750 ``b64token``) is one word of visible ASCII,
     so anything else inside it (a control character, whitespace, a non-ASCII letter) is a
@@ -173,31 +171,16 @@ def clean_token(value: str | None, source: str) -> str | None:
 
 
 def resolve_token(
-    explicit: str | None = None, *, env: str = TOKEN_ENV, secret_block: str | None = None
+    explicit: str | None = None, *, env: str = TOKEN_ENV, source: str | None = None
 ) -> str | None:
-    """The token from (in order) an explicit value, a Prefect Secret block, the
-    environment; stripped of surrounding whitespace, refused with a :class:`TokenError`
-    naming where it came from if a character inside it cannot be sent (:func:`clean_token`).
+    """The token: ``explicit`` when given (a value the caller read, e.g. from a secret
+    store; ``source`` names where it came from in messages), else the environment variable
+    ``env``; stripped of surrounding whitespace, refused with a :class:`TokenError` naming
+    where it came from if a character inside it cannot be sent (:func:`clean_token`).
     """
     if explicit:
-        return clean_token(explicit, "the token given")
-    source = token_source(env, secret_block)
-    return clean_token(_read_token(env, secret_block), source)
-
-
-def _read_token(env: str, secret_block: str | None) -> str | None:
-    if secret_block:
-        from prefect.blocks.system import Secret
-
-        try:
-            # a sync caller gets the block, not a coroutine (Prefect's async_dispatch)
-            value = cast("Secret[str]", Secret.load(secret_block)).get()
-        except ValueError as exc:  # Prefect: no block of that name (or of another type)
-            raise TokenError(
-                f"service.token_secret_block: no Secret block named {secret_block!r} ({exc})"
-            ) from None
-        return str(value) if value else None
-    return os.environ.get(env) or None
+        return clean_token(explicit, source or "the token given")
+    return clean_token(os.environ.get(env) or None, token_source(env))
 
 
 def retry_after(response: requests.Response) -> float | None:
@@ -218,7 +201,8 @@ def retry_after(response: requests.Response) -> float | None:
 @dataclass(frozen=True)
 class Connection:
     """How to reach the service during a run. Picklable (tasks may run in Dask workers);
-    the token comes from the environment or a Secret block, never from the parameters."""
+    the token is read where the run starts (the environment or a secret store), never
+    from the parameters."""
 
     tap_url: str
     token: str | None
