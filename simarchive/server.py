@@ -359,6 +359,7 @@ class EmbeddedArchive:
             stats.requests += 1
             stats.status[response.status] += 1
             stats.bytes += conn.planned_bytes
+            conn.state["booked"] = stats  # settled there, even if the stats are reset meanwhile
             if request is not None and request.header("authorization"):
                 stats.authorization += 1
 
@@ -371,8 +372,9 @@ class EmbeddedArchive:
                 stats.status[0] += 1
                 if request.header("authorization"):
                     stats.authorization += 1
-            else:
-                stats.bytes -= conn.planned_bytes - conn.bytes_sent
+            else:  # where it was booked: a reset since then must not lose these bytes
+                booked = conn.state.get("booked", stats)
+                booked.bytes -= conn.planned_bytes - conn.bytes_sent  # type: ignore[attr-defined]
 
     # -- routing -----------------------------------------------------------------------
     def _authorize(self, request: Request, conn: Connection) -> Response | None:
