@@ -35,7 +35,7 @@ class HarvestRun:
 
 
 def harvest_params(tap_url: str, targets_csv: Path, output: Path):
-    from flows.params import HarvestParams
+    from obsharvest.flows.params import HarvestParams
 
     return HarvestParams.model_validate(
         {
@@ -61,7 +61,7 @@ def read_rows(output: Path) -> list[dict]:
 def _runner():
     """obsharvest's entry point for a built ``HarvestParams`` (``harvest_params`` since the
     flow took flat parameters; ``harvest(params)`` before)."""
-    import flows.harvest as module
+    import obsharvest.flows.harvest as module
 
     return getattr(module, "harvest_params", None) or module.harvest
 

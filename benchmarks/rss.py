@@ -51,7 +51,7 @@ def measure(tap_url: str, targets_csv: Path, output: Path, env: dict[str, str]) 
 
 def main(argv: list[str]) -> int:
     tap_url, targets_csv, output = argv
-    import flows.harvest  # noqa: F401 - import everything before the floor is read
+    import obsharvest.flows.harvest  # noqa: F401 - import everything before the floor is read
 
     from .harvest_run import run_harvest
 

@@ -10,7 +10,7 @@ child that dies from a signal is a crash: its faulthandler trace (every thread) 
 
 This is how issue 17's "rare segfault" was pinned down: astropy's C TABLEDATA writer
 writes one byte past its row buffer when a row is exactly 256, 512, 1024... bytes long
-(see ``simarchive.votable``). ``--c-writer`` puts that writer back (the archive's replies
+(see ``obsharvest.simarchive.votable``). ``--c-writer`` puts that writer back (the archive's replies
 and the client's uploads) to show the loop catches it; with ``--malloc-debug``
 (``PYTHONMALLOC=debug``) the overflow aborts at once, inside the writer.
 
@@ -68,6 +68,7 @@ def one_archive(settings: dict, rng: random.Random, binning: int, cache: str) ->
     import pyvo
     import requests
     from astropy.io.votable import parse_single_table
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     from benchmarks.workload import spread_targets
     from obsharvest.access.datalink import DatalinkResolver
@@ -78,7 +79,6 @@ def one_archive(settings: dict, rng: random.Random, binning: int, cache: str) ->
     from obsharvest.query.capabilities import probe_features
     from obsharvest.query.obscore import QueryOptions, Strategy, query_targets
     from obsharvest.verify import containment
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
 
     counts = dict.fromkeys(("rows", "links", "did_links", "headers", "quicklooks"), 0)
     archive_settings = ArchiveSettings(binning=binning, cache_dir=cache, **settings)

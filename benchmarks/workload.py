@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pyvo
 import requests
-
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
 CENTRE = (62.0, -37.0)  # the seed tutorial's point (§1.4)
 BAND = "i"  # the seed's §4.1 query: i-band calexps
@@ -125,7 +124,7 @@ class ArchiveProcess:
     def __init__(self, n_visits: int, binning: int, cache_dir: Path, seed: int = 42) -> None:
         root = Path(__file__).resolve().parent.parent
         cmd = [
-            sys.executable, "-m", "flows.cli", "archive", "--host", "127.0.0.1", "--port", "0",
+            sys.executable, "-m", "obsharvest.flows.cli", "archive", "--host", "127.0.0.1", "--port", "0",
             "--seed", str(seed), "--visits", str(n_visits), "--binning", str(binning),
             "--cache-dir", str(cache_dir),
         ]  # fmt: skip

@@ -17,8 +17,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
+from obsharvest.simarchive import cli as archive_cli
+
 from obsharvest.errors import Interrupted, UserError
-from simarchive import cli as archive_cli
 
 if TYPE_CHECKING:
     from obsharvest.models import Summary

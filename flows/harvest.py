@@ -23,6 +23,11 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from astropy.table import Table, vstack
+from obsharvest.tasks import artifacts, progress
+from obsharvest.tasks.images import check_cutouts, process_images
+from obsharvest.tasks.outputs import footprints, gallery, write_metadata
+from obsharvest.tasks.query import query_obscore
+from obsharvest.tasks.targets import load_targets
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -30,7 +35,7 @@ from pydantic import Field
 
 from obsharvest import assemble
 from obsharvest import incremental as incremental_state
-from obsharvest.errors import UserError
+from obsharvest.errors import ConfigError, UserError
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
 from obsharvest.net.http import Connection
@@ -43,11 +48,6 @@ from obsharvest.report import split_unfinished
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
 from obsharvest.targets import in_sky_order
-from tasks import artifacts, progress
-from tasks.images import check_cutouts, process_images
-from tasks.outputs import footprints, gallery, write_metadata
-from tasks.query import query_obscore
-from tasks.targets import load_targets
 
 from . import settings
 from .blocks import service_token
@@ -71,9 +71,12 @@ def _service(params: HarvestParams) -> Iterator[Connection]:
         assert svc.tap_url is not None  # Service: exactly one of tap_url and embedded
         yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts), source)
         return
-    from simarchive.dialect import Dialect
-    from simarchive.faults import FaultPlan
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    try:
+        from obsharvest.simarchive.dialect import Dialect
+        from obsharvest.simarchive.faults import FaultPlan
+        from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+    except ImportError as exc:  # installed without the archive's extra
+        raise ConfigError(f"service.embedded: {exc}") from None
 
     e = svc.embedded
     archive_settings = ArchiveSettings(

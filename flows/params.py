@@ -92,7 +92,7 @@ class EmbeddedArchive(Model):
     @field_validator("faults")
     @classmethod
     def _faults(cls, value: list[str]) -> list[str]:
-        from simarchive.faults import FaultPlan
+        from obsharvest.simarchive.faults import FaultPlan
 
         FaultPlan.parse(value)  # raises ValueError naming the bad item
         return value
@@ -100,7 +100,7 @@ class EmbeddedArchive(Model):
     @field_validator("dialect")
     @classmethod
     def _dialect(cls, value: list[str]) -> list[str]:
-        from simarchive.dialect import Dialect
+        from obsharvest.simarchive.dialect import Dialect
 
         Dialect.parse(value)  # raises ValueError naming the bad item
         return value

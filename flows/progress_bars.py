@@ -1,4 +1,4 @@
-"""The CLI's progress, fed by ``flows.progress`` events: rich bars on a terminal, plain
+"""The CLI's progress, fed by ``obsharvest.flows.progress`` events: rich bars on a terminal, plain
 lines at a steady interval elsewhere (cron mails, worker logs, ``| tee``), where bars
 would be a stream of control codes or nothing at all."""
 
@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
+from obsharvest.tasks import progress
+
 from obsharvest.report import human_bytes
-from tasks import progress
 
 _LABELS = {"query": "ObsCore queries (targets)", "images": "Datalink, WCS check, store (images)"}
 _SHORT = {"query": "queries", "images": "images"}

@@ -27,7 +27,7 @@ def deployment_specs(prefect_file: str | Path, only: list[str] | None = None) ->
             raise ConfigError(f"{path}: no deployment named {', '.join(sorted(unknown))}")
         specs = [d for d in specs if d["name"] in only]
     if not specs:
-        raise ConfigError(f"{path}: no deployments of flows/harvest.py:harvest")
+        raise ConfigError(f"{path}: no deployments of the harvest flow")
     return specs
 
 

@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
-    from simarchive.server import ArchiveSettings
+    from obsharvest.simarchive.server import ArchiveSettings
 
     # what ArgumentParser.add_subparsers returns
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -145,7 +145,7 @@ def _add_access(archive: argparse.ArgumentParser) -> None:
 def _archive(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; 2 and one line on stderr for a bad option or a
     port in use."""
-    from simarchive.server import EmbeddedArchive
+    from obsharvest.simarchive.server import EmbeddedArchive
 
     try:
         settings = _settings(args)
@@ -179,9 +179,9 @@ def _archive(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> ArchiveSettings:
     """The command line as one ``ArchiveSettings``; a bad value is a ``ValueError``."""
-    from simarchive.dialect import Dialect
-    from simarchive.faults import FaultPlan
-    from simarchive.server import ArchiveSettings
+    from obsharvest.simarchive.dialect import Dialect
+    from obsharvest.simarchive.faults import FaultPlan
+    from obsharvest.simarchive.server import ArchiveSettings
 
     return ArchiveSettings(
         host=args.host,

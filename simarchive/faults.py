@@ -33,7 +33,14 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
-from simarchive.httpcore import Connection, Request, Response, iter_body, text, write_body
+from obsharvest.simarchive.httpcore import (
+    Connection,
+    Request,
+    Response,
+    iter_body,
+    text,
+    write_body,
+)
 
 KINDS_RATE = (
     "drop",

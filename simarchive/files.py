@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from simarchive.httpcore import FileBody, Response
-from simarchive.sky.fitsgen import gzip_compress, tile_compress
+from obsharvest.simarchive.httpcore import FileBody, Response
+from obsharvest.simarchive.sky.fitsgen import gzip_compress, tile_compress
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 FITS_TYPE = "application/fits"

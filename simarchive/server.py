@@ -41,19 +41,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
-from simarchive.adql.engine import AdqlError, run_adql
-from simarchive.datalink import links_for, links_votable, scramble
-from simarchive.descriptors import (
+from obsharvest.simarchive.adql.engine import AdqlError, run_adql
+from obsharvest.simarchive.datalink import links_for, links_votable, scramble
+from obsharvest.simarchive.descriptors import (
     CUTOUT_SERVICE_ID,
     PROC_SERVICE_ID,
     cutout_descriptor,
     obscore_datalink_descriptor,
     proc_descriptor,
 )
-from simarchive.dialect import Dialect, plain_error
-from simarchive.faults import FaultInjector, FaultPlan
-from simarchive.files import SERVED, FitsCache, file_response
-from simarchive.httpcore import (
+from obsharvest.simarchive.dialect import Dialect, plain_error
+from obsharvest.simarchive.faults import FaultInjector, FaultPlan
+from obsharvest.simarchive.files import SERVED, FitsCache, file_response
+from obsharvest.simarchive.httpcore import (
     ArchiveHTTPServer,
     BadRequest,
     Connection,
@@ -63,16 +63,23 @@ from simarchive.httpcore import (
     redirect,
     text,
 )
-from simarchive.obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
-from simarchive.signing import UrlSigner
-from simarchive.sky.survey_sky import Sky, SkyConfig
-from simarchive.soda import SodaError, parse_soda_params, write_cutout
-from simarchive.sregion_dialect import served_s_region, tap_schema_meta
-from simarchive.tapschema import PublishedTable, build_tap_schema
-from simarchive.uploads import MAX_UPLOAD_BYTES, load_uploads
-from simarchive.uws import ACTIVE_PHASES, MAX_WAIT_SECONDS, Job, JobOutcome, JobStore, jobs_xml
-from simarchive.vosi import availability_xml, capabilities_xml, tables_xml
-from simarchive.votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
+from obsharvest.simarchive.obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
+from obsharvest.simarchive.signing import UrlSigner
+from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
+from obsharvest.simarchive.soda import SodaError, parse_soda_params, write_cutout
+from obsharvest.simarchive.sregion_dialect import served_s_region, tap_schema_meta
+from obsharvest.simarchive.tapschema import PublishedTable, build_tap_schema
+from obsharvest.simarchive.uploads import MAX_UPLOAD_BYTES, load_uploads
+from obsharvest.simarchive.uws import (
+    ACTIVE_PHASES,
+    MAX_WAIT_SECONDS,
+    Job,
+    JobOutcome,
+    JobStore,
+    jobs_xml,
+)
+from obsharvest.simarchive.vosi import availability_xml, capabilities_xml, tables_xml
+from obsharvest.simarchive.votable import VOTABLE_CONTENT_TYPE, error_votable, results_votable
 
 log = logging.getLogger(__name__)
 

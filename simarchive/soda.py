@@ -30,9 +30,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
-
-from simarchive.adql.geometry import radec_to_xyz
-from simarchive.soda_region import (
+from obsharvest.simarchive.adql.geometry import radec_to_xyz
+from obsharvest.simarchive.soda_region import (
     CircleRegion,
     PolygonRegion,
     RangeRegion,
@@ -187,7 +186,7 @@ class CutoutShape:
         return f"{self.kind} " + " ".join(repr(x) for x in self.values)
 
     def region(self) -> Region:
-        """The shape as a unit-vector region for :func:`simarchive.soda_region.pixel_box`."""
+        """The shape as a unit-vector region for :func:`obsharvest.simarchive.soda_region.pixel_box`."""
         v = self.values
         if self.kind == "CIRCLE":
             return CircleRegion(radec_to_xyz(v[0], v[1]), math.radians(v[2]))

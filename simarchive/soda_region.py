@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
-
-from simarchive.adql.geometry import radec_to_xyz, xyz_to_radec
+from obsharvest.simarchive.adql.geometry import radec_to_xyz, xyz_to_radec
 
 Curve = tuple[Callable[[np.ndarray], np.ndarray], float]
 """A boundary piece: t in [0, 1] -> unit vectors (n, 3), at constant speed; its length (rad)."""

@@ -14,9 +14,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from astropy.io.votable import parse_single_table
 from astropy.table import Column, MaskedColumn, Table
-
-from simarchive.adql.errors import AdqlError
-from simarchive.httpcore import Upload
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.httpcore import Upload
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # the RSP's documented limit

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from xml.sax.saxutils import escape, quoteattr
 
-from simarchive.tapschema import PublishedTable, votable_datatype
+from obsharvest.simarchive.tapschema import PublishedTable, votable_datatype
 
 _NS = (
     'xmlns:vosi="http://www.ivoa.net/xml/VOSICapabilities/v1.0" '

@@ -7,9 +7,8 @@ import threading
 import numpy as np
 import pytest
 from astropy.table import Column, MaskedColumn, Table
-
-from simarchive.adql import geometry as g
-from simarchive.adql.engine import AdqlError, QueryResult, run_adql
+from obsharvest.simarchive.adql import geometry as g
+from obsharvest.simarchive.adql.engine import AdqlError, QueryResult, run_adql
 
 REGION_I = (
     "POLYGON ICRS 61.693243 -36.780375 61.702475 -37.034112 "

@@ -17,10 +17,9 @@ from urllib.parse import quote, urlsplit
 import pytest
 import pyvo
 import requests
+from obsharvest.simarchive.faults import FaultPlan, draw
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from pyvo.dal.adhoc import DatalinkResults
-
-from simarchive.faults import FaultPlan, draw
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 DATALINK_FORMAT = "application/x-votable+xml;content=datalink"
 DATALINK_STANDARD = "ivo://ivoa.net/std/DataLink#links-1.0"
@@ -369,10 +368,9 @@ def test_settings_refuse_unknown_values_in_one_line(key, value):
 
 
 def test_cli_and_profile_expose_the_settings():
+    from obsharvest.flows.cli import build_parser
+    from obsharvest.flows.params import Service
     from pydantic import ValidationError
-
-    from flows.cli import build_parser
-    from flows.params import Service
 
     args = build_parser().parse_args(
         [

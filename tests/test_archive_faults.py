@@ -8,11 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import pyvo
 import requests
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from pyvo.dal import DALRateLimitError, DALServiceError
 from pyvo.dal.adhoc import DatalinkResults
-
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_faults_repeat_exactly_for_a_seed(faulty, file_url):
 
 
 def _pattern_seed(seed: int) -> list[int]:
-    from simarchive.faults import draw
+    from obsharvest.simarchive.faults import draw
 
     out = []
     for n in range(40):

@@ -17,9 +17,8 @@ import requests
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from pyvo.dal.adhoc import DatalinkQuery, DatalinkResults
-
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 

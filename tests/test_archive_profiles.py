@@ -9,10 +9,9 @@ import pytest
 import pyvo
 import requests
 from astropy.table import Table
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from pyvo.dal import DALQueryError, DALServiceError
 from pyvo.dal.adhoc import DatalinkResults
-
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 

@@ -195,7 +195,7 @@ def test_maxrec_overflow_is_signalled(service, point_rows):
 
 
 def test_server_default_maxrec_truncation_warns():
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=12, maxrec_default=10, maxrec_hard=20)) as small:
         service = pyvo.dal.TAPService(small.tap_url)

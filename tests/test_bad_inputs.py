@@ -37,13 +37,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from obsharvest.flows.cli import angle_arguments
+from obsharvest.flows.config import ConfigError, build_params, parse_override
+from obsharvest.flows.harvest import harvest, harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.flows.preflight import PreflightError
+from obsharvest.flows.progress_bars import ProgressLines
 
-from flows.cli import angle_arguments
-from flows.config import ConfigError, build_params, parse_override
-from flows.harvest import harvest, harvest_params
-from flows.params import HarvestParams
-from flows.preflight import PreflightError
-from flows.progress_bars import ProgressLines
 from obsharvest.assemble import cutout_bytes
 from obsharvest.errors import ServiceRefusedError
 from obsharvest.models import Containment, Summary, TargetSummary, Verdict
@@ -67,7 +67,7 @@ QUERY_ENDPOINTS = ("tap_sync", "datalink", "files", "cutout", "product", "data")
 @pytest.fixture(scope="module")
 def secured():
     """The module's archive: wants ``Authorization: Bearer TOKEN`` on TAP and Datalink."""
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=12, token=TOKEN)) as running:
         yield running
@@ -566,7 +566,7 @@ def test_library_noise_is_kept_off_the_console():
 
 
 def test_quiet_filters_leave_other_warnings_alone():
-    from flows.quiet import quiet_library_noise
+    from obsharvest.flows.quiet import quiet_library_noise
 
     quiet_library_noise()
     with warnings.catch_warnings(record=True) as seen:

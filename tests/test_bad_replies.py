@@ -25,9 +25,9 @@ from astropy.io import fits
 from astropy.io.votable import from_table
 from astropy.io.votable.tree import Info
 from astropy.table import Table
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
 
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.errors import (
     NotFoundError,

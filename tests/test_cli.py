@@ -13,7 +13,7 @@ def test_archive_command_prints_tap_url_and_serves():
         [
             sys.executable,
             "-m",
-            "flows.cli",
+            "obsharvest.flows.cli",
             "archive",
             "--port",
             "0",
@@ -45,7 +45,16 @@ def test_archive_command_reports_busy_port_in_one_line():
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "archive", "--port", str(port), "--visits", "12"],
+            [
+                sys.executable,
+                "-m",
+                "obsharvest.flows.cli",
+                "archive",
+                "--port",
+                str(port),
+                "--visits",
+                "12",
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -58,7 +67,7 @@ def test_archive_command_reports_busy_port_in_one_line():
 def test_set_reads_yaml_1_2_booleans_so_a_mode_named_off_stays_a_word():
     """``--set verification.mode=off`` is the mode "off" (YAML 1.1 would read False and
     refuse it); ``true``/``false`` are still booleans."""
-    from flows.config import build_params, parse_override
+    from obsharvest.flows.config import build_params, parse_override
 
     key, value = parse_override("verification.mode=off")
     assert value == "off"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pyarrow.dataset as ds
 import pytest
-
-from flows.cli import main
+from obsharvest.flows.cli import main
 
 LOCAL = "config/local.yaml"
 

@@ -16,9 +16,11 @@ import pyarrow.dataset as ds
 import pytest
 import requests
 from astropy.io import fits
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.dialect import Dialect
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.access import compression
 from obsharvest.access.kinds import Kind, sniff
 from obsharvest.models import Target, Verdict
@@ -26,8 +28,6 @@ from obsharvest.products.quicklook import quicklook_png
 from obsharvest.storage.download import download
 from obsharvest.storage.store import ObjectStore
 from obsharvest.verify import containment, mask
-from simarchive.dialect import Dialect
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 TARGETS = (("seed", 62.0, -37.0), ("near", 62.05, -36.97), ("east", 62.4, -37.1))
 FILES = ("fz", "gz", "gz-encoded")

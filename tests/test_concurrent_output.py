@@ -37,11 +37,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 import pyvo
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from obsharvest import incremental
 from obsharvest.metadata import FILE_NAME, MetadataStore, current, file_metadata
 from obsharvest.runtime.crashpoints import RENDEZVOUS_ENV
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .emulators import CLOUDS, Cloud, azure_cloud, gcs_cloud, s3_cloud
 from .output_race import SHARED_KEY, Workers
@@ -404,7 +404,7 @@ def barrier(parties: int, timeout: float = 240.0):
 
 def _cli() -> list[str]:
     script = Path(sys.executable).with_name("obsharvest")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "obsharvest.flows.cli"]
 
 
 def _targets(path: Path, groups) -> Path:

@@ -17,11 +17,10 @@ import logging
 
 import pyarrow.dataset as ds
 import pytest
-
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -202,7 +201,7 @@ DIALECT_SERVERS = {
 @pytest.mark.parametrize("server", list(DIALECT_SERVERS))
 @pytest.mark.timeout(300)
 def test_every_dialect_harvests_exactly_the_truth(server, targets_csv, tmp_path, caplog):
-    from simarchive.dialect import Dialect
+    from obsharvest.simarchive.dialect import Dialect
 
     switches, style, mode = DIALECT_SERVERS[server]
     settings = ArchiveSettings(
@@ -260,9 +259,8 @@ def test_an_untyped_service_without_language_harvests_from_the_cli_without_trace
     import subprocess
     import sys
 
+    from obsharvest.simarchive.dialect import Dialect
     from prefect.settings import PREFECT_API_URL
-
-    from simarchive.dialect import Dialect
 
     switches = ["capabilities=untyped", "upload_join=broken", "errors=text"]
     settings = ArchiveSettings(seed=7, n_visits=12, binning=10, dialect=Dialect.parse(switches))
@@ -270,7 +268,7 @@ def test_an_untyped_service_without_language_harvests_from_the_cli_without_trace
         truth = set().union(*(archive.truth(ra, dec) for _, ra, dec in TARGETS))
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         done = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--targets", str(targets_csv)]
+            [sys.executable, "-m", "obsharvest.flows.cli", "run", "--targets", str(targets_csv)]
             + ["--output", str(tmp_path / "out"), "--set", f"service.tap_url={archive.tap_url}"],
             capture_output=True,
             text=True,

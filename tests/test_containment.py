@@ -360,7 +360,7 @@ def test_errors_pickle_with_url_and_status():
 
 @pytest.fixture(scope="module")
 def small_archive():
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=24)) as running:
         yield running
@@ -457,7 +457,7 @@ def test_not_found(small_archive):
 
 @pytest.mark.parametrize("kind", ["drop", "unavailable", "truncate"])
 def test_transient_failures(small_archive, kind):
-    from simarchive.faults import FaultPlan, FaultSpec
+    from obsharvest.simarchive.faults import FaultPlan, FaultSpec
 
     _, url, _ = file_urls(small_archive, "dataproduct_subtype = 'lsst.calexp'", limit=1)[0]
     small_archive.set_faults(FaultPlan({"files": FaultSpec(**{kind: 1.0})}))
@@ -484,7 +484,7 @@ def test_connection_refused_is_transient():
 
 
 def test_full_size_calexp_header_read_fetches_under_a_thousandth():
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=1, binning=1)) as archive:
         import pyvo

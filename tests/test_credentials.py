@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from obsharvest.flows.blocks import s3_options_from_aws_credentials
+from obsharvest.flows.params import HarvestParams
 from prefect_aws import AwsClientParameters, AwsCredentials
 from pydantic import ValidationError
 
-from flows.blocks import s3_options_from_aws_credentials
-from flows.params import HarvestParams
 from obsharvest.net.credentials import is_s3, merged
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-
-from flows.harvest import harvest_params
-from flows.params import Execution
-from flows.runners import RunnerError, task_runner_for
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import Execution
+from obsharvest.flows.runners import RunnerError, task_runner_for
 
 from .test_harvest_flow import params_for
 
@@ -208,10 +207,9 @@ def _create_limit(name: str, limit: int) -> None:
 
 
 def test_a_global_limit_of_one_serialises_batches(tmp_path):
+    from obsharvest.simarchive.faults import FaultPlan
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
     from prefect.logging.configuration import ensure_logging_setup
-
-    from simarchive.faults import FaultPlan
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
 
     ensure_logging_setup()
     one, many = f"archive-{uuid.uuid4().hex[:8]}", f"archive-{uuid.uuid4().hex[:8]}"

@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.dialect import Dialect
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from pyvo.dal import TAPService
 
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.verify.sregion import pack_rows, point_in_regions
-from simarchive.dialect import Dialect
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 DIALECTS = ("stcs", "stcs-j2000", "union", "dali", "null")
 # the seed's position, a neighbour sharing some of its images, and one further out

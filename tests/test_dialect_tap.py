@@ -15,9 +15,11 @@ import logging
 
 import pyarrow.dataset as ds
 import pytest
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.dialect import Dialect
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.models import Target
 from obsharvest.query.adql import Constraints
 from obsharvest.query.capabilities import (
@@ -29,8 +31,6 @@ from obsharvest.query.capabilities import (
 from obsharvest.query.obscore import QueryOptions, Strategy, query_targets
 from obsharvest.query.service import TapService
 from obsharvest.query.shapes import Shape, ShapeMemory, simpler
-from simarchive.dialect import Dialect
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -1,6 +1,6 @@
 """TAP replies of every shape real servers give, on the wire, still harvest exactly.
 
-Each case switches on one way a real TAP service answers (``simarchive.dialect``):
+Each case switches on one way a real TAP service answers (``obsharvest.simarchive.dialect``):
 VOTable 1.3 TABLEDATA served as ``application/xml`` with ``QUERY_STATUS`` after the
 table, errors as HTTP 400 plain text or a Python dict's repr, an async job that is
 already final when ``PHASE=RUN`` returns, no ``/async`` at all, a sync endpoint that only
@@ -20,17 +20,17 @@ import pyarrow.dataset as ds
 import pytest
 import requests
 from astropy.io.votable import parse
+from obsharvest.flows.cli import main
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.dialect import Dialect
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.cli import main
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.errors import QueryError, ServiceError, ServiceRefusedError
 from obsharvest.net.replies import said_by
 from obsharvest.net.retry import RetryPolicy
 from obsharvest.query.obscore import QueryOptions, overflowed, run_query
 from obsharvest.query.service import TapService
-from simarchive.dialect import Dialect
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .crafted_server import CraftedServer, Reply
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from simarchive.faults import FaultPlan, FaultSpec, draw
+from obsharvest.simarchive.faults import FaultPlan, FaultSpec, draw
 
 
 def test_parse_endpoint_kinds_and_total_bandwidth():

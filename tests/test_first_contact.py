@@ -3,7 +3,7 @@ nothing are refused in one line, ``--version`` and ``run -v`` work, a query that
 failing is one line without a traceback, a stop is counted in one line, and a deployment
 run with a position off the sky is refused when it is created, not inside the run.
 
-In-process (``flows.cli.main``, ``harvest_params``, the session's Prefect API): a
+In-process (``obsharvest.flows.cli.main``, ``harvest_params``, the session's Prefect API): a
 subprocess would prove nothing more here, and costs seconds each.
 """
 
@@ -14,9 +14,11 @@ import signal
 import threading
 
 import pytest
+from obsharvest.flows.cli import build_parser, main
+from obsharvest.flows.harvest import (
+    harvest_params,  # imports Prefect: its logging set up before caplog
+)
 
-from flows.cli import build_parser, main
-from flows.harvest import harvest_params  # imports Prefect: its logging set up before caplog
 from obsharvest.models import Summary
 from obsharvest.report import text
 from obsharvest.runtime import stopping
@@ -117,7 +119,7 @@ def test_the_archive_refuses_negative_durations_and_ports(flag, words, capfd):
 @pytest.fixture(scope="module")
 def small_archive():
     """This module's archive; a test sets its faults and leaves it healthy."""
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(seed=5, n_visits=24)) as archive:
         yield archive
@@ -125,7 +127,7 @@ def small_archive():
 
 @pytest.fixture
 def faults(small_archive):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     def put(*items: str) -> None:
         small_archive.set_faults(FaultPlan.parse(list(items), seed=3))
@@ -159,7 +161,7 @@ def test_tap_503_past_the_retries_is_one_line_per_batch_without_traceback(
 def test_the_cli_keeps_prefects_repr_of_a_returned_failed_state_off_the_console():
     """Prefect logs a Failed state a task returned as its repr (a query batch: the same
     words as the flow's line); the console shows the flow's line only."""
-    from flows.cli import _UserErrorNoise
+    from obsharvest.flows.cli import _UserErrorNoise
 
     def record(name: str, level: int, message: str) -> logging.LogRecord:
         return logging.LogRecord(name, level, __file__, 1, message, None, None)
@@ -233,9 +235,8 @@ def test_a_stopped_run_counts_its_unfinished_images_in_one_line(
 def deployment_id(prefect_harness):
     """The harvest flow as a deployment (as ``obsharvest serve`` and ``prefect deploy``
     register it: the parameter schema comes from the flow's signature)."""
+    from obsharvest.flows.harvest import harvest
     from prefect.client.orchestration import get_client
-
-    from flows.harvest import harvest
 
     deployment = harvest.to_deployment(
         name="first-contact", parameters={"profile": LOCAL, "output_url": "output/never"}
@@ -286,9 +287,8 @@ def test_a_deployment_run_off_the_sky_is_refused_when_created(deployment_id, par
 )
 def test_a_deployment_run_on_the_sky_is_created(deployment_id, ra, dec):
     """What the CLI takes, the schema takes (the run checks the details, e.g. 24:00:01)."""
+    from obsharvest.flows.config import build_params
     from prefect.client.orchestration import get_client
-
-    from flows.config import build_params
 
     build_params(LOCAL, {"ra": ra, "dec": dec})  # the CLI's own validation accepts it
     with get_client(sync_client=True) as client:

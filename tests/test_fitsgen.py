@@ -10,8 +10,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
-
-from simarchive.sky.survey_sky import Sky, SkyConfig
+from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
 
 TARGET = SkyCoord(62.0, -37.0, unit="deg")
 KINDS = (

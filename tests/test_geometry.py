@@ -12,8 +12,7 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
-
-from simarchive.adql import geometry as g
+from obsharvest.simarchive.adql import geometry as g
 
 
 def _tan_wcs(ra0: float, dec0: float) -> WCS:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import obsharvest.simarchive.adql.geometry as geo
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
 
-import simarchive.adql.geometry as geo
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.metadata import MetadataStore
 
 from .conftest import TARGET_DEC, TARGET_RA
@@ -119,7 +119,7 @@ def test_plan_mode_writes_verdicts_and_downloads_nothing(archive, tmp_path):
 
 def test_verification_reads_under_a_thousandth_of_100mb_class_images(tmp_path):
     """Real-size (4072x4000, ~195 MB) calexps: the WCS check reads header blocks only."""
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=24, binning=1)) as big:
         truth = big.truth(TARGET_RA, TARGET_DEC)
@@ -179,8 +179,8 @@ def test_run_publishes_table_and_markdown_artifacts(first_run):
 
 def test_harvest_survives_dropped_connections_and_503s(tmp_path):
     """Seed §1.2's dropped connections, on every endpoint: retried, nothing lost or partial."""
-    from simarchive.faults import FaultPlan
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.faults import FaultPlan
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     faults = [
         f"{e}.{k}"

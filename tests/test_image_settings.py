@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from flows.params import Concurrency, HarvestParams
-from flows.settings import image_settings
+from obsharvest.flows.params import Concurrency, HarvestParams
+from obsharvest.flows.settings import image_settings
+
 from obsharvest.images.settings import ImageSettings
 
 

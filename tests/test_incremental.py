@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import pyvo
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.harvest import harvest_params
 from obsharvest import incremental
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_harvest_flow import params_for, read_rows
@@ -62,7 +62,7 @@ def test_time_moves_on_and_only_new_images_are_harvested(tmp_path):
 
 
 def test_watermark_does_not_advance_when_images_failed(tmp_path):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     with EmbeddedArchive(ArchiveSettings(n_visits=30)) as archive:
         archive.set_faults(FaultPlan.parse(["files.drop=1"]))

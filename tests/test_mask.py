@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.simarchive.sky.pixels import MASK_PLANES, amp_slices
 
 from obsharvest.errors import UrlExpiredError
 from obsharvest.models import Containment, Target, Verdict
 from obsharvest.verify.containment import read_wcs_header, verify
 from obsharvest.verify.mask import MaskCheck, apply_mask, mask_flags
-from simarchive.server import ArchiveSettings, EmbeddedArchive
-from simarchive.sky.pixels import MASK_PLANES, amp_slices
 
 NO_DATA_BIT = MASK_PLANES["NO_DATA"]
 

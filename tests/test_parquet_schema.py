@@ -27,10 +27,11 @@ from astropy import units as u
 from astropy.io.votable import from_table, parse_single_table
 from astropy.io.votable.tree import Info
 from astropy.table import Table
+from obsharvest.flows.cli import main
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.cli import main
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.assemble import image_works, priors_from
 from obsharvest.errors import MetadataFormatError, UserError
 from obsharvest.metadata import (
@@ -48,7 +49,6 @@ from obsharvest.metadata import (
 )
 from obsharvest.models import Target
 from obsharvest.query.adql import TARGET_COLUMN
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .crafted_server import CraftedServer, Reply

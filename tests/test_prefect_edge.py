@@ -69,7 +69,7 @@ def test_the_access_vocabulary_is_still_importable_from_access_kinds():
 
 
 def test_a_token_from_the_environment_is_cleaned_and_named(monkeypatch):
-    from flows.blocks import service_token
+    from obsharvest.flows.blocks import service_token
 
     monkeypatch.setenv("EDGE_TOKEN", "  tok-abcdef\r\n")
     assert service_token("EDGE_TOKEN") == ("tok-abcdef", "$EDGE_TOKEN (service.token_env)")
@@ -78,7 +78,8 @@ def test_a_token_from_the_environment_is_cleaned_and_named(monkeypatch):
 
 
 def test_a_secret_block_token_is_cleaned_and_named(monkeypatch):
-    from flows import blocks
+    from obsharvest.flows import blocks
+
     from obsharvest.errors import TokenError
 
     monkeypatch.setenv("EDGE_TOKEN", "from-the-environment")
@@ -98,16 +99,15 @@ def test_a_secret_block_token_is_cleaned_and_named(monkeypatch):
 
 
 def test_no_flow_run_means_no_intent(monkeypatch):
-    from flows.harvest import _termination_intent
+    from obsharvest.flows.harvest import _termination_intent
 
     monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
     assert _termination_intent() is None
 
 
 def test_an_api_that_never_answers_means_no_intent_within_the_bound(monkeypatch):
+    from obsharvest.flows.harvest import INTENT_TIMEOUT, _termination_intent
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.harvest import INTENT_TIMEOUT, _termination_intent
 
     hole = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
@@ -136,10 +136,9 @@ def test_an_api_that_never_answers_means_no_intent_within_the_bound(monkeypatch)
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_cancelling_run_means_cancel(monkeypatch):
+    from obsharvest.flows.harvest import _termination_intent
     from prefect import flow, get_client
     from prefect.states import Cancelling, Running
-
-    from flows.harvest import _termination_intent
 
     @flow(name="edge-intent")
     def edge_intent() -> None:

@@ -252,10 +252,9 @@ def test_shards_on_two_workers_equal_one_run(ops, archive, tmp_path, prefect_har
     import hashlib
 
     import pyarrow.dataset as ds
+    from obsharvest.flows.harvest import harvest
+    from obsharvest.flows.shard import harvest_sharded
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.harvest import harvest
-    from flows.shard import harvest_sharded
 
     server, home = ops
     overrides = {
@@ -308,9 +307,8 @@ def test_cancelling_a_deployment_run_ends_it_cancelled_within_30s(ops, tmp_path)
     """Cancel from the API (as the UI and ``prefect flow-run cancel`` do) while every file
     read hangs: the run writes what it decided and ends Cancelled, not Crashed."""
     import pyarrow.dataset as ds
-
-    from simarchive.faults import FaultPlan
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.faults import FaultPlan
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     server, home = ops
     stalled_files = FaultPlan.parse(["files.stall=1"], seed=3)

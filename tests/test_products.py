@@ -9,9 +9,8 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from matplotlib.image import imread
-
-from flows.harvest import harvest_params
-from simarchive.sky.pixels import amp_slices
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.simarchive.sky.pixels import amp_slices
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_harvest_flow import params_for, read_rows

@@ -14,6 +14,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 from matplotlib import image as mpimage
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.simarchive.sky.pixels import amp_slices
 
 from obsharvest.models import Target, Verdict
 from obsharvest.products.quicklook import (
@@ -27,8 +29,6 @@ from obsharvest.products.quicklook import (
     quicklook_png,
 )
 from obsharvest.verify.containment import verify
-from simarchive.server import ArchiveSettings, EmbeddedArchive
-from simarchive.sky.pixels import amp_slices
 
 SIZE = (int(FIGSIZE_IN[1] * DPI), int(FIGSIZE_IN[0] * DPI))  # (rows, cols) of a PNG
 

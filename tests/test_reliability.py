@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from flows.harvest import harvest_params
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_harvest_flow import params_for, read_rows
@@ -81,7 +80,7 @@ def _run_cli(archive, output: Path, env_extra: dict) -> subprocess.CompletedProc
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "obsharvest.flows.cli",
         "run",
         "--config",
         "config/local.yaml",

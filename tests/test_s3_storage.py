@@ -339,7 +339,7 @@ def test_harvest_into_the_cloud_then_rerun_fetches_nothing(
     store through the environment only (AWS_*, STORAGE_EMULATOR_HOST,
     AZURE_STORAGE_CONNECTION_STRING): every stored file is the archive's, the rerun fetches
     nothing and adds only its Parquet rows, and no secret reaches a log."""
-    from flows.harvest import harvest_params
+    from obsharvest.flows.harvest import harvest_params
 
     from .test_harvest_flow import params_for
 
@@ -409,9 +409,8 @@ def test_harvest_into_the_cloud_then_rerun_fetches_nothing(
 def test_harvest_into_s3_with_an_aws_credentials_block(s3, bucket, archive, monkeypatch, all_logs):
     """The prefect-aws route: the flow names a block; the secret lives only in the block."""
     import s3fs
+    from obsharvest.flows.harvest import harvest_params
     from prefect_aws import AwsClientParameters, AwsCredentials
-
-    from flows.harvest import harvest_params
 
     from .test_harvest_flow import params_for
 
@@ -442,8 +441,9 @@ def test_harvest_into_s3_with_an_aws_credentials_block(s3, bucket, archive, monk
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_an_unknown_credentials_block_is_one_clear_line(tmp_path):
-    from flows.harvest import preflight
-    from flows.params import HarvestParams
+    from obsharvest.flows.harvest import preflight
+    from obsharvest.flows.params import HarvestParams
+
     from obsharvest.errors import CredentialsError
 
     params = HarvestParams.model_validate(

@@ -24,11 +24,11 @@ import pyarrow.dataset as ds
 import pytest
 import pyvo
 from astropy.table import Table
+from obsharvest.flows.cli import main as cli_main
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
 from pydantic import ValidationError
 
-from flows.cli import main as cli_main
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest import assemble
 from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.errors import AdqlValueError
@@ -56,7 +56,7 @@ def leaks(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def secured():
     """An archive that wants the token on TAP, Datalink and SODA (signed files: none)."""
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=24, token=TOKEN)) as running:
         yield running
@@ -111,7 +111,7 @@ def _artifacts_and_logs(run_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def faulty_run(secured, prefect_harness, tmp_path_factory):
     """A full incremental run with the token set and 30% of file requests answered 503."""
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     output = tmp_path_factory.mktemp("secret-run")
     collect = _Collect()

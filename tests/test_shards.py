@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from obsharvest.flows.harvest import harvest_params
 
-from flows.harvest import harvest_params
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import Target
 from obsharvest.targets import in_sky_order

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
-
-from simarchive.sky.focalplane import detector_name, detector_number, detectors
-from simarchive.sky.survey_sky import Sky, SkyConfig
+from obsharvest.simarchive.sky.focalplane import detector_name, detector_number, detectors
+from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
 
 TARGET = (62.0, -37.0)
 DATALINK = "http://127.0.0.1:8123/api/datalink/links"

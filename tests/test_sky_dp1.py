@@ -20,8 +20,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
-
-from simarchive.sky.survey_sky import Sky, SkyConfig
+from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
 
 from .test_sky import polygon_contains, polygons_contain
 

@@ -11,10 +11,9 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
-
-from simarchive.sky.survey_sky import Sky, SkyConfig
-from simarchive.soda import CutoutShape, SodaError, parse_soda_params, write_cutout
-from simarchive.soda_region import pixel_box
+from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
+from obsharvest.simarchive.soda import CutoutShape, SodaError, parse_soda_params, write_cutout
+from obsharvest.simarchive.soda_region import pixel_box
 
 DS = "ivo://org.rubinobs/usdac/dp02?repo=dp02&id=abc"
 
@@ -320,7 +319,7 @@ def _brute_box(wcs: WCS, shape: tuple[int, int], cs: CutoutShape, step: float = 
     ys = np.arange(-0.5 + step / 2, ny - 0.5, step)
     gx, gy = np.meshgrid(xs, ys)
     sky = wcs.pixel_to_world(gx.ravel(), gy.ravel())
-    from simarchive.adql.geometry import radec_to_xyz
+    from obsharvest.simarchive.adql.geometry import radec_to_xyz
 
     inside = cs.region().contains(radec_to_xyz(sky.ra.deg, sky.dec.deg))
     if not inside.any():

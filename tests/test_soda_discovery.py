@@ -23,9 +23,12 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.io.votable import parse as parse_votable
 from astropy.wcs import WCS
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
+from obsharvest.simarchive.dialect import Dialect
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.access import kinds
 from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.access.soda import CutoutRequest, fetch_cutout
@@ -33,9 +36,6 @@ from obsharvest.errors import CutoutUnavailableError
 from obsharvest.images.cutout import check_cutouts_offered
 from obsharvest.models import ImageWork, Target
 from obsharvest.storage.store import ObjectStore
-from simarchive.dialect import Dialect
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 from tests.crafted_server import CraftedServer, Reply
 
 DATALINK_TYPE = "application/x-votable+xml;content=datalink"

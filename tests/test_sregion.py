@@ -16,6 +16,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
 from astropy.wcs import WCS
 from matplotlib.path import Path
+from obsharvest.simarchive.adql import geometry as archive
 
 from obsharvest.errors import SRegionError
 from obsharvest.models import Target
@@ -35,7 +36,6 @@ from obsharvest.verify.sregion import (
     parse_s_region,
     point_in_regions,
 )
-from simarchive.adql import geometry as archive
 
 # -- helpers ----------------------------------------------------------------------------
 

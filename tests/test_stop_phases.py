@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .conftest import TARGET_DEC, TARGET_RA
 from .test_stopping import _wait_for
@@ -375,8 +374,8 @@ def test_a_stop_is_honoured_within_10s(plain_archive, slow_archive, tmp_path, ph
 
 MAIN_THREAD_RUN = """
 import sys
-from flows.config import build_params
-from flows.harvest import harvest_params
+from obsharvest.flows.config import build_params
+from obsharvest.flows.harvest import harvest_params
 
 params = build_params("config/local.yaml", {
     "service.embedded": None, "service.tap_url": sys.argv[1], "ra": sys.argv[2],

@@ -303,7 +303,7 @@ def test_protocol_decides_the_write_mode(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_archive():
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=12)) as running:
         yield running
@@ -328,7 +328,7 @@ def signed(small_archive) -> list[tuple[str, int]]:
 
 @pytest.fixture
 def archive_clean(small_archive):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     small_archive.set_faults(FaultPlan())
     small_archive.reset_stats()
@@ -356,7 +356,7 @@ def test_download_matches_the_archive(archive_clean, signed, tmp_path):
 
 def _seed_truncating_first_only() -> int:
     """A seed whose first files request is truncated at rate 0.5, and the next few are not."""
-    from simarchive.faults import draw
+    from obsharvest.simarchive.faults import draw
 
     return next(
         seed
@@ -367,7 +367,7 @@ def _seed_truncating_first_only() -> int:
 
 
 def test_truncated_body_is_resumed_not_restarted(archive_clean, signed, tmp_path):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     url, size = signed[1]
     reference = requests.get(url, timeout=30).content
@@ -388,7 +388,7 @@ def test_truncated_body_is_resumed_not_restarted(archive_clean, signed, tmp_path
 
 
 def test_every_response_truncated_still_converges(archive_clean, signed, tmp_path):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     url, size = signed[2]
     archive_clean.set_faults(FaultPlan.parse(["files.truncate=1"]))
@@ -435,7 +435,7 @@ def test_missing_file_is_not_found(archive_clean, tmp_path):
 
 
 def test_unavailable_is_transient_with_retry_after(archive_clean, signed, tmp_path):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     archive_clean.set_faults(FaultPlan.parse(["files.unavailable=1", "files.retry_after=7"]))
     with pytest.raises(TransientReadError) as caught:
@@ -445,7 +445,7 @@ def test_unavailable_is_transient_with_retry_after(archive_clean, signed, tmp_pa
 
 
 def test_dropped_connection_is_transient_without_the_signature(archive_clean, signed, tmp_path):
-    from simarchive.faults import FaultPlan
+    from obsharvest.simarchive.faults import FaultPlan
 
     archive_clean.set_faults(FaultPlan.parse(["files.drop=1"]))
     store = ObjectStore(str(tmp_path))

@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+from obsharvest.tasks import progress
+from obsharvest.tasks.artifacts import failure_message
+from obsharvest.tasks.images import BatchOutcomes, capped
+from obsharvest.tasks.targets import load_targets
 from prefect import flow
 
 from obsharvest.models import Summary
-from tasks import progress
-from tasks.artifacts import failure_message
-from tasks.images import BatchOutcomes, capped
-from tasks.targets import load_targets
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -14,11 +14,11 @@ import time
 import uuid
 
 import pytest
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.simarchive.faults import FaultPlan
+from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
-from flows.harvest import harvest_params
 from obsharvest.net.http import ServiceSession
-from simarchive.faults import FaultPlan
-from simarchive.server import ArchiveSettings, EmbeddedArchive
 
 from .test_harvest_flow import params_for
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from obsharvest.flows.harvest import harvest_params
+from obsharvest.flows.params import HarvestParams
 
-from flows.harvest import harvest_params
-from flows.params import HarvestParams
 from obsharvest.errors import TokenError, UserError
 from obsharvest.net.http import ServiceSession, clean_token
 from obsharvest.net.redact import install_redaction, register_secret
@@ -79,7 +79,7 @@ def output_leaks(output: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def secured():
     """An archive that answers TAP, Datalink and SODA only to ``Bearer <TOKEN>``."""
-    from simarchive.server import ArchiveSettings, EmbeddedArchive
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     with EmbeddedArchive(ArchiveSettings(n_visits=12, token=TOKEN)) as running:
         yield running
@@ -165,7 +165,7 @@ def _cli(archive, output: Path, token: str, *extra: str) -> subprocess.Completed
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "obsharvest.flows.cli",
         "run",
         "--set",
         f"service.tap_url={archive.tap_url}",

@@ -27,6 +27,7 @@ import pyvo
 import requests
 from astropy.io.votable import from_table, parse_single_table, tree
 from astropy.table import Table
+from obsharvest.simarchive.votable import results_votable
 
 from obsharvest.models import Target
 from obsharvest.query.adql import TARGET_COLUMN, Constraints
@@ -37,7 +38,6 @@ from obsharvest.query.obscore import (
     query_targets,
     votable_upload,
 )
-from simarchive.votable import results_votable
 
 from .conftest import TARGET_DEC, TARGET_RA
 
@@ -170,7 +170,7 @@ def test_astropy_c_writer_still_overflows(writer):
     """The reproducer: under ``PYTHONMALLOC=debug`` the C writer aborts on a 256-byte row.
 
     When this fails for ``c``, astropy has fixed its writer: the Python-writer workaround
-    (``simarchive.votable``, ``obsharvest.query.obscore.votable_upload``, ``tests/conftest.py``) can go.
+    (``obsharvest.simarchive.votable``, ``obsharvest.query.obscore.votable_upload``, ``tests/conftest.py``) can go.
     """
     env = {**os.environ, "PYTHONMALLOC": "debug"}
     done = subprocess.run(

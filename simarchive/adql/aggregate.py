@@ -9,13 +9,12 @@ the ordinary expression evaluator.
 from __future__ import annotations
 
 import numpy as np
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
+from obsharvest.simarchive.adql.functions import function_name
+from obsharvest.simarchive.adql.scope import Frame, Scope
+from obsharvest.simarchive.adql.values import Geo, Val
 from sqlglot import exp
-
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
-from simarchive.adql.functions import function_name
-from simarchive.adql.scope import Frame, Scope
-from simarchive.adql.values import Geo, Val
 
 
 def is_aggregate_query(select: exp.Select) -> bool:

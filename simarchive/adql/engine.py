@@ -19,22 +19,21 @@ from dataclasses import dataclass
 import numpy as np
 import sqlglot
 from astropy.table import Table
-from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError, TokenError
-
-from simarchive.adql.aggregate import group_frame, is_aggregate_query
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.evaluate import Evaluator
-from simarchive.adql.functions import function_name
-from simarchive.adql.join import filtered_frame
-from simarchive.adql.output import (
+from obsharvest.simarchive.adql.aggregate import group_frame, is_aggregate_query
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.evaluate import Evaluator
+from obsharvest.simarchive.adql.functions import function_name
+from obsharvest.simarchive.adql.join import filtered_frame
+from obsharvest.simarchive.adql.output import (
     build_table,
     distinct_rows,
     expand_select,
     output_aliases,
     sort_permutation,
 )
-from simarchive.adql.scope import Scope, make_sources
+from obsharvest.simarchive.adql.scope import Scope, make_sources
+from sqlglot import exp
+from sqlglot.errors import ParseError, SqlglotError, TokenError
 
 __all__ = ["AdqlError", "QueryResult", "run_adql"]
 

@@ -12,13 +12,16 @@ import re
 from collections.abc import Callable
 
 import numpy as np
-from sqlglot import exp
-
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.functions import SCALAR_FUNCTIONS, call_scalar, function_args, function_name
-from simarchive.adql.geom import GEOMETRY_FUNCTIONS, call_geometry
-from simarchive.adql.scope import Frame, Scope
-from simarchive.adql.values import (
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.functions import (
+    SCALAR_FUNCTIONS,
+    call_scalar,
+    function_args,
+    function_name,
+)
+from obsharvest.simarchive.adql.geom import GEOMETRY_FUNCTIONS, call_geometry
+from obsharvest.simarchive.adql.scope import Frame, Scope
+from obsharvest.simarchive.adql.values import (
     ColumnRef,
     Geo,
     Val,
@@ -32,6 +35,7 @@ from simarchive.adql.values import (
     null_literal,
     require,
 )
+from sqlglot import exp
 
 AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.values import Val, literal, merge_null, require
 from sqlglot import exp
-
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.values import Val, literal, merge_null, require
 
 _ADQL_NAMES: dict[type, str] = {
     exp.Ceil: "CEILING",

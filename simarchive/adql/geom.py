@@ -12,10 +12,9 @@ import threading
 
 import numpy as np
 from astropy.table import Table
-
-from simarchive.adql import geometry as g
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.values import Geo, Val, merge_null, require
+from obsharvest.simarchive.adql import geometry as g
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.values import Geo, Val, merge_null, require
 
 GEOMETRY_FUNCTIONS = frozenset(
     {

@@ -11,11 +11,10 @@ footprints) that costs thousands of numpy calls instead of a 10^8-row product.
 from __future__ import annotations
 
 import numpy as np
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.evaluate import Evaluator
+from obsharvest.simarchive.adql.scope import Frame, Scope, Source
 from sqlglot import exp
-
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.evaluate import Evaluator
-from simarchive.adql.scope import Frame, Scope, Source
 
 MAX_CROSS_ROWS = 5_000_000
 

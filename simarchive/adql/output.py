@@ -12,15 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
+from obsharvest.simarchive.adql.aggregate import combine_codes, value_codes
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
+from obsharvest.simarchive.adql.functions import function_name
+from obsharvest.simarchive.adql.geom import format_regions
+from obsharvest.simarchive.adql.scope import Scope, Source, identifier_matches
+from obsharvest.simarchive.adql.values import ColumnRef, Geo, Val, column_data
 from sqlglot import exp
-
-from simarchive.adql.aggregate import combine_codes, value_codes
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
-from simarchive.adql.functions import function_name
-from simarchive.adql.geom import format_regions
-from simarchive.adql.scope import Scope, Source, identifier_matches
-from simarchive.adql.values import ColumnRef, Geo, Val, column_data
 
 
 @dataclass

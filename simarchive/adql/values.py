@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from simarchive.adql.errors import AdqlError
-from simarchive.adql.geometry import RegionArray
+from obsharvest.simarchive.adql.errors import AdqlError
+from obsharvest.simarchive.adql.geometry import RegionArray
 
 
 @dataclass(frozen=True)

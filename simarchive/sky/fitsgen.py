@@ -25,9 +25,8 @@ from typing import BinaryIO, Final
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
-
-from simarchive.sky.naming import RAW, Naming
-from simarchive.sky.pixels import (
+from obsharvest.simarchive.sky.naming import RAW, Naming
+from obsharvest.simarchive.sky.pixels import (
     MASK_PLANES,
     PixelRecipe,
     paint,
@@ -35,9 +34,9 @@ from simarchive.sky.pixels import (
     to_raw_counts,
     variance_of,
 )
-from simarchive.sky.product import Product
-from simarchive.sky.projection import TanWcs
-from simarchive.sky.starfield import StarField
+from obsharvest.simarchive.sky.product import Product
+from obsharvest.simarchive.sky.projection import TanWcs
+from obsharvest.simarchive.sky.starfield import StarField
 
 FITS_BLOCK: Final = 2880
 ROWS_PER_CHUNK: Final = 256

@@ -61,7 +61,7 @@ class SurveyShape:
     """
 
     camera: str
-    """Key of :data:`simarchive.sky.focalplane.CAMERAS`."""
+    """Key of :data:`obsharvest.simarchive.sky.focalplane.CAMERAS`."""
     dither_radius_deg: float
     mjd_range: tuple[float, float]
     visit_ids: str
@@ -82,7 +82,7 @@ class Naming:
     instrument_name: str
     telescope: str
     skymap: str
-    """Key of :data:`simarchive.sky.skymap.SKYMAPS`."""
+    """Key of :data:`obsharvest.simarchive.sky.skymap.SKYMAPS`."""
     tract: int
     physical_filters: MappingProxyType[str, str]
     """Physical filter per band, e.g. ``i_sim_1.4`` (DP0.2) or ``i_06`` (LSSTComCam)."""

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-
-from simarchive.sky.focalplane import N_AMP_X, N_AMP_Y
-from simarchive.sky.projection import TanWcs
-from simarchive.sky.starfield import StarField
+from obsharvest.simarchive.sky.focalplane import N_AMP_X, N_AMP_Y
+from obsharvest.simarchive.sky.projection import TanWcs
+from obsharvest.simarchive.sky.starfield import StarField
 
 MASK_PLANES: Final = {
     "BAD": 0,

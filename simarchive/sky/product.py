@@ -1,7 +1,7 @@
 """The :class:`Product` record: one image dataset as the archive publishes it.
 
-Kept in its own module so that both the survey model (:mod:`simarchive.sky.survey_sky`) and the
-FITS writer (:mod:`simarchive.sky.fitsgen`) can use it without importing each other.
+Kept in its own module so that both the survey model (:mod:`obsharvest.simarchive.sky.survey_sky`) and the
+FITS writer (:mod:`obsharvest.simarchive.sky.fitsgen`) can use it without importing each other.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Product:
     ``lsst_cells_v1-5063-14`` for every coadd of a patch."""
     obs_publisher_did: str
     kind: str
-    """Release-independent kind, see :mod:`simarchive.sky.naming`."""
+    """Release-independent kind, see :mod:`obsharvest.simarchive.sky.naming`."""
     dataset_type: str
     subtype: str
     calib_level: int

@@ -3,9 +3,9 @@
 Everything here is vectorised numpy so that a whole survey (tens of thousands of
 detector-visits) can be laid out in well under a second.  The formulas are the FITS
 ``TAN`` projection with the default ``LONPOLE=180``, so pixel coordinates computed here
-agree with ``astropy.wcs.WCS`` built from the headers that :mod:`simarchive.sky.fitsgen`
+agree with ``astropy.wcs.WCS`` built from the headers that :mod:`obsharvest.simarchive.sky.fitsgen`
 writes (the unit tests check that).  (The ADQL engine's region geometry lives in
-:mod:`simarchive.adql.geometry`; this module only *makes* footprints.)
+:mod:`obsharvest.simarchive.adql.geometry`; this module only *makes* footprints.)
 
 TAN-SIP (Shupe et al. 2005) is supported the way astropy applies it: pixel offsets from
 CRPIX ``(u, v)`` become ``(u + A(u, v), v + B(u, v))`` before the CD matrix, and the

@@ -21,9 +21,8 @@ from types import MappingProxyType
 from typing import Final
 
 import numpy as np
-
-from simarchive.sky.focalplane import PIXEL_SCALE_ARCSEC
-from simarchive.sky.projection import TanWcs, sky_to_tangent, tangent_to_sky
+from obsharvest.simarchive.sky.focalplane import PIXEL_SCALE_ARCSEC
+from obsharvest.simarchive.sky.projection import TanWcs, sky_to_tangent, tangent_to_sky
 
 
 @dataclass(frozen=True)

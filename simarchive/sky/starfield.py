@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-
-from simarchive.sky.projection import tangent_to_sky
+from obsharvest.simarchive.sky.projection import tangent_to_sky
 
 STAR_FIELD_RADIUS_DEG: Final = 3.8
 """Covers every kept detector (dither 1.5 deg + focal plane ~2.1 deg)."""

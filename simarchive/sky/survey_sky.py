@@ -11,7 +11,7 @@ padded by ~250 px (~50"), while the header WCS carries a small astrometric offse
 queries therefore return detectors that do not contain the point, and two neighbouring
 detectors of one visit near their common edge.  :meth:`Sky.truth` is the WCS answer.
 
-The release table (:mod:`simarchive.sky.naming`) picks the camera, survey shape and skymap.
+The release table (:mod:`obsharvest.simarchive.sky.naming`) picks the camera, survey shape and skymap.
 With DP1's LSSTComCam the optics distort the focal plane by a few pixels; calibrated
 visit images then carry a TAN-SIP header fitted to that distortion (CRPIX at the
 detector centre, as Rubin writes them), and :meth:`Sky.truth` decides containment with
@@ -30,9 +30,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
-
-from simarchive.sky import fitsgen
-from simarchive.sky.focalplane import (
+from obsharvest.simarchive.sky import fitsgen
+from obsharvest.simarchive.sky.focalplane import (
     N_AMP_X,
     N_AMP_Y,
     PIXEL_SCALE_ARCSEC,
@@ -44,7 +43,7 @@ from simarchive.sky.focalplane import (
     distort_mm,
     get_camera,
 )
-from simarchive.sky.naming import (
+from obsharvest.simarchive.sky.naming import (
     BANDS,
     COADD_KINDS,
     DEEP_COADD,
@@ -55,9 +54,9 @@ from simarchive.sky.naming import (
     get_naming,
     visit_name,
 )
-from simarchive.sky.pixels import PixelRecipe
-from simarchive.sky.product import Product
-from simarchive.sky.projection import (
+from obsharvest.simarchive.sky.pixels import PixelRecipe
+from obsharvest.simarchive.sky.product import Product
+from obsharvest.simarchive.sky.projection import (
     Sip,
     TanWcs,
     angular_separation,
@@ -72,9 +71,9 @@ from simarchive.sky.projection import (
     sky_to_tangent,
     tangent_to_sky,
 )
-from simarchive.sky.skymap import SKYMAPS, Tract, binned_crpix, place_tract
-from simarchive.sky.starfield import StarField, make_starfield
-from simarchive.sky.visits import Visits, make_visits
+from obsharvest.simarchive.sky.skymap import SKYMAPS, Tract, binned_crpix, place_tract
+from obsharvest.simarchive.sky.starfield import StarField, make_starfield
+from obsharvest.simarchive.sky.visits import Visits, make_visits
 
 __all__ = ["Product", "Sky", "SkyConfig"]
 
@@ -596,8 +595,8 @@ class Sky:
         base_url: str = "",
         file_suffix: str = "",
     ) -> Table:
-        """ivoa.ObsCore rows for every product (see :mod:`simarchive.obscore`)."""
-        from simarchive.obscore import build_obscore_table
+        """ivoa.ObsCore rows for every product (see :mod:`obsharvest.simarchive.obscore`)."""
+        from obsharvest.simarchive.obscore import build_obscore_table
 
         return build_obscore_table(
             self,
@@ -623,7 +622,7 @@ class Sky:
         return self.tract.patch_wcs(int(c["patch"][i]), self.config.binning)
 
     def image_context(self, product_id: str) -> fitsgen.ImageContext:
-        """Headers-and-pixels recipe of a product, for :mod:`simarchive.sky.fitsgen`."""
+        """Headers-and-pixels recipe of a product, for :mod:`obsharvest.simarchive.sky.fitsgen`."""
         i = self._index[product_id]
         p = self._product_at(i)
         b = self.config.binning

@@ -4,7 +4,7 @@ Shaped after DP0.2 around (62, -37): dithered pointings within ~1.5 deg of the f
 centre (so nearly every visit covers the centre, as the seed's 443 unique visits show),
 bands in the seed's calexp proportions (§3.4: u .07, g .11, r .27, i .25, z .13,
 y .17), 30 s exposures, 6-digit visit ids increasing with time.  A release's
-:class:`~simarchive.sky.naming.SurveyShape` changes the dither radius, the dates and the
+:class:`~obsharvest.simarchive.sky.naming.SurveyShape` changes the dither radius, the dates and the
 visit numbering (DP1: ``day_obs * 100000 + seq_num``) without reshuffling the random
 draws, so DP0.2 stays exactly what it was.
 """
@@ -15,9 +15,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Final
 
 import numpy as np
-
-from simarchive.sky.naming import BANDS, VISIT_IDS_DAY_OBS, SurveyShape, get_naming
-from simarchive.sky.projection import tangent_to_sky
+from obsharvest.simarchive.sky.naming import BANDS, VISIT_IDS_DAY_OBS, SurveyShape, get_naming
+from obsharvest.simarchive.sky.projection import tangent_to_sky
 
 BAND_FRACTIONS: Final = {"u": 0.07, "g": 0.11, "r": 0.27, "i": 0.25, "z": 0.13, "y": 0.17}
 MIN_VISITS_PER_BAND: Final = 2
