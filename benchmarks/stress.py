@@ -68,7 +68,6 @@ def one_archive(settings: dict, rng: random.Random, binning: int, cache: str) ->
     import pyvo
     import requests
     from astropy.io.votable import parse_single_table
-    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
     from benchmarks.workload import spread_targets
     from obsharvest.access.datalink import DatalinkResolver
@@ -78,6 +77,7 @@ def one_archive(settings: dict, rng: random.Random, binning: int, cache: str) ->
     from obsharvest.query.adql import TARGET_COLUMN, Constraints
     from obsharvest.query.capabilities import probe_features
     from obsharvest.query.obscore import QueryOptions, Strategy, query_targets
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
     from obsharvest.verify import containment
 
     counts = dict.fromkeys(("rows", "links", "did_links", "headers", "quicklooks"), 0)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyvo
 import requests
+
 from obsharvest.simarchive.faults import FaultPlan
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 

@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from obsharvest.tasks import progress
-
 from obsharvest.report import human_bytes
+from obsharvest.tasks import progress
 
 _LABELS = {"query": "ObsCore queries (targets)", "images": "Datalink, WCS check, store (images)"}
 _SHORT = {"query": "queries", "images": "images"}

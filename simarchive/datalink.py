@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy import units as u
 from astropy.table import MaskedColumn, Table
+
 from obsharvest.simarchive.votable import results_votable
 
 THIS = "#this"

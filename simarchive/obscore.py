@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 from astropy.time import Time
+
 from obsharvest.simarchive.sky.naming import visit_name
 
 # The survey (simarchive.sky.survey_sky.Sky), which calls in here: typed loosely, no cycle.

@@ -30,6 +30,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
+
 from obsharvest.simarchive.adql.geometry import radec_to_xyz
 from obsharvest.simarchive.soda_region import (
     CircleRegion,

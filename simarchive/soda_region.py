@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
+
 from obsharvest.simarchive.adql.geometry import radec_to_xyz, xyz_to_radec
 
 Curve = tuple[Callable[[np.ndarray], np.ndarray], float]

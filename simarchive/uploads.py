@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from astropy.io.votable import parse_single_table
 from astropy.table import Column, MaskedColumn, Table
+
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.httpcore import Upload
 

@@ -9,12 +9,13 @@ the ordinary expression evaluator.
 from __future__ import annotations
 
 import numpy as np
+from sqlglot import exp
+
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
 from obsharvest.simarchive.adql.functions import function_name
 from obsharvest.simarchive.adql.scope import Frame, Scope
 from obsharvest.simarchive.adql.values import Geo, Val
-from sqlglot import exp
 
 
 def is_aggregate_query(select: exp.Select) -> bool:

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import sqlglot
 from astropy.table import Table
+from sqlglot import exp
+from sqlglot.errors import ParseError, SqlglotError, TokenError
+
 from obsharvest.simarchive.adql.aggregate import group_frame, is_aggregate_query
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.evaluate import Evaluator
@@ -32,8 +35,6 @@ from obsharvest.simarchive.adql.output import (
     sort_permutation,
 )
 from obsharvest.simarchive.adql.scope import Scope, make_sources
-from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError, TokenError
 
 __all__ = ["AdqlError", "QueryResult", "run_adql"]
 

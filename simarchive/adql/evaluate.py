@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 
 import numpy as np
+from sqlglot import exp
+
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.functions import (
     SCALAR_FUNCTIONS,
@@ -35,7 +37,6 @@ from obsharvest.simarchive.adql.values import (
     null_literal,
     require,
 )
-from sqlglot import exp
 
 AGGREGATES = (exp.Count, exp.Sum, exp.Min, exp.Max, exp.Avg)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from sqlglot import exp
+
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.values import Val, literal, merge_null, require
-from sqlglot import exp
 
 _ADQL_NAMES: dict[type, str] = {
     exp.Ceil: "CEILING",

@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 from astropy.table import Table
+
 from obsharvest.simarchive.adql import geometry as g
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.values import Geo, Val, merge_null, require

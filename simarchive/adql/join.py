@@ -11,10 +11,11 @@ footprints) that costs thousands of numpy calls instead of a 10^8-row product.
 from __future__ import annotations
 
 import numpy as np
+from sqlglot import exp
+
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.evaluate import Evaluator
 from obsharvest.simarchive.adql.scope import Frame, Scope, Source
-from sqlglot import exp
 
 MAX_CROSS_ROWS = 5_000_000
 

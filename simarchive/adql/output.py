@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
+from sqlglot import exp
+
 from obsharvest.simarchive.adql.aggregate import combine_codes, value_codes
 from obsharvest.simarchive.adql.errors import AdqlError
 from obsharvest.simarchive.adql.evaluate import AGGREGATES, Evaluator, materialize
@@ -19,7 +21,6 @@ from obsharvest.simarchive.adql.functions import function_name
 from obsharvest.simarchive.adql.geom import format_regions
 from obsharvest.simarchive.adql.scope import Scope, Source, identifier_matches
 from obsharvest.simarchive.adql.values import ColumnRef, Geo, Val, column_data
-from sqlglot import exp
 
 
 @dataclass

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.table import Table
-from obsharvest.simarchive.adql.errors import AdqlError
 from sqlglot import exp
+
+from obsharvest.simarchive.adql.errors import AdqlError
 
 
 @dataclass(eq=False)

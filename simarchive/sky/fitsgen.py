@@ -25,6 +25,7 @@ from typing import BinaryIO, Final
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
+
 from obsharvest.simarchive.sky.naming import RAW, Naming
 from obsharvest.simarchive.sky.pixels import (
     MASK_PLANES,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+
 from obsharvest.simarchive.sky.focalplane import N_AMP_X, N_AMP_Y
 from obsharvest.simarchive.sky.projection import TanWcs
 from obsharvest.simarchive.sky.starfield import StarField

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Final
 
 import numpy as np
+
 from obsharvest.simarchive.sky.focalplane import PIXEL_SCALE_ARCSEC
 from obsharvest.simarchive.sky.projection import TanWcs, sky_to_tangent, tangent_to_sky
 

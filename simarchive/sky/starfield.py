@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+
 from obsharvest.simarchive.sky.projection import tangent_to_sky
 
 STAR_FIELD_RADIUS_DEG: Final = 3.8

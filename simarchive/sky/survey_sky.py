@@ -30,6 +30,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
+
 from obsharvest.simarchive.sky import fitsgen
 from obsharvest.simarchive.sky.focalplane import (
     N_AMP_X,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Final
 
 import numpy as np
+
 from obsharvest.simarchive.sky.naming import BANDS, VISIT_IDS_DAY_OBS, SurveyShape, get_naming
 from obsharvest.simarchive.sky.projection import tangent_to_sky
 
