@@ -50,7 +50,7 @@ interop-deps:
 	@sh tests/interop/install_deps.sh
 
 interop: venv interop-deps
-	$(BIN)/python -m pytest -m interop tests/test_interop_dachs.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m interop tests/e2e/test_interop_dachs.py $(PYTEST_ARGS)
 
 # Azurite (npm) for the Azure Blob tests: installed once into .cache/azurite with the
 # machine's node and npm (the tests start it, tests/emulators.py). Where npm is missing or

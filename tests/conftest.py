@@ -23,7 +23,7 @@ def pytest_configure(config):
     The tests' own VOTable writes (``to_xml``, ``Table.write(format="votable")``, pyvo
     uploads of Tables) go through astropy's Python writer: its C writer can write one byte
     past its row buffer (see ``obsharvest.simarchive.votable._python_written``).
-    ``tests/test_votable_writer.py`` turns the C writer back on to check that the archive
+    ``tests/simarchive/test_votable_writer.py`` turns the C writer back on to check that the archive
     and the client avoid it by themselves.
     """
     os.environ.setdefault("PYTHONFAULTHANDLER", "1")

@@ -22,9 +22,9 @@ BARRIER_TIMEOUT = 120.0
 def run_round(worker: int, output_url: str, options: dict[str, Any], barrier) -> None:
     """What one run does to the output, in the order a run does it."""
     import pyarrow as pa
+
     from obsharvest.flows.params import HarvestParams
     from obsharvest.flows.preflight import check_storage
-
     from obsharvest.metadata import MetadataStore
     from obsharvest.products.gallery import GALLERY_DIR, write_index
     from obsharvest.storage.store import ObjectStore
