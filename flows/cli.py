@@ -17,12 +17,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
-from obsharvest.simarchive import cli as archive_cli
-
 from obsharvest.errors import Interrupted, UserError
+from obsharvest.simarchive import cli as archive_cli
 
 if TYPE_CHECKING:
     from obsharvest.models import Summary
+
+    from .params import HarvestParams
 
     # what ArgumentParser.add_subparsers returns
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -153,7 +154,7 @@ def _run_harvest(args: argparse.Namespace) -> int:
     from .preflight import preflight
 
     try:  # before anything starts (its Prefect API, an archive): a user error costs seconds
-        preflight(params)
+        params = preflight(params)  # the flow takes these checked parameters as they are
     except (UserError, stopping.Interrupted) as exc:
         if stopping.requested():  # a check cut short by the stop is no finding
             return _stopped_early("during the preflight (checking the service and the outputs)")
@@ -163,7 +164,7 @@ def _run_harvest(args: argparse.Namespace) -> int:
 
     try:
         with api_for_run(stopping.requested):
-            return _report(args, overrides)
+            return _report(args, params)
     except RuntimeError:
         if not stopping.requested():
             raise
@@ -220,7 +221,7 @@ def _flow_off_the_main_thread(run: Callable[[], T]) -> T | None:
                 return None
 
 
-def _report(args: argparse.Namespace, overrides: dict) -> int:
+def _report(args: argparse.Namespace, params: HarvestParams) -> int:
     """Run the flow and print its summary; the exit code says how it ended."""
     from obsharvest.runtime import stopping
 
@@ -235,9 +236,7 @@ def _report(args: argparse.Namespace, overrides: dict) -> int:
     with progress_display(
         terminal=sys.stderr.isatty(), verbose=args.verbose, interval=args.progress_interval
     ):
-        state = _flow_off_the_main_thread(
-            lambda: harvest(profile=args.config, overrides=overrides, return_state=True)
-        )
+        state = _flow_off_the_main_thread(lambda: harvest(params, return_state=True))
     if state is None:
         return _stopped_early(
             f"and the run did not end within {STOP_BOUND:g} s",
@@ -376,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     archive_cli.add_parser(commands)  # the embedded archive's own subcommand
     _add_run(commands)
+    _add_params(commands)
     _add_serve(commands)
     _add_migrate(commands)
     _add_compact(commands)
@@ -389,6 +389,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run(commands: Commands) -> None:
     run = commands.add_parser("run", help="harvest images for a target list (or one position)")
+    _harvest_arguments(run)
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (cron, workers): a progress line every SECONDS "
+        "instead of bars (default 30; 0: none)",
+    )
+    run.set_defaults(func=_run)
+
+
+def _add_params(commands: Commands) -> None:
+    params = commands.add_parser(
+        "params",
+        help="print the validated parameters of a run as the flow's JSON parameters, e.g. "
+        "for prefect deployment run --params",
+    )
+    _harvest_arguments(params)
+    params.set_defaults(func=_params, progress_interval=0.0)
+
+
+def _params(args: argparse.Namespace) -> int:
+    """``{"params": {...}}``: what ``run`` would harvest, checked (no network) and
+    printed, never a token (tokens are not parameters)."""
+    import json
+
+    from .config import ConfigError, build_params
+
+    try:
+        overrides, sources = _overrides(args)
+        params = build_params(args.config, overrides, sources)
+    except ConfigError as exc:
+        print(f"obsharvest params: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    print(json.dumps({"params": params.model_dump(mode="json", exclude_defaults=True)}))
+    return 0
+
+
+def _harvest_arguments(run: argparse.ArgumentParser) -> None:
+    """What a harvest is given on the command line (``run`` and ``params``)."""
     run.add_argument("--config", default=None, help="YAML profile, e.g. config/local.yaml")
     run.add_argument("--targets", help="target list: CSV, ECSV, Parquet or VOTable (path or URL)")
     run.add_argument("--ra", help="one target: right ascension (deg or hh:mm:ss)")
@@ -405,21 +446,12 @@ def _add_run(commands: Commands) -> None:
     run.add_argument("--subtypes", help="comma-separated dataproduct_subtype values")
     run.add_argument("--calib-levels", help="comma-separated calib_level values, e.g. 2,3")
     run.add_argument(
-        "--progress-interval",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="when stderr is not a terminal (cron, workers): a progress line every SECONDS "
-        "instead of bars (default 30; 0: none)",
-    )
-    run.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override any parameter, e.g. query.maxrec=5000 (repeatable)",
     )
-    run.set_defaults(func=_run)
 
 
 def _add_serve(commands: Commands) -> None:

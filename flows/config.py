@@ -254,6 +254,19 @@ def build_params(
     return with_sources(params, config, labels)
 
 
+def as_params(value: HarvestParams | Mapping[str, Any]) -> HarvestParams:
+    """The flow's parameter as ``HarvestParams``: as given, or validated from the mapping a
+    deployment run (or a Python caller) gives, each error blamed on its key in one line."""
+    if isinstance(value, HarvestParams):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"parameter params: expected the harvest's parameters, got {value!r}")
+    try:
+        return HarvestParams.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, "parameter params")) from None
+
+
 def with_sources(
     params: HarvestParams, config: str | Path | None, labels: Mapping[str, str]
 ) -> HarvestParams:

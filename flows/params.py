@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from astropy.time import Time
@@ -21,6 +21,7 @@ from obsharvest.models import (
     ProductMode,
     QueryMode,
     QueryStrategy,
+    Target,
     VerificationMode,
 )
 from obsharvest.net.credentials import is_s3
@@ -51,9 +52,12 @@ DEC_TEXT = (
     r"^\s*[+-]?(?:(?:[0-8]?\d|90)(?:\s*[:dD°]\s*|\s+)[0-9:.\sdmsDMS'\"°]*"
     r"|(?:90(?:\.0*)?|[0-8]?\d(?:\.\d*)?|\.\d+)(?:\s*(?:deg|d|°))?)\s*$"
 )
-RA_SCHEMA = {"minimum": 0, "maximum": 360, "pattern": RA_TEXT}
-DEC_SCHEMA = {"minimum": -90, "maximum": 90, "pattern": DEC_TEXT}
-MJD_SCHEMA = {"exclusiveMinimum": 0, "exclusiveMaximum": 200_000}  # as _mjd checks numbers
+RA_SCHEMA: dict[str, Any] = {"minimum": 0, "maximum": 360, "pattern": RA_TEXT}
+DEC_SCHEMA: dict[str, Any] = {"minimum": -90, "maximum": 90, "pattern": DEC_TEXT}
+MJD_SCHEMA: dict[str, Any] = {
+    "exclusiveMinimum": 0,
+    "exclusiveMaximum": 200_000,
+}  # as _mjd checks numbers
 
 
 class Model(BaseModel):
@@ -188,12 +192,33 @@ def _time_value(value: object) -> object:
     return _iso(value) if isinstance(value, date) else value
 
 
+def _items(schema: dict) -> dict:
+    """A list field's JSON Schema for its items: the Prefect server refuses a bad item
+    when a deployment run is created; the validators below say it in their own words."""
+    return {"items": schema}
+
+
 class Constraints(Model):
-    bands: list[str] = Field(default_factory=list)
-    subtypes: list[str] = Field(default_factory=list, description="dataproduct_subtype values")
-    calib_levels: list[int] = Field(default_factory=list)
-    time_start: float | str | None = Field(None, description="MJD or ISO time (UTC)")
-    time_end: float | str | None = Field(None, description="MJD or ISO time (UTC)")
+    bands: list[str] = Field(
+        default_factory=list,
+        description="bands, e.g. i",
+        json_schema_extra=_items({"type": "string", "pattern": _BAND.pattern}),
+    )
+    subtypes: list[str] = Field(
+        default_factory=list,
+        description="dataproduct_subtype values",
+        json_schema_extra=_items({"type": "string", "pattern": _SUBTYPE.pattern}),
+    )
+    calib_levels: list[int] = Field(
+        default_factory=list,
+        json_schema_extra=_items({"type": "integer", "minimum": 0, "maximum": 4}),
+    )
+    time_start: float | str | None = Field(
+        None, description="MJD or ISO time (UTC)", json_schema_extra=MJD_SCHEMA
+    )
+    time_end: float | str | None = Field(
+        None, description="MJD or ISO time (UTC)", json_schema_extra=MJD_SCHEMA
+    )
     extra_where: str | None = Field(
         None, description="TRUSTED raw ADQL ANDed into every query; never fill from untrusted input"
     )
@@ -400,8 +425,12 @@ class HarvestParams(Model):
     targets: str | None = Field(
         None, description="target list: CSV, ECSV, Parquet or VOTable path/URL"
     )
-    ra: float | str | None = None
-    dec: float | str | None = None
+    ra: float | str | None = Field(
+        None, description="one target: RA (deg or hh:mm:ss)", json_schema_extra=RA_SCHEMA
+    )
+    dec: float | str | None = Field(
+        None, description="one target: Dec (deg or dd:mm:ss)", json_schema_extra=DEC_SCHEMA
+    )
     radius: float | None = Field(
         None, gt=0, le=10, description="deg; overlap instead of containment"
     )
@@ -421,10 +450,22 @@ class HarvestParams(Model):
     plan: bool = Field(
         False, description="dry run: query, verify and write Parquet; download nothing"
     )
+    incremental: bool = Field(
+        False, description="only what is new since the last good run into this output"
+    )
     # Where each value came from (a profile key, --set, a flag, a Prefect parameter), for
     # error messages; set by flows.config.build_params, never part of the parameters.
     _profile: str | None = PrivateAttr(default=None)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    # The targets the preflight read and checked (flows.preflight.checked): a run handed
+    # checked parameters in this process neither checks nor reads them again. Never sent
+    # to the Prefect API (private), so a deployment run checks in its own process.
+    _checked: list[Target] | None = PrivateAttr(default=None)
+
+    @property
+    def checked_targets(self) -> list[Target] | None:
+        """The targets, when the preflight has passed for these parameters; else None."""
+        return self._checked
 
     @model_validator(mode="after")
     def _targets(self) -> HarvestParams:

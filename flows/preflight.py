@@ -1,8 +1,8 @@
 """Everything cheap, checked before the expensive part: a user error costs seconds, not a
 run. Prefect-free but for the blocks a profile names (read through ``flows/blocks.py``):
-the CLI runs it before it starts anything (its Prefect API, the embedded archive), and
-the flow runs it again first thing (deployment runs, Python callers); in the CLI's
-process the flow skips what the CLI already checked.
+the CLI runs it before it starts anything (its Prefect API, the embedded archive) and
+hands the flow the checked parameters; a flow given unchecked ones (a deployment run)
+runs it first thing. Once per run either way; the targets are read here, once.
 
 Checked, in this order, each failure one line naming what and where (the profile key, the
 ``--set`` argument, the flag or the Prefect parameter the value came from):
@@ -34,7 +34,6 @@ import importlib.util
 import logging
 import posixpath
 import re
-import time
 import uuid
 from typing import Any
 
@@ -58,8 +57,6 @@ from .config import source_of
 from .params import HarvestParams
 
 PROBE_PREFIX = ".obsharvest-probe-"
-REMEMBER_SECONDS = 600.0  # a check passed this recently in this process is not repeated
-_passed: dict[str, float] = {}
 
 
 def constraints_of(params: HarvestParams) -> Constraints:
@@ -77,24 +74,31 @@ def constraints_of(params: HarvestParams) -> Constraints:
     )
 
 
-def preflight(params: HarvestParams, *, network: bool = True) -> None:
-    """Check the inputs, then (``network``) the service and the output locations.
-    Raises a :class:`~obsharvest.errors.UserError` (one line); returns quickly when these parameters passed
-    in this process moments ago (the CLI checks, then runs the flow, which checks).
-    A stop (signal, deadline) during the network checks raises ``Interrupted`` within
-    ``workers.STOP_GRACE`` seconds: the CLI then says nothing was begun."""
-    key = params.model_dump_json()
-    if time.monotonic() - _passed.get(key, -REMEMBER_SECONDS) < REMEMBER_SECONDS:
-        return
+def preflight(params: HarvestParams, *, network: bool = True) -> HarvestParams:
+    """Check the inputs, then (``network``) the service and the output locations; the
+    parameters back, carrying the targets read (``checked_targets``), so the run that
+    follows in this process neither checks nor reads them again. Raises a
+    :class:`~obsharvest.errors.UserError` (one line). A stop (signal, deadline) during
+    the network checks raises ``Interrupted`` within ``workers.STOP_GRACE`` seconds: the
+    CLI then says nothing was begun."""
+    if params.checked_targets is not None:
+        return params
     if not network:
-        check_inputs(params)
-        return
+        return checked(params, check_inputs(params))
     # in daemon threads, waited on with the stop: a signal during a read the service (or a
     # targets URL) never answers ends the wait in a second or two, not after its timeouts
-    workers.call(lambda: check_inputs(params), name="preflight-inputs")
+    targets = workers.call(lambda: check_inputs(params), name="preflight-inputs")
     workers.call(lambda: check_service(params), name="preflight-service")
     workers.call(lambda: check_storage(params), name="preflight-storage")
-    _passed[key] = time.monotonic()
+    return checked(params, targets)
+
+
+def checked(params: HarvestParams, targets: list[Target]) -> HarvestParams:
+    """``params`` with the targets the preflight read (a copy: the private attribute is
+    carried by ``model_copy``, never serialised)."""
+    out = params.model_copy()
+    out._checked = list(targets)
+    return out
 
 
 # -- 1. inputs -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import posixpath
 import time
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 import fsspec
 import pyarrow.compute as pc
@@ -28,7 +28,7 @@ from obsharvest.errors import ConfigError
 from obsharvest.metadata import MetadataStore
 from obsharvest.targets import read_targets
 
-from .config import build_params
+from .params import HarvestParams
 from .preflight import with_storage_credentials
 
 SHARD_DIR = "shards"
@@ -70,37 +70,33 @@ def _wait(runs: list, timeout: float) -> list:
 
 @flow(name="harvest-sharded")
 def harvest_sharded(
-    targets: Annotated[str, Field(description="the whole target list (path or URL)")],
+    params: HarvestParams,
     shards: Annotated[int, Field(ge=1, le=1000, description="flow runs to split it into")] = 2,
     deployment: str = "harvest/manual",
-    profile: str | None = "config/local.yaml",
-    output_url: str | None = None,
-    overrides: dict[str, Any] | None = None,
     timeout: float = 3600,
 ):
-    """Split ``targets`` into shards, run each as a flow run of ``deployment``, merge."""
+    """Split ``params.targets`` into shards, run each as a flow run of ``deployment``
+    (the same parameters but its targets and its own output prefix), merge."""
     logger = get_run_logger()
-    values = dict(overrides or {})
-    if output_url:
-        values["output_url"] = output_url
-    params = build_params(profile, {**values, "targets": targets})  # validated up front
-    params = with_storage_credentials(params)  # for this flow's own reads and writes
-    if params.targets is None:  # build_params lets an ra/dec in overrides replace the list
-        raise ConfigError("harvest-sharded splits a target list: overrides must not set ra or dec")
+    if params.targets is None:
+        raise ConfigError("harvest-sharded splits a target list: give targets, not ra and dec")
     everything = read_targets(params.targets, default_radius=params.radius)
+    own = with_storage_credentials(params)  # this flow's own reads and writes only
     out = params.output_url.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(out, **params.output_storage_options)
+    fs, root = fsspec.core.url_to_fs(out, **own.output_storage_options)
     shard_root = posixpath.join(root, SHARD_DIR)
     fs.makedirs(shard_root, exist_ok=True)
     runs = []
     for i, group in enumerate(shard_targets(everything, shards)):
         path = posixpath.join(shard_root, f"targets-{i}.csv")
         _write_csv(fs, path, group)
-        shard_values = {
-            **values,
-            "output_url": f"{out}/{SHARD_DIR}/{i}",
-            "storage.url": params.storage_url,
-        }
+        shard = params.model_copy(
+            update={
+                "targets": fs.unstrip_protocol(path),
+                "output_url": f"{out}/{SHARD_DIR}/{i}",
+                "storage": params.storage.model_copy(update={"url": params.storage_url}),
+            }
+        )
         # called from this (sync) flow: the flow run, not a coroutine (async_dispatch)
         run = cast(
             FlowRun,
@@ -108,25 +104,21 @@ def harvest_sharded(
                 deployment,
                 timeout=0,
                 as_subflow=True,
-                parameters={
-                    "profile": profile,
-                    "targets": fs.unstrip_protocol(path),
-                    "overrides": shard_values,
-                },
+                parameters={"params": shard.model_dump(mode="json")},
             ),
         )
         runs.append(run)
         logger.info("shard %d: %d targets → flow run %s", i, len(group), run.name)
     finals = _wait(runs, timeout)
     failed = [r for r in finals if not r.state or not r.state.is_completed()]
-    merged = MetadataStore(out, params.output_storage_options)
+    merged = MetadataStore(out, own.output_storage_options)
     for i, final in enumerate(finals):
-        shard = MetadataStore(f"{out}/{SHARD_DIR}/{i}", params.output_storage_options).read()
-        if shard is None:
+        rows = MetadataStore(f"{out}/{SHARD_DIR}/{i}", own.output_storage_options).read()
+        if rows is None:
             continue
         # only this shard run's rows: the shard's prefix keeps those of earlier sharded runs,
         # which are in the output already
-        mine = shard.filter(pc.field("obsh_run_id") == str(final.id))
+        mine = rows.filter(pc.field("obsh_run_id") == str(final.id))
         merged.append(mine, run_id=f"shard-{i}-{final.id}")
     if failed:
         return Failed(

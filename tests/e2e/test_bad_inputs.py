@@ -41,7 +41,7 @@ import requests
 from obsharvest.assemble import cutout_bytes
 from obsharvest.errors import ServiceRefusedError
 from obsharvest.flows.cli import angle_arguments
-from obsharvest.flows.config import ConfigError, build_params, parse_override
+from obsharvest.flows.config import ConfigError, build_params, load_yaml, parse_override
 from obsharvest.flows.harvest import harvest, harvest_params
 from obsharvest.flows.params import HarvestParams
 from obsharvest.flows.preflight import PreflightError
@@ -381,19 +381,22 @@ def test_flow_query_refused_ends_the_run_at_once(path, words, crafted, monkeypat
 @pytest.mark.parametrize(
     "parameters, words",
     [
-        ({"ra": 62, "dec": "-97:00:00"}, ("parameter dec", "outside [-90, 90]")),
+        ({"ra": 62, "dec": "-97:00:00"}, ("dec", "outside [-90, 90]")),
         (
-            {"ra": 62, "dec": -37, "overrides": {"query.maxrex": 4}},
-            ("parameter overrides['query.maxrex']", "did you mean query.maxrec?"),
+            {"ra": 62, "dec": -37, "query": {"maxrex": 4}},
+            ("parameter params: query.maxrex", "did you mean query.maxrec?"),
         ),
         (
-            {"ra": 62, "dec": -37, "time_start": "2023-02-30"},
-            ("parameter time_start", "day is out of range"),
+            {"ra": 62, "dec": -37, "constraints": {"time_start": "2023-02-30"}},
+            ("parameter params", "time_start '2023-02-30'", "day is out of range"),
         ),
     ],
 )
 def test_flow_blames_prefect_parameters(parameters, words, world, flow_env):
-    state = harvest(profile=world["remote"], return_state=True, **parameters)
+    """A deployment run's parameters (a mapping, as the API hands them over) are
+    validated by the flow: one line naming the key, before any query."""
+    form = {**load_yaml(world["remote"]), **parameters}
+    state = harvest(form, return_state=True)
     error = state.result(raise_on_failure=False)
     assert isinstance(error, (ConfigError, ValueError)), error
     message = str(error)

@@ -152,8 +152,8 @@ def test_dask_harvest_equals_the_threaded_one(archive, cluster, tmp_path):
         workers = set(client.scheduler_info()["workers"])
     assert threads.ok and dask.ok and dask.stored_images == threads.stored_images > 0
     ran = [t for t in stream.data if t.get("worker") in workers]
-    # the submitted tasks: one query batch and the image batches (load-targets and
-    # write-metadata are called, not submitted: they run in the flow's process)
+    # the submitted tasks: one query batch and the image batches (write-metadata is
+    # called, not submitted: it runs in the flow's process)
     batches = -(-dask.images // 8)
     batches += (
         batches % 2

@@ -231,6 +231,16 @@ def test_a_stopped_run_counts_its_unfinished_images_in_one_line(
 # -- deployment parameters, checked when a run is created ----------------------------------
 
 
+def _form(flat: dict) -> dict:
+    """The flow's one parameter as the UI form sends it: the whole model, the constraints
+    nested."""
+    form: dict = {"service": {"embedded": {}}, "output_url": "output/never", "constraints": {}}
+    for key, value in flat.items():
+        nested = key in ("bands", "subtypes", "calib_levels", "time_start", "time_end")
+        (form["constraints"] if nested else form)[key] = value
+    return form
+
+
 @pytest.fixture(scope="module")
 def deployment_id(prefect_harness):
     """The harvest flow as a deployment (as ``obsharvest serve`` and ``prefect deploy``
@@ -240,7 +250,7 @@ def deployment_id(prefect_harness):
     from obsharvest.flows.harvest import harvest
 
     deployment = harvest.to_deployment(
-        name="first-contact", parameters={"profile": LOCAL, "output_url": "output/never"}
+        name="first-contact", parameters={"params": _form({"ra": 62, "dec": -37})}
     )
     found = deployment.apply()
     yield found
@@ -268,10 +278,14 @@ def test_a_deployment_run_off_the_sky_is_refused_when_created(deployment_id, par
     from prefect.exceptions import PrefectHTTPStatusError
 
     with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError) as refused:
-        client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+        client.create_flow_run_from_deployment(
+            deployment_id, parameters={"params": _form(parameters)}
+        )
     assert refused.value.response.status_code == 409
     detail = refused.value.response.json()["detail"]
-    assert f"Validation failed for field '{field}" in detail, detail
+    nested = field in ("bands", "subtypes", "calib_levels", "time_start", "time_end")
+    where = f"params.constraints.{field}" if nested else f"params.{field}"
+    assert f"Validation failed for field '{where}" in detail, detail
 
 
 @pytest.mark.parametrize(
@@ -295,6 +309,6 @@ def test_a_deployment_run_on_the_sky_is_created(deployment_id, ra, dec):
     build_params(LOCAL, {"ra": ra, "dec": dec})  # the CLI's own validation accepts it
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"ra": ra, "dec": dec}
+            deployment_id, parameters={"params": _form({"ra": ra, "dec": dec})}
         )
         client.delete_flow_run(run.id)  # nothing runs it (no worker): not left scheduled

@@ -35,8 +35,16 @@ def ops(tmp_path_factory, archive):
             yield server, home
 
 
-def service_overrides(archive) -> str:
-    return json.dumps({"service.tap_url": archive.tap_url, "service.embedded": None})
+def manual_params(archive, out: Path, **extra) -> dict:
+    """The manual deployment's parameters for a run on ``archive``: the whole model."""
+    return {
+        "service": {"tap_url": archive.tap_url},
+        "ra": TARGET_RA,
+        "dec": TARGET_DEC,
+        "constraints": {"bands": ["i"], "calib_levels": [2]},
+        "output_url": str(out),
+        **extra,
+    }
 
 
 def deployment(server, name: str) -> dict:
@@ -47,16 +55,26 @@ def test_deployments_are_registered_as_designed(ops):
     server, _ = ops
     nightly, manual = deployment(server, "nightly"), deployment(server, "manual")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
-    assert nightly["parameters"]["incremental"] is True
+    assert nightly["parameters"]["params"]["incremental"] is True
     assert nightly["work_pool_name"] == manual["work_pool_name"] == "obsharvest"
     assert manual["schedules"] == []
-    assert "bands" in manual["parameter_openapi_schema"]["properties"]  # the UI form
+    form = manual["parameter_openapi_schema"]  # the UI form: the parameters' model
+    assert list(form["properties"]) == ["params"]
+    assert "bands" in form["definitions"]["Constraints"]["properties"]
 
 
 def test_bad_parameters_are_refused_before_any_run(ops):
     server, _ = ops
+    bad = {
+        "params": {
+            "service": {"tap_url": "http://127.0.0.1:9/tap"},
+            "ra": 62,
+            "dec": -37,
+            "constraints": {"bands": ["i x"]},
+        }
+    }
     done = server.cli(
-        "deployment", "run", "harvest/manual", "--param", 'bands=["i x"]', check=False
+        "deployment", "run", "harvest/manual", "--params", json.dumps(bad), check=False
     )
     text = done.stdout + done.stderr
     assert "bands" in text and "does not match" in text
@@ -64,23 +82,8 @@ def test_bad_parameters_are_refused_before_any_run(ops):
 
 
 def _trigger_manual(server, archive, out: Path) -> str:
-    done = server.cli(
-        "deployment",
-        "run",
-        "harvest/manual",
-        "--param",
-        f"ra={TARGET_RA}",
-        "--param",
-        f"dec={TARGET_DEC}",
-        "--param",
-        'bands=["i"]',
-        "--param",
-        "calib_levels=[2]",
-        "--param",
-        f"output_url={out}",
-        "--param",
-        f"overrides={service_overrides(archive)}",
-    )
+    parameters = json.dumps({"params": manual_params(archive, out)})
+    done = server.cli("deployment", "run", "harvest/manual", "--params", parameters)
     match = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)
     assert match, done.stdout
     return match.group(1)
@@ -126,7 +129,7 @@ def test_run_artifacts_are_published(ops, manual_run):
     assert by_key["harvest-progress"]["data"] == pytest.approx(100.0)
     assert "false-positive rate" in by_key["harvest-summary"]["data"]
     tasks = server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-    assert sorted(t["name"].split("-")[0] for t in tasks) == ["images", "load", "query", "write"]
+    assert sorted(t["name"].split("-")[0] for t in tasks) == ["images", "query", "write"]
 
 
 def test_scheduled_incremental_runs_fire_and_the_second_stores_nothing(ops, archive, tmp_path):
@@ -135,14 +138,12 @@ def test_scheduled_incremental_runs_fire_and_the_second_stores_nothing(ops, arch
     targets.write_text(f"name,ra,dec\nseed,{TARGET_RA},{TARGET_DEC}\n")
     nightly = deployment(server, "nightly")
     params = dict(
-        nightly["parameters"],
+        nightly["parameters"]["params"],
+        service={"tap_url": archive.tap_url},
         targets=str(targets),
         output_url=str(tmp_path / "out"),
-        bands=["i"],
-        calib_levels=[2],
-        overrides=json.loads(service_overrides(archive)),
     )
-    server.patch(f"/deployments/{nightly['id']}", {"parameters": params})
+    server.patch(f"/deployments/{nightly['id']}", {"parameters": {"params": params}})
     server.post(
         f"/deployments/{nightly['id']}/schedules", [{"schedule": {"interval": 5}, "active": True}]
     )  # a short interval for the test
@@ -258,28 +259,18 @@ def test_shards_on_two_workers_equal_one_run(ops, archive, tmp_path, prefect_har
     from obsharvest.flows.shard import harvest_sharded
 
     server, home = ops
-    overrides = {
-        "service.tap_url": archive.tap_url,
-        "service.embedded": None,
-        "constraints.bands": ["i"],
-        "constraints.calib_levels": [2],
-    }
+    from obsharvest.flows.params import HarvestParams
+
     targets = str(Path(__file__).resolve().parents[2] / "config" / "demo-targets.csv")
-    assert harvest(
-        profile="config/local.yaml",
-        targets=targets,
-        output_url=str(tmp_path / "single"),
-        overrides=overrides,
-    ).ok
-    with temporary_settings(updates={PREFECT_API_URL: server.api}):
-        result = harvest_sharded(
-            targets=targets,
-            shards=2,
-            profile="config/local.yaml",
-            output_url=str(tmp_path / "sharded"),
-            overrides=overrides,
-            timeout=600,
+
+    def params(output: str) -> HarvestParams:
+        return HarvestParams.model_validate(
+            manual_params(archive, tmp_path / output, ra=None, dec=None, targets=targets)
         )
+
+    assert harvest(params("single")).ok
+    with temporary_settings(updates={PREFECT_API_URL: server.api}):
+        result = harvest_sharded(params("sharded"), shards=2, timeout=600)
     assert result["shards"] == 2
     # which worker takes which shard is the pool's business (a fast worker may take both):
     # every shard ran on one of the pool's workers, and both workers served the pool

@@ -98,16 +98,16 @@ def test_a_secret_block_token_is_cleaned_and_named(monkeypatch):
 
 
 def test_no_flow_run_means_no_intent(monkeypatch):
-    from obsharvest.flows.harvest import _termination_intent
+    from obsharvest.flows.stops import termination_intent
 
     monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
-    assert _termination_intent() is None
+    assert termination_intent() is None
 
 
 def test_an_api_that_never_answers_means_no_intent_within_the_bound(monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from obsharvest.flows.harvest import INTENT_TIMEOUT, _termination_intent
+    from obsharvest.flows.stops import INTENT_TIMEOUT, termination_intent
 
     hole = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
@@ -125,7 +125,7 @@ def test_an_api_that_never_answers_means_no_intent_within_the_bound(monkeypatch)
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             start = time.monotonic()
-            assert _termination_intent() is None
+            assert termination_intent() is None
             took = time.monotonic() - start
     finally:
         hole.close()
@@ -139,7 +139,7 @@ def test_a_cancelling_run_means_cancel(monkeypatch):
     from prefect import flow, get_client
     from prefect.states import Cancelling, Running
 
-    from obsharvest.flows.harvest import _termination_intent
+    from obsharvest.flows.stops import termination_intent
 
     @flow(name="edge-intent")
     def edge_intent() -> None:
@@ -149,6 +149,6 @@ def test_a_cancelling_run_means_cancel(monkeypatch):
         run = client.create_flow_run(edge_intent)
         client.set_flow_run_state(run.id, Running(), force=True)
         monkeypatch.setenv("PREFECT__FLOW_RUN_ID", str(run.id))
-        assert _termination_intent() is None  # running: a plain SIGTERM
+        assert termination_intent() is None  # running: a plain SIGTERM
         client.set_flow_run_state(run.id, Cancelling(), force=True)
-        assert _termination_intent() == "cancel"
+        assert termination_intent() == "cancel"

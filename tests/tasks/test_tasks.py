@@ -4,31 +4,10 @@ theirs, so it is tested here rather than only through whole harvests."""
 
 from __future__ import annotations
 
-import logging
-
-import pytest
-from prefect import flow
-
 from obsharvest.models import Summary
 from obsharvest.tasks import progress
 from obsharvest.tasks.artifacts import failure_message
 from obsharvest.tasks.images import BatchOutcomes, capped
-from obsharvest.tasks.targets import load_targets
-
-
-@pytest.mark.usefixtures("prefect_harness")
-def test_load_targets_runs_as_a_task_and_logs_the_count(tmp_path, caplog):
-    path = tmp_path / "t.csv"
-    path.write_text("name,ra,dec\na,62.0,-37.0\nb,62.1,-36.9\n")
-
-    @flow
-    def read(p: str):
-        return load_targets(p)
-
-    with caplog.at_level(logging.INFO):
-        targets = read(str(path))
-    assert [t.name for t in targets] == ["a", "b"]
-    assert any(r.getMessage() == "2 targets" for r in caplog.records)
 
 
 def test_failure_message_is_one_bounded_line_without_secrets():
