@@ -34,9 +34,7 @@ def counted(monkeypatch):
     monkeypatch.setattr(target_reader, "_read_bytes", counting("read", target_reader._read_bytes))
     for name in ("inputs", "service", "storage"):
         attr = f"check_{name}"
-        monkeypatch.setattr(
-            preflight_module, attr, counting(name, getattr(preflight_module, attr))
-        )
+        monkeypatch.setattr(preflight_module, attr, counting(name, getattr(preflight_module, attr)))
     return calls
 
 
