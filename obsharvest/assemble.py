@@ -29,6 +29,7 @@ from obsharvest.models import (
     ImageOutcome,
     ImageWork,
     Prior,
+    StoredObject,
     Summary,
     Target,
     TargetSummary,
@@ -62,6 +63,27 @@ def failure_of(outcome: ImageOutcome) -> str | None:
     return None
 
 
+def _id_value(
+    colnames: Sequence[str], row, descriptor: access.ServiceDescriptor | None
+) -> str | None:
+    """The row's ID for a service (Datalink, SODA), from the column its descriptor names."""
+    if descriptor is None or descriptor.id_column not in colnames:
+        return None
+    return _text(row[descriptor.id_column]) or None
+
+
+def _storage_key(colnames: Sequence[str], row, did: str, band_column: str | None) -> str:
+    """Where an image is stored: collection, subtype, band and a name unique to it."""
+    return object_key(
+        _text(row["obs_collection"]) if "obs_collection" in colnames else "collection",
+        _text(row["dataproduct_subtype"]) if "dataproduct_subtype" in colnames else "image",
+        (_text(row[band_column]) if band_column is not None else "") or "none",
+        # obs_id is not unique (DP0.2 shares it across raw/calexp/diff; DP1 across
+        # a visit's detectors): a short hash of obs_publisher_did keeps keys apart
+        f"{_text(row['obs_id']) or 'image'}_{hashlib.sha1(did.encode()).hexdigest()[:8]}",
+    )
+
+
 def image_works(
     rows: Table,
     targets: Mapping[str, Target],
@@ -90,33 +112,18 @@ def image_works(
     has_format = "access_format" in rows.colnames
     has_region = "s_region" in rows.colnames  # text, or a DALI array written as STC-S
     s_region_xtype = rows["s_region"].meta.get("xtype") if has_region else None
-
-    def column_value(row, descriptor: access.ServiceDescriptor | None) -> str | None:
-        if descriptor is None or descriptor.id_column not in rows.colnames:
-            return None
-        return _text(row[descriptor.id_column]) or None
-
     for did, names in by_image.items():
         row = rows[first[did]]
-        key = object_key(
-            _text(row["obs_collection"]) if "obs_collection" in rows.colnames else "collection",
-            _text(row["dataproduct_subtype"])
-            if "dataproduct_subtype" in rows.colnames
-            else "image",
-            (_text(row[band_column]) if has_band else "") or "none",
-            # obs_id is not unique (DP0.2 shares it across raw/calexp/diff; DP1 across
-            # a visit's detectors): a short hash of obs_publisher_did keeps keys apart
-            f"{_text(row['obs_id']) or 'image'}_{hashlib.sha1(did.encode()).hexdigest()[:8]}",
-        )
+        key = _storage_key(rows.colnames, row, did, band_column if has_band else None)
         works.append(
             ImageWork(
                 key=did,
                 access_url=_text(row["access_url"]),
                 access_format=_text(row["access_format"]) if has_format else "",
                 datalink_url=datalink.endpoint if datalink else None,
-                datalink_id=column_value(row, datalink),
+                datalink_id=_id_value(rows.colnames, row, datalink),
                 soda_url=soda.endpoint if soda else None,
-                soda_id=column_value(row, soda),
+                soda_id=_id_value(rows.colnames, row, soda),
                 soda_shape=soda.soda_shape if soda else "CIRCLE",
                 storage_key=key,
                 targets=tuple(targets[n] for n in names),
@@ -223,6 +230,110 @@ class ImageTally:
     planned: bool = False  # plan mode: its bytes are in the estimate
 
 
+def _count_pair(entry: TargetSummary, outcome: ImageOutcome | None, name: str) -> None:
+    """Add one (target, image) pair to its target's line: verdict, stored file, failure."""
+    entry.rows += 1
+    verdict = outcome.verdicts.get(name) if outcome else None
+    if verdict is not None and verdict.verdict == Verdict.CONTAINS:
+        entry.contains += 1
+    elif verdict is not None and verdict.verdict == Verdict.OUTSIDE:
+        entry.outside += 1
+    else:
+        entry.undecided += 1
+    stored = outcome.stored_for(name) if outcome else None
+    if stored:
+        entry.stored += 1
+        entry.bytes += stored.size
+    if outcome is None or failure_of(outcome):
+        entry.failures += 1
+
+
+def _per_target(
+    rows: Table, works: Sequence[ImageWork], outcomes: Mapping[str, ImageOutcome]
+) -> dict[str, TargetSummary]:
+    """One line per target: every target of ``works`` (even with no rows), each distinct
+    (target, image) pair of ``rows`` counted once."""
+    per_target: dict[str, TargetSummary] = {}
+    for work in works:
+        for target in work.targets:
+            per_target.setdefault(target.name, TargetSummary(target.name))
+    pairs_seen: set[tuple[str, str]] = set()
+    for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True) if len(rows) else ():
+        did, name = _text(did), _text(name)
+        if (name, did) in pairs_seen:
+            continue
+        pairs_seen.add((name, did))
+        entry = per_target.setdefault(name, TargetSummary(name))
+        _count_pair(entry, outcomes.get(did), name)
+    return per_target
+
+
+def _by_image(rows: Table, column: str) -> dict[str, str]:
+    """``column``'s text per image id; empty when the reply has no such column."""
+    if not (len(rows) and column in rows.colnames):
+        return {}
+    return {_text(d): _text(v) for d, v in zip(rows[ID_COLUMN], rows[column], strict=True)}
+
+
+def _count_stored(
+    summary: Summary, tally: ImageTally, outcome: ImageOutcome, objects: list[StoredObject]
+) -> None:
+    """Add objects not counted yet (the image, or new cutouts) to the stored totals; the
+    image itself and its download are counted once whatever the shards add."""
+    if not tally.stored:
+        summary.stored_images += 1
+        if not outcome.downloaded and not outcome.reused:
+            summary.already_stored += 1
+    summary.stored_bytes += sum(o.size for o in objects)
+    if outcome.downloaded:
+        if not tally.downloaded:
+            summary.downloaded += 1
+            tally.downloaded = True
+        summary.downloaded_bytes += sum(o.size for o in objects if not o.skipped)
+    tally.stored.update(o.uri for o in objects)
+
+
+def _plan_cutouts(
+    summary: Summary, work: ImageWork, outcome: ImageOutcome, cutout_radius: float | None
+) -> None:
+    """A plan's estimate of the cutouts this image would give: one per contained target."""
+    for target in work.targets:  # a shard's targets are its own: none counted twice
+        verdict = outcome.verdicts.get(target.name)
+        if verdict is None or verdict.verdict != Verdict.CONTAINS:
+            continue
+        estimate = cutout_bytes(verdict, target.radius or cutout_radius, outcome.content_length)
+        summary.planned_cutouts += 1
+        if estimate is None:
+            summary.planned_unknown += 1
+        else:
+            summary.planned_bytes += estimate
+
+
+def _count_outcome(
+    summary: Summary,
+    work: ImageWork,
+    outcome: ImageOutcome,
+    tally: ImageTally,
+    first: bool,
+    *,
+    plan: bool,
+    cutout_radius: float | None,
+    cutout_mode: bool,
+) -> None:
+    """Add what this image's outcome adds that earlier shards have not counted: reuse,
+    stored objects, or (plan mode) the bytes it would take."""
+    if outcome.reused and first:
+        summary.reused += 1
+    objects = [o for o in outcome.stored_objects if o.uri not in tally.stored]
+    if objects:  # the image, or cutouts not counted yet
+        _count_stored(summary, tally, outcome, objects)
+    elif plan and cutout_mode:
+        _plan_cutouts(summary, work, outcome, cutout_radius)
+    elif plan and outcome.wanted and outcome.content_length and not tally.planned:
+        tally.planned = True
+        summary.planned_bytes += outcome.content_length
+
+
 def summarize(
     rows: Table,
     works: Sequence[ImageWork],
@@ -244,46 +355,10 @@ def summarize(
     """
     counted = {} if counted is None else counted
     summary = Summary(run_id=run_id, plan=plan, cutout_mode=cutout_mode)
-    per_target: dict[str, TargetSummary] = {}
-    for work in works:
-        for target in work.targets:
-            per_target.setdefault(target.name, TargetSummary(target.name))
-    pairs_seen: set[tuple[str, str]] = set()
-    for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True) if len(rows) else ():
-        did, name = _text(did), _text(name)
-        if (name, did) in pairs_seen:
-            continue
-        pairs_seen.add((name, did))
-        entry = per_target.setdefault(name, TargetSummary(name))
-        entry.rows += 1
-        outcome = outcomes.get(did)
-        verdict = outcome.verdicts.get(name) if outcome else None
-        if verdict is not None and verdict.verdict == Verdict.CONTAINS:
-            entry.contains += 1
-        elif verdict is not None and verdict.verdict == Verdict.OUTSIDE:
-            entry.outside += 1
-        else:
-            entry.undecided += 1
-        stored = outcome.stored_for(name) if outcome else None
-        if stored:
-            entry.stored += 1
-            entry.bytes += stored.size
-        if outcome is None or failure_of(outcome):
-            entry.failures += 1
+    per_target = _per_target(rows, works, outcomes)
     counts: Counter[str] = Counter()
-    subtype = (
-        {
-            _text(d): _text(s)
-            for d, s in zip(rows[ID_COLUMN], rows["dataproduct_subtype"], strict=True)
-        }
-        if len(rows) and "dataproduct_subtype" in rows.colnames
-        else {}
-    )
-    band = (
-        {_text(d): _text(b) for d, b in zip(rows[ID_COLUMN], rows[band_column], strict=True)}
-        if len(rows) and band_column in rows.colnames
-        else {}
-    )
+    subtype = _by_image(rows, "dataproduct_subtype")
+    band = _by_image(rows, band_column)
     for work in works:
         tally = counted.get(work.key)
         first = tally is None
@@ -298,37 +373,16 @@ def summarize(
             summary.failures.append((work.key, failure))
         if outcome is None:
             continue
-        if outcome.reused and first:
-            summary.reused += 1
-        objects = [o for o in outcome.stored_objects if o.uri not in tally.stored]
-        if objects:  # the image, or cutouts not counted yet
-            if not tally.stored:
-                summary.stored_images += 1
-                if not outcome.downloaded and not outcome.reused:
-                    summary.already_stored += 1
-            summary.stored_bytes += sum(o.size for o in objects)
-            if outcome.downloaded:
-                if not tally.downloaded:
-                    summary.downloaded += 1
-                    tally.downloaded = True
-                summary.downloaded_bytes += sum(o.size for o in objects if not o.skipped)
-            tally.stored.update(o.uri for o in objects)
-        elif plan and cutout_mode:
-            for target in work.targets:  # a shard's targets are its own: none counted twice
-                verdict = outcome.verdicts.get(target.name)
-                if verdict is None or verdict.verdict != Verdict.CONTAINS:
-                    continue
-                estimate = cutout_bytes(
-                    verdict, target.radius or cutout_radius, outcome.content_length
-                )
-                summary.planned_cutouts += 1
-                if estimate is None:
-                    summary.planned_unknown += 1
-                else:
-                    summary.planned_bytes += estimate
-        elif plan and outcome.wanted and outcome.content_length and not tally.planned:
-            tally.planned = True
-            summary.planned_bytes += outcome.content_length
+        _count_outcome(
+            summary,
+            work,
+            outcome,
+            tally,
+            first,
+            plan=plan,
+            cutout_radius=cutout_radius,
+            cutout_mode=cutout_mode,
+        )
     summary.by_subtype_band = dict(sorted(counts.items()))
     summary.targets = sorted(per_target.values(), key=lambda t: t.name)
     return summary

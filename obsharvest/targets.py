@@ -685,6 +685,140 @@ def _show(value: float, text: str | None) -> str:
     return repr(float(value)) if text is None else f"{text!r} (= {value:.6g} deg)"
 
 
+_Label = Callable[[int], tuple[int | None, str | None]]
+
+
+def _labeller(col: _Column, argument_style: bool) -> _Label:
+    """How a cell is named in a problem: its 1-based data row and column, or only the
+    column when the values came as arguments (there are no rows to point at)."""
+    if argument_style:
+        return lambda i: (None, col.header)
+    return lambda i: (i + 1, col.header)
+
+
+def _report(
+    problems: _Problems, label: _Label, bad: np.ndarray, message: Callable[[int], str]
+) -> None:
+    """One problem per flagged cell, in row order."""
+    for i in np.flatnonzero(bad):
+        row, column = label(int(i))
+        problems.add(Problem(message(int(i)), row, column))
+
+
+def _coordinate(
+    source: str,
+    col: _Column,
+    *,
+    hours: bool,
+    low: float,
+    high: float,
+    problems: _Problems,
+    label: _Label,
+) -> np.ndarray:
+    """RA or Dec in degrees; empty, non-finite and out-of-range cells become problems."""
+    factor = _angle_unit_factor(source, col) or 1.0
+    values, ok, shown = _numbers(col, hours=hours, factor=factor, problems=problems, label=label)
+    _report(problems, label, col.missing, lambda i: "is empty")
+    finite = np.isfinite(values)
+    _report(problems, label, ok & ~finite, lambda i: f"{float(values[i])!r} is not a finite number")
+    with np.errstate(invalid="ignore"):
+        outside = ok & finite & ((values < low) | (values > high))
+    _report(
+        problems,
+        label,
+        outside,
+        lambda i: f"{_show(values[i], shown[i])} is outside [{low:g}, {high:g}]",
+    )
+    return values
+
+
+def _radii(
+    source: str,
+    col: _Column,
+    radius: np.ndarray,
+    has_radius: np.ndarray,
+    *,
+    problems: _Problems,
+    label: _Label,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(radius, has_radius)`` with the radius column's cells over the defaults.
+
+    A unit the column declares wins over its name's hint; an empty or NaN cell keeps
+    the default, and a radius outside (0, ``MAX_RADIUS_DEG``] is a problem.
+    """
+    declared = _angle_unit_factor(source, col)
+    factor = (
+        declared if declared is not None else RADIUS_ALIASES.get(_normalise_header(col.header), 1.0)
+    )
+    values, ok, shown = _numbers(col, hours=False, factor=factor, problems=problems, label=label)
+    given = ok & ~np.isnan(values)  # empty or NaN radius: use the default
+    with np.errstate(invalid="ignore"):
+        bad = given & ~((values > 0) & (values <= MAX_RADIUS_DEG))
+    _report(
+        problems,
+        label,
+        bad,
+        lambda i: f"{_show(values[i], shown[i])} is not a radius in (0, {MAX_RADIUS_DEG:g}] deg",
+    )
+    return np.where(given, values, radius), has_radius | given
+
+
+def _given_names(col: _Column, *, problems: _Problems, label: _Label) -> list[str]:
+    """The name column as text; empty names and repeats (naming the first row) are problems."""
+    if col.values.dtype == object:  # text, already stripped
+        names = col.values.tolist()
+    else:
+        names = [_name_text(v) for v in col.values.tolist()]
+    empty = col.missing | np.array([not n for n in names], bool)
+    _report(problems, label, empty, lambda i: "is empty or blank")
+    first_seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name or empty[i]:
+            continue
+        j = first_seen.setdefault(name, i)
+        if j != i:
+            row, column = label(i)
+            problems.add(Problem(f"name {name!r} repeats row {j + 1}", row, column))
+    return names
+
+
+def _generated_names(
+    source: str, ra: np.ndarray, dec: np.ndarray, ra_header: str, problems: _Problems
+) -> list[str]:
+    """IAU names from the positions, once the coordinates are known good (names made from
+    bad ones would be noise); two rows at one position would share a name, a problem."""
+    problems.raise_if_any(source)
+    names = iau_names(ra, dec)
+    first_seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        j = first_seen.setdefault(name, i)
+        if j != i:
+            problems.add(
+                Problem(
+                    f"same position as row {j + 1} (generated name {name}); "
+                    "remove one or add a name column",
+                    row=i + 1,
+                    column=ra_header,
+                )
+            )
+    return names
+
+
+def _targets(
+    names: list[str], ra: np.ndarray, dec: np.ndarray, radius: np.ndarray, has_radius: np.ndarray
+) -> list[Target]:
+    """The checked columns as ``Target`` records, rows numbered from 1."""
+    radii = [
+        float(r) if h else None for r, h in zip(radius.tolist(), has_radius.tolist(), strict=True)
+    ]
+    return [
+        Target(name=n, ra=r, dec=d, radius=rad, row=i + 1)
+        for i, (n, r, d, rad) in enumerate(
+            zip(names, ra.tolist(), dec.tolist(), radii, strict=True)
+        )
+    ]
+
+
 def _validate(
     source: str,
     columns: dict[str, _Column],
@@ -695,45 +829,18 @@ def _validate(
 ) -> list[Target]:
     """All value checks, vectorised; only failing cells are visited one by one."""
     problems = _Problems()
-
-    def labeller(col: _Column) -> Callable[[int], tuple[int | None, str | None]]:
-        if argument_style:
-            return lambda i: (None, col.header)
-        return lambda i: (i + 1, col.header)
-
-    def report(col: _Column, bad: np.ndarray, message: Callable[[int], str]) -> None:
-        label = labeller(col)
-        for i in np.flatnonzero(bad):
-            row, column = label(int(i))
-            problems.add(Problem(message(int(i)), row, column))
-
     coords: dict[str, np.ndarray] = {}
     for role, hours, low, high in (("ra", True, 0.0, 360.0), ("dec", False, -90.0, 90.0)):
         col = columns[role]
-        factor = _angle_unit_factor(source, col) or 1.0
-        values, ok, shown = _numbers(
-            col, hours=hours, factor=factor, problems=problems, label=labeller(col)
+        coords[role] = _coordinate(
+            source,
+            col,
+            hours=hours,
+            low=low,
+            high=high,
+            problems=problems,
+            label=_labeller(col, argument_style),
         )
-        report(col, col.missing, lambda i: "is empty")
-        finite = np.isfinite(values)
-
-        def not_finite(i: int, v: np.ndarray = values) -> str:
-            return f"{float(v[i])!r} is not a finite number"
-
-        def out_of_range(
-            i: int,
-            v: np.ndarray = values,
-            s: list[str | None] = shown,
-            lo: float = low,
-            hi: float = high,
-        ) -> str:
-            return f"{_show(v[i], s[i])} is outside [{lo:g}, {hi:g}]"
-
-        report(col, ok & ~finite, not_finite)
-        with np.errstate(invalid="ignore"):
-            outside = ok & finite & ((values < low) | (values > high))
-        report(col, outside, out_of_range)
-        coords[role] = values
     # 360 -> 0 (and 24h, which comes back from hours as 359.99999999999994); -0.0 -> 0.0
     ra = np.where(coords["ra"] > 360.0 - 1e-9, 0.0, coords["ra"]) + 0.0
     dec = coords["dec"]
@@ -742,69 +849,23 @@ def _validate(
     has_radius = np.full(nrows, default_radius is not None)
     if "radius" in columns:
         col = columns["radius"]
-        declared = _angle_unit_factor(source, col)
-        factor = (
-            declared
-            if declared is not None
-            else RADIUS_ALIASES.get(_normalise_header(col.header), 1.0)
+        radius, has_radius = _radii(
+            source,
+            col,
+            radius,
+            has_radius,
+            problems=problems,
+            label=_labeller(col, argument_style),
         )
-        values, ok, shown = _numbers(
-            col, hours=False, factor=factor, problems=problems, label=labeller(col)
-        )
-        given = ok & ~np.isnan(values)  # empty or NaN radius: use the default
-        with np.errstate(invalid="ignore"):
-            bad = given & ~((values > 0) & (values <= MAX_RADIUS_DEG))
-
-        def not_a_radius(i: int, v: np.ndarray = values, s: list[str | None] = shown) -> str:
-            return f"{_show(v[i], s[i])} is not a radius in (0, {MAX_RADIUS_DEG:g}] deg"
-
-        report(col, bad, not_a_radius)
-        radius = np.where(given, values, radius)
-        has_radius = has_radius | given
 
     if "name" in columns:
         col = columns["name"]
-        if col.values.dtype == object:  # text, already stripped
-            names = col.values.tolist()
-        else:
-            names = [_name_text(v) for v in col.values.tolist()]
-        empty = col.missing | np.array([not n for n in names], bool)
-        report(col, empty, lambda i: "is empty or blank")
-        first_seen: dict[str, int] = {}
-        label = labeller(col)
-        for i, name in enumerate(names):
-            if not name or empty[i]:
-                continue
-            j = first_seen.setdefault(name, i)
-            if j != i:
-                row, column = label(i)
-                problems.add(Problem(f"name {name!r} repeats row {j + 1}", row, column))
+        names = _given_names(col, problems=problems, label=_labeller(col, argument_style))
     else:
-        problems.raise_if_any(source)  # names from bad coordinates would be noise
-        names = iau_names(ra, dec)
-        first_seen = {}
-        for i, name in enumerate(names):
-            j = first_seen.setdefault(name, i)
-            if j != i:
-                problems.add(
-                    Problem(
-                        f"same position as row {j + 1} (generated name {name}); "
-                        "remove one or add a name column",
-                        row=i + 1,
-                        column=columns["ra"].header,
-                    )
-                )
+        names = _generated_names(source, ra, dec, columns["ra"].header, problems)
 
     problems.raise_if_any(source)
-    radii = [
-        float(r) if h else None for r, h in zip(radius.tolist(), has_radius.tolist(), strict=True)
-    ]
-    return [
-        Target(name=n, ra=r, dec=d, radius=rad, row=i + 1)
-        for i, (n, r, d, rad) in enumerate(
-            zip(names, ra.tolist(), dec.tolist(), radii, strict=True)
-        )
-    ]
+    return _targets(names, ra, dec, radius, has_radius)
 
 
 def _name_text(value: object) -> str:

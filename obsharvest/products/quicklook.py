@@ -264,30 +264,14 @@ def _caption(target: Target, containment: Containment | None, title: str | None)
     return f"{head}\n{detail}"
 
 
-def quicklook_figure(
-    fits_source: FitsSource,
-    target: Target,
-    s_region: str | None,
-    *,
-    containment: Containment | None = None,
-    title: str | None = None,
-    max_pixels: int = 1024,
-    storage_options: dict | None = None,
-):
-    """``(figure, info)``: the quicklook as a Matplotlib ``Figure`` on an Agg canvas.
+def _read_image(
+    fits_source: FitsSource, storage_options: dict | None, max_pixels: int
+) -> tuple[int, WCS, int, int, int, np.ndarray]:
+    """``(hdu index, wcs, nx, ny, factor, image)``: the image block-averaged to fit.
 
-    Raises ValueError when no HDU has 2-D pixels and a celestial WCS, and the
-    :mod:`obsharvest.verify.containment` read errors (``TransientReadError``, ``UrlExpiredError``,
-    ``NotFoundError``, ...) when a path or URL cannot be read. A target or ``s_region``
-    the WCS cannot place is left out (and logged), not an error.
+    Read failures of a path or URL become the containment read errors, so a quicklook
+    fails the way a containment check of the same file would.
     """
-    from astropy.visualization.wcsaxes import SphericalCircle
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels={max_pixels} must be at least 1")
     try:
         hdul, close = _open(fits_source, storage_options)
         try:
@@ -306,7 +290,18 @@ def quicklook_figure(
         if classified is None:
             raise
         raise classified from None
-    vmin, vmax = _zscale(image)
+    return index, wcs, nx, ny, factor, image
+
+
+def _image_axes(wcs: WCS, image: np.ndarray, factor: int, vmin: float, vmax: float):
+    """``(figure, axes)``: the grey-scale image on its own Agg canvas, with an RA/Dec grid.
+
+    ``extent`` maps the block-averaged array onto full-resolution pixels, so overlays can
+    use the file's own pixel coordinates.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
     FigureCanvasAgg(fig)
@@ -323,7 +318,6 @@ def quicklook_figure(
         interpolation="nearest",
         extent=(-0.5, nbx * factor - 0.5, -0.5, nby * factor - 0.5),
     )
-    shown = [(-0.5, -0.5), (nx - 0.5, ny - 0.5)]  # what the view must include
     ax.coords.grid(color=GRID_COLOUR, ls="solid", lw=0.7, alpha=0.8)
     for coord in ax.coords:
         if coord.coord_type == "longitude":
@@ -332,35 +326,53 @@ def quicklook_figure(
         elif coord.coord_type == "latitude":
             coord.set_axislabel("Dec")
             coord.set_major_formatter("dd:mm")
+    return fig, ax
 
-    # every outline of the s_region: a union's pieces, a circle; a point or an unusable
-    # value has none (the WCS decided containment anyway)
+
+def _draw_s_region(
+    ax, wcs: WCS, s_region: str | None, target_name: str
+) -> list[tuple[float, float]]:
+    """Draw every outline of ``s_region``; returns the pixel points drawn (for the view).
+
+    A union's pieces and a circle have outlines; a point or an unusable value has none
+    (the WCS decided containment anyway).
+    """
     outlines = s_region_outlines(s_region) if s_region else []
     if s_region and not outlines:
-        log.debug("quicklook of %s: s_region has no outline to draw", target.name)
+        log.debug("quicklook of %s: s_region has no outline to draw", target_name)
+    drawn: list[tuple[float, float]] = []
     for vertices in outlines:
         ra, dec = np.array(vertices).T
         pixels = _to_pixel(wcs, ra, dec)
         if pixels is not None:
             xs, ys = (np.append(p, p[0]) for p in pixels)
             ax.plot(xs, ys, color=S_REGION_COLOUR, lw=1.2)
-            shown += list(zip(xs, ys, strict=True))
+            drawn += list(zip(xs, ys, strict=True))
+    return drawn
 
-    _compass(ax, wcs, nx, ny)
 
-    target_pixel = None
+def _target_pixel(
+    wcs: WCS, target: Target, containment: Containment | None
+) -> tuple[float, float] | None:
+    """Where the target is in the file's pixels: the WCS first, else the containment's
+    position (it may have placed what this WCS cannot), else None."""
     placed = _to_pixel(wcs, target.ra, target.dec)
     if placed is not None:
-        target_pixel = (float(placed[0][0]), float(placed[1][0]))
-    elif containment is not None and containment.x is not None and containment.y is not None:
-        target_pixel = (containment.x, containment.y)
+        return (float(placed[0][0]), float(placed[1][0]))
+    if containment is not None and containment.x is not None and containment.y is not None:
+        return (containment.x, containment.y)
+    return None
+
+
+def _draw_target(ax, target: Target, target_pixel: tuple[float, float] | None) -> None:
+    """The target as an orange circle (seed Figure 3), and its search radius on the sky."""
     if target_pixel is None:
         log.warning("quicklook of %s: the WCS cannot place the target", target.name)
     else:
         ax.plot(*target_pixel, "o", ms=12, mew=2, mfc="none", mec=TARGET_COLOUR)
-        shown.append(target_pixel)
     if target.radius:
         import astropy.units as u
+        from astropy.visualization.wcsaxes import SphericalCircle
 
         ax.add_patch(
             SphericalCircle(
@@ -373,15 +385,53 @@ def quicklook_figure(
                 transform=ax.get_transform("icrs"),
             )
         )
-    ax.set_title(_caption(target, containment, title), fontsize=9)
-    _set_view(ax, shown, nx, ny)
 
+
+def _png_position(
+    fig, ax, target_pixel: tuple[float, float] | None
+) -> tuple[int, int, tuple[float, float] | None]:
+    """``(width, height, target_png)`` after drawing: the PNG's size and where the target
+    lands in it (column, row from the top-left), for links from a report."""
     fig.canvas.draw()
     width, height = (int(round(v)) for v in fig.bbox.size)
-    target_png = None
+    if target_pixel is None:
+        return width, height, None
+    dx, dy = ax.transData.transform(target_pixel)
+    return width, height, (float(dx), float(height - dy))
+
+
+def quicklook_figure(
+    fits_source: FitsSource,
+    target: Target,
+    s_region: str | None,
+    *,
+    containment: Containment | None = None,
+    title: str | None = None,
+    max_pixels: int = 1024,
+    storage_options: dict | None = None,
+):
+    """``(figure, info)``: the quicklook as a Matplotlib ``Figure`` on an Agg canvas.
+
+    Raises ValueError when no HDU has 2-D pixels and a celestial WCS, and the
+    :mod:`obsharvest.verify.containment` read errors (``TransientReadError``, ``UrlExpiredError``,
+    ``NotFoundError``, ...) when a path or URL cannot be read. A target or ``s_region``
+    the WCS cannot place is left out (and logged), not an error.
+    """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels={max_pixels} must be at least 1")
+    index, wcs, nx, ny, factor, image = _read_image(fits_source, storage_options, max_pixels)
+    vmin, vmax = _zscale(image)
+    fig, ax = _image_axes(wcs, image, factor, vmin, vmax)
+    shown = [(-0.5, -0.5), (nx - 0.5, ny - 0.5)]  # what the view must include
+    shown += _draw_s_region(ax, wcs, s_region, target.name)
+    _compass(ax, wcs, nx, ny)
+    target_pixel = _target_pixel(wcs, target, containment)
+    _draw_target(ax, target, target_pixel)
     if target_pixel is not None:
-        dx, dy = ax.transData.transform(target_pixel)
-        target_png = (float(dx), float(height - dy))
+        shown.append(target_pixel)
+    ax.set_title(_caption(target, containment, title), fontsize=9)
+    _set_view(ax, shown, nx, ny)
+    width, height, target_png = _png_position(fig, ax, target_pixel)
     info = QuicklookInfo(
         hdu=index,
         shape=(nx, ny),
@@ -434,6 +484,65 @@ def _unwrap(ra: np.ndarray, centre: float) -> np.ndarray:
     return centre + (np.asarray(ra) - centre + 180.0) % 360.0 - 180.0
 
 
+def _draw_footprint(
+    ax,
+    outlines: list[list[tuple[float, float]]],
+    centre_ra: float,
+    style: tuple[str, str],
+    coadd: bool,
+    label: str,
+) -> None:
+    """One region's outlines, RA unwrapped about ``centre_ra``; a coadd's thicker, with
+    its ``label`` (``tract_patch``) at the centre so patches can be told apart."""
+    colour, line_style = style
+    for vertices in outlines:
+        ra, dec = np.array(vertices).T
+        ra = _unwrap(ra, centre_ra)
+        ax.plot(
+            np.append(ra, ra[0]),
+            np.append(dec, dec[0]),
+            color=colour,
+            ls=line_style,
+            lw=1.8 if coadd else 0.9,
+            alpha=0.8 if coadd else 0.5,
+        )
+    if coadd and label:
+        ra, dec = np.array([v for outline in outlines for v in outline]).T
+        ra = _unwrap(ra, centre_ra)
+        ax.text(
+            float(np.mean(ra)),
+            float(np.mean(dec)),
+            str(label),
+            ha="center",
+            va="center",
+            fontsize=7,
+        )
+
+
+def _sky_axes(ax, target: Target, title: str) -> None:
+    """The target as a dot, north up and east left, axes scaled so the sky is not stretched."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.plot(target.ra, target.dec, "o", ms=5, mew=0, color="black")
+    ax.invert_xaxis()  # east left: RA increases to the left (seed §3.7)
+    ax.set_aspect(1.0 / max(math.cos(math.radians(target.dec)), 1e-3), adjustable="datalim")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v % 360.0:.6g}"))
+    ax.set_xlabel("Right Ascension [degrees]")
+    ax.set_ylabel("Declination [degrees]")
+    ax.set_title(title, fontsize=9)
+
+
+def _map_legend(ax, used: dict[str, tuple[str, str]], target_name: str) -> None:
+    """One legend entry per verdict style drawn, then the target."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, ls=s, label=legend) for legend, (c, s) in used.items()]
+    handles.append(
+        Line2D([], [], color="black", marker="o", ls="none", ms=5, label=f"{target_name}")
+    )
+    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+
+
 def footprint_map_figure(
     target: Target,
     regions: Sequence[tuple[str, str, str | None, str]],
@@ -451,8 +560,6 @@ def footprint_map_figure(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=MAP_FIGSIZE_IN, dpi=DPI)
     FigureCanvasAgg(fig)
@@ -467,40 +574,9 @@ def footprint_map_figure(
         colour, style, legend = VERDICT_STYLES.get(str(verdict or ""), UNKNOWN_STYLE)
         used.setdefault(legend, (colour, style))
         coadd = "coadd" in str(kind or "").lower()
-        for vertices in outlines:
-            ra, dec = np.array(vertices).T
-            ra = _unwrap(ra, target.ra)
-            ax.plot(
-                np.append(ra, ra[0]),
-                np.append(dec, dec[0]),
-                color=colour,
-                ls=style,
-                lw=1.8 if coadd else 0.9,
-                alpha=0.8 if coadd else 0.5,
-            )
-        if coadd and label:
-            ra, dec = np.array([v for outline in outlines for v in outline]).T
-            ra = _unwrap(ra, target.ra)
-            ax.text(
-                float(np.mean(ra)),
-                float(np.mean(dec)),
-                str(label),
-                ha="center",
-                va="center",
-                fontsize=7,
-            )
-    ax.plot(target.ra, target.dec, "o", ms=5, mew=0, color="black")
-    ax.invert_xaxis()  # east left: RA increases to the left (seed §3.7)
-    ax.set_aspect(1.0 / max(math.cos(math.radians(target.dec)), 1e-3), adjustable="datalim")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v % 360.0:.6g}"))
-    ax.set_xlabel("Right Ascension [degrees]")
-    ax.set_ylabel("Declination [degrees]")
-    ax.set_title(title or f"{target.name}: s_region of {len(regions)} candidates", fontsize=9)
-    handles = [Line2D([], [], color=c, ls=s, label=legend) for legend, (c, s) in used.items()]
-    handles.append(
-        Line2D([], [], color="black", marker="o", ls="none", ms=5, label=f"{target.name}")
-    )
-    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+        _draw_footprint(ax, outlines, target.ra, (colour, style), coadd, label)
+    _sky_axes(ax, target, title or f"{target.name}: s_region of {len(regions)} candidates")
+    _map_legend(ax, used, target.name)
     if skipped:
         fig.text(0.01, 0.01, f"{skipped} unreadable s_region not drawn", fontsize=7)
     return fig

@@ -289,6 +289,64 @@ def _suffix(first: bytes, url: str, transfer: _Transfer) -> str:
     )
 
 
+def _stored_already(
+    url: str, store: Sink, key: str, expected_size: int, wanted_md5: str | None, named: bool
+) -> StoredObject | None:
+    """An identical object already in the store, looked up without contacting the server
+    (a FITS key under the suffix the URL suggests)."""
+    hinted = compression.with_suffix(key, compression.suffix_hint(url)) if named else key
+    return store.exists_same(hinted, expected_size, md5=wanted_md5)
+
+
+def _check_announced(
+    where: str,
+    size: int | None,
+    md5: str | None,
+    expected_size: int | None,
+    wanted_md5: str | None,
+) -> None:
+    """Refuse before reading the body when the server's own size or ETag MD5 already
+    contradicts what the metadata promised."""
+    if expected_size is not None and size is not None and size != expected_size:
+        raise IntegrityError(f"{where} is {size} bytes, expected {expected_size}")
+    if wanted_md5 and md5 and wanted_md5 != md5:
+        raise IntegrityError(f"{where}: server ETag MD5 {md5} differs from {wanted_md5}")
+
+
+def _store_body(
+    transfer: _Transfer,
+    url: str,
+    store: Sink,
+    key: str,
+    *,
+    named: bool,
+    expected_size: int | None,
+    wanted_md5: str | None,
+) -> StoredObject:
+    """Stream the transfer into ``store``, checked against the sizes and MD5s announced;
+    a FITS key is named by what the first bytes show it is (``.fits.gz``, ...). The
+    response is closed however it ends."""
+    where = _safe_url(url)
+    size, md5 = transfer.total, transfer.md5
+    try:
+        _check_announced(where, size, md5, expected_size, wanted_md5)
+        chunks = transfer.chunks()
+        first = next(chunks, b"")
+        if named:
+            key = compression.with_suffix(key, _suffix(first, url, transfer))
+        stored = store.put_stream(
+            key,
+            itertools.chain([first], chunks),
+            expected_size=expected_size if expected_size is not None else size,
+            expected_md5=md5 or wanted_md5,
+        )
+    finally:
+        transfer.response.close()
+    if transfer.resumes:
+        log.info("%s stored after %d resume(s)", where, transfer.resumes)
+    return stored
+
+
 def download(
     url: str,
     store: Sink,
@@ -320,8 +378,7 @@ def download(
     wanted_md5 = expected_md5.strip().strip('"').lower() if expected_md5 else None
     named = compression.suffix_of(key) is not None  # a FITS key: named by what arrives
     if skip_existing and expected_size is not None:
-        hinted = compression.with_suffix(key, compression.suffix_hint(url)) if named else key
-        found = store.exists_same(hinted, expected_size, md5=wanted_md5)
+        found = _stored_already(url, store, key, expected_size, wanted_md5, named)
         if found is not None:
             return found
     own = session is None
@@ -336,28 +393,15 @@ def download(
             timeout=timeout,
             form=form,
         )
-        where = _safe_url(url)
-        size, md5 = transfer.total, transfer.md5
-        try:
-            if expected_size is not None and size is not None and size != expected_size:
-                raise IntegrityError(f"{where} is {size} bytes, expected {expected_size}")
-            if wanted_md5 and md5 and wanted_md5 != md5:
-                raise IntegrityError(f"{where}: server ETag MD5 {md5} differs from {wanted_md5}")
-            chunks = transfer.chunks()
-            first = next(chunks, b"")
-            if named:
-                key = compression.with_suffix(key, _suffix(first, url, transfer))
-            stored = store.put_stream(
-                key,
-                itertools.chain([first], chunks),
-                expected_size=expected_size if expected_size is not None else size,
-                expected_md5=md5 or wanted_md5,
-            )
-        finally:
-            transfer.response.close()
-        if transfer.resumes:
-            log.info("%s stored after %d resume(s)", where, transfer.resumes)
-        return stored
+        return _store_body(
+            transfer,
+            url,
+            store,
+            key,
+            named=named,
+            expected_size=expected_size,
+            wanted_md5=wanted_md5,
+        )
     finally:
         if own:
             session.close()

@@ -709,9 +709,9 @@ def _floats(column: Any, rows: np.ndarray) -> np.ndarray:
     return np.ma.filled(values.astype(float), np.nan)
 
 
-def _pack(texts: list[str | None]) -> SRegions:
-    """Pack distinct texts: plain polygons in bulk, other shapes one by one, and each
-    operator region as a signature plus its leaves (packed as shapes of their own)."""
+def _distinct(texts: list[str | None]) -> tuple[list[str], np.ndarray]:
+    """Each text once (archives repeat a footprint across rows), and each row's index
+    into them (-1: no text)."""
     seen: dict[str, int] = {}
     distinct: list[str] = []
     row_key = np.empty(len(texts), dtype=np.intp)
@@ -724,26 +724,48 @@ def _pack(texts: list[str | None]) -> SRegions:
             key = seen[text] = len(distinct)
             distinct.append(text)
         row_key[i] = key
+    return distinct, row_key
 
-    reasons: dict[str, str] = {}
-    owner = list(range(len(distinct)))  # the text each key (distinct or leaf) came from
-    circles: list[tuple[int, list[float]]] = []
-    polygons: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # m -> [(keys, (k, 2m))]
-    plain, rest = _plain_polygons(distinct)
-    for keys, radec in plain:
-        polygons.setdefault(radec.shape[1] // 2, []).append((keys, radec))
-    others: dict[int, list[tuple[int, list[float]]]] = {}
-    compound_keys: list[tuple[int, _Signature, list[int]]] = []  # (text key, sig, leaf keys)
 
-    def add_shape(key: int, shape: str, numbers: list[float]) -> bool:
+@dataclass
+class _Shapes:
+    """The shapes read one at a time, keyed by distinct text or compound leaf.
+
+    ``owner[key]`` is the distinct text a key came from (a leaf's is its compound's), so
+    a problem found later is reported against the text a user can see.
+    """
+
+    owner: list[int]
+    reasons: dict[str, str] = field(default_factory=dict)  # unusable text -> why
+    circles: list[tuple[int, list[float]]] = field(default_factory=list)
+    polygons: dict[int, list[tuple[int, list[float]]]] = field(default_factory=dict)  # by m
+    compounds: list[tuple[int, _Signature, list[int]]] = field(default_factory=list)
+
+    def add(self, key: int, shape: str, numbers: list[float]) -> bool:
+        """Keep a polygon or circle; False for a shape with no extent (a point)."""
         if shape == "POLYGON":
-            others.setdefault(len(numbers) // 2, []).append((key, numbers))
+            self.polygons.setdefault(len(numbers) // 2, []).append((key, numbers))
         elif shape == "CIRCLE":
-            circles.append((key, numbers))
+            self.circles.append((key, numbers))
         else:
             return False
         return True
 
+    def add_leaves(self, key: int, leaves: list[Point | Circle | Polygon]) -> list[int]:
+        """New keys for a compound's leaves (-1 for a point leaf: unknown)."""
+        leaf_keys = []
+        for leaf in leaves:
+            leaf_key = len(self.owner)
+            self.owner.append(key)
+            if not self.add(leaf_key, *_leaf_numbers(leaf)):
+                leaf_key = -1  # a point leaf: unknown
+            leaf_keys.append(leaf_key)
+        return leaf_keys
+
+
+def _read_one_by_one(distinct: list[str], rest: list[int], shapes: _Shapes) -> None:
+    """Read what the bulk path left: single shapes into ``shapes``, each operator region
+    as its signature and leaves; an unusable text gets its reason."""
     for key in rest:
         text = distinct[key]
         try:
@@ -752,46 +774,84 @@ def _pack(texts: list[str | None]) -> SRegions:
                 signature = _signature(_compound(text), leaves)
             else:
                 shape, numbers = _read(text)
-                if not add_shape(key, shape, numbers):
-                    reasons[text] = str(_bad(_POINT_UNKNOWN, text))
+                if not shapes.add(key, shape, numbers):
+                    shapes.reasons[text] = str(_bad(_POINT_UNKNOWN, text))
                 continue
         except SRegionError as exc:
-            reasons[text] = str(exc)
+            shapes.reasons[text] = str(exc)
             continue
-        leaf_keys = []
-        for leaf in leaves:
-            leaf_key = len(owner)
-            owner.append(key)
-            if not add_shape(leaf_key, *_leaf_numbers(leaf)):
-                leaf_key = -1  # a point leaf: unknown
-            leaf_keys.append(leaf_key)
-        compound_keys.append((key, signature, leaf_keys))
+        shapes.compounds.append((key, signature, shapes.add_leaves(key, leaves)))
+
+
+def _polygon_batches(
+    plain: list[tuple[np.ndarray, np.ndarray]], others: dict[int, list[tuple[int, list[float]]]]
+) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+    """Polygons by vertex count, as ``(keys, (k, 2m) ra/dec)`` batches: bulk-read first."""
+    polygons: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for keys, radec in plain:
+        polygons.setdefault(radec.shape[1] // 2, []).append((keys, radec))
     for size, members in others.items():
         keys = np.array([key for key, _ in members], dtype=np.intp)
         radec = np.array([numbers for _, numbers in members], dtype=float)
         polygons.setdefault(size, []).append((keys, radec))
+    return polygons
 
-    final = np.full(len(owner) + 1, -1, dtype=np.intp)  # final[-1]: rows without text
-    centres: list[np.ndarray] = []
-    reaches: list[np.ndarray] = []
-    kinds: list[np.ndarray] = []
-    slots: list[np.ndarray] = []
-    count = 0
 
-    def add(keys: np.ndarray, centre: np.ndarray, reach: np.ndarray, kind: int) -> None:
-        nonlocal count
-        final[keys] = np.arange(count, count + len(keys))
-        centres.append(centre.reshape(len(keys), 3))
-        reaches.append(reach)
-        kinds.append(np.full(len(keys), kind, dtype=np.intp))
-        slots.append(np.arange(len(keys)))
-        count += len(keys)
+@dataclass
+class _Caps:
+    """Bounding caps of the usable shapes, numbered in the order they are added.
 
+    ``final[key]`` is a key's number (-1: unusable; ``final[-1]`` is for rows without
+    text); ``kind`` and ``slot`` say where its exact shape is kept.
+    """
+
+    final: np.ndarray
+    centres: list[np.ndarray] = field(default_factory=list)
+    reaches: list[np.ndarray] = field(default_factory=list)
+    kinds: list[np.ndarray] = field(default_factory=list)
+    slots: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, keys: np.ndarray, centre: np.ndarray, reach: np.ndarray, kind: int) -> None:
+        self.final[keys] = np.arange(self.count, self.count + len(keys))
+        self.centres.append(centre.reshape(len(keys), 3))
+        self.reaches.append(reach)
+        self.kinds.append(np.full(len(keys), kind, dtype=np.intp))
+        self.slots.append(np.arange(len(keys)))
+        self.count += len(keys)
+
+    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(centre, reach, kind, slot)`` over every shape added (empty arrays for none)."""
+        if not self.count:
+            empty = np.zeros(0, dtype=np.intp)
+            return np.zeros((0, 3)), np.zeros(0), empty, empty.copy()
+        return (
+            np.concatenate(self.centres),
+            np.concatenate(self.reaches),
+            np.concatenate(self.kinds),
+            np.concatenate(self.slots),
+        )
+
+
+def _circle_caps(
+    circles: list[tuple[int, list[float]]], caps: _Caps
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres, radii)`` of the circles (unit vectors, radians); each is its own cap."""
     circle_radec = np.array([numbers for _, numbers in circles], dtype=float).reshape(-1, 3)
     circle_xyz = _unit(circle_radec[:, 0], circle_radec[:, 1]).reshape(-1, 3)
     circle_radius = np.radians(circle_radec[:, 2])
-    add(np.array([key for key, _ in circles], dtype=np.intp), circle_xyz, circle_radius, 0)
+    caps.add(np.array([key for key, _ in circles], dtype=np.intp), circle_xyz, circle_radius, 0)
+    return circle_xyz, circle_radius
 
+
+def _polygon_caps(
+    polygons: dict[int, list[tuple[np.ndarray, np.ndarray]]],
+    caps: _Caps,
+    distinct: list[str],
+    shapes: _Shapes,
+) -> list[_PolygonGroup]:
+    """One group per vertex count (smallest first) of the polygons that are usable; each
+    unusable one gives its text a reason (no area, not within a hemisphere, ...)."""
     groups: list[_PolygonGroup] = []
     for size in sorted(polygons):
         keys = np.concatenate([keys for keys, _ in polygons[size]])
@@ -800,26 +860,41 @@ def _pack(texts: list[str | None]) -> SRegions:
         for key, code in zip(
             keys[problem > 0].tolist(), problem[problem > 0].tolist(), strict=True
         ):
-            text = distinct[owner[key]]
-            reasons[text] = str(_bad(f"polygon {_POLYGON_PROBLEMS[code]}", text))
+            text = distinct[shapes.owner[key]]
+            shapes.reasons[text] = str(_bad(f"polygon {_POLYGON_PROBLEMS[code]}", text))
         good = problem == 0
         if not good.any():
             continue
         group = _PolygonGroup(**{f.name: getattr(group, f.name)[good] for f in fields(group)})
-        add(keys[good], group.centre, reach[good], 1 + len(groups))
+        caps.add(keys[good], group.centre, reach[good], 1 + len(groups))
         groups.append(group)
+    return groups
 
-    compound_of, compounds = _pack_compounds(compound_keys, final, len(distinct), row_key)
+
+def _pack(texts: list[str | None]) -> SRegions:
+    """Pack distinct texts: plain polygons in bulk, other shapes one by one, and each
+    operator region as a signature plus its leaves (packed as shapes of their own)."""
+    distinct, row_key = _distinct(texts)
+    shapes = _Shapes(owner=list(range(len(distinct))))
+    plain, rest = _plain_polygons(distinct)
+    _read_one_by_one(distinct, rest, shapes)
+    polygons = _polygon_batches(plain, shapes.polygons)
+
+    caps = _Caps(final=np.full(len(shapes.owner) + 1, -1, dtype=np.intp))
+    circle_xyz, circle_radius = _circle_caps(shapes.circles, caps)
+    groups = _polygon_caps(polygons, caps, distinct, shapes)
+    compound_of, compounds = _pack_compounds(shapes.compounds, caps.final, len(distinct), row_key)
+    centre, reach, kind, slot = caps.stacked()
     return SRegions(
-        region_of=final[row_key],
-        centre=np.concatenate(centres) if count else np.zeros((0, 3)),
-        reach=np.concatenate(reaches) if count else np.zeros(0),
-        kind=np.concatenate(kinds) if count else np.zeros(0, dtype=np.intp),
-        slot=np.concatenate(slots) if count else np.zeros(0, dtype=np.intp),
+        region_of=caps.final[row_key],
+        centre=centre,
+        reach=reach,
+        kind=kind,
+        slot=slot,
         circles=circle_xyz,
         circle_radius=circle_radius,
         groups=tuple(groups),
-        reasons=reasons,
+        reasons=shapes.reasons,
         compound_of=compound_of,
         compounds=compounds,
     )
