@@ -140,6 +140,15 @@ def _add_access(archive: argparse.ArgumentParser) -> None:
         help="read the standards as a real server does, e.g. capabilities=untyped, files=fz, "
         "s_region_dialect=union (repeatable; simarchive/dialect.py lists them)",
     )
+    archive.add_argument(
+        "--registry-entry",
+        action="append",
+        nargs=3,
+        default=[],
+        metavar=("IVOID", "TAP_URL", "OBSCORE"),
+        help="also serve RegTAP's rr tables describing this TAP service (TAP_URL 'self': "
+        "this archive); OBSCORE: datamodel, utype, both or none (repeatable)",
+    )
 
 
 def _archive(args: argparse.Namespace) -> int:
@@ -181,6 +190,7 @@ def _settings(args: argparse.Namespace) -> ArchiveSettings:
     """The command line as one ``ArchiveSettings``; a bad value is a ``ValueError``."""
     from obsharvest.simarchive.dialect import Dialect
     from obsharvest.simarchive.faults import FaultPlan
+    from obsharvest.simarchive.registry import RegistryEntry
     from obsharvest.simarchive.server import ArchiveSettings
 
     return ArchiveSettings(
@@ -202,6 +212,10 @@ def _settings(args: argparse.Namespace) -> ArchiveSettings:
         datalink_multi_id=args.datalink_multi_id,
         datalink_order=args.datalink_order,
         dialect=Dialect.parse(args.dialect),
+        registry=tuple(
+            RegistryEntry(ivoid, None if url == "self" else url, form)
+            for ivoid, url, form in args.registry_entry
+        ),
     )
 
 

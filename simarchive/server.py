@@ -64,6 +64,7 @@ from obsharvest.simarchive.httpcore import (
     text,
 )
 from obsharvest.simarchive.obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
+from obsharvest.simarchive.registry import RegistryEntry, registry_tables
 from obsharvest.simarchive.signing import UrlSigner
 from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
 from obsharvest.simarchive.soda import SodaError, parse_soda_params, write_cutout
@@ -133,8 +134,11 @@ class ArchiveSettings:
     datalink_order: str = "grouped"  # "shuffled": multi-ID replies' rows out of ID order
     # how the archive reads the standards: one switch per real server's dialect
     dialect: Dialect = field(default_factory=Dialect)
+    # RegTAP: the rr.* tables describing these services (none: no rr schema at all)
+    registry: tuple[RegistryEntry, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "registry", tuple(self.registry))
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is not one of {', '.join(PROFILES)}")
         for name, allowed in (
@@ -287,7 +291,10 @@ class EmbeddedArchive:
         # TAP_SCHEMA and /tables describe s_region as served (a DALI array under dali)
         served = tap_schema_meta(self.settings.dialect.s_region_dialect)
         obscore.data["s_region"].meta.update(served)
-        published = [obscore, *build_tap_schema([obscore])]
+        own = [obscore]
+        if self.settings.registry:  # RegTAP's rr schema, only when asked to be a registry
+            own += registry_tables(self.settings.registry, self.tap_url)
+        published = [*own, *build_tap_schema(own)]
         self._products_by_path = {self.files.url_path(p): p for p in sky.products}
         self._products_by_did = {p.obs_publisher_did: p for p in sky.products}
         self.files.sky = sky

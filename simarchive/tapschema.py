@@ -15,6 +15,7 @@ from astropy.table import Table
 
 _SCHEMA_DESCRIPTIONS = {
     "ivoa": "ObsCore v1.1 attributes in ObsTAP realization",
+    "rr": "RegTAP 1.1: the resources this registry describes",
     "tap_schema": "A TAP-standard-mandated schema to describe tablesets in a TAP 1.1 service",
     "tap_upload": "Tables uploaded by the client with the query (TAP_UPLOAD)",
 }
