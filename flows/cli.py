@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive_cli.add_parser(commands)  # the embedded archive's own subcommand
     _add_run(commands)
     _add_params(commands)
+    _add_discover(commands)
     _add_serve(commands)
     _add_migrate(commands)
     _add_compact(commands)
@@ -409,6 +410,12 @@ def _add_params(commands: Commands) -> None:
     )
     _harvest_arguments(params)
     params.set_defaults(func=_params, progress_interval=0.0)
+
+
+def _add_discover(commands: Commands) -> None:
+    from .discover import add_parser  # its own module: the registry code loads when it runs
+
+    add_parser(commands)
 
 
 def _params(args: argparse.Namespace) -> int:
