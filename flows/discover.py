@@ -74,7 +74,9 @@ def discover_command(args: argparse.Namespace) -> int:
     print(format_table(found, probes))
     answered = sum(p.answered for p in probes)
     print(f"{answered} of {len(found)} ObsCore services answered for {len(targets)} targets")
-    if args.write_profile:
+    if args.write_profile and not answered:  # an empty services: list is no profile to run
+        print(f"no service answered: {args.write_profile} not written")
+    elif args.write_profile:
         try:
             write_profile(Path(args.write_profile), found, probes)
         except OSError as exc:
@@ -139,6 +141,4 @@ def write_profile(path: Path, found: Sequence[FoundService], probes: Sequence[Pr
         )
         lines.append(f"  # {service.ivoid}: {probe.rows} rows")
         lines.extend(f"  {line}" for line in entry.splitlines())
-    if not chosen:
-        lines[-1] = "services: []"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

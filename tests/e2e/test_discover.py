@@ -228,3 +228,15 @@ def test_a_registry_that_cannot_be_asked_is_one_line(sky, capsys):
 def test_service_names_come_from_hosts():
     urls = ["https://dc.g-vo.org/tap", "http://dc.g-vo.org/other/tap", "http://127.0.0.1:8765/tap"]
     assert service_names(urls) == ["dc-g-vo-org", "dc-g-vo-org-2", "127-0-0-1-8765"]
+
+
+def test_no_profile_when_no_service_answered(sky, tmp_path, capsys):
+    lonely = [RegistryEntry("ivo://sim.down/tap", sky.down, "datamodel")]
+    with EmbeddedArchive(ArchiveSettings(n_visits=3, registry=lonely)) as registry:
+        profile = tmp_path / "p.yaml"
+        args = ["discover", "--targets", sky.targets, "--registry", registry.tap_url]
+        code = main([*args, "--write-profile", str(profile)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "0 of 1 ObsCore services answered" in out and "not written" in out
+    assert not profile.exists()
