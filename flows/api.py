@@ -44,8 +44,10 @@ class Harvest:
     def table(self):
         """The rows of this output, current view (a ``pyarrow.Table``; empty: None)."""
         from obsharvest.metadata import MetadataStore
+        from obsharvest.storage.output import Output
 
-        return MetadataStore(self.parquet.rsplit("/", 1)[0], self.storage_options).read()
+        output = Output(self.parquet.rsplit("/", 1)[0], self.storage_options)
+        return MetadataStore(output).read()
 
     def __str__(self) -> str:
         from obsharvest.report import text

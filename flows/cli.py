@@ -22,6 +22,7 @@ from obsharvest.simarchive import cli as archive_cli
 
 if TYPE_CHECKING:
     from obsharvest.models import Summary
+    from obsharvest.storage.output import Output
 
     from .params import HarvestParams
 
@@ -328,8 +329,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from obsharvest.metadata import MetadataStore
 
     try:
-        _existing_output(args.output)
-        done = MetadataStore(args.output).migrate()
+        done = MetadataStore(_existing_output(args.output)).migrate()
     except (UserError, OSError) as exc:
         print(f"obsharvest migrate: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -344,9 +344,9 @@ def _compact(args: argparse.Namespace) -> int:
     from obsharvest.metadata import MetadataStore
 
     try:
-        _existing_output(args.output)
-        done = MetadataStore(args.output).compact()
-        folded = incremental.fold(args.output)
+        output = _existing_output(args.output)
+        done = MetadataStore(output).compact()
+        folded = incremental.fold(output)
     except (UserError, OSError) as exc:
         print(f"obsharvest compact: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -359,13 +359,15 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_output(url: str) -> None:
-    """A mistyped output is refused, not reported as an output with nothing to do."""
-    import fsspec
+def _existing_output(url: str) -> Output:
+    """The output at ``url``, opened once for the command; a mistyped output is refused,
+    not reported as an output with nothing to do."""
+    from obsharvest.storage.output import Output
 
-    fs, root = fsspec.core.url_to_fs(url)
-    if not fs.exists(root):
+    output = Output(url)
+    if not output.fs.exists(output.root):
         raise UserError(f"{url}: no such output (the path does not exist)")
+    return output
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,9 +23,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from obsharvest import assemble
 from obsharvest import incremental as incremental_state
 from obsharvest.errors import UserError
-from obsharvest.metadata import METADATA_DIR, MetadataStore
+from obsharvest.images.settings import ImageSettings
+from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
-from obsharvest.net.http import Connection
+from obsharvest.net.archive import Archive
 from obsharvest.net.redact import install_redaction
 from obsharvest.net.retry import one_line
 from obsharvest.products.quicklook import GalleryItem
@@ -34,6 +35,7 @@ from obsharvest.query.obscore import QueryOptions
 from obsharvest.report import split_unfinished
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
+from obsharvest.storage.output import Output
 from obsharvest.targets import in_sky_order
 from obsharvest.tasks import artifacts, progress
 from obsharvest.tasks.images import check_cutouts, process_images
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 
 def _query_all(
     params: HarvestParams,
-    conn: Connection,
+    archive: Archive,
     targets: list[Target],
     constraints: Constraints,
     logger,
@@ -63,17 +65,9 @@ def _query_all(
     """Query every target (in coarse batches), keeping failed batches as reported failures."""
     chunks = list(workers.batches(targets, params.concurrency.targets_per_task))
     strategy = settings.strategy(params)
-    timeout, slot = settings.timeouts(params), params.execution.archive_concurrency_limit
     futures = [
         query_obscore.submit(
-            conn,
-            chunk,
-            constraints,
-            strategy,
-            options,
-            timeout,
-            label=f"{i + 1}-of-{len(chunks)}",
-            slot=slot,
+            archive, chunk, constraints, strategy, options, label=f"{i + 1}-of-{len(chunks)}"
         )
         for i, chunk in enumerate(chunks)
     ]
@@ -104,12 +98,18 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
     logger = get_run_logger()
     logger.info("%d targets", len(targets))
     params = with_storage_credentials(params)
+    # opened once, credentials included; handed to every writer (never a flow parameter)
+    output = Output(params.output_url, params.output_storage_options, settings.timeouts(params))
     base = _constraints(params)
-    with connect(params) as conn, stops.run_deadline(params.execution.run_deadline_seconds):
+    with connect(params) as archive, stops.run_deadline(params.execution.run_deadline_seconds):
         progress.start("query", len(targets))
-        state = _incremental_state(params, base)
+        state = _incremental_state(params, output, base)
         shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))
-        run = _RunTotals(query_options=settings.query_options(params))
+        run = _RunTotals(
+            output=output,
+            query_options=settings.query_options(params),
+            image_settings=settings.image_settings(params, archive),
+        )
         for number, shard in enumerate(shards, 1):
             if number > 1:
                 rendezvous("shard")  # tests: a stop between shards
@@ -118,32 +118,32 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
                 continue
             if len(shards) > 1:
                 logger.info("shard %d of %d: %d targets", number, len(shards), len(shard))
-            _harvest_shard(params, conn, shard, base, state, run_id, run, logger)
+            _harvest_shard(params, archive, shard, base, state, run_id, run, logger)
         summary = _sum_up(params, run, run_id, logger)
         if state is not None and summary.ok and not params.plan:
             _save_watermarks(params, state, targets, run, summary, run_id)
         return summary
 
 
-def _incremental_state(params: HarvestParams, base: Constraints) -> incremental_state.State | None:
+def _incremental_state(
+    params: HarvestParams, output: Output, base: Constraints
+) -> incremental_state.State | None:
     """An incremental run's watermarks (None for a full run)."""
     if not params.incremental:
         return None
-    return incremental_state.load(
-        params.output_url, params.output_storage_options, incremental_state.constraints_key(base)
-    )
+    return incremental_state.load(output, incremental_state.constraints_key(base))
 
 
 def _sum_up(params: HarvestParams, run: _RunTotals, run_id: str, logger) -> Summary:
     """The gallery, then the run's summary from its shards' parts."""
     if run.gallery_items:
-        gallery(run.gallery_items, params.output_url, params.output_storage_options)
+        gallery(run.gallery_items, run.output)
     rendezvous("summary")  # tests: a stop while the run sums up
     summary = assemble.merge(run_id, run.parts, plan=params.plan)
     summary.interrupted = stopping.describe() if stopping.requested() else None
     for line in split_unfinished(summary.failures)[1]:  # one line, not one per image
         logger.warning(line)
-    summary.metadata_url = params.output_url.rstrip("/") + "/" + METADATA_DIR
+    summary.metadata_url = run.output.metadata_url
     summary.metadata_written = bool(run.paths)
     summary.storage_url = params.storage_url
     logger.info("metadata written: %d files", len(run.paths))
@@ -160,8 +160,7 @@ def _save_watermarks(
 ) -> None:
     """An incremental run that ended well moves its targets' watermarks forward."""
     incremental_state.save(
-        params.output_url,
-        params.output_storage_options,
+        run.output,
         incremental_state.advanced(
             state,
             targets,
@@ -181,6 +180,8 @@ def _save_watermarks(
 class _RunTotals:
     """What a run keeps across its shards: small, whatever the number of rows."""
 
+    output: Output  # where its Parquet, state and gallery go: opened once, for the run
+    image_settings: ImageSettings  # how its images are worked against its archive
     parts: list[Summary] = field(default_factory=list)
     counted: dict[str, assemble.ImageTally] = field(default_factory=dict)  # by image
     paths: list[str] = field(default_factory=list)
@@ -193,7 +194,7 @@ class _RunTotals:
 
 def _harvest_shard(
     params: HarvestParams,
-    conn: Connection,
+    archive: Archive,
     shard: list[Target],
     base: Constraints,
     state: incremental_state.State | None,
@@ -211,37 +212,35 @@ def _harvest_shard(
             start = max(watermark, base.t_min) if base.t_min is not None else watermark
             constraints = base.with_time(start, base.t_max)
             logger.info("%d targets: incremental window from MJD %.6f", len(group), start)
-        rows_part, failed = _query_all(params, conn, group, constraints, logger, run.query_options)
+        rows_part, failed = _query_all(
+            params, archive, group, constraints, logger, run.query_options
+        )
         parts.append(rows_part)
         query_failures += failed
     parts = [p for p in parts if len(p)]
     rows = vstack(parts, metadata_conflicts="silent") if parts else Table()
     del parts
-    metadata = MetadataStore(params.output_url, params.output_storage_options)
+    metadata = MetadataStore(run.output)
     priors = assemble.priors_from(  # the current view, of earlier runs: shards' targets differ
         metadata.read(columns=assemble.PRIOR_COLUMNS, targets=by_name, exclude_run=run_id)
     )
-    works = assemble.image_works(rows, by_name, priors, band_column=params.service.band_column)
+    works = assemble.image_works(rows, by_name, priors, band_column=archive.band_column)
     logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
     if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
-        check_cutouts(conn, works, settings.image_settings(params))
+        check_cutouts(archive, works, run.image_settings)
     run.images += len(works)
     progress.start("images", run.images)
-    outcomes = _process_all(params, conn, works, logger)
+    outcomes = _process_all(params, archive, run.image_settings, works)
     if len(rows):
-        run.paths += write_metadata(
-            rows, by_name, outcomes, run_id, params.output_url, params.output_storage_options
-        )
+        run.paths += write_metadata(rows, by_name, outcomes, run_id, run.output)
     if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
-        run.gallery_items += footprints(
-            rows, by_name, outcomes, params.output_url, params.output_storage_options
-        )
+        run.gallery_items += footprints(rows, by_name, outcomes, run.output)
     part = assemble.summarize(
         rows,
         works,
         outcomes,
         run_id,
-        band_column=params.service.band_column,
+        band_column=archive.band_column,
         plan=params.plan,
         cutout_radius=params.products.cutout_radius,
         cutout_mode=params.products.mode == "cutout",
@@ -265,22 +264,20 @@ def _not_started(run_id: str, shard: list[Target], number: int, total: int) -> S
 
 
 def _process_all(
-    params: HarvestParams, conn: Connection, works: list[ImageWork], logger
+    params: HarvestParams, archive: Archive, image_settings: ImageSettings, works: list[ImageWork]
 ) -> dict[str, ImageOutcome]:
     """Image batches as tasks; a progress artifact follows them as they finish."""
     batches = list(
         workers.batches(works, params.concurrency.images_per_task, params.concurrency.task_workers)
     )
-    image_settings = settings.image_settings(params)
     futures = [
         process_images.submit(
-            conn,
+            archive,
             batch,
             image_settings,
             params.storage_url,
             params.storage_options,
             label=f"{i + 1}-of-{len(batches)}",
-            slot=params.execution.archive_concurrency_limit,
         )
         for i, batch in enumerate(batches)
     ]

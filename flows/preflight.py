@@ -50,6 +50,7 @@ from obsharvest.net.replies import refused, said_by
 from obsharvest.net.retry import RetryPolicy, is_transient, one_line
 from obsharvest.query.adql import Constraints
 from obsharvest.runtime import workers
+from obsharvest.storage.output import METADATA_DIR, Output
 from obsharvest.targets import read_targets, single_target
 
 from .blocks import aws_storage_options, service_token
@@ -285,7 +286,7 @@ def check_storage(params: HarvestParams) -> None:
     """Write and remove a probe object where the Parquet and the FITS will go."""
     run = with_storage_credentials(params)
     timeout = (params.retry.connect_timeout, params.retry.read_timeout)
-    metadata = params.output_url.rstrip("/") + "/metadata"
+    metadata = params.output_url.rstrip("/") + "/" + METADATA_DIR
     probe(metadata, run.output_storage_options, source_of(params, "output_url"), timeout)
     if not params.plan:
         key = "storage.url" if params.storage.url else "output_url"
@@ -299,15 +300,11 @@ def probe(url: str, options: dict[str, Any], source: str, timeout=(10.0, 60.0)) 
     name is unique to this call, missing directories are made with ``exist_ok`` (another run
     may make them between our look and our mkdir), and nothing but our own probe object is
     ever removed (a directory made here may already hold another run's probe or files)."""
-    import fsspec
-
-    from obsharvest.storage.store import with_timeouts
-
     try:
-        fs, root = fsspec.core.url_to_fs(url, **with_timeouts(url, options, timeout))
+        where = Output(url, options, timeout)  # opened as the run will open it
     except (ImportError, ValueError) as exc:
         raise PreflightError(f"{source}: cannot open {url}: {one_line(exc)}") from None
-    root = root.rstrip("/") or root
+    fs, root = where.fs, where.root
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     name = posixpath.join(root, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
     written = False

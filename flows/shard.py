@@ -15,7 +15,6 @@ import posixpath
 import time
 from typing import Annotated, cast
 
-import fsspec
 import pyarrow.compute as pc
 from astropy.table import Table
 from prefect import flow, get_run_logger
@@ -26,10 +25,12 @@ from pydantic import Field
 
 from obsharvest.errors import ConfigError
 from obsharvest.metadata import MetadataStore
+from obsharvest.storage.output import Output
 from obsharvest.targets import read_targets
 
 from .params import HarvestParams
 from .preflight import with_storage_credentials
+from .settings import timeouts
 
 SHARD_DIR = "shards"
 
@@ -83,8 +84,8 @@ def harvest_sharded(
     everything = read_targets(params.targets, default_radius=params.radius)
     own = with_storage_credentials(params)  # this flow's own reads and writes only
     out = params.output_url.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(out, **own.output_storage_options)
-    shard_root = posixpath.join(root, SHARD_DIR)
+    output = Output(out, own.output_storage_options, timeouts(params))  # opened once
+    fs, shard_root = output.fs, output.path(SHARD_DIR)
     fs.makedirs(shard_root, exist_ok=True)
     runs = []
     for i, group in enumerate(shard_targets(everything, shards)):
@@ -92,7 +93,7 @@ def harvest_sharded(
         _write_csv(fs, path, group)
         shard = params.model_copy(
             update={
-                "targets": fs.unstrip_protocol(path),
+                "targets": output.uri(path),
                 "output_url": f"{out}/{SHARD_DIR}/{i}",
                 "storage": params.storage.model_copy(update={"url": params.storage_url}),
             }
@@ -111,9 +112,9 @@ def harvest_sharded(
         logger.info("shard %d: %d targets → flow run %s", i, len(group), run.name)
     finals = _wait(runs, timeout)
     failed = [r for r in finals if not r.state or not r.state.is_completed()]
-    merged = MetadataStore(out, own.output_storage_options)
+    merged = MetadataStore(output)
     for i, final in enumerate(finals):
-        rows = MetadataStore(f"{out}/{SHARD_DIR}/{i}", own.output_storage_options).read()
+        rows = MetadataStore(output.under(SHARD_DIR, str(i))).read()
         if rows is None:
             continue
         # only this shard run's rows: the shard's prefix keeps those of earlier sharded runs,

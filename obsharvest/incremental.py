@@ -33,12 +33,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import fsspec
 import numpy as np
 
 from obsharvest.metadata import READ_ATTEMPTS, direct_write, forget_listings, part_name
 from obsharvest.models import Target
 from obsharvest.query.adql import Constraints
+from obsharvest.storage.output import Output
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,6 @@ class State:
             },
             indent=1,
         )
-
-
-def _fs(output_url: str, storage_options: Mapping | None):
-    fs, root = fsspec.core.url_to_fs(output_url, **dict(storage_options or {}))
-    return fs, root.rstrip("/")
 
 
 def _files(fs, root: str) -> list[str]:
@@ -148,17 +143,17 @@ def _merged(key: str, contents: Sequence[dict | None]) -> State:
     return State(key, marks, ordered)
 
 
-def load(output_url: str, storage_options: Mapping | None, key: str) -> State:
+def load(output: Output | str, key: str) -> State:
     """The saved state for constraints ``key``, merged from every state file; an empty one
     on the first run or when no run had these constraints."""
-    fs, root = _fs(output_url, storage_options)
-    return _merged(key, [data for _, data in _read_all(fs, root)])
+    output = Output.of(output)
+    return _merged(key, [data for _, data in _read_all(output.fs, output.root)])
 
 
-def states(output_url: str, storage_options: Mapping | None = None) -> dict[str, State]:
+def states(output: Output | str) -> dict[str, State]:
     """Every constraints' state in the output, by constraints key (for inspection)."""
-    fs, root = _fs(output_url, storage_options)
-    contents = [data for _, data in _read_all(fs, root)]
+    output = Output.of(output)
+    contents = [data for _, data in _read_all(output.fs, output.root)]
     keys = {d.get("constraints") for d in contents if d and d.get("version") == VERSION}
     return {k: _merged(k, contents) for k in sorted(k for k in keys if isinstance(k, str))}
 
@@ -180,30 +175,29 @@ def _write(fs, path: str, text: str) -> None:
             fs.rm(tmp)
 
 
-def save(
-    output_url: str, storage_options: Mapping | None, state: State, run_id: str | None = None
-) -> str:
+def save(output: Output | str, state: State, run_id: str | None = None) -> str:
     """Add ``state`` as a file of its own (no other run's file is replaced), then fold the
     state files; returns the path written. Folding is tidying: if it fails, the state is
     still complete, and the failure is only logged."""
-    fs, root = _fs(output_url, storage_options)
-    path = posixpath.join(root, STATE_DIR, _state_name(run_id or "run"))
-    _write(fs, path, state.to_json())
+    output = Output.of(output)
+    path = output.path(STATE_DIR, _state_name(run_id or "run"))
+    _write(output.fs, path, state.to_json())
     try:
-        fold(output_url, storage_options)
+        fold(output)
     except Exception as exc:  # the state is saved; the next run folds
         log.warning("could not fold the incremental state files: %s", exc)
     return path
 
 
-def fold(output_url: str, storage_options: Mapping | None = None) -> list[str]:
+def fold(output: Output | str) -> list[str]:
     """Merge the state files into one per constraints; returns the paths removed.
 
     The merged file is written before any file is removed, and only files read here are
     removed, so every watermark stays in some file whatever other runs do meanwhile; two
     folds at once may leave two files with the same claims, which the next one merges.
     """
-    fs, root = _fs(output_url, storage_options)
+    output = Output.of(output)
+    fs, root = output.fs, output.root
     found = _read_all_present(fs, root)
     by_key: dict[str | None, list[tuple[str, dict | None]]] = {}
     for path, data in found:

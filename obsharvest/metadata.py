@@ -58,12 +58,11 @@ from astropy.table import meta as table_meta
 
 from obsharvest.errors import MetadataFormatError
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
-from obsharvest.storage.download import DEFAULT_TIMEOUT
-from obsharvest.storage.store import DIRECT_WRITE_PROTOCOLS, mtime_of, with_timeouts
+from obsharvest.storage.output import METADATA_DIR, Output
+from obsharvest.storage.store import DIRECT_WRITE_PROTOCOLS, mtime_of
 
 log = logging.getLogger(__name__)
 
-METADATA_DIR = "metadata"
 FILE_NAME = "obscore.parquet"  # the one file per partition of versions before part files
 PARTITION_COLUMNS = ("dataproduct_subtype", "lsst_band")
 _DIR_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -539,25 +538,26 @@ class Compaction:
     temps_removed: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class MetadataStore:
     """The Parquet dataset of one harvest output (local path or any fsspec URL).
 
     Append-only (see the module's docstring): :meth:`append` adds files, :meth:`read`
     gives the current view, :meth:`compact` drops superseded rows. Nothing here holds a
-    lock or assumes it is the only writer.
+    lock or assumes it is the only writer. It works on the output's file system as the
+    run opened it (:class:`~obsharvest.storage.output.Output`); a plain URL is an output
+    with no storage options.
     """
 
-    output_url: str
-    storage_options: Mapping | None = None
-    # connect, read seconds for object stores, where the options set none (with_timeouts)
-    timeout: tuple[float, float] | None = DEFAULT_TIMEOUT
+    output: Output
+
+    def __init__(self, output: Output | str) -> None:
+        object.__setattr__(self, "output", Output.of(output))
 
     @property
     def fs_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        options = with_timeouts(self.output_url, self.storage_options, self.timeout)
-        fs, root = fsspec.core.url_to_fs(self.output_url, **options)
-        return fs, posixpath.join(root.rstrip("/"), METADATA_DIR)
+        """The output's file system and the dataset's directory in it."""
+        return self.output.fs, self.output.path(METADATA_DIR)
 
     def files(self) -> list[str]:
         """The dataset's Parquet files (hidden temporaries left out), by path: partition by

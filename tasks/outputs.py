@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from astropy.table import Table
 from prefect import task
 
@@ -11,6 +9,7 @@ from obsharvest import assemble
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import ImageOutcome, Target
 from obsharvest.products.quicklook import GalleryItem
+from obsharvest.storage.output import Output
 
 from . import artifacts
 
@@ -21,14 +20,13 @@ def write_metadata(
     targets: dict[str, Target],
     outcomes: dict[str, ImageOutcome],
     run_id: str,
-    output_url: str,
-    storage_options: Mapping,
+    output: Output,
 ) -> list[str]:
     """This run's own Parquet files, never a rewrite of another run's (runs at once)."""
     if len(rows) == 0:
         return []
     table = assemble.metadata_rows(rows, targets, outcomes, run_id)
-    return MetadataStore(output_url, dict(storage_options)).append(table, run_id=run_id)
+    return MetadataStore(output).append(table, run_id=run_id)
 
 
 @task(name="footprint-maps")
@@ -36,21 +34,20 @@ def footprints(
     rows: Table,
     targets: dict[str, Target],
     outcomes: dict[str, ImageOutcome],
-    output_url: str,
-    storage_options: Mapping,
+    output: Output,
 ) -> list[GalleryItem]:
     """The footprint maps of a shard's targets; their gallery items, for the index."""
     from obsharvest.products.gallery import write_footprints
 
-    return write_footprints(rows, targets, outcomes, output_url, storage_options)
+    return write_footprints(rows, targets, outcomes, output)
 
 
 @task(name="quicklook-gallery")
-def gallery(items: list[GalleryItem], output_url: str, storage_options: Mapping) -> str:
+def gallery(items: list[GalleryItem], output: Output) -> str:
     """The gallery's index.html over everything in the output (runs writing into one
     output at once all appear), and an artifact of this run's own items."""
     from obsharvest.products.gallery import run_markdown, write_index
 
-    index, _ = write_index(output_url, storage_options)
+    index, _ = write_index(output)
     artifacts.publish_gallery(run_markdown(items), index)
     return index

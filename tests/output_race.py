@@ -27,6 +27,7 @@ def run_round(worker: int, output_url: str, options: dict[str, Any], barrier) ->
     from obsharvest.flows.preflight import check_storage
     from obsharvest.metadata import MetadataStore
     from obsharvest.products.gallery import GALLERY_DIR, write_index
+    from obsharvest.storage.output import Output
     from obsharvest.storage.store import ObjectStore
 
     params = HarvestParams.model_validate(
@@ -60,12 +61,12 @@ def run_round(worker: int, output_url: str, options: dict[str, Any], barrier) ->
             "obsh_run_id": [f"run-{worker}"] * 2,
         }
     )
-    MetadataStore(output_url, options).append(rows, run_id=f"run-{worker}")
+    MetadataStore(Output(output_url, options)).append(rows, run_id=f"run-{worker}")
     fs, root = store.fs, store.fs._strip_protocol(output_url).rstrip("/")
     fs.makedirs(f"{root}/{GALLERY_DIR}", exist_ok=True)  # as write_footprints does
     fs.pipe_file(f"{root}/{GALLERY_DIR}/{target}-footprint.png", b"\x89PNG map")
     barrier.wait(BARRIER_TIMEOUT)  # the index rewrites at once
-    write_index(output_url, options)
+    write_index(Output(output_url, options))
 
 
 def _serve(worker: int, jobs, results, barrier, env: dict[str, str]) -> None:

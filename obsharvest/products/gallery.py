@@ -20,7 +20,6 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Mapping
 
-import fsspec
 from astropy.table import Table
 
 from obsharvest.metadata import TARGET_NAME, MetadataStore
@@ -33,6 +32,7 @@ from obsharvest.products.quicklook import (
 )
 from obsharvest.query.adql import TARGET_COLUMN
 from obsharvest.storage.keys import sanitize_part
+from obsharvest.storage.output import Output
 from obsharvest.verify.sregion import region_text
 
 GALLERY_DIR = "gallery"
@@ -110,24 +110,19 @@ def footprint_regions(rows: Table, outcomes: Mapping[str, ImageOutcome]) -> dict
     return regions
 
 
-def _root(output_url: str, storage_options: Mapping | None):
-    fs, root = fsspec.core.url_to_fs(output_url, **dict(storage_options or {}))
-    return fs, fs.unstrip_protocol(root.rstrip("/")), posixpath.join(root.rstrip("/"), GALLERY_DIR)
-
-
 def write_footprints(
     rows: Table,
     targets: Mapping[str, Target],
     outcomes: Mapping[str, ImageOutcome],
-    output_url: str,
-    storage_options: Mapping | None = None,
+    output: Output | str,
 ) -> list[GalleryItem]:
     """Write the footprint map of each target of ``rows``; return the gallery's items for
     them (their quicklooks and maps). A run in shards calls this per shard and writes the
     index once, from the items, which are small."""
-    fs, output_uri, directory = _root(output_url, storage_options)
+    output = Output.of(output)
+    fs, directory = output.fs, output.path(GALLERY_DIR)
     fs.makedirs(directory, exist_ok=True)
-    items = gallery_items(rows, outcomes, output_uri)
+    items = gallery_items(rows, outcomes, output.uri())
     for name, regions in footprint_regions(rows, outcomes).items():
         buffer = io.BytesIO()
         footprint_map_png(targets[name], regions, buffer, title=f"{name}: s_region by verdict")
@@ -137,16 +132,17 @@ def write_footprints(
     return items
 
 
-def output_items(output_url: str, storage_options: Mapping | None = None) -> list[GalleryItem]:
+def output_items(output: Output | str) -> list[GalleryItem]:
     """The gallery of everything in the output, whichever run made it: a quicklook per
     current Parquet row that has one, and per target its footprint map if one is stored;
     targets by name, a target's images by obs_id, its map last."""
-    fs, output_uri, directory = _root(output_url, storage_options)
-    view = MetadataStore(output_url, dict(storage_options or {})).read(columns=INDEX_COLUMNS)
+    output = Output.of(output)
+    output_uri = output.uri()
+    view = MetadataStore(output).read(columns=INDEX_COLUMNS)
     every = view.to_pylist() if view is not None else []
     rows = [r for r in every if r.get("obsh_quicklook_uri")]
     rows.sort(key=lambda r: (r[TARGET_NAME], str(r.get("obs_id")), r["obs_publisher_did"]))
-    maps = set(_footprints(fs, directory))
+    maps = set(_footprints(output))
     by_target: dict[str, list[GalleryItem]] = defaultdict(list)
     for row in rows:
         by_target[row[TARGET_NAME]].append(
@@ -167,7 +163,8 @@ def output_items(output_url: str, storage_options: Mapping | None = None) -> lis
     return [item for target in sorted(by_target) for item in by_target[target]]
 
 
-def _footprints(fs, directory: str) -> list[str]:
+def _footprints(output: Output) -> list[str]:
+    fs, directory = output.fs, output.path(GALLERY_DIR)
     fs.invalidate_cache(directory)  # other runs write here
     try:
         names = [posixpath.basename(p) for p in fs.ls(directory, detail=False)]
@@ -176,14 +173,12 @@ def _footprints(fs, directory: str) -> list[str]:
     return sorted(n for n in names if n.endswith(FOOTPRINT_SUFFIX))
 
 
-def _snapshot(output_url: str, storage_options: Mapping | None) -> tuple:
+def _snapshot(output: Output) -> tuple:
     """What the index depends on, cheaply: the Parquet file names and the maps present."""
-    fs, _, directory = _root(output_url, storage_options)
-    files = MetadataStore(output_url, dict(storage_options or {})).files()
-    return tuple(files), tuple(_footprints(fs, directory))
+    return tuple(MetadataStore(output).files()), tuple(_footprints(output))
 
 
-def write_index(output_url: str, storage_options: Mapping | None = None) -> tuple[str, int]:
+def write_index(output: Output | str) -> tuple[str, int]:
     """Write ``gallery/index.html`` from what the output holds; return (its URI, items).
 
     Runs ending at once each rewrite the index: it is (re)built until the output is the
@@ -192,19 +187,20 @@ def write_index(output_url: str, storage_options: Mapping | None = None) -> tupl
     (its own index is built after its Parquet is published). A run ending alone reads once,
     writes once and checks once.
     """
-    fs, _, directory = _root(output_url, storage_options)
+    output = Output.of(output)
+    fs, directory = output.fs, output.path(GALLERY_DIR)
     index = posixpath.join(directory, INDEX_NAME)
-    before = _snapshot(output_url, storage_options)
+    before = _snapshot(output)
     items: list[GalleryItem] = []
     for _ in range(INDEX_ATTEMPTS):
-        items = output_items(output_url, storage_options)
+        items = output_items(output)
         fs.makedirs(directory, exist_ok=True)
         fs.pipe_file(index, gallery_html(items).encode())
-        after = _snapshot(output_url, storage_options)
+        after = _snapshot(output)
         if after == before:
             break
         before = after
-    return fs.unstrip_protocol(index), len(items)
+    return output.uri(index), len(items)
 
 
 def run_markdown(items: list[GalleryItem]) -> str:

@@ -42,6 +42,7 @@ from obsharvest import incremental
 from obsharvest.metadata import FILE_NAME, MetadataStore, current, file_metadata
 from obsharvest.runtime.crashpoints import RENDEZVOUS_ENV
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+from obsharvest.storage.output import Output
 from tests.emulators import CLOUDS, Cloud, azure_cloud, gcs_cloud, s3_cloud
 from tests.output_race import SHARED_KEY, Workers
 from tests.seaweed import s3_client
@@ -217,7 +218,7 @@ def test_a_read_that_meets_a_file_a_compaction_removed_lists_again(tmp_path, mon
         found = listing(self)
         if not calls:  # between this reader's listing and its reads, a compaction runs
             calls.append(found)
-            MetadataStore(self.output_url).compact()
+            MetadataStore(self.output).compact()
         return found
 
     monkeypatch.setattr(MetadataStore, "files", files_then_compact)
@@ -281,7 +282,7 @@ def test_the_next_write_removes_a_killed_writers_temporary_and_keeps_a_live_ones
 
 
 def test_a_state_file_is_json_a_person_can_read(tmp_path):
-    path = incremental.save(str(tmp_path), None, incremental.State("k", {"a": 1.0}), "r1")
+    path = incremental.save(str(tmp_path), incremental.State("k", {"a": 1.0}), "r1")
     (only,) = (tmp_path / "state" / "incremental").glob("*.json")
     assert str(only) == path
     content = json.loads(only.read_text())
@@ -290,29 +291,29 @@ def test_a_state_file_is_json_a_person_can_read(tmp_path):
 
 def test_runs_at_once_keep_each_others_watermarks(tmp_path):
     out = str(tmp_path)
-    a, b = incremental.load(out, None, "k"), incremental.load(out, None, "k")
+    a, b = incremental.load(out, "k"), incremental.load(out, "k")
     # both loaded the same (empty) state; each saves its own targets' watermarks
     a.watermarks["a"] = 60000.0
     b.watermarks["b"] = 60001.0
-    incremental.save(out, None, a, run_id="run-a")
-    incremental.save(out, None, b, run_id="run-b")
-    merged = incremental.load(out, None, "k")
+    incremental.save(out, a, run_id="run-a")
+    incremental.save(out, b, run_id="run-b")
+    merged = incremental.load(out, "k")
     assert merged.watermarks == {"a": 60000.0, "b": 60001.0}
     files = list((tmp_path / "state" / "incremental").glob("*.json"))
     assert len(files) == 1  # folded after each save
     assert not [p for p in (tmp_path / "state").rglob("*") if p.name.endswith(".tmp")]
     # an older claim never lowers a newer one
     stale = incremental.State("k", {"a": 59000.0})
-    incremental.save(out, None, stale, run_id="run-stale")
-    assert incremental.load(out, None, "k").watermarks == {"a": 60000.0, "b": 60001.0}
+    incremental.save(out, stale, run_id="run-stale")
+    assert incremental.load(out, "k").watermarks == {"a": 60000.0, "b": 60001.0}
 
 
 def test_the_single_state_file_of_earlier_versions_is_read_and_folded(tmp_path):
     legacy = tmp_path / incremental.STATE_PATH
     legacy.parent.mkdir(parents=True)
     legacy.write_text(incremental.State("k", {"old": 1.0}, [{"run_id": "r0"}]).to_json())
-    incremental.save(str(tmp_path), None, incremental.State("other", {"x": 2.0}), "r1")
-    incremental.save(str(tmp_path), None, incremental.State("k", {"new": 3.0}), "r2")
+    incremental.save(str(tmp_path), incremental.State("other", {"x": 2.0}), "r1")
+    incremental.save(str(tmp_path), incremental.State("k", {"new": 3.0}), "r2")
     states = incremental.states(str(tmp_path))
     assert states["k"].watermarks == {"old": 1.0, "new": 3.0}
     assert states["other"].watermarks == {"x": 2.0}  # other constraints: kept apart
@@ -322,9 +323,9 @@ def test_the_single_state_file_of_earlier_versions_is_read_and_folded(tmp_path):
 
 def test_a_fold_that_dies_before_removing_leaves_every_claim(tmp_path, monkeypatch):
     out = str(tmp_path)
-    incremental.save(out, None, incremental.State("k", {"a": 1.0}), "r1")
+    incremental.save(out, incremental.State("k", {"a": 1.0}), "r1")
     monkeypatch.setattr(incremental, "fold", lambda *a, **k: [])
-    incremental.save(out, None, incremental.State("k", {"b": 2.0}), "r2")
+    incremental.save(out, incremental.State("k", {"b": 2.0}), "r2")
     monkeypatch.undo()
     import fsspec.implementations.local as local
 
@@ -336,10 +337,10 @@ def test_a_fold_that_dies_before_removing_leaves_every_claim(tmp_path, monkeypat
         incremental.fold(out)  # merged file written, nothing removed
     monkeypatch.undo()
     assert len(list((tmp_path / "state" / "incremental").glob("*.json"))) == 3
-    assert incremental.load(out, None, "k").watermarks == {"a": 1.0, "b": 2.0}
+    assert incremental.load(out, "k").watermarks == {"a": 1.0, "b": 2.0}
     incremental.fold(out)
     assert len(list((tmp_path / "state" / "incremental").glob("*.json"))) == 1
-    assert incremental.load(out, None, "k").watermarks == {"a": 1.0, "b": 2.0}
+    assert incremental.load(out, "k").watermarks == {"a": 1.0, "b": 2.0}
 
 
 # ---------------------------------------------------------------- three CLI runs at once
@@ -461,7 +462,7 @@ def _harvest_at_once_then_again_then_compact(
 ):
     """The scenario, on a local or an object-store output (``options``: how this process
     reaches it); ``listing()`` lists its Parquet files."""
-    store = MetadataStore(output, options)
+    store = MetadataStore(Output(output, options))
     files = {g: _targets(work / f"targets-{g}.csv", [groups]) for g, groups in GROUPS.items()}
     with barrier(len(GROUPS)) as (address, arrived, watched):
         procs = {
@@ -624,7 +625,7 @@ def test_ten_rounds_of_three_runs_into_a_new_output(where, workers, request, tmp
         own = [f"fits/lsst.calexp/i/own-{w}.fits" for w in range(3)]
         assert fits == sorted([f"fits/{SHARED_KEY}", *own])
         assert fs.cat_file(f"{root}/fits/{SHARED_KEY}").startswith(b"SIMPLE  = T")
-        view = MetadataStore(output, options).read()
+        view = MetadataStore(Output(output, options)).read()
         assert view is not None and view.num_rows == 6, n
         index = fs.cat_file(f"{root}/gallery/index.html").decode()
         for w in range(3):

@@ -24,6 +24,7 @@ import pytest
 
 from obsharvest.metadata import MetadataStore
 from obsharvest.storage.download import download
+from obsharvest.storage.output import Output
 from obsharvest.storage.store import ObjectStore
 from tests.emulators import AZURITE_KEY, Cloud
 from tests.seaweed import TEST_KEY, TEST_SECRET, s3_client
@@ -388,7 +389,7 @@ def test_harvest_into_the_cloud_then_rerun_fetches_nothing(
     assert set(keys) <= set(now)  # nothing replaced or removed
     assert added and all(k.startswith("run/metadata/") for k in added)  # its Parquet rows
     # the rerun's rows supersede the first run's: still one row per pair
-    current = MetadataStore(output, cloud.options).read()
+    current = MetadataStore(Output(output, cloud.options)).read()
     assert current.num_rows == len(rows)
     assert set(current.column("obsh_run_id").to_pylist()) == {again.run_id}
 
