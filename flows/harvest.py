@@ -101,7 +101,10 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
     # opened once, credentials included; handed to every writer (never a flow parameter)
     output = Output(params.output_url, params.output_storage_options, settings.timeouts(params))
     base = _constraints(params)
-    with connect(params) as archive, stops.run_deadline(params.execution.run_deadline_seconds):
+    with (
+        connect(params, params.all_services[0]) as archive,
+        stops.run_deadline(params.execution.run_deadline_seconds),
+    ):
         progress.start("query", len(targets))
         state = _incremental_state(params, output, base)
         shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))

@@ -24,6 +24,7 @@ from obsharvest.models import (
     Target,
     VerificationMode,
 )
+from obsharvest.net.archive import name_of
 from obsharvest.net.credentials import is_s3
 
 _BAND = re.compile(r"^[A-Za-z0-9_]{1,16}$")
@@ -110,10 +111,17 @@ class EmbeddedArchive(Model):
         return value
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
 class Service(Model):
-    """The ObsTAP service. The token is never part of the parameters: it comes from the
+    """One ObsTAP service. The token is never part of the parameters: it comes from the
     environment variable ``token_env`` or the Prefect Secret block ``token_secret_block``."""
 
+    name: str | None = Field(
+        None,
+        description="how reports and the Parquet (obsh_service) name it; default: its host",
+    )
     tap_url: str | None = None
     embedded: EmbeddedArchive | None = None
     token_env: str = "ACCESS_TOKEN"
@@ -125,6 +133,20 @@ class Service(Model):
     )
     band_column: str = "lsst_band"
     extra_token_hosts: list[str] = Field(default_factory=list)
+    extra_where: str | None = Field(
+        None,
+        description="TRUSTED raw ADQL ANDed into this service's queries only (with "
+        "constraints.extra_where); never fill from untrusted input",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a service name: letters, digits and _.:- (at most 64)"
+            )
+        return value
 
     @field_validator("tap_url")
     @classmethod
@@ -143,6 +165,16 @@ class Service(Model):
         if (self.tap_url is None) == (self.embedded is None):
             raise ValueError("give exactly one of tap_url or embedded")
         return self
+
+    @property
+    def label(self) -> str:
+        """Its name: as given, else the host of its TAP URL (``embedded`` for the embedded
+        archive)."""
+        if self.name:
+            return self.name
+        if self.tap_url is None:
+            return "embedded"
+        return name_of(self.tap_url)
 
 
 def _mjd(value: float | str | date | None, what: str) -> float | None:
@@ -421,7 +453,11 @@ class Execution(Model):
 class HarvestParams(Model):
     """Everything one harvest needs; the Prefect UI shows this as the run form."""
 
-    service: Service
+    service: Service | None = Field(None, description="the ObsTAP service (or services:)")
+    services: list[Service] = Field(
+        default_factory=list,
+        description="several ObsTAP services harvested in one run, into one output",
+    )
     targets: str | None = Field(
         None, description="target list: CSV, ECSV, Parquet or VOTable path/URL"
     )
@@ -466,6 +502,23 @@ class HarvestParams(Model):
     def checked_targets(self) -> list[Target] | None:
         """The targets, when the preflight has passed for these parameters; else None."""
         return self._checked
+
+    @model_validator(mode="after")
+    def _services(self) -> HarvestParams:
+        if (self.service is None) == (not self.services):
+            raise ValueError("give service (one) or services (a list), not both or neither")
+        names = [s.label for s in self.all_services]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"services: {', '.join(twice)} named twice: give each service a distinct name"
+            )
+        return self
+
+    @property
+    def all_services(self) -> list[Service]:
+        """The run's services: ``[service]`` or ``services``."""
+        return [self.service] if self.service is not None else list(self.services)
 
     @model_validator(mode="after")
     def _targets(self) -> HarvestParams:

@@ -55,23 +55,28 @@ from obsharvest.targets import read_targets, single_target
 
 from .blocks import aws_storage_options, service_token
 from .config import source_of
-from .params import HarvestParams
+from .params import HarvestParams, Service
 
+log = logging.getLogger(__name__)
 PROBE_PREFIX = ".obsharvest-probe-"
 
 
-def constraints_of(params: HarvestParams) -> Constraints:
-    """The query constraints the parameters ask for."""
+def constraints_of(params: HarvestParams, service: Service | None = None) -> Constraints:
+    """The query constraints the parameters ask for, of ``service`` (default: the first):
+    its band column, and its own ``extra_where`` ANDed with the run's."""
+    service = service or params.all_services[0]
     c = params.constraints
     start, end = c.mjd_range
+    wheres = [w for w in (c.extra_where, service.extra_where) if w]
+    extra = " AND ".join(f"({w})" for w in wheres) if len(wheres) > 1 else next(iter(wheres), None)
     return Constraints(
         bands=tuple(c.bands),
         subtypes=tuple(c.subtypes),
         calib_levels=tuple(c.calib_levels),
         t_min=start,
         t_max=end,
-        extra_where=c.extra_where,
-        band_column=params.service.band_column,
+        extra_where=extra,
+        band_column=service.band_column,
     )
 
 
@@ -119,6 +124,11 @@ def check_inputs(params: HarvestParams) -> list[Target]:
                 source_of(params, err.column or "ra"), err.problems, err.count
             ) from None
     constraints_of(params).clauses()
+    if len(params.all_services) > 1:  # the next commit harvests them (issue 24)
+        raise PreflightError(
+            f"{source_of(params, 'services')}: several services in one run are not "
+            "harvested yet: give one service"
+        )
     _check_modes(params, targets)
     if params.storage.aws_credentials_block:
         aws_storage_options(params.storage.aws_credentials_block)
@@ -174,16 +184,31 @@ def _quick(params: HarvestParams) -> RetryPolicy:
 
 
 def check_service(params: HarvestParams) -> None:
-    """A token when one is needed, a TAP service at ``tap_url``, the token accepted."""
-    svc = params.service
+    """Each service: a token when one is needed, a TAP service at ``tap_url``, the token
+    accepted. Of several services, one that cannot be reached now does not stop the run
+    (a warning; the run asks it, and reports its targets if it still does not answer):
+    the others are harvested. A missing or refused token always stops it."""
+    if params.service is not None:
+        _check_one(params, params.service, "service")
+        return
+    for i, service in enumerate(params.services):
+        try:
+            _check_one(params, service, f"services.{i}")
+        except PreflightError as exc:
+            if "cannot reach" not in str(exc):
+                raise
+            log.warning("%s; the other services go on", exc)
+
+
+def _check_one(params: HarvestParams, svc: Service, key: str) -> None:
     tap_url = svc.tap_url
     if svc.embedded is not None or not tap_url:
         return  # started by the run itself: nothing to ask yet
     token, source = service_token(svc.token_env, svc.token_secret_block)
-    where = source_of(params, "service.tap_url")
+    where = source_of(params, f"{key}.tap_url")
     if svc.token_required and not token:
         raise PreflightError(
-            f"{source_of(params, 'service.token_required')}: {tap_url} needs a token "
+            f"{source_of(params, f'{key}.token_required')}: {tap_url} needs a token "
             f"and {source} is not set: export {svc.token_env}=<token> (or name a Prefect "
             "Secret block in service.token_secret_block)"
         )

@@ -7,20 +7,21 @@ import contextlib
 from collections.abc import Iterator
 
 from obsharvest.errors import ConfigError
-from obsharvest.net.http import Connection
+from obsharvest.net.archive import Archive
 
+from . import settings
 from .blocks import service_token
-from .params import HarvestParams
+from .params import HarvestParams, Service
 
 
 @contextlib.contextmanager
-def connect(params: HarvestParams) -> Iterator[Connection]:
-    """The connection for this run; starts the embedded archive when the profile asks."""
-    svc = params.service
+def connect(params: HarvestParams, svc: Service) -> Iterator[Archive]:
+    """One of the run's services as an archive record; starts the embedded archive when
+    the profile asks."""
     token, source = service_token(svc.token_env, svc.token_secret_block)
     if svc.embedded is None:
         assert svc.tap_url is not None  # Service: exactly one of tap_url and embedded
-        yield Connection(svc.tap_url, token, tuple(svc.extra_token_hosts), source)
+        yield settings.archive(params, svc, svc.tap_url, token, source)
         return
     try:
         from obsharvest.simarchive.dialect import Dialect
@@ -44,4 +45,4 @@ def connect(params: HarvestParams) -> Iterator[Connection]:
         dialect=Dialect.parse(e.dialect),
     )
     with EmbeddedArchive(archive_settings) as archive:
-        yield Connection(archive.tap_url, token, tuple(svc.extra_token_hosts), source)
+        yield settings.archive(params, svc, archive.tap_url, token, source)

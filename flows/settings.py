@@ -6,11 +6,12 @@ tasks stay unaware of how a value was given (profile, ``--set``, flag, Prefect f
 
 from __future__ import annotations
 
-from obsharvest.images import ImageSettings
+from obsharvest.images.settings import ImageSettings
+from obsharvest.net.archive import Archive, Politeness
 from obsharvest.net.retry import RetryPolicy
 from obsharvest.query.obscore import QueryOptions, Strategy
 
-from .params import HarvestParams
+from .params import HarvestParams, Service
 
 
 def timeouts(params: HarvestParams) -> tuple[float, float]:
@@ -40,22 +41,50 @@ def strategy(params: HarvestParams) -> Strategy:
     return Strategy(kind=q.strategy, batch_size=q.batch_size, prefilter_radius=q.prefilter_radius)
 
 
-def image_settings(params: HarvestParams) -> ImageSettings:
+def archive(
+    params: HarvestParams,
+    svc: Service,
+    tap_url: str,
+    token: str | None,
+    token_source: str | None,
+) -> Archive:
+    """One of the run's services as one record: what belongs to it travels together."""
+    c = params.concurrency
+    return Archive(
+        name=svc.label,
+        tap_url=tap_url,
+        token=token,
+        token_hosts=tuple(svc.extra_token_hosts),
+        token_source=token_source,
+        timeout=timeouts(params),
+        retry=retry_policy(params),
+        politeness=Politeness(
+            start_per_host=c.verify_workers,
+            max_per_host=c.max_per_host,
+            slot=params.execution.archive_concurrency_limit,
+        ),
+        band_column=svc.band_column,
+    )
+
+
+def image_settings(params: HarvestParams, archive: Archive) -> ImageSettings:
+    """How the run's images are worked against ``archive`` (its retries, timeouts and
+    politeness are the archive's own)."""
     c, v, p = params.concurrency, params.verification, params.products
     return ImageSettings(
         verification=v.mode,
         margin_px=v.margin_px,
         block_size=v.header_block_size,
         plan=params.plan,
-        verify_workers=c.verify_workers,
+        verify_workers=archive.politeness.start_per_host,
         download_workers=c.download_workers,
-        max_per_host=c.max_per_host,
-        retry=retry_policy(params),
+        max_per_host=archive.politeness.max_per_host,
+        retry=archive.retry,
         mask=v.mask,
         mode=p.mode,
         cutout_radius=p.cutout_radius,
         quicklook=p.quicklook,
-        timeout=timeouts(params),
+        timeout=archive.timeout,
         image_deadline=params.retry.image_deadline_seconds,
         cutout_fallback=p.cutout_fallback == "image",
         datalink_batch=c.datalink_batch,

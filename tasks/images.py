@@ -11,7 +11,7 @@ from prefect.states import Failed
 from obsharvest.images import batch
 from obsharvest.images.settings import ImageSettings
 from obsharvest.models import ImageOutcome, ImageWork
-from obsharvest.net.http import Connection
+from obsharvest.net.archive import Archive
 from obsharvest.runtime import stopping
 
 from . import progress
@@ -22,19 +22,18 @@ LOG_LINE_CAP = 300  # characters of one failed image's log line (a reason can be
 
 @task(name="process-images", task_run_name="images-{label}")
 def process_images(
-    conn: Connection,
+    archive: Archive,
     works: list[ImageWork],
     settings: ImageSettings,
     storage_url: str,
     storage_options: Mapping,
     label: str,
-    slot: str | None = None,
 ) -> list[ImageOutcome]:
     """A batch's outcomes; a Failed state (with the outcomes as its data) when some images
     failed, so the UI shows the batch red while every decided image is kept."""
-    with archive_slot(slot):
+    with archive_slot(archive.politeness.slot):
         outcomes = batch.harvest_images(
-            conn,
+            archive,
             works,
             settings,
             storage_url,
@@ -73,9 +72,9 @@ def process_images(
 
 
 @task(name="check-cutouts")
-def check_cutouts(conn: Connection, works: list[ImageWork], settings: ImageSettings) -> None:
+def check_cutouts(archive: Archive, works: list[ImageWork], settings: ImageSettings) -> None:
     """Before any image work: does the archive offer SODA at all? (one Datalink request)"""
-    batch.check_cutouts(conn, works, settings)
+    batch.check_cutouts(archive, works, settings)
 
 
 def capped(text: str, limit: int = LOG_LINE_CAP) -> str:

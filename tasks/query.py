@@ -10,7 +10,7 @@ from prefect.states import Failed
 
 from obsharvest.errors import RemoteError, UserError
 from obsharvest.models import Target
-from obsharvest.net.http import Connection
+from obsharvest.net.archive import Archive
 from obsharvest.net.retry import one_line
 from obsharvest.query.adql import Constraints
 from obsharvest.query.batch import query_batch
@@ -23,14 +23,12 @@ from .slots import archive_slot
 
 @task(name="query-obscore", task_run_name="query-{label}")
 def query_obscore(
-    conn: Connection,
+    archive: Archive,
     targets: list[Target],
     constraints: Constraints,
     strategy: Strategy,
     options: QueryOptions,
-    timeout: tuple[float, float],
     label: str,
-    slot: str | None = None,
 ) -> Table:
     """The batch's (target, image) rows.
 
@@ -40,8 +38,8 @@ def query_obscore(
     still shows the batch red, and the flow reports its targets in one line.
     """
     try:
-        with archive_slot(slot):
-            rows, queries = query_batch(conn, targets, constraints, strategy, options, timeout)
+        with archive_slot(archive.politeness.slot):
+            rows, queries = query_batch(archive, targets, constraints, strategy, options)
     except RemoteError as exc:
         if isinstance(exc, UserError):
             raise  # a refused token or URL ends the run with its own line

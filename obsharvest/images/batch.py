@@ -20,7 +20,7 @@ import requests
 from obsharvest.access.datalink import DatalinkResolver
 from obsharvest.models import Containment, ImageOutcome, ImageWork, Verdict
 from obsharvest.net import pacing
-from obsharvest.net.http import Connection
+from obsharvest.net.archive import Archive
 from obsharvest.runtime import stopping, workers
 from obsharvest.storage.store import ObjectStore
 
@@ -179,7 +179,7 @@ def _resolver(session: requests.Session, settings: ImageSettings, workers: int) 
 
 
 def harvest_images(
-    conn: Connection,
+    archive: Archive,
     works: Sequence[ImageWork],
     settings: ImageSettings,
     storage_url: str,
@@ -188,14 +188,14 @@ def harvest_images(
 ) -> list[ImageOutcome]:
     """:func:`process_images` over a session and a store of its own: the unit of work of
     an image task (which may run in another thread or a Dask worker)."""
-    session = conn.session(pool=max(settings.datalink_workers, 4), timeout=settings.timeout)
+    session = archive.session(pool=max(settings.datalink_workers, 4))
     settings = replace(settings, auth_headers=session.auth_headers)
     store = ObjectStore(storage_url, dict(storage_options or {}), timeout=settings.timeout)
     resolver = _resolver(session, settings, settings.datalink_workers)
     return process_images(works, resolver, store, settings, on_done=on_done)
 
 
-def check_cutouts(conn: Connection, works: Sequence[ImageWork], settings: ImageSettings) -> None:
+def check_cutouts(archive: Archive, works: Sequence[ImageWork], settings: ImageSettings) -> None:
     """:func:`check_cutouts_offered` over a session of its own (one Datalink request)."""
-    session = conn.session(timeout=settings.timeout)
+    session = archive.session()
     check_cutouts_offered(works, _resolver(session, settings, workers=1))

@@ -1,4 +1,6 @@
-"""How a batch of images is worked: one record, built once per run from the parameters.
+"""How a batch of images is worked: one record, built once per run from the parameters
+and the archive the images come from (its retries, timeouts and politeness are the
+archive's: ``obsharvest.net.archive.Archive``).
 
 Every value the parameters (``flows/params.py``) define has no default here: a default
 lives in one place, the parameters, and the record takes what they say.

@@ -22,7 +22,6 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
@@ -196,28 +195,3 @@ def retry_after(response: requests.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass(frozen=True)
-class Connection:
-    """How to reach the service during a run. Picklable (tasks may run in Dask workers);
-    the token is read where the run starts (the environment or a secret store), never
-    from the parameters."""
-
-    tap_url: str
-    token: str | None
-    token_hosts: tuple[str, ...] = ()
-    token_source: str | None = None  # where the token comes from, for refusal messages
-
-    def session(
-        self, pool: int = 16, timeout: tuple[float, float] = DEFAULT_TIMEOUT
-    ) -> ServiceSession:
-        """A session for TAP (pyvo), Datalink and SODA whose every request has ``timeout``
-        (connect, read seconds)."""
-        return ServiceSession(
-            self.token,
-            [self.tap_url, *self.token_hosts],
-            pool=pool,
-            timeout=timeout,
-            token_source=self.token_source,
-        )

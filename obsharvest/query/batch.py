@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from astropy.table import Table
 
 from obsharvest.models import Target
-from obsharvest.net.http import Connection
+from obsharvest.net.archive import Archive
 from obsharvest.query.adql import Constraints
 from obsharvest.query.capabilities import probe_features
 from obsharvest.query.obscore import QueryOptions, Strategy, query_targets
@@ -15,17 +15,15 @@ from obsharvest.query.service import TapService
 
 
 def query_batch(
-    conn: Connection,
+    archive: Archive,
     targets: Sequence[Target],
     constraints: Constraints,
     strategy: Strategy,
     options: QueryOptions,
-    timeout: tuple[float, float],
 ) -> tuple[Table, int]:
     """The (target, image) rows of ``targets`` and how many queries it took, over a
     session of its own (a task may run in another thread or a Dask worker)."""
-    session = conn.session(timeout=timeout)
-    service = TapService(conn.tap_url, session=session)
+    service = TapService(archive.tap_url, session=archive.session())
     features = probe_features(service, options.retry)
     queries: list[str] = []
     rows = query_targets(

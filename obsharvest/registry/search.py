@@ -20,7 +20,6 @@ They are sent with pyvo's TAP client, to pyvo's default registry
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pyvo.dal import DALAccessError, DALQueryError
 from pyvo.registry import regtap
 
 from obsharvest.errors import UserError
+from obsharvest.net.archive import name_of
 from obsharvest.net.http import ServiceSession
 from obsharvest.net.retry import one_line
 from obsharvest.query.service import TapService
@@ -159,19 +159,13 @@ def _why(exc: BaseException) -> str:
     return text
 
 
-_NOT_NAME = re.compile(r"[^a-z0-9]+")
-
-
 def service_names(tap_urls: Sequence[str]) -> list[str]:
-    """A short name per service, from its host (and port when it gives one): lower-case
-    letters, digits and dashes, unique within the list (``-2``, ``-3`` for a host serving
-    several), e.g. ``dc-g-vo-org``, ``127-0-0-1-8765``."""
+    """A short name per service (``obsharvest.net.archive.name_of``: ``dc-g-vo-org``,
+    ``127-0-0-1-8765``), unique within the list (``-2``, ``-3`` for a host serving
+    several)."""
     out: list[str] = []
     for url in tap_urls:
-        parts = urlsplit(url)
-        host = (parts.hostname or "service").removeprefix("www.")
-        port = f"-{parts.port}" if parts.port else ""
-        base = _NOT_NAME.sub("-", f"{host}{port}".lower()).strip("-") or "service"
+        base = name_of(url)
         name, n = base, 1
         while name in out:
             n += 1

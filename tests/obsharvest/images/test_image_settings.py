@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from obsharvest.flows.params import Concurrency, HarvestParams
-from obsharvest.flows.settings import image_settings
+from obsharvest.flows.settings import archive, image_settings
 from obsharvest.images.settings import ImageSettings
 
 
@@ -27,7 +27,8 @@ def test_defaults_come_from_the_parameters() -> None:
     params = HarvestParams.model_validate(
         {"service": {"tap_url": "http://127.0.0.1:9/tap"}, "ra": 62.0, "dec": -37.0}
     )
-    settings = image_settings(params)
+    found = archive(params, params.service, "http://127.0.0.1:9/tap", None, None)
+    settings = image_settings(params, found)
     fields = Concurrency.model_fields
     for name in (
         "download_workers",
