@@ -31,6 +31,7 @@ def add_parser(commands: Commands) -> argparse.ArgumentParser:
     _add_signing_and_profile(archive)
     _add_behaviour(archive)
     _add_access(archive)
+    _add_publisher(archive)
     archive.set_defaults(func=_archive)
     return archive
 
@@ -151,6 +152,23 @@ def _add_access(archive: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_publisher(archive: argparse.ArgumentParser) -> None:
+    """Whose DIDs the images carry: a mirror serves another archive's images as its own."""
+    archive.add_argument(
+        "--publisher",
+        default=None,
+        metavar="AUTHORITY",
+        help="act as a mirror: the same images (same --seed) under this IVOA authority's "
+        "obs_publisher_did (e.g. mirror.example), the original one in obs_creator_did",
+    )
+    archive.add_argument(
+        "--creator-did",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve ObsCore's obs_creator_did (default: only with --publisher)",
+    )
+
+
 def _archive(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; 2 and one line on stderr for a bad option or a
     port in use."""
@@ -216,6 +234,8 @@ def _settings(args: argparse.Namespace) -> ArchiveSettings:
             RegistryEntry(ivoid, None if url == "self" else url, form)
             for ivoid, url, form in args.registry_entry
         ),
+        publisher=args.publisher,
+        creator_did=args.creator_did,
     )
 
 

@@ -370,6 +370,27 @@ OBSCORE_COLUMNS: Final[tuple[ColumnDef, ...]] = (
     _C("target_name", "char", "Object of interest", None, "meta.id;src", "Target.Name"),
 )
 COLUMN_NAMES: Final = tuple(c.name for c in OBSCORE_COLUMNS)
+CREATOR_DID: Final = _C(
+    "obs_creator_did",
+    "char",
+    "IVOA dataset identifier given by the creator",
+    None,
+    "meta.id",
+    "DataID.CreatorDID",
+)
+"""ObsCore 1.1's optional creator DID, which the RSP does not serve: only an archive
+asked to (``ArchiveSettings.creator_did``, a mirror by default) adds it, after
+``obs_collection`` as the seed's alphabetical order puts it."""
+
+
+def obscore_columns(creator_did: bool = False) -> tuple[ColumnDef, ...]:
+    """The columns served, in order: DP0.2's, with ``obs_creator_did`` if asked."""
+    if not creator_did:
+        return OBSCORE_COLUMNS
+    at = COLUMN_NAMES.index("obs_id")
+    return (*OBSCORE_COLUMNS[:at], CREATOR_DID, *OBSCORE_COLUMNS[at:])
+
+
 TABLE_NAME: Final = "ivoa.ObsCore"
 TABLE_DESCRIPTION: Final = (
     "Observation metadata in the ObsTAP relational realization of the IVOA ObsCore data model"
@@ -484,11 +505,13 @@ def build_obscore_table(
     access_style: str = "datalink",
     base_url: str = "",
     file_suffix: str = "",
+    creator_did: bool = False,
 ) -> Table:
     """One row per product, columns in the seed's order with TAP metadata in ``.meta``.
 
     ``access_style`` (see :data:`ACCESS_STYLES`) decides access_url/access_format;
-    ``base_url`` is the archive's, under which product and data URLs live.
+    ``base_url`` is the archive's, under which product and data URLs live;
+    ``creator_did`` adds :data:`CREATOR_DID`, the release's own DID of each image.
 
     Strings are ASCII ``bytes`` columns (dtype ``S``) to keep the table small; nullable
     columns (lsst_visit/detector/ccdvisitid/filter for coadds, lsst_tract/patch for visit
@@ -539,6 +562,7 @@ def build_obscore_table(
         "lsst_visit": _masked_int(visit, coadd, np.int64),
         "o_ucd": (_strings([ucd_of[k] for k in kind_list]), None),
         "obs_collection": (_constant(nm.obs_collection, n), None),
+        "obs_creator_did": (_strings(c["creator_did"]), None),
         "obs_id": (_strings(obs_id), None),
         "obs_publisher_did": (_strings(c["did"]), None),
         "obs_title": (_strings(_titles(sky, kind_list, band.tolist(), obs_id)), None),
@@ -557,11 +581,12 @@ def build_obscore_table(
         "t_xel": (np.zeros(n, dtype=np.int64), none),
         "target_name": (np.full(n, b"", dtype="S1"), none),
     }
-    if tuple(values) != COLUMN_NAMES:
+    served = obscore_columns(creator_did)
+    if [name for name in values if name != CREATOR_DID.name] != list(COLUMN_NAMES):
         raise AssertionError("ObsCore column values out of sync with OBSCORE_COLUMNS")
 
     table = Table(meta={"name": TABLE_NAME, "description": TABLE_DESCRIPTION})
-    for cdef in OBSCORE_COLUMNS:
+    for cdef in served:
         data, mask = values[cdef.name]
         kw = dict(name=cdef.name, unit=cdef.unit, description=cdef.description, meta=cdef.meta())
         col = Column(data, **kw) if mask is None else MaskedColumn(data, mask=mask, **kw)

@@ -66,6 +66,7 @@ from obsharvest.simarchive.httpcore import (
 from obsharvest.simarchive.obscore import ACCESS_STYLES, DATA_PATH, PRODUCT_PATH
 from obsharvest.simarchive.registry import RegistryEntry, registry_tables
 from obsharvest.simarchive.signing import UrlSigner
+from obsharvest.simarchive.sky.naming import check_authority
 from obsharvest.simarchive.sky.survey_sky import Sky, SkyConfig
 from obsharvest.simarchive.soda import SodaError, parse_soda_params, write_cutout
 from obsharvest.simarchive.sregion_dialect import served_s_region, tap_schema_meta
@@ -136,9 +137,20 @@ class ArchiveSettings:
     dialect: Dialect = field(default_factory=Dialect)
     # RegTAP: the rr.* tables describing these services (none: no rr schema at all)
     registry: tuple[RegistryEntry, ...] = ()
+    # a mirror: the same images (seed, files, obs_ids) published under this IVOA authority
+    # (e.g. "mirror.example"), which replaces the release's in every obs_publisher_did and
+    # ivo:// Datalink ID served; None: the release's own DIDs
+    publisher: str | None = None
+    # serve ObsCore's obs_creator_did (the release's own DID, as a mirror keeps it);
+    # None: only when publisher is set (the RSP serves no such column)
+    creator_did: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", tuple(self.registry))
+        if self.publisher is not None:
+            check_authority(self.publisher)
+        if self.creator_did is None:
+            object.__setattr__(self, "creator_did", self.publisher is not None)
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is not one of {', '.join(PROFILES)}")
         for name, allowed in (
@@ -172,7 +184,11 @@ class ArchiveSettings:
 
     def sky_config(self) -> SkyConfig:
         return SkyConfig(
-            seed=self.seed, n_visits=self.n_visits, binning=self.binning, naming=self.naming
+            seed=self.seed,
+            n_visits=self.n_visits,
+            binning=self.binning,
+            naming=self.naming,
+            publisher=self.publisher,
         )
 
 
@@ -285,6 +301,7 @@ class EmbeddedArchive:
                 access_style=self.settings.access_style,
                 base_url=self.base_url,
                 file_suffix=self.files.served.url_suffix,
+                creator_did=bool(self.settings.creator_did),
             ),
             1,
         )
@@ -360,6 +377,16 @@ class EmbeddedArchive:
     def truth(self, ra: float, dec: float) -> frozenset[str]:
         """``obs_publisher_did`` of every image whose pixels (header WCS) contain the point."""
         return frozenset(self.sky.product(pid).obs_publisher_did for pid in self.sky.truth(ra, dec))
+
+    def creator_truth(self, ra: float, dec: float) -> frozenset[str]:
+        """:meth:`truth` as creator DIDs: equal for an archive and its mirrors, so a test
+        can compare what a run over several of them stored, one image once."""
+        return frozenset(self.sky.product(pid).obs_creator_did for pid in self.sky.truth(ra, dec))
+
+    def creator_dids(self) -> dict[str, str]:
+        """Every ``obs_publisher_did`` served -> the image's ``obs_creator_did`` (the
+        release's own DID: the same string when this archive is no mirror)."""
+        return {p.obs_publisher_did: p.obs_creator_did for p in self.sky.products}
 
     def _arrived(self, request: Request, conn: Connection) -> None:
         """Count a request by method as it arrives, before any fault may hold it."""
@@ -891,8 +918,6 @@ class EmbeddedArchive:
         except ValueError:
             raise BadRequest("give ra and dec in degrees") from None
         dids = sorted(self.truth(ra, dec))
-        return Response(
-            200,
-            json.dumps({"ra": ra, "dec": dec, "obs_publisher_did": dids}).encode(),
-            "application/json",
-        )
+        creators = sorted(self.creator_truth(ra, dec))
+        body = {"ra": ra, "dec": dec, "obs_publisher_did": dids, "obs_creator_did": creators}
+        return Response(200, json.dumps(body).encode(), "application/json")

@@ -14,6 +14,7 @@ products by a release-independent *kind*.  Two releases are known:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from types import MappingProxyType
@@ -263,6 +264,34 @@ NAMINGS: Final[MappingProxyType[str, Naming]] = MappingProxyType(
         ),
     }
 )
+
+
+_AUTHORITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{2,}")
+"""An IVOA authority ID (Identifiers 2.0 §2.3): alphanumeric first, three or more
+characters from the URI's unreserved set."""
+
+
+def check_authority(authority: str) -> str:
+    """``authority`` if it is an IVOA authority ID (``mirror.example``), else ValueError."""
+    if not _AUTHORITY.fullmatch(authority):
+        raise ValueError(
+            f"publisher {authority!r} is not an IVOA authority ID "
+            "(e.g. mirror.example: a letter or digit, then letters, digits or ._~-)"
+        )
+    return authority
+
+
+def with_authority(ivoid: str, authority: str) -> str:
+    """``ivoid`` published by ``authority``: ``ivo://org.rubinobs/usdac/dp02?repo=..``
+    becomes ``ivo://mirror.example/usdac/dp02?repo=..``. The path and query stay, so each
+    product keeps its own identifier; a non-``ivo://`` ID (DP0.2's ``butler://``) is not
+    an IVOA identifier and is returned as it is."""
+    scheme = "ivo://"
+    if not ivoid.startswith(scheme):
+        return ivoid
+    rest = ivoid[len(scheme) :]
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return scheme + authority + rest[cut:]
 
 
 def get_naming(name: str) -> Naming:

@@ -27,6 +27,9 @@ class Product:
     shared by all 9 detectors of a visit (``CC_O_20241108_000253``), and
     ``lsst_cells_v1-5063-14`` for every coadd of a patch."""
     obs_publisher_did: str
+    """As this archive serves it: a mirror's (``ArchiveSettings.publisher``) differs."""
+    obs_creator_did: str
+    """The release's own DID, whoever publishes the image: one image across mirrors."""
     kind: str
     """Release-independent kind, see :mod:`obsharvest.simarchive.sky.naming`."""
     dataset_type: str

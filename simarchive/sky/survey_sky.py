@@ -52,8 +52,10 @@ from obsharvest.simarchive.sky.naming import (
     RAW,
     TEMPLATE_COADD,
     VISIT_KINDS,
+    check_authority,
     get_naming,
     visit_name,
+    with_authority,
 )
 from obsharvest.simarchive.sky.pixels import PixelRecipe
 from obsharvest.simarchive.sky.product import Product
@@ -145,8 +147,14 @@ class SkyConfig:
     field_dec: float = -37.0
     extra_visits: int = 0
     """Visits observed after the survey ("time moves on"); the others stay unchanged."""
+    publisher: str | None = None
+    """IVOA authority the products are published under (``mirror.example``): a mirror's
+    DIDs (and ``ivo://`` Datalink IDs) for the same images, files and obs_ids. None: the
+    release's own; the release's DID stays each product's ``obs_creator_did``."""
 
     def __post_init__(self) -> None:
+        if self.publisher is not None:
+            check_authority(self.publisher)
         if self.extra_visits < 0:
             raise ValueError("extra_visits must be >= 0")
         if self.binning < 1:
@@ -444,10 +452,15 @@ class Sky:
         def cat(a: np.ndarray, b: object) -> np.ndarray:
             return np.concatenate([np.asarray(a), np.asarray(b, dtype=np.asarray(a).dtype)])
 
+        def served(ivoid: str) -> str:  # as this archive publishes it (a mirror: its own)
+            return ivoid if cfg.publisher is None else with_authority(ivoid, cfg.publisher)
+
+        creator_dids = [nm.publisher_did(u) for u in uuids]
         return {
             "uuid": uuids,
-            "id": [nm.product_id(u) for u in uuids],
-            "did": [nm.publisher_did(u) for u in uuids],
+            "id": [served(nm.product_id(u)) for u in uuids],
+            "did": [served(d) for d in creator_dids],
+            "creator_did": creator_dids,
             "obs_id": obs_id,
             "file_path": file_path,
             "kind": all_kind,
@@ -511,6 +524,7 @@ class Sky:
                     uuid=lists["uuid"][i],
                     obs_id=lists["obs_id"][i],
                     obs_publisher_did=lists["did"][i],
+                    obs_creator_did=lists["creator_did"][i],
                     kind=kind,
                     dataset_type=dst,
                     subtype=subtype,
@@ -560,6 +574,7 @@ class Sky:
             uuid=c["uuid"][i],
             obs_id=c["obs_id"][i],
             obs_publisher_did=c["did"][i],
+            obs_creator_did=c["creator_did"][i],
             kind=kind,
             dataset_type=kn.dataset_type,
             subtype=kn.subtype,
@@ -595,6 +610,7 @@ class Sky:
         access_style: str = "datalink",
         base_url: str = "",
         file_suffix: str = "",
+        creator_did: bool = False,
     ) -> Table:
         """ivoa.ObsCore rows for every product (see :mod:`obsharvest.simarchive.obscore`)."""
         from obsharvest.simarchive.obscore import build_obscore_table
@@ -605,6 +621,7 @@ class Sky:
             access_style=access_style,
             base_url=base_url,
             file_suffix=file_suffix,
+            creator_did=creator_did,
         )
 
     # ----------------------------------------------------------------- files
