@@ -62,6 +62,9 @@ def _overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         put("radius", args.radius, f"--radius {args.radius:g}")
     if args.output:
         put("output_url", args.output, f"--output {args.output}")
+    if args.tap:  # one or more services, named from their hosts; no token unless named
+        given = " ".join(f"--tap {u}" for u in args.tap)
+        put("services", [{"tap_url": u} for u in args.tap], given)
     if args.plan:
         put("plan", True, "--plan")
     for name in ("bands", "subtypes"):
@@ -444,6 +447,14 @@ def _harvest_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--ra", help="one target: right ascension (deg or hh:mm:ss)")
     run.add_argument("--dec", help="one target: declination (deg or dd:mm:ss)")
     run.add_argument("--radius", type=float, help="deg: harvest images overlapping this circle")
+    run.add_argument(
+        "--tap",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an ObsTAP service's TAP URL, instead of the profile's (repeatable: several "
+        "services in one run, into one output)",
+    )
     run.add_argument("--output", help="output URL: metadata/ Parquet and, by default, fits/")
     run.add_argument(
         "--plan",

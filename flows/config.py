@@ -238,6 +238,11 @@ def build_params(
     labels = {k: (sources or {}).get(k) or f"parameter {k}" for k in overrides}
     for key, value in overrides.items():
         set_dotted(data, key, value)
+    # an override's services replace the profile's service, and the other way round
+    if "services" in overrides:
+        data.pop("service", None)
+    elif any(k == "service" or k.startswith("service.") for k in overrides):
+        data.pop("services", None)
     if data.get("targets") is not None and (
         data.get("ra") is not None or data.get("dec") is not None
     ):

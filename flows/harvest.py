@@ -9,10 +9,13 @@ cancellation) is ``stops``, the connection to the service ``service``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -25,7 +28,7 @@ from obsharvest import incremental as incremental_state
 from obsharvest.errors import UserError
 from obsharvest.images.settings import ImageSettings
 from obsharvest.metadata import MetadataStore
-from obsharvest.models import ImageOutcome, ImageWork, Summary, Target
+from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary, Summary, Target
 from obsharvest.net.archive import Archive
 from obsharvest.net.redact import install_redaction
 from obsharvest.net.retry import one_line
@@ -35,6 +38,7 @@ from obsharvest.query.obscore import QueryOptions
 from obsharvest.report import split_unfinished
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
+from obsharvest.services import BAND, Shared, pairs, share, tally
 from obsharvest.storage.output import Output
 from obsharvest.targets import in_sky_order
 from obsharvest.tasks import artifacts, progress
@@ -45,6 +49,7 @@ from obsharvest.tasks.query import query_obscore
 from . import settings, stops
 from .config import as_params
 from .params import HarvestParams
+from .params import Service as ServiceParams
 from .preflight import constraints_of as _constraints
 from .preflight import preflight, with_storage_credentials
 from .quiet import quiet_library_noise
@@ -54,38 +59,36 @@ from .service import connect
 log = logging.getLogger(__name__)
 
 
-def _query_all(
-    params: HarvestParams,
-    archive: Archive,
-    targets: list[Target],
-    constraints: Constraints,
-    logger,
-    options: QueryOptions,
-) -> tuple[Table, list[tuple[str, str]]]:
-    """Query every target (in coarse batches), keeping failed batches as reported failures."""
-    chunks = list(workers.batches(targets, params.concurrency.targets_per_task))
-    strategy = settings.strategy(params)
-    futures = [
-        query_obscore.submit(
-            archive, chunk, constraints, strategy, options, label=f"{i + 1}-of-{len(chunks)}"
-        )
-        for i, chunk in enumerate(chunks)
-    ]
-    tables, failures = [], []
-    for future, chunk in zip(futures, chunks, strict=True):
-        try:
-            tables.append(stops.result(future))
-        except UserError:  # the user's to fix: ends the run (obsharvest.errors)
-            raise
-        except stopping.Interrupted as exc:
-            failures += [(f"target {t.name}", str(exc)) for t in chunk]
-        except Exception as exc:  # retries exhausted: these targets are missing, say why
-            reason = f"ObsCore query failed: {one_line(exc)}"
-            logger.error("%d targets not queried: %s", len(chunk), reason)
-            failures += [(f"target {t.name}", reason) for t in chunk]
-    tables = [t for t in tables if len(t)]
-    rows = vstack(tables, metadata_conflicts="silent") if tables else Table()
-    return rows, failures
+@dataclass
+class _Service:
+    """One of the run's services while the run lasts: its archive record, its query
+    constraints (its band column, its extra_where), how its images are worked, and its
+    line of the summary."""
+
+    archive: Archive
+    constraints: Constraints
+    image_settings: ImageSettings
+    tally: ServiceSummary
+
+
+@dataclass
+class _RunTotals:
+    """What a run keeps across its shards: small, whatever the number of rows."""
+
+    output: Output  # where its Parquet, state and gallery go: opened once, for the run
+    services: list[_Service]  # in the order the parameters list them
+    parts: list[Summary] = field(default_factory=list)
+    counted: dict[str, assemble.ImageTally] = field(default_factory=dict)  # by image
+    paths: list[str] = field(default_factory=list)
+    newest_t_min: list[float] = field(default_factory=list)  # per shard
+    gallery_items: list[GalleryItem] = field(default_factory=list)
+    images: int = 0  # the images of the shards begun so far (the progress total)
+    # built once: what the run learns of its services (no async, query shapes) lasts the run
+    query_options: QueryOptions = field(default_factory=QueryOptions)
+
+    @property
+    def several(self) -> bool:
+        return len(self.services) > 1
 
 
 def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Summary:
@@ -94,25 +97,25 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
     Each shard of ``execution.shard_targets`` targets (neighbours on the sky together) is
     queried, verified, stored and written to the Parquet before the next begins: memory is
     bounded by a shard, not by the run, and what a shard decided is on disk when it ends.
+    Several services are asked at once; an image they share is worked once.
     """
     logger = get_run_logger()
     logger.info("%d targets", len(targets))
     params = with_storage_credentials(params)
     # opened once, credentials included; handed to every writer (never a flow parameter)
     output = Output(params.output_url, params.output_storage_options, settings.timeouts(params))
-    base = _constraints(params)
     with (
-        connect(params, params.all_services[0]) as archive,
+        contextlib.ExitStack() as started,
         stops.run_deadline(params.execution.run_deadline_seconds),
     ):
-        progress.start("query", len(targets))
-        state = _incremental_state(params, output, base)
-        shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))
         run = _RunTotals(
             output=output,
+            services=[_service(params, svc, started) for svc in params.all_services],
             query_options=settings.query_options(params),
-            image_settings=settings.image_settings(params, archive),
         )
+        progress.start("query", len(targets) * len(run.services))
+        state = _incremental_state(params, output, run.services[0].constraints)
+        shards = list(workers.batches(in_sky_order(targets), params.execution.shard_targets))
         for number, shard in enumerate(shards, 1):
             if number > 1:
                 rendezvous("shard")  # tests: a stop between shards
@@ -121,11 +124,22 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
                 continue
             if len(shards) > 1:
                 logger.info("shard %d of %d: %d targets", number, len(shards), len(shard))
-            _harvest_shard(params, archive, shard, base, state, run_id, run, logger)
+            _harvest_shard(params, shard, state, run_id, run, logger)
         summary = _sum_up(params, run, run_id, logger)
         if state is not None and summary.ok and not params.plan:
             _save_watermarks(params, state, targets, run, summary, run_id)
         return summary
+
+
+def _service(params: HarvestParams, svc: ServiceParams, started: contextlib.ExitStack) -> _Service:
+    """One service, connected (an embedded archive started) for the length of the run."""
+    archive = started.enter_context(connect(params, svc))
+    return _Service(
+        archive=archive,
+        constraints=_constraints(params, svc),
+        image_settings=settings.image_settings(params, archive),
+        tally=ServiceSummary(archive.name),
+    )
 
 
 def _incremental_state(
@@ -143,6 +157,7 @@ def _sum_up(params: HarvestParams, run: _RunTotals, run_id: str, logger) -> Summ
         gallery(run.gallery_items, run.output)
     rendezvous("summary")  # tests: a stop while the run sums up
     summary = assemble.merge(run_id, run.parts, plan=params.plan)
+    summary.services = [s.tally for s in run.services]
     summary.interrupted = stopping.describe() if stopping.requested() else None
     for line in split_unfinished(summary.failures)[1]:  # one line, not one per image
         logger.warning(line)
@@ -179,27 +194,9 @@ def _save_watermarks(
     )
 
 
-@dataclass
-class _RunTotals:
-    """What a run keeps across its shards: small, whatever the number of rows."""
-
-    output: Output  # where its Parquet, state and gallery go: opened once, for the run
-    image_settings: ImageSettings  # how its images are worked against its archive
-    parts: list[Summary] = field(default_factory=list)
-    counted: dict[str, assemble.ImageTally] = field(default_factory=dict)  # by image
-    paths: list[str] = field(default_factory=list)
-    newest_t_min: list[float] = field(default_factory=list)  # per shard
-    gallery_items: list[GalleryItem] = field(default_factory=list)
-    images: int = 0  # the images of the shards begun so far (the progress total)
-    # built once: what the run learns of its services (no async, query shapes) lasts the run
-    query_options: QueryOptions = field(default_factory=QueryOptions)
-
-
 def _harvest_shard(
     params: HarvestParams,
-    archive: Archive,
     shard: list[Target],
-    base: Constraints,
     state: incremental_state.State | None,
     run_id: str,
     run: _RunTotals,
@@ -207,43 +204,52 @@ def _harvest_shard(
 ) -> None:
     """Query, verify, store and write one shard; its summary and paths go into ``run``."""
     by_name = {t.name: t for t in shard}
-    groups = incremental_state.windows(shard, state) if state is not None else {None: shard}
-    parts, query_failures = [], []
-    for watermark, group in groups.items():
-        constraints = base
-        if watermark is not None:
-            start = max(watermark, base.t_min) if base.t_min is not None else watermark
-            constraints = base.with_time(start, base.t_max)
-            logger.info("%d targets: incremental window from MJD %.6f", len(group), start)
-        rows_part, failed = _query_all(
-            params, archive, group, constraints, logger, run.query_options
-        )
-        parts.append(rows_part)
-        query_failures += failed
-    parts = [p for p in parts if len(p)]
-    rows = vstack(parts, metadata_conflicts="silent") if parts else Table()
-    del parts
-    metadata = MetadataStore(run.output)
+    found, query_failures = _query_services(params, shard, state, run, logger)
     priors = assemble.priors_from(  # the current view, of earlier runs: shards' targets differ
-        metadata.read(columns=assemble.PRIOR_COLUMNS, targets=by_name, exclude_run=run_id)
+        MetadataStore(run.output).read(
+            columns=assemble.PRIOR_COLUMNS, targets=by_name, exclude_run=run_id
+        )
     )
-    works = assemble.image_works(rows, by_name, priors, band_column=archive.band_column)
-    logger.info("%d (target, image) rows, %d unique images", len(rows), len(works))
+    shared = share(
+        {
+            s.archive.name: assemble.image_works(
+                found[s.archive.name], by_name, priors, band_column=s.archive.band_column
+            )
+            for s in run.services
+        }
+    )
+    works = [w for s in run.services for w in shared.works[s.archive.name]]
+    rows_total = sum(len(found[s.archive.name]) for s in run.services)
+    logger.info("%d (target, image) rows, %d unique images", rows_total, len(works))
     if params.products.mode == "cutout" and params.products.cutout_fallback == "fail":
-        check_cutouts(archive, works, run.image_settings)
+        for s in run.services:
+            if shared.works[s.archive.name]:
+                check_cutouts(s.archive, shared.works[s.archive.name], s.image_settings)
     run.images += len(works)
     progress.start("images", run.images)
-    outcomes = _process_all(params, archive, run.image_settings, works)
-    if len(rows):
-        run.paths += write_metadata(rows, by_name, outcomes, run_id, run.output)
-    if params.products.quicklook and len(rows) and not params.plan and not stopping.requested():
-        run.gallery_items += footprints(rows, by_name, outcomes, run.output)
+    outcomes = shared.outcomes_for_all(_process_services(params, run, shared))
+    for s in run.services:
+        rows = found[s.archive.name]
+        if len(rows):
+            run.paths += write_metadata(
+                rows,
+                by_name,
+                outcomes,
+                run_id,
+                run.output,
+                service=s.archive.name,
+                served_by=shared.served_by,
+            )
+        if params.products.quicklook and len(rows) and not (params.plan or stopping.requested()):
+            run.gallery_items += footprints(rows, by_name, outcomes, run.output)
+        tally(s.tally, rows, shared.works[s.archive.name], shared.served_by, outcomes)
+    bands = {s.archive.name: s.archive.band_column for s in run.services}
     part = assemble.summarize(
-        rows,
+        pairs(found, bands, shared.alias),
         works,
         outcomes,
         run_id,
-        band_column=archive.band_column,
+        band_column=BAND,
         plan=params.plan,
         cutout_radius=params.products.cutout_radius,
         cutout_mode=params.products.mode == "cutout",
@@ -251,11 +257,107 @@ def _harvest_shard(
     )
     part.failures = query_failures + part.failures
     run.parts.append(part)
-    if len(rows) and "t_min" in rows.colnames:
-        values = np.asarray(rows["t_min"], dtype=float)
-        values = values[np.isfinite(values)]
-        if values.size:
-            run.newest_t_min.append(float(values.max()))
+    run.newest_t_min += _newest_t_min(found.values())
+
+
+def _query_services(
+    params: HarvestParams,
+    shard: list[Target],
+    state: incremental_state.State | None,
+    run: _RunTotals,
+    logger,
+) -> tuple[dict[str, Table], list[tuple[str, str]]]:
+    """Every service's rows for the shard (all services asked at once), and the targets
+    whose queries failed, each with the service's words."""
+    groups = incremental_state.windows(shard, state) if state is not None else {None: shard}
+    submitted = []
+    for watermark, group in groups.items():
+        for s in run.services:
+            constraints = _window(s.constraints, watermark, len(group), logger)
+            started = time.monotonic()
+            submitted.append((s, _submit_queries(params, s.archive, group, constraints, run)))
+            s.tally.seconds -= started  # plus the time its last batch ends, below
+    tables: dict[str, list[Table]] = {s.archive.name: [] for s in run.services}
+    failures: list[tuple[str, str]] = []
+    for s, batches in submitted:
+        found, failed = _collect_queries(batches, s, run.several, logger)
+        tables[s.archive.name] += found
+        failures += failed
+        s.tally.seconds += time.monotonic()
+    return {n: _stacked(t) for n, t in tables.items()}, failures
+
+
+def _window(base: Constraints, watermark: float | None, count: int, logger) -> Constraints:
+    """An incremental group's constraints: from its watermark on."""
+    if watermark is None:
+        return base
+    start = max(watermark, base.t_min) if base.t_min is not None else watermark
+    logger.info("%d targets: incremental window from MJD %.6f", count, start)
+    return base.with_time(start, base.t_max)
+
+
+def _submit_queries(
+    params: HarvestParams,
+    archive: Archive,
+    targets: list[Target],
+    constraints: Constraints,
+    run: _RunTotals,
+) -> list[tuple[Any, list[Target]]]:
+    """A query task per batch of targets, submitted (the services' run at once)."""
+    chunks = list(workers.batches(targets, params.concurrency.targets_per_task))
+    strategy = settings.strategy(params)
+    prefix = f"{archive.name}-" if run.several else ""
+    return [
+        (
+            query_obscore.submit(
+                archive,
+                chunk,
+                constraints,
+                strategy,
+                run.query_options,
+                label=f"{prefix}{i + 1}-of-{len(chunks)}",
+            ),
+            chunk,
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def _collect_queries(
+    submitted: list[tuple[Any, list[Target]]], s: _Service, several: bool, logger
+) -> tuple[list[Table], list[tuple[str, str]]]:
+    """The batches' rows; a failed batch's targets as failures, with the service's words."""
+    tables, failures = [], []
+    named = f"{s.archive.name}: " if several else ""
+    for future, chunk in submitted:
+        try:
+            tables.append(stops.result(future))
+        except UserError:  # the user's to fix: ends the run (obsharvest.errors)
+            raise
+        except stopping.Interrupted as exc:
+            failures += [(f"target {t.name}", f"{named}{exc}") for t in chunk]
+        except Exception as exc:  # retries exhausted: these targets are missing, say why
+            reason = f"{named}ObsCore query failed: {one_line(exc)}"
+            logger.error("%d targets not queried: %s", len(chunk), reason)
+            failures += [(f"target {t.name}", reason) for t in chunk]
+            s.tally.failed += len(chunk)
+    return [t for t in tables if len(t)], failures
+
+
+def _stacked(tables: list[Table]) -> Table:
+    return vstack(tables, metadata_conflicts="silent") if tables else Table()
+
+
+def _newest_t_min(tables) -> list[float]:
+    """The newest image start time of each service's rows (incremental watermarks)."""
+    out = []
+    for rows in tables:
+        if len(rows) and "t_min" in rows.colnames:
+            values = np.asarray(rows["t_min"], dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                out.append(float(values.max()))
+    return out
 
 
 def _not_started(run_id: str, shard: list[Target], number: int, total: int) -> Summary:
@@ -266,27 +368,53 @@ def _not_started(run_id: str, shard: list[Target], number: int, total: int) -> S
     )
 
 
-def _process_all(
-    params: HarvestParams, archive: Archive, image_settings: ImageSettings, works: list[ImageWork]
+def _process_services(
+    params: HarvestParams, run: _RunTotals, shared: Shared
 ) -> dict[str, ImageOutcome]:
-    """Image batches as tasks; a progress artifact follows them as they finish."""
+    """Every service's image batches as tasks, all submitted before any is waited on; a
+    progress artifact follows them as they finish."""
+    submitted = []
+    for s in run.services:
+        started = time.monotonic()
+        submitted.append((s, _submit_images(params, s, shared.works[s.archive.name], run)))
+        s.tally.seconds -= started
+    tracker = artifacts.ProgressTracker(sum(len(w) for w in shared.works.values()))
+    outcomes: dict[str, ImageOutcome] = {}
+    for s, batches in submitted:
+        outcomes.update(_collect_images(batches, tracker))
+        s.tally.seconds += time.monotonic()
+    return outcomes
+
+
+def _submit_images(
+    params: HarvestParams, s: _Service, works: list[ImageWork], run: _RunTotals
+) -> list[tuple[Any, list[ImageWork]]]:
     batches = list(
         workers.batches(works, params.concurrency.images_per_task, params.concurrency.task_workers)
     )
-    futures = [
-        process_images.submit(
-            archive,
+    prefix = f"{s.archive.name}-" if run.several else ""
+    return [
+        (
+            process_images.submit(
+                s.archive,
+                batch,
+                s.image_settings,
+                params.storage_url,
+                params.storage_options,
+                label=f"{prefix}{i + 1}-of-{len(batches)}",
+            ),
             batch,
-            image_settings,
-            params.storage_url,
-            params.storage_options,
-            label=f"{i + 1}-of-{len(batches)}",
         )
         for i, batch in enumerate(batches)
     ]
-    tracker = artifacts.ProgressTracker(len(works))
+
+
+def _collect_images(
+    submitted: list[tuple[Any, list[ImageWork]]], tracker: artifacts.ProgressTracker
+) -> dict[str, ImageOutcome]:
+    """The batches' outcomes; a batch that crashed or was abandoned: failures, with why."""
     outcomes: dict[str, ImageOutcome] = {}
-    for future, batch in zip(futures, batches, strict=True):
+    for future, batch in submitted:
         try:
             result = stops.result(future, raise_on_failure=False)
         except stopping.Interrupted as exc:  # abandoned: its images did not finish
@@ -342,7 +470,9 @@ def harvest(params: HarvestParams) -> Summary:
     params = preflight(as_params(params))  # a deployment run's checks; the CLI's carried over
     targets = params.checked_targets or []
     run_id = str(flow_run.id or uuid.uuid4())
-    runner = task_runner_for(params.execution, params.concurrency.task_workers)
+    # each service its task_workers: several are asked at once, not one after another
+    workers_ = params.concurrency.task_workers * len(params.all_services)
+    runner = task_runner_for(params.execution, workers_)
 
     def body() -> Summary:
         if runner == harvest.task_runner:

@@ -53,9 +53,10 @@ from obsharvest.runtime import workers
 from obsharvest.storage.output import METADATA_DIR, Output
 from obsharvest.targets import read_targets, single_target
 
-from .blocks import aws_storage_options, service_token
+from .blocks import aws_storage_options
 from .config import source_of
 from .params import HarvestParams, Service
+from .service import token_of
 
 log = logging.getLogger(__name__)
 PROBE_PREFIX = ".obsharvest-probe-"
@@ -124,11 +125,6 @@ def check_inputs(params: HarvestParams) -> list[Target]:
                 source_of(params, err.column or "ra"), err.problems, err.count
             ) from None
     constraints_of(params).clauses()
-    if len(params.all_services) > 1:  # the next commit harvests them (issue 24)
-        raise PreflightError(
-            f"{source_of(params, 'services')}: several services in one run are not "
-            "harvested yet: give one service"
-        )
     _check_modes(params, targets)
     if params.storage.aws_credentials_block:
         aws_storage_options(params.storage.aws_credentials_block)
@@ -204,7 +200,7 @@ def _check_one(params: HarvestParams, svc: Service, key: str) -> None:
     tap_url = svc.tap_url
     if svc.embedded is not None or not tap_url:
         return  # started by the run itself: nothing to ask yet
-    token, source = service_token(svc.token_env, svc.token_secret_block)
+    token, source = token_of(params, svc)
     where = source_of(params, f"{key}.tap_url")
     if svc.token_required and not token:
         raise PreflightError(

@@ -14,11 +14,22 @@ from .blocks import service_token
 from .params import HarvestParams, Service
 
 
+def token_of(params: HarvestParams, svc: Service) -> tuple[str | None, str]:
+    """A service's token and where it comes from. Of several services, only one that
+    names its own ``token_env`` or ``token_secret_block`` gets one: a token in
+    ``$ACCESS_TOKEN`` (the default) is for one archive, never sent to every service of
+    the run."""
+    named = {"token_env", "token_secret_block"} & svc.model_fields_set
+    if params.service is None and not named:
+        return None, f"no token (services: {svc.label} names no token_env)"
+    return service_token(svc.token_env, svc.token_secret_block)
+
+
 @contextlib.contextmanager
 def connect(params: HarvestParams, svc: Service) -> Iterator[Archive]:
     """One of the run's services as an archive record; starts the embedded archive when
     the profile asks."""
-    token, source = service_token(svc.token_env, svc.token_secret_block)
+    token, source = token_of(params, svc)
     if svc.embedded is None:
         assert svc.tap_url is not None  # Service: exactly one of tap_url and embedded
         yield settings.archive(params, svc, svc.tap_url, token, source)

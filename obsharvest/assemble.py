@@ -40,9 +40,11 @@ from obsharvest.storage.keys import object_key
 from obsharvest.verify.sregion import region_text
 
 ID_COLUMN = "obs_publisher_did"
+CREATOR_COLUMN = "obs_creator_did"  # ObsCore 1.1, optional: the same image across archives
 
 
-def _text(value) -> str:
+def text_of(value) -> str:
+    """A cell of an ObsCore reply as text ("" for a masked or missing value)."""
     if value is None or value is np.ma.masked:
         return ""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -69,18 +71,18 @@ def _id_value(
     """The row's ID for a service (Datalink, SODA), from the column its descriptor names."""
     if descriptor is None or descriptor.id_column not in colnames:
         return None
-    return _text(row[descriptor.id_column]) or None
+    return text_of(row[descriptor.id_column]) or None
 
 
 def _storage_key(colnames: Sequence[str], row, did: str, band_column: str | None) -> str:
     """Where an image is stored: collection, subtype, band and a name unique to it."""
     return object_key(
-        _text(row["obs_collection"]) if "obs_collection" in colnames else "collection",
-        _text(row["dataproduct_subtype"]) if "dataproduct_subtype" in colnames else "image",
-        (_text(row[band_column]) if band_column is not None else "") or "none",
+        text_of(row["obs_collection"]) if "obs_collection" in colnames else "collection",
+        text_of(row["dataproduct_subtype"]) if "dataproduct_subtype" in colnames else "image",
+        (text_of(row[band_column]) if band_column is not None else "") or "none",
         # obs_id is not unique (DP0.2 shares it across raw/calexp/diff; DP1 across
         # a visit's detectors): a short hash of obs_publisher_did keeps keys apart
-        f"{_text(row['obs_id']) or 'image'}_{hashlib.sha1(did.encode()).hexdigest()[:8]}",
+        f"{text_of(row['obs_id']) or 'image'}_{hashlib.sha1(did.encode()).hexdigest()[:8]}",
     )
 
 
@@ -100,7 +102,7 @@ def image_works(
     by_image: dict[str, list[str]] = defaultdict(list)
     first: dict[str, int] = {}
     for i, (did, name) in enumerate(zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True)):
-        did, name = _text(did), _text(name)
+        did, name = text_of(did), text_of(name)
         if name not in by_image[did]:
             by_image[did].append(name)
         first.setdefault(did, i)
@@ -112,14 +114,15 @@ def image_works(
     has_format = "access_format" in rows.colnames
     has_region = "s_region" in rows.colnames  # text, or a DALI array written as STC-S
     s_region_xtype = rows["s_region"].meta.get("xtype") if has_region else None
+    has_creator = CREATOR_COLUMN in rows.colnames
     for did, names in by_image.items():
         row = rows[first[did]]
         key = _storage_key(rows.colnames, row, did, band_column if has_band else None)
         works.append(
             ImageWork(
                 key=did,
-                access_url=_text(row["access_url"]),
-                access_format=_text(row["access_format"]) if has_format else "",
+                access_url=text_of(row["access_url"]),
+                access_format=text_of(row["access_format"]) if has_format else "",
                 datalink_url=datalink.endpoint if datalink else None,
                 datalink_id=_id_value(rows.colnames, row, datalink),
                 soda_url=soda.endpoint if soda else None,
@@ -129,6 +132,7 @@ def image_works(
                 targets=tuple(targets[n] for n in names),
                 priors={n: priors[(n, did)] for n in names if (n, did) in priors},
                 s_region=(region_text(row["s_region"], s_region_xtype) or "") if has_region else "",
+                creator_did=text_of(row[CREATOR_COLUMN]) if has_creator else "",
             )
         )
     return works
@@ -182,14 +186,19 @@ def metadata_rows(
     outcomes: Mapping[str, ImageOutcome],
     run_id: str,
     when: datetime | None = None,
+    *,
+    service: str | None = None,
+    served_by: Mapping[str, Sequence[str]] | None = None,
 ) -> pa.Table:
     """Every (target, image) row: all ObsCore columns as the archive sent them (its
-    ``target_name`` included) plus the harvest's decisions in ``obsh_*`` columns."""
+    ``target_name`` included) plus the harvest's decisions in ``obsh_*`` columns;
+    ``service`` returned the rows, ``served_by`` names every service serving each DID."""
     when = when or datetime.now(UTC)
+    served_by = served_by or {}
     obscore = obscore_to_arrow(rows, drop=[TARGET_COLUMN])
     values: dict[str, list] = defaultdict(list)
     for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True):
-        did, name = _text(did), _text(name)
+        did, name = text_of(did), text_of(name)
         target = targets[name]
         outcome = outcomes.get(did)
         verdict = outcome.verdicts.get(name) if outcome else None
@@ -215,6 +224,9 @@ def metadata_rows(
         values["obsh_quicklook_uri"].append(
             (outcome.quicklooks.get(name) or None) if outcome else None
         )
+        values["obsh_service"].append(service)
+        serving = served_by.get(did) or ([service] if service else [])
+        values["obsh_services"].append(",".join(serving) or None)
         values["obsh_run_id"].append(run_id)
         values["obsh_harvested_at"].append(when)
     return with_harvest_columns(obscore, values)
@@ -259,7 +271,7 @@ def _per_target(
             per_target.setdefault(target.name, TargetSummary(target.name))
     pairs_seen: set[tuple[str, str]] = set()
     for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True) if len(rows) else ():
-        did, name = _text(did), _text(name)
+        did, name = text_of(did), text_of(name)
         if (name, did) in pairs_seen:
             continue
         pairs_seen.add((name, did))
@@ -272,7 +284,7 @@ def _by_image(rows: Table, column: str) -> dict[str, str]:
     """``column``'s text per image id; empty when the reply has no such column."""
     if not (len(rows) and column in rows.colnames):
         return {}
-    return {_text(d): _text(v) for d, v in zip(rows[ID_COLUMN], rows[column], strict=True)}
+    return {text_of(d): text_of(v) for d, v in zip(rows[ID_COLUMN], rows[column], strict=True)}
 
 
 def _count_stored(

@@ -131,6 +131,14 @@ HARVEST_FIELDS: list[tuple[str, pa.DataType, str, str | None]] = [
         "deg",
     ),
     ("obsh_quicklook_uri", pa.string(), "Where the quicklook PNG is stored", None),
+    ("obsh_service", pa.string(), "The service (as the run names it) that returned the row", None),
+    (
+        "obsh_services",
+        pa.string(),
+        "Every service of the run that serves this image, comma-separated (one stored "
+        "object for all of them)",
+        None,
+    ),
     ("obsh_run_id", pa.string(), "The harvest run that decided this row", None),
     (
         "obsh_harvested_at",

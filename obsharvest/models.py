@@ -200,6 +200,13 @@ class ImageWork:
     soda_url: str | None = None  # the TAP result's SODA descriptor (for direct files)
     soda_id: str | None = None
     soda_shape: str = "CIRCLE"  # the SODA shape parameter that descriptor takes
+    creator_did: str = ""  # ObsCore obs_creator_did, if served: one image across archives
+
+    @property
+    def identity(self) -> str:
+        """What makes two archives' rows one image: the creator's DID when the archive
+        serves one, else the publisher's (mirrors serve one file under several)."""
+        return self.creator_did or self.key
 
     @property
     def kind(self) -> Kind:
@@ -283,9 +290,26 @@ class TargetSummary:
 
 
 @dataclass
+class ServiceSummary:
+    """One service's share of a run: its rows, the images it served, what was stored from
+    it (an image served by several is stored once, counted for the service it came from),
+    what failed, and how long its queries and images took."""
+
+    name: str
+    rows: int = 0
+    images: int = 0
+    also_elsewhere: int = 0  # of its images, served by another service of the run too
+    stored: int = 0
+    bytes: int = 0
+    failed: int = 0  # images, and targets whose query failed
+    seconds: float = 0.0
+
+
+@dataclass
 class Summary:
     run_id: str
     targets: list[TargetSummary] = field(default_factory=list)
+    services: list[ServiceSummary] = field(default_factory=list)  # several: one line each
     images: int = 0
     downloaded: int = 0
     downloaded_bytes: int = 0

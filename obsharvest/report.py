@@ -21,6 +21,23 @@ def human_bytes(n: int | float) -> str:
     return f"{n} B"
 
 
+def service_rows(summary: Summary) -> list[dict]:
+    """One row per service of the run (the Prefect table artifact ``harvest-services``)."""
+    return [
+        {
+            "service": v.name,
+            "rows": v.rows,
+            "images": v.images,
+            "also served by another": v.also_elsewhere,
+            "stored": v.stored,
+            "bytes": v.bytes,
+            "failed": v.failed,
+            "seconds": round(v.seconds, 1),
+        }
+        for v in summary.services
+    ]
+
+
 def target_rows(summary: Summary) -> list[dict]:
     return [
         {
@@ -133,6 +150,21 @@ def split_unfinished(
     return failed, lines
 
 
+def service_lines(summary: Summary) -> list[str]:
+    """One line per service of a run over several: what each served and what came from
+    it (an image several serve is stored once, from the first of them)."""
+    out = [
+        f"{'service':<24} {'rows':>6} {'images':>6} {'shared':>6} {'stored':>6} "
+        f"{'bytes':>10} {'fail':>5} {'time':>7}"
+    ]
+    for v in summary.services:
+        out.append(
+            f"{fit(v.name, 24)} {v.rows:>6} {v.images:>6} {v.also_elsewhere:>6} {v.stored:>6} "
+            f"{human_bytes(v.bytes):>10} {v.failed:>5} {v.seconds:>6.1f}s"
+        )
+    return out
+
+
 def text(summary: Summary, *, max_targets: int = 20) -> str:
     """The CLI's closing report. Names are fitted by display width, so the columns stay
     aligned for any script; the Parquet and FITS lines appear only when there is
@@ -149,6 +181,9 @@ def text(summary: Summary, *, max_targets: int = 20) -> str:
     if len(s.targets) > max_targets:
         out.append(f"… and {len(s.targets) - max_targets} more targets")
     out.append("")
+    if len(s.services) > 1:
+        out += service_lines(s)
+        out.append("")
     if s.plan:
         out.append(plan_line(s))
     else:

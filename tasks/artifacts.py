@@ -17,7 +17,7 @@ from prefect.artifacts import (
 
 from obsharvest.models import Summary
 from obsharvest.net.redact import redact
-from obsharvest.report import markdown, target_rows
+from obsharvest.report import markdown, service_rows, target_rows
 
 
 def _link(url: str) -> str:
@@ -74,6 +74,13 @@ def publish(summary: Summary) -> None:
         description="Per target: rows, true matches, s_region false positives, "
         "stored, bytes, failures",
     )
+    if summary.services:
+        create_table_artifact(
+            key="harvest-services",
+            table=service_rows(summary),
+            description="Per service: rows, images (and how many another service serves "
+            "too), stored from it, bytes, failures, seconds",
+        )
     create_markdown_artifact(
         key="harvest-summary", markdown=markdown(summary), description="Harvest summary"
     )

@@ -21,11 +21,16 @@ def write_metadata(
     outcomes: dict[str, ImageOutcome],
     run_id: str,
     output: Output,
+    service: str | None = None,
+    served_by: dict[str, list[str]] | None = None,
 ) -> list[str]:
-    """This run's own Parquet files, never a rewrite of another run's (runs at once)."""
+    """This run's own Parquet files, never a rewrite of another run's (runs at once):
+    ``rows`` of one ``service``, ``served_by`` naming every service serving each image."""
     if len(rows) == 0:
         return []
-    table = assemble.metadata_rows(rows, targets, outcomes, run_id)
+    table = assemble.metadata_rows(
+        rows, targets, outcomes, run_id, service=service, served_by=served_by
+    )
     return MetadataStore(output).append(table, run_id=run_id)
 
 

@@ -1,0 +1,136 @@
+"""Several services in one run: one image, one stored object, every service on its rows.
+
+Archives mirror each other: one observation may come back from several services of a
+run, under one ``obs_creator_did`` (the creator's identity, kept by mirrors), or one
+``obs_publisher_did``. Such an image is one piece of work: it is verified, fetched and
+stored once, by the first service of the run (in the order the parameters list them)
+that serves it, for the union of the targets each service found it for; the other
+services' rows take its outcome, under their own DIDs. Known before anything is
+fetched, from the ObsCore rows alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from astropy.table import Table
+
+from obsharvest.assemble import ID_COLUMN, TARGET_COLUMN, failure_of, text_of
+from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary
+
+BAND = "band"  # the band column of :func:`pairs`, whatever each service calls its own
+SUBTYPE = "dataproduct_subtype"
+
+
+@dataclass
+class Shared:
+    """The run's work across its services."""
+
+    # per service (in the run's order): the images it verifies and stores
+    works: dict[str, list[ImageWork]] = field(default_factory=dict)
+    # a DID whose image another service's work stands for -> that work's DID
+    alias: dict[str, str] = field(default_factory=dict)
+    # every DID -> the services (in the run's order) that serve its image
+    served_by: dict[str, list[str]] = field(default_factory=dict)
+
+    def outcomes_for_all(self, outcomes: Mapping[str, ImageOutcome]) -> dict[str, ImageOutcome]:
+        """``outcomes`` with each alias DID given its image's outcome, under its own key."""
+        out = dict(outcomes)
+        for did, primary in self.alias.items():
+            found = outcomes.get(primary)
+            if found is not None and did not in out:
+                out[did] = dataclasses.replace(found, key=did)
+        return out
+
+
+def share(works_by_service: Mapping[str, Sequence[ImageWork]]) -> Shared:
+    """One work per image across ``works_by_service`` (a mapping in the run's order)."""
+    first: dict[str, tuple[str, int]] = {}  # identity -> (service, index in its works)
+    shared = Shared(works={name: [] for name in works_by_service})
+    services_of: dict[str, list[str]] = {}
+    dids_of: dict[str, list[str]] = {}
+    for name, works in works_by_service.items():
+        for work in works:
+            identity = work.identity
+            _add(services_of.setdefault(identity, []), name)
+            _add(dids_of.setdefault(identity, []), work.key)
+            if identity not in first:
+                first[identity] = (name, len(shared.works[name]))
+                shared.works[name].append(work)
+                continue
+            owner, index = first[identity]
+            primary = shared.works[owner][index]
+            shared.works[owner][index] = _joined(primary, work)
+            if work.key != primary.key:
+                shared.alias[work.key] = primary.key
+    for identity, dids in dids_of.items():
+        for did in dids:
+            shared.served_by[did] = services_of[identity]
+    return shared
+
+
+def _add(items: list[str], item: str) -> None:
+    if item not in items:
+        items.append(item)
+
+
+def _joined(primary: ImageWork, other: ImageWork) -> ImageWork:
+    """``primary`` for the targets of both (each service may have found the image for
+    other targets: their s_region paddings differ), with what either knew of them."""
+    names = {t.name for t in primary.targets}
+    extra = tuple(t for t in other.targets if t.name not in names)
+    if not extra:
+        return primary
+    priors = {**{k: v for k, v in other.priors.items() if k not in names}, **primary.priors}
+    return dataclasses.replace(primary, targets=primary.targets + extra, priors=priors)
+
+
+def pairs(
+    found: Mapping[str, Table], band_columns: Mapping[str, str], alias: Mapping[str, str]
+) -> Table:
+    """The (target, image) pairs a run's summary counts, across its services (``found``:
+    each service's rows, in the run's order): each image under the DID of the work that
+    stands for it, so an image two services serve counts once; the band under ``BAND``."""
+    columns: dict[str, list[str]] = {ID_COLUMN: [], TARGET_COLUMN: [], SUBTYPE: [], BAND: []}
+    for name, rows in found.items():
+        n = len(rows)
+        if not n:
+            continue
+        band = band_columns.get(name, "")
+        subtypes = rows[SUBTYPE] if SUBTYPE in rows.colnames else [""] * n
+        bands = rows[band] if band in rows.colnames else [""] * n
+        for did, target, sub, b in zip(
+            rows[ID_COLUMN], rows[TARGET_COLUMN], subtypes, bands, strict=True
+        ):
+            did = text_of(did)
+            columns[ID_COLUMN].append(alias.get(did, did))
+            columns[TARGET_COLUMN].append(text_of(target))
+            columns[SUBTYPE].append(text_of(sub))
+            columns[BAND].append(text_of(b))
+    return Table(columns) if columns[ID_COLUMN] else Table()
+
+
+def tally(
+    line: ServiceSummary,
+    rows: Table,
+    works: Sequence[ImageWork],
+    served_by: Mapping[str, Sequence[str]],
+    outcomes: Mapping[str, ImageOutcome],
+) -> None:
+    """Add a shard to one service's line: its rows and images (and how many of them
+    another service serves too), then what it stored (``works``: the images it worked)
+    and what failed."""
+    line.rows += len(rows)
+    dids = {text_of(d) for d in rows[ID_COLUMN]} if len(rows) else set()
+    line.images += len(dids)
+    line.also_elsewhere += sum(1 for d in dids if len(served_by.get(d, ())) > 1)
+    for work in works:
+        outcome = outcomes.get(work.key)
+        if outcome is None or failure_of(outcome):
+            line.failed += 1
+            continue
+        if outcome.stored_objects:
+            line.stored += 1
+            line.bytes += sum(o.size for o in outcome.stored_objects if not o.skipped)
