@@ -28,7 +28,14 @@ from obsharvest import incremental as incremental_state
 from obsharvest.errors import UserError
 from obsharvest.images.settings import ImageSettings
 from obsharvest.metadata import MetadataStore
-from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary, Summary, Target
+from obsharvest.models import (
+    ImageOutcome,
+    ImageWork,
+    ServiceSummary,
+    StoredObject,
+    Summary,
+    Target,
+)
 from obsharvest.net.archive import Archive
 from obsharvest.net.redact import install_redaction
 from obsharvest.net.retry import one_line
@@ -38,8 +45,9 @@ from obsharvest.query.obscore import QueryOptions
 from obsharvest.report import split_unfinished
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint, rendezvous
-from obsharvest.services import BAND, Shared, pairs, share, tally
+from obsharvest.services import BAND, SameBytes, Shared, pairs, share, tally
 from obsharvest.storage.output import Output
+from obsharvest.storage.store import ObjectStore
 from obsharvest.targets import in_sky_order
 from obsharvest.tasks import artifacts, progress
 from obsharvest.tasks.images import check_cutouts, process_images
@@ -85,6 +93,7 @@ class _RunTotals:
     images: int = 0  # the images of the shards begun so far (the progress total)
     # built once: what the run learns of its services (no async, query shapes) lasts the run
     query_options: QueryOptions = field(default_factory=QueryOptions)
+    same_bytes: SameBytes = field(default_factory=SameBytes)  # one object per content
 
     @property
     def several(self) -> bool:
@@ -227,7 +236,9 @@ def _harvest_shard(
                 check_cutouts(s.archive, shared.works[s.archive.name], s.image_settings)
     run.images += len(works)
     progress.start("images", run.images)
-    outcomes = shared.outcomes_for_all(_process_services(params, run, shared))
+    outcomes, extra = run.same_bytes.fold(works, _process_services(params, run, shared))
+    _remove(params, extra, logger)
+    outcomes = shared.outcomes_for_all(outcomes)
     for s in run.services:
         rows = found[s.archive.name]
         if len(rows):
@@ -346,6 +357,19 @@ def _collect_queries(
 
 def _stacked(tables: list[Table]) -> Table:
     return vstack(tables, metadata_conflicts="silent") if tables else Table()
+
+
+def _remove(params: HarvestParams, extra: list[StoredObject], logger) -> None:
+    """Remove the files this run stored twice (the same bytes under two DIDs): their rows
+    point at the first copy."""
+    if not extra:
+        return
+    store = ObjectStore(
+        params.storage_url, params.storage_options, timeout=settings.timeouts(params)
+    )
+    for stored in extra:
+        store.delete(stored.key)
+    logger.info("%d files stored twice (the same bytes under other DIDs): kept once", len(extra))
 
 
 def _newest_t_min(tables) -> list[float]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from astropy.table import Table
 
 from obsharvest.assemble import ID_COLUMN, TARGET_COLUMN, failure_of, text_of
-from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary
+from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary, StoredObject
 
 BAND = "band"  # the band column of :func:`pairs`, whatever each service calls its own
 SUBTYPE = "dataproduct_subtype"
@@ -134,3 +134,34 @@ def tally(
         if outcome.stored_objects:
             line.stored += 1
             line.bytes += sum(o.size for o in outcome.stored_objects if not o.skipped)
+
+
+@dataclass
+class SameBytes:
+    """The files a run stored, by content: the first object stored with each (sha256,
+    size) stands for every later one with the same bytes (another DID, another service:
+    an archive that serves no creator DID, a mirror that renames)."""
+
+    first: dict[tuple[str, int], StoredObject] = field(default_factory=dict)
+
+    def fold(
+        self, works: Sequence[ImageWork], outcomes: Mapping[str, ImageOutcome]
+    ) -> tuple[dict[str, ImageOutcome], list[StoredObject]]:
+        """``outcomes`` with each image whose file has the bytes of one stored before
+        (in ``works``' order, then earlier shards) pointing at that object, and the
+        duplicates this run wrote, to remove. A duplicate an earlier run stored is kept
+        (that run's rows point at it); so are cutouts (one per target, rarely shared)."""
+        out = dict(outcomes)
+        extra: list[StoredObject] = []
+        for work in works:
+            outcome = outcomes.get(work.key)
+            if outcome is None or outcome.stored is None:
+                continue
+            stored = outcome.stored
+            kept = self.first.setdefault((stored.sha256, stored.size), stored)
+            if kept.uri == stored.uri:
+                continue
+            out[work.key] = dataclasses.replace(outcome, stored=kept)
+            if outcome.downloaded and not stored.skipped:
+                extra.append(stored)
+        return out, extra

@@ -191,3 +191,32 @@ def test_a_token_goes_only_to_the_service_that_names_it(monkeypatch):
         {"service": {"tap_url": "https://data.lsst.cloud/api/tap"}, "ra": 62, "dec": -37}
     )
     assert token_of(single, single.service)[0] == "rsp-token"
+
+
+def test_the_same_bytes_under_other_dids_are_stored_once(archives, tmp_path):
+    """A mirror that serves no creator DID: nothing in the rows says the images are the
+    same, their bytes do (sha256): one object, both services' rows pointing at it."""
+    hidden = ArchiveSettings(
+        seed=7, n_visits=12, access_style="direct", publisher="mirror.example", creator_did=False
+    )
+    with EmbeddedArchive(hidden) as anonymous:
+        services = [
+            {"name": "original", "tap_url": archives["original"].tap_url},
+            {"name": "anonymous", "tap_url": anonymous.tap_url},
+        ]
+        summary = harvest_params(_params(services, tmp_path))
+        creator = {**archives["original"].creator_dids(), **anonymous.creator_dids()}
+    assert summary.ok, summary.failures
+    rows = _rows(tmp_path / "out")
+    assert "obs_creator_did" not in {
+        k for r in rows if r["obsh_service"] == "anonymous" for k, v in r.items() if v
+    }
+    stored = _stored_match_truth(rows, creator, _truth(archives, ["original"]))
+    files = list((tmp_path / "out" / "fits").rglob("*.fits"))
+    assert len(files) == len(stored)  # one object per image, not one per service
+    uris: dict[str, set[str]] = {}
+    for r in rows:
+        if r["obsh_stored"]:
+            uris.setdefault(creator[r["obs_publisher_did"]], set()).add(r["obsh_storage_uri"])
+    assert all(len(u) == 1 for u in uris.values())
+    assert all(Path(next(iter(u)).removeprefix("file://")).exists() for u in uris.values())
