@@ -458,7 +458,7 @@ def test_every_tap_schema_obscore_column_is_in_the_parquet_with_its_value(
 
 
 def test_the_readme_readings_work(harvested, tmp_path, monkeypatch):
-    """The three ways README's "Reading the results" shows, run as written there, over an
+    """The three readings of README's "Reading the results" and docs/reading.md, as written there, over an
     output where a later run found one of the first run's hits outside: each reading gives
     the current view (that pair's newest row), not every row."""
     import shutil
