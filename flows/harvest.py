@@ -266,7 +266,7 @@ def _harvest_shard(
         cutout_mode=params.products.mode == "cutout",
         counted=run.counted,
     )
-    part.failures = query_failures + part.failures
+    part.failures = query_failures + _named(part.failures, run, shared)
     run.parts.append(part)
     run.newest_t_min += _newest_t_min(found.values())
 
@@ -357,6 +357,16 @@ def _collect_queries(
 
 def _stacked(tables: list[Table]) -> Table:
     return vstack(tables, metadata_conflicts="silent") if tables else Table()
+
+
+def _named(
+    failures: list[tuple[str, str]], run: _RunTotals, shared: Shared
+) -> list[tuple[str, str]]:
+    """Of several services, each failed image's reason starts with its service's name."""
+    if not run.several:
+        return failures
+    owner = {w.key: name for name, works in shared.works.items() for w in works}
+    return [(key, f"{owner[key]}: {why}" if key in owner else why) for key, why in failures]
 
 
 def _remove(params: HarvestParams, extra: list[StoredObject], logger) -> None:

@@ -14,6 +14,7 @@ from obsharvest.flows.harvest import harvest_params
 from obsharvest.flows.params import HarvestParams
 from obsharvest.metadata import MetadataStore
 from obsharvest.net.archive import name_of
+from obsharvest.simarchive.faults import FaultPlan
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -220,3 +221,31 @@ def test_the_same_bytes_under_other_dids_are_stored_once(archives, tmp_path):
             uris.setdefault(creator[r["obs_publisher_did"]], set()).add(r["obsh_storage_uri"])
     assert all(len(u) == 1 for u in uris.values())
     assert all(Path(next(iter(u)).removeprefix("file://")).exists() for u in uris.values())
+
+
+def test_a_service_that_refuses_its_files_mid_run_does_not_stop_the_others(archives, tmp_path):
+    """Its queries answer, then every file request is refused (503): the other service
+    completes exactly, the failures name the service, and a rerun against it working
+    again fetches only what is missing."""
+    refusing = ArchiveSettings(
+        seed=11, n_visits=12, faults=FaultPlan.parse(["files.unavailable=1"], seed=3)
+    )
+    services = [{"name": "original", "tap_url": archives["original"].tap_url}]
+    quick = {"attempts": 2, "initial_wait": 0.05, "max_wait": 0.1}
+    with EmbeddedArchive(refusing) as flaky:
+        params = _params([*services, {"name": "flaky", "tap_url": flaky.tap_url}], tmp_path)
+        params = params.model_copy(update={"retry": params.retry.model_copy(update=quick)})
+        summary = harvest_params(params)
+    assert not summary.ok and summary.failures
+    assert all(reason.startswith("flaky: ") for _, reason in summary.failures)
+    creator = archives["original"].creator_dids()
+    rows = [r for r in _rows(tmp_path / "out") if r["obsh_service"] == "original"]
+    _stored_match_truth(rows, creator, _truth(archives, ["original"]))
+    lines = {s.name: s for s in summary.services}
+    assert lines["flaky"].stored == 0 and lines["flaky"].failed > 0
+    with EmbeddedArchive(ArchiveSettings(seed=11, n_visits=12)) as fixed:
+        again = [*services, {"name": "flaky", "tap_url": fixed.tap_url}]
+        rerun = harvest_params(_params(again, tmp_path))
+    assert rerun.ok, rerun.failures
+    lines = {s.name: s for s in rerun.services}
+    assert rerun.downloaded == lines["flaky"].stored > 0  # the original's are not fetched again
