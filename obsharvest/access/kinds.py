@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlencode
 
-from obsharvest.access.compression import gunzip_prefix, is_gzip
-
 # What an image's record needs lives with the records (obsharvest.models, the ground
 # floor); these names stay importable from here, where the rest of the vocabulary is.
 from obsharvest.models import (
@@ -39,6 +37,7 @@ from obsharvest.models import (
     media_type,
     split_access_url,
 )
+from obsharvest.net.compression import gunzip_prefix, is_gzip
 
 __all__ = [
     "DATALINK_CONTENT",

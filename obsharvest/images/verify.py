@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from obsharvest.access import compression
 from obsharvest.access.ranged import RangedHttpFile
 from obsharvest.access.soda import cutout_key
 from obsharvest.models import Containment, ImageOutcome, ImageWork, Prior, Verdict
+from obsharvest.net import compression
 from obsharvest.storage.store import ObjectStore
 from obsharvest.verify import containment
 

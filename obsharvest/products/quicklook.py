@@ -38,9 +38,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from obsharvest.access.compression import is_gzip
 from obsharvest.errors import ReadError
 from obsharvest.models import Containment, Target, Verdict
+from obsharvest.net.compression import is_gzip
 from obsharvest.verify.containment import classify_read_failure
 from obsharvest.verify.sregion import s_region_outlines
 

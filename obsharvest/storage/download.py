@@ -21,7 +21,7 @@ and TLS settings); pass ``headers=`` to send something on purpose. Query strings
 appear in messages or logs: they are the signature.
 
 Compressed files are stored as served, byte for byte, and named by what they are
-(:func:`obsharvest.access.compression.stored_suffix`: ``.fits.fz``, ``.fits.gz``). That
+(:func:`obsharvest.net.compression.stored_suffix`: ``.fits.fz``, ``.fits.gz``). That
 holds for ``Content-Encoding: gzip`` too (we ask for ``identity``; S3 objects uploaded
 with that metadata and static ``.gz`` files behind ``AddEncoding`` come encoded anyway):
 the gzip bytes are kept as ``.fits.gz``, not decoded to ``.fits``. Those are the bytes
@@ -42,7 +42,6 @@ from typing import Protocol
 import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from obsharvest.access import compression
 from obsharvest.errors import (
     IntegrityError,
     ReadError,
@@ -50,6 +49,7 @@ from obsharvest.errors import (
     read_error,
 )
 from obsharvest.models import StoredObject
+from obsharvest.net import compression
 from obsharvest.net.http import retry_after
 from obsharvest.net.redact import redact, strip_query
 from obsharvest.runtime import stopping

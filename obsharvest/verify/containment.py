@@ -109,7 +109,7 @@ def read_wcs_header(
     (:func:`_grid_shape` also takes ``ZNAXISn``). A gzip-compressed one (``.fits.gz``, or
     ``Content-Encoding: gzip``: the reader asks for identity, but not every server
     listens) is found by its magic bytes and decompressed from its first byte only as far
-    as its headers go (:func:`obsharvest.access.compression.header_stream`).
+    as its headers go (:func:`obsharvest.net.compression.header_stream`).
     """
     options = dict(storage_options or {})
     with read_failures(url):
@@ -118,8 +118,8 @@ def read_wcs_header(
 
             opened = RangedHttpFile(url, block_size=block_size, **options)
         if opened is not None:
-            from obsharvest.access.compression import header_stream
             from obsharvest.access.ranged import RangedHttpFile
+            from obsharvest.net.compression import header_stream
 
             gunzip = header_stream(opened) if isinstance(opened, RangedHttpFile) else None
             try:

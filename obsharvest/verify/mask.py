@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from astropy.io import fits
 
-from obsharvest.access.compression import is_gzip
 from obsharvest.errors import CorruptHeaderError, without_query
 from obsharvest.models import Containment, Verdict
+from obsharvest.net.compression import is_gzip
 from obsharvest.verify.containment import DEFAULT_BLOCK_SIZE, read_failures
 
 __all__ = ["MASK_EXTNAME", "NO_DATA_PLANE", "MaskCheck", "apply_mask", "mask_flags"]

@@ -17,11 +17,11 @@ import pytest
 import requests
 from astropy.io import fits
 
-from obsharvest.access import compression
 from obsharvest.access.kinds import Kind, sniff
 from obsharvest.flows.harvest import harvest_params
 from obsharvest.flows.params import HarvestParams
 from obsharvest.models import Target, Verdict
+from obsharvest.net import compression
 from obsharvest.products.quicklook import quicklook_png
 from obsharvest.simarchive.dialect import Dialect
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
