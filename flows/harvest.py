@@ -11,34 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import Table
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from obsharvest import assemble
 from obsharvest import incremental as incremental_state
-from obsharvest.errors import UserError
-from obsharvest.images.settings import ImageSettings
 from obsharvest.metadata import MetadataStore
 from obsharvest.models import (
     ImageOutcome,
-    ImageWork,
     ServiceSummary,
     StoredObject,
     Summary,
     Target,
 )
-from obsharvest.net.archive import Archive
 from obsharvest.net.redact import install_redaction
-from obsharvest.net.retry import one_line
 from obsharvest.products.quicklook import GalleryItem
 from obsharvest.query.adql import Constraints
 from obsharvest.query.obscore import QueryOptions
@@ -50,12 +44,12 @@ from obsharvest.storage.output import Output
 from obsharvest.storage.store import ObjectStore
 from obsharvest.targets import in_sky_order
 from obsharvest.tasks import artifacts, progress
-from obsharvest.tasks.images import check_cutouts, process_images
+from obsharvest.tasks.images import check_cutouts
 from obsharvest.tasks.outputs import footprints, gallery, write_metadata
-from obsharvest.tasks.query import query_obscore
 
 from . import settings, stops
 from .config import as_params
+from .fanout import ServiceRun, process_services, query_services
 from .params import HarvestParams
 from .params import Service as ServiceParams
 from .preflight import constraints_of as _constraints
@@ -68,23 +62,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Service:
-    """One of the run's services while the run lasts: its archive record, its query
-    constraints (its band column, its extra_where), how its images are worked, and its
-    line of the summary."""
-
-    archive: Archive
-    constraints: Constraints
-    image_settings: ImageSettings
-    tally: ServiceSummary
-
-
-@dataclass
 class _RunTotals:
     """What a run keeps across its shards: small, whatever the number of rows."""
 
     output: Output  # where its Parquet, state and gallery go: opened once, for the run
-    services: list[_Service]  # in the order the parameters list them
+    services: list[ServiceRun]  # in the order the parameters list them
     parts: list[Summary] = field(default_factory=list)
     counted: dict[str, assemble.ImageTally] = field(default_factory=dict)  # by image
     paths: list[str] = field(default_factory=list)
@@ -140,10 +122,12 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
         return summary
 
 
-def _service(params: HarvestParams, svc: ServiceParams, started: contextlib.ExitStack) -> _Service:
+def _service(
+    params: HarvestParams, svc: ServiceParams, started: contextlib.ExitStack
+) -> ServiceRun:
     """One service, connected (an embedded archive started) for the length of the run."""
     archive = started.enter_context(connect(params, svc))
-    return _Service(
+    return ServiceRun(
         archive=archive,
         constraints=_constraints(params, svc),
         image_settings=settings.image_settings(params, archive),
@@ -213,7 +197,9 @@ def _harvest_shard(
 ) -> None:
     """Query, verify, store and write one shard; its summary and paths go into ``run``."""
     by_name = {t.name: t for t in shard}
-    found, query_failures = _query_services(params, shard, state, run, logger)
+    found, query_failures = query_services(
+        params, run.services, shard, state, run.query_options, logger
+    )
     priors = assemble.priors_from(  # the current view, of earlier runs: shards' targets differ
         MetadataStore(run.output).read(
             columns=assemble.PRIOR_COLUMNS, targets=by_name, exclude_run=run_id
@@ -236,24 +222,12 @@ def _harvest_shard(
                 check_cutouts(s.archive, shared.works[s.archive.name], s.image_settings)
     run.images += len(works)
     progress.start("images", run.images)
-    outcomes, extra = run.same_bytes.fold(works, _process_services(params, run, shared))
+    outcomes, extra = run.same_bytes.fold(
+        works, process_services(params, run.services, shared.works)
+    )
     _remove(params, extra, logger)
     outcomes = shared.outcomes_for_all(outcomes)
-    for s in run.services:
-        rows = found[s.archive.name]
-        if len(rows):
-            run.paths += write_metadata(
-                rows,
-                by_name,
-                outcomes,
-                run_id,
-                run.output,
-                service=s.archive.name,
-                served_by=shared.served_by,
-            )
-        if params.products.quicklook and len(rows) and not (params.plan or stopping.requested()):
-            run.gallery_items += footprints(rows, by_name, outcomes, run.output)
-        tally(s.tally, rows, shared.works[s.archive.name], shared.served_by, outcomes)
+    _write_shard(params, run, found, by_name, outcomes, shared, run_id)
     bands = {s.archive.name: s.archive.band_column for s in run.services}
     part = assemble.summarize(
         pairs(found, bands, shared.alias),
@@ -271,92 +245,31 @@ def _harvest_shard(
     run.newest_t_min += _newest_t_min(found.values())
 
 
-def _query_services(
+def _write_shard(
     params: HarvestParams,
-    shard: list[Target],
-    state: incremental_state.State | None,
     run: _RunTotals,
-    logger,
-) -> tuple[dict[str, Table], list[tuple[str, str]]]:
-    """Every service's rows for the shard (all services asked at once), and the targets
-    whose queries failed, each with the service's words."""
-    groups = incremental_state.windows(shard, state) if state is not None else {None: shard}
-    submitted = []
-    for watermark, group in groups.items():
-        for s in run.services:
-            constraints = _window(s.constraints, watermark, len(group), logger)
-            started = time.monotonic()
-            submitted.append((s, _submit_queries(params, s.archive, group, constraints, run)))
-            s.tally.seconds -= started  # plus the time its last batch ends, below
-    tables: dict[str, list[Table]] = {s.archive.name: [] for s in run.services}
-    failures: list[tuple[str, str]] = []
-    for s, batches in submitted:
-        found, failed = _collect_queries(batches, s, run.several, logger)
-        tables[s.archive.name] += found
-        failures += failed
-        s.tally.seconds += time.monotonic()
-    return {n: _stacked(t) for n, t in tables.items()}, failures
-
-
-def _window(base: Constraints, watermark: float | None, count: int, logger) -> Constraints:
-    """An incremental group's constraints: from its watermark on."""
-    if watermark is None:
-        return base
-    start = max(watermark, base.t_min) if base.t_min is not None else watermark
-    logger.info("%d targets: incremental window from MJD %.6f", count, start)
-    return base.with_time(start, base.t_max)
-
-
-def _submit_queries(
-    params: HarvestParams,
-    archive: Archive,
-    targets: list[Target],
-    constraints: Constraints,
-    run: _RunTotals,
-) -> list[tuple[Any, list[Target]]]:
-    """A query task per batch of targets, submitted (the services' run at once)."""
-    chunks = list(workers.batches(targets, params.concurrency.targets_per_task))
-    strategy = settings.strategy(params)
-    prefix = f"{archive.name}-" if run.several else ""
-    return [
-        (
-            query_obscore.submit(
-                archive,
-                chunk,
-                constraints,
-                strategy,
-                run.query_options,
-                label=f"{prefix}{i + 1}-of-{len(chunks)}",
-            ),
-            chunk,
-        )
-        for i, chunk in enumerate(chunks)
-    ]
-
-
-def _collect_queries(
-    submitted: list[tuple[Any, list[Target]]], s: _Service, several: bool, logger
-) -> tuple[list[Table], list[tuple[str, str]]]:
-    """The batches' rows; a failed batch's targets as failures, with the service's words."""
-    tables, failures = [], []
-    named = f"{s.archive.name}: " if several else ""
-    for future, chunk in submitted:
-        try:
-            tables.append(stops.result(future))
-        except UserError:  # the user's to fix: ends the run (obsharvest.errors)
-            raise
-        except stopping.Interrupted as exc:
-            failures += [(f"target {t.name}", f"{named}{exc}") for t in chunk]
-        except Exception as exc:  # retries exhausted: these targets are missing, say why
-            reason = f"{named}ObsCore query failed: {one_line(exc)}"
-            logger.error("%d targets not queried: %s", len(chunk), reason)
-            failures += [(f"target {t.name}", reason) for t in chunk]
-            s.tally.failed += len(chunk)
-    return [t for t in tables if len(t)], failures
-
-
-def _stacked(tables: list[Table]) -> Table:
-    return vstack(tables, metadata_conflicts="silent") if tables else Table()
+    found: Mapping[str, Table],
+    by_name: dict[str, Target],
+    outcomes: dict[str, ImageOutcome],
+    shared: Shared,
+    run_id: str,
+) -> None:
+    """Each service's rows to the Parquet (and footprint maps), its line of the summary."""
+    for s in run.services:
+        rows = found[s.archive.name]
+        if len(rows):
+            run.paths += write_metadata(
+                rows,
+                by_name,
+                outcomes,
+                run_id,
+                run.output,
+                service=s.archive.name,
+                served_by=shared.served_by,
+            )
+        if params.products.quicklook and len(rows) and not (params.plan or stopping.requested()):
+            run.gallery_items += footprints(rows, by_name, outcomes, run.output)
+        tally(s.tally, rows, shared.works[s.archive.name], shared.served_by, outcomes)
 
 
 def _named(
@@ -400,68 +313,6 @@ def _not_started(run_id: str, shard: list[Target], number: int, total: int) -> S
     return Summary(
         run_id=run_id, failures=[(f"{len(shard)} targets of shard {number}/{total}", reason)]
     )
-
-
-def _process_services(
-    params: HarvestParams, run: _RunTotals, shared: Shared
-) -> dict[str, ImageOutcome]:
-    """Every service's image batches as tasks, all submitted before any is waited on; a
-    progress artifact follows them as they finish."""
-    submitted = []
-    for s in run.services:
-        started = time.monotonic()
-        submitted.append((s, _submit_images(params, s, shared.works[s.archive.name], run)))
-        s.tally.seconds -= started
-    tracker = artifacts.ProgressTracker(sum(len(w) for w in shared.works.values()))
-    outcomes: dict[str, ImageOutcome] = {}
-    for s, batches in submitted:
-        outcomes.update(_collect_images(batches, tracker))
-        s.tally.seconds += time.monotonic()
-    return outcomes
-
-
-def _submit_images(
-    params: HarvestParams, s: _Service, works: list[ImageWork], run: _RunTotals
-) -> list[tuple[Any, list[ImageWork]]]:
-    batches = list(
-        workers.batches(works, params.concurrency.images_per_task, params.concurrency.task_workers)
-    )
-    prefix = f"{s.archive.name}-" if run.several else ""
-    return [
-        (
-            process_images.submit(
-                s.archive,
-                batch,
-                s.image_settings,
-                params.storage_url,
-                params.storage_options,
-                label=f"{prefix}{i + 1}-of-{len(batches)}",
-            ),
-            batch,
-        )
-        for i, batch in enumerate(batches)
-    ]
-
-
-def _collect_images(
-    submitted: list[tuple[Any, list[ImageWork]]], tracker: artifacts.ProgressTracker
-) -> dict[str, ImageOutcome]:
-    """The batches' outcomes; a batch that crashed or was abandoned: failures, with why."""
-    outcomes: dict[str, ImageOutcome] = {}
-    for future, batch in submitted:
-        try:
-            result = stops.result(future, raise_on_failure=False)
-        except stopping.Interrupted as exc:  # abandoned: its images did not finish
-            result = [ImageOutcome(w.key, {}, failure=str(exc)) for w in batch]
-        except Exception as exc:  # the task crashed: its images are failures with the reason
-            result = exc
-        if isinstance(result, BaseException) or result is None:
-            reason = f"image batch failed: {one_line(result) if result else 'no result'}"
-            result = [ImageOutcome(w.key, {}, failure=reason) for w in batch]
-        for outcome in result:
-            outcomes[outcome.key] = outcome
-        tracker.advance(len(batch))
-    return outcomes
 
 
 def _run_name() -> str:
