@@ -144,7 +144,7 @@ def test_radius_targets_without_intersects_are_an_upper_bound(sky):
     assert generic.answered and not generic.approximate
 
 
-def test_the_command_prints_the_table_and_writes_a_profile(sky, tmp_path, capsys):
+def test_the_command_prints_the_table_and_writes_a_profile(sky, tmp_path, capsys, prefect_harness):
     profile = tmp_path / "p.yaml"
     code = main(
         [
@@ -185,6 +185,7 @@ def test_the_command_prints_the_table_and_writes_a_profile(sky, tmp_path, capsys
         assert re.fullmatch(r"[a-z0-9-]+", service["name"])
     assert len({s["name"] for s in written["services"]}) == 3
     _a_run_takes(profile, sky.targets, written["services"], capsys)
+    _a_run_harvests_with(profile, sky, written["services"], tmp_path / "out", capsys)
 
 
 def _a_run_takes(profile, targets: str, services: list[dict], capsys) -> None:
@@ -196,6 +197,36 @@ def _a_run_takes(profile, targets: str, services: list[dict], capsys) -> None:
     assert main(["params", "--config", str(profile), "--targets", targets]) == 0
     printed = json.loads(capsys.readouterr().out)["params"]
     assert printed["services"] == services
+
+
+def _a_run_harvests_with(profile, sky, services: list[dict], output, capsys) -> None:
+    """``obsharvest run --config <written profile>`` as is: it asks every service the
+    profile names, exits 0, and stores for each target exactly the images of its rows
+    whose pixels contain it, each row naming the service it came from. One target of
+    the three (each service holds ~60 images of ~1.6 MB for it): the profile is what is
+    tested, not the volume."""
+    from obsharvest.metadata import MetadataStore
+
+    target, ra, dec = POINTS[0]
+    targets = output.parent / "run-targets.csv"
+    targets.write_text(f"name,ra,dec\n{target},{ra},{dec}\n")
+    args = ["run", "--config", str(profile), "--targets", str(targets)]
+    code = main([*args, "--output", str(output), "--progress-interval", "0"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    rows = MetadataStore(str(output)).read().to_pylist()
+    by_url = {a.tap_url: a for a in sky.archives.values()}
+    archives = {s["name"]: by_url[s["tap_url"]] for s in services}
+    assert {r["obsh_service"] for r in rows} == set(archives)
+    for name, archive in archives.items():
+        assert name in out
+        mine = [r for r in rows if r["obsh_service"] == name]
+        assert {r["obsh_services"] for r in mine} == {name}  # three skies, nothing shared
+        asked = {r["obs_publisher_did"] for r in mine}
+        stored = {r["obs_publisher_did"] for r in mine if r["obsh_stored"]}
+        assert {r["obsh_target_name"] for r in mine} == {target}
+        assert asked and stored == asked & archive.truth(ra, dec), name
+    assert any(r["obsh_stored"] for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,12 @@ four overlap, two only in s_region padding, one on an image and in another's pad
 outside everything -- and must store exactly the images whose pixels contain a target,
 byte for byte, with the right verdicts; a rerun must fetch nothing.
 
+Several services at once (issue 24): one run over three embedded archives (RSP-like with
+Datalink, its mirror serving files directly, another sky with slow queries) plus DaCHS
+stores exactly the WCS truth per target, each distinct image once, with every serving
+service on its rows; DaCHS' two collections as two services (the same files under two
+publisher DIDs) store each file once.
+
 Skipped only when the machine cannot install Debian packages (not root, no apt), with the
 reason ``tests/interop/install_deps.sh`` gives; ``make interop`` installs DaCHS first.
 """
@@ -23,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urljoin
 
 import pytest
@@ -427,3 +434,244 @@ def test_cutout_mode_on_datalink_stores_cutouts_holding_each_target(dachs, cutou
         assert nx < NX and ny < NY, (name, frame, nx, ny)
         ra, dec = float(f"{target.ra:.10f}"), float(f"{target.dec:.10f}")  # as written
         assert row["obsh_cutout_circle"] == f"{ra!r} {dec!r} {CUTOUT_RADIUS!r}"
+
+
+# ------------------------------------------------------------------ many services at once
+
+EMBEDDED_TARGETS = [("seed", 62.0, -37.0), ("east", 62.3, -37.1), ("west", 61.7, -36.9)]
+MANY = ["original", "mirror", "other", "dachs"]  # the run's order
+
+
+@pytest.fixture(scope="module")
+def embedded_archives():
+    """Three embedded archives beside DaCHS: RSP-like (Datalink, creator DIDs), its mirror
+    (the same images under its own publisher DIDs, files served directly) and another
+    sky whose queries are slow."""
+    from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+
+    settings = {
+        "original": ArchiveSettings(seed=7, n_visits=12, profile="rubin", creator_did=True),
+        "mirror": ArchiveSettings(
+            seed=7, n_visits=12, access_style="direct", publisher="mirror.example"
+        ),
+        "other": ArchiveSettings(seed=11, n_visits=12, query_delay=0.3),
+    }
+    running = {name: EmbeddedArchive(s) for name, s in settings.items()}
+    try:
+        for archive in running.values():
+            archive.start()
+        yield running
+    finally:
+        for archive in running.values():
+            archive.stop()
+
+
+def _dachs_dids(dachs, obs_collection: str) -> dict[str, str]:
+    """frame_id -> obs_publisher_did, as DaCHS publishes them (asked directly)."""
+    table = _tap_rows(
+        dachs,
+        "SELECT obs_id, obs_publisher_did FROM ivoa.obscore "
+        f"WHERE obs_collection = '{obs_collection}'",
+    ).to_table()
+    return {str(row["obs_id"]): str(row["obs_publisher_did"]) for row in table}
+
+
+@pytest.fixture(scope="module")
+def many(dachs, embedded_archives, prefect_harness, tmp_path_factory):
+    """One run over the three embedded archives and DaCHS' Datalink collection, for the
+    targets of both skies (each service is asked for all of them)."""
+    from obsharvest.flows.harvest import harvest_params
+    from obsharvest.flows.params import HarvestParams
+
+    base = tmp_path_factory.mktemp("many")
+    targets = dachs.collection.write_targets(base / "targets.csv")
+    with targets.open("a") as fh:
+        fh.writelines(f"{n},{ra},{dec}\n" for n, ra, dec in EMBEDDED_TARGETS)
+    published = dachs.collections["datalink"]
+    services = [{"name": n, "tap_url": embedded_archives[n].tap_url} for n in MANY[:3]]
+    services.append(
+        {
+            "name": "dachs",
+            "tap_url": dachs.tap_url,
+            "extra_where": f"obs_collection = '{published.obs_collection}'",
+        }
+    )
+    params = HarvestParams.model_validate(
+        {
+            "services": services,
+            "targets": str(targets),
+            "constraints": {"calib_levels": [2], "extra_where": "dataproduct_type = 'image'"},
+            "output_url": str(base / "out"),
+        }
+    )
+    started = time.monotonic()
+    summary = harvest_params(params)
+    seconds = time.monotonic() - started
+    output = base / "out"
+    run = _snapshot(output, Run(0, "", "", seconds))
+    return SimpleNamespace(
+        summary=summary, run=run, output=output, dids=_dachs_dids(dachs, published.obs_collection)
+    )
+
+
+def _identities(embedded_archives, many) -> dict[str, str]:
+    """Each row's obs_publisher_did -> its image: the creator DID for the embedded
+    archives (the original and its mirror share them), DaCHS' publisher DID for DaCHS."""
+    identity = {}
+    for archive in embedded_archives.values():
+        identity.update(archive.creator_dids())
+    identity.update({did: did for did in many.dids.values()})
+    return identity
+
+
+def _many_truth(dachs, embedded_archives, many) -> dict[str, set[str]]:
+    """Per target, every image of every service whose pixels contain it: the embedded
+    archives' WCS truth and the DaCHS collection's (its generated WCS)."""
+    truth: dict[str, set[str]] = {}
+    points = [(t.name, t.ra, t.dec) for t in dachs.collection.targets] + EMBEDDED_TARGETS
+    for name, ra, dec in points:
+        truth[name] = set().union(*(a.creator_truth(ra, dec) for a in embedded_archives.values()))
+    for name, frame in dachs.collection.truth():
+        truth[name].add(many.dids[frame])
+    return truth
+
+
+@pytest.mark.timeout(900)
+def test_many_services_with_dachs_store_exactly_the_truth_each_image_once(
+    dachs, embedded_archives, many
+):
+    """Issue 24: three embedded archives (profiles, access styles, latencies) and DaCHS in
+    one run store exactly the WCS truth per target, each distinct image once, with every
+    serving service on its rows."""
+    summary, rows = many.summary, many.run.rows
+    assert summary.ok, summary.failures
+    assert rows, "no Parquet rows"
+    identity = _identities(embedded_archives, many)
+    unknown = {r["obs_publisher_did"] for r in rows} - set(identity)
+    assert not unknown, f"rows of images no service publishes: {sorted(unknown)[:5]}"
+    assert {r["obsh_service"] for r in rows} == set(MANY)
+    truth = _many_truth(dachs, embedded_archives, many)
+    assert set(truth) == {r["obsh_target_name"] for r in rows} | {
+        t.name for t in dachs.collection.targets if not dachs.collection.in_padded_region(t)
+    }
+    stored_all: set[str] = set()
+    for target, on_pixels in truth.items():
+        mine = [r for r in rows if r["obsh_target_name"] == target]
+        asked = {identity[r["obs_publisher_did"]] for r in mine}
+        stored = {identity[r["obs_publisher_did"]] for r in mine if r["obsh_stored"]}
+        assert stored == asked & on_pixels, (
+            f"{target}: missing {sorted(asked & on_pixels - stored)}, "
+            f"extra {sorted(stored - on_pixels)}"
+        )
+        stored_all |= stored
+    # DaCHS was asked for every image: its targets get their whole truth
+    for t in dachs.collection.targets:
+        dachs_truth = {many.dids[f] for n, f in dachs.collection.truth() if n == t.name}
+        assert dachs_truth <= truth[t.name] and dachs_truth <= stored_all, t.name
+    for name, *_ in EMBEDDED_TARGETS:
+        assert truth[name] & stored_all, name  # the embedded targets stored something
+    # each distinct image once: one object per image, one image per object
+    assert len(many.run.files) == len(stored_all), (len(many.run.files), len(stored_all))
+    uris: dict[str, set[str]] = {}
+    for r in rows:
+        if r["obsh_stored"]:
+            uris.setdefault(identity[r["obs_publisher_did"]], set()).add(r["obsh_storage_uri"])
+    assert set(uris) == stored_all
+    twice = {image: u for image, u in uris.items() if len(u) != 1}
+    assert not twice, f"images stored under several objects: {twice}"
+    assert len(set().union(*uris.values())) == len(stored_all)
+    # DaCHS' images byte for byte
+    frames = _frames_by_hash(dachs)
+    dachs_stored = {
+        r["obsh_storage_uri"] for r in rows if r["obsh_service"] == "dachs" and r["obsh_stored"]
+    }
+    digests = [sha256(Path(u.removeprefix("file://"))) for u in dachs_stored]
+    assert sorted(frames[d] for d in digests) == sorted(dachs.collection.stored_frames())
+    assert not many.run.hidden, f"temporary files left behind: {many.run.hidden}"
+    # every serving service on each row, in the run's order
+    serving: dict[str, set[str]] = {}
+    for r in rows:
+        serving.setdefault(identity[r["obs_publisher_did"]], set()).add(r["obsh_service"])
+    for r in rows:
+        expected = ",".join(s for s in MANY if s in serving[identity[r["obs_publisher_did"]]])
+        assert r["obsh_services"] == expected, (r["obsh_service"], r["obs_publisher_did"])
+    by_service = {s: {r["obsh_services"] for r in rows if r["obsh_service"] == s} for s in MANY}
+    assert by_service == {
+        "original": {"original,mirror"},
+        "mirror": {"original,mirror"},
+        "other": {"other"},
+        "dachs": {"dachs"},
+    }
+    # the summary: one line per service; the mirror's images were all stored by the original
+    lines = {s.name: s for s in summary.services}
+    assert list(lines) == MANY
+    assert lines["mirror"].stored == 0
+    assert lines["mirror"].also_elsewhere == lines["mirror"].images > 0
+    assert lines["dachs"].stored == len(dachs.collection.stored_frames())
+    assert sum(s.stored for s in lines.values()) == len(many.run.files) == summary.stored_images
+
+
+@pytest.fixture(scope="module")
+def two_dachs(dachs, prefect_harness, tmp_path_factory):
+    """One run over DaCHS' two collections as two services: the same files (one through
+    Datalink, one directly) under two publisher DIDs, no creator DID."""
+    from obsharvest.flows.harvest import harvest_params
+    from obsharvest.flows.params import HarvestParams
+
+    base = tmp_path_factory.mktemp("two-dachs")
+    targets = dachs.collection.write_targets(base / "targets.csv")
+    services = [
+        {
+            "name": f"dachs-{kind}",
+            "tap_url": dachs.tap_url,
+            "extra_where": f"obs_collection = '{published.obs_collection}'",
+        }
+        for kind, published in dachs.collections.items()
+    ]
+    params = HarvestParams.model_validate(
+        {
+            "services": services,
+            "targets": str(targets),
+            "constraints": {"extra_where": "dataproduct_type = 'image'"},
+            "output_url": str(base / "out"),
+        }
+    )
+    summary = harvest_params(params)
+    run = _snapshot(base / "out", Run(0, "", "", 0.0))
+    return SimpleNamespace(summary=summary, run=run, names=[s["name"] for s in services])
+
+
+@pytest.mark.timeout(900)
+def test_one_file_under_two_dachs_dids_is_stored_once(dachs, two_dachs):
+    """Issue 24 item 3: no creator DID, two publisher DIDs, identical bytes mean one
+    stored object, and both services' rows point at it."""
+    summary, run = two_dachs.summary, two_dachs.run
+    assert summary.ok, summary.failures
+    assert {r["obsh_service"] for r in run.rows} == set(two_dachs.names)
+    frames = _frames_by_hash(dachs)
+    stored = sorted(frames[digest] for digest, _, _ in run.files.values())
+    assert stored == sorted(dachs.collection.stored_frames()), "each file once"
+    objects: dict[str, set[str]] = {}
+    services: dict[str, set[str]] = {}
+    for r in run.rows:
+        if r["obsh_stored"]:
+            objects.setdefault(r["obs_id"], set()).add(r["obsh_storage_uri"])
+            services.setdefault(r["obs_id"], set()).add(r["obsh_service"])
+    assert set(objects) == dachs.collection.stored_frames()
+    assert all(len(u) == 1 for u in objects.values()), objects
+    assert all(s == set(two_dachs.names) for s in services.values()), services
+    assert not run.hidden, f"temporary files left behind: {run.hidden}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="406972b stores the same bytes once but obsh_services keeps only the row's "
+    "own service: the sha256 fold (SameBytes) does not reach served_by",
+)
+@pytest.mark.timeout(900)
+def test_one_file_under_two_dachs_dids_names_both_services(two_dachs):
+    """Issue 24 item 3: every service that serves an image is recorded on its rows --
+    also when only its bytes say it is the same image."""
+    stored = [r for r in two_dachs.run.rows if r["obsh_stored"]]
+    assert stored
+    assert {r["obsh_services"] for r in stored} == {",".join(two_dachs.names)}
