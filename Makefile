@@ -91,10 +91,12 @@ archive: venv
 	$(BIN)/obsharvest archive --host 127.0.0.1 --port 8765
 
 # The bandwidth-bound workload (the targets), then the latency-bound one (50 ms per
-# request, no bandwidth cap), whose figure is printed too.
+# request, no bandwidth cap), whose figure is printed too; then several services (4
+# archives, 50 ms each): one run over all against one per service (benchmarks/many.py).
 bench: venv
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.bench --bandwidth 0 --latency 0.05 --runs 1 --no-rss
+	$(BIN)/python -m benchmarks.many $(BENCH_ARGS_MANY)
 
 # Plan runs of 1k, 4k, 16k and 64k targets against the embedded archive in its own
 # process: wall time, peak RSS, rows and their growth ratios (benchmarks/scale.py).

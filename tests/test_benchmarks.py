@@ -75,3 +75,30 @@ def test_task_runs_per_10k_does_not_charge_fixed_tasks_to_every_image():
     assert "affine" in how and 35 < projected < 45
     same_bucket, how = report.tasks_per_10k([(50, 4, 1), (100, 4, 1)])
     assert "scaled" in how and same_bucket == pytest.approx(3 + 10_000 / 50)
+
+
+def test_tiny_multi_service_benchmark_prints_the_ratios_and_checks_the_union(tmp_path):
+    from benchmarks.many import Options as ManyOptions
+    from benchmarks.many import run as run_many
+
+    options = ManyOptions(
+        services=2,
+        targets=1,
+        latency=0.005,
+        visits=24,
+        cache_dir=tmp_path / "cache",
+        start_prefect=False,  # the session's prefect_harness is the API
+    )
+    lines, rounds, truth = run_many(options)
+    text = "\n".join(lines)
+    (one,) = rounds
+    assert set(one.single) == {"svc1", "svc2"}
+    assert f"{one.multi.seconds / one.slowest:.3f}" in text
+    assert f"{one.multi.seconds / one.sequential:.3f}" in text
+    assert "multi / slowest single" in text and "multi / sequential baseline" in text
+    # each archive its own seed: its own images, all stored once in the run over both
+    assert truth and one.multi.all_stored == truth
+    assert one.multi.stored["svc1"] and one.multi.stored["svc2"]
+    assert not one.multi.stored["svc1"] & one.multi.stored["svc2"]
+    assert "stored exactly the union of the single runs" in text
+    assert lines[-1].startswith(("PASS ", "FAIL ")) and "slowest single-service run" in lines[-1]
