@@ -223,7 +223,7 @@ def _harvest_shard(
     run.images += len(works)
     progress.start("images", run.images)
     outcomes, extra = run.same_bytes.fold(
-        works, process_services(params, run.services, shared.works)
+        works, process_services(params, run.services, shared.works), shared
     )
     _remove(params, extra, logger)
     outcomes = shared.outcomes_for_all(outcomes)

@@ -142,15 +142,16 @@ class SameBytes:
     size) stands for every later one with the same bytes (another DID, another service:
     an archive that serves no creator DID, a mirror that renames)."""
 
-    first: dict[tuple[str, int], StoredObject] = field(default_factory=dict)
+    first: dict[tuple[str, int], tuple[StoredObject, str]] = field(default_factory=dict)
 
     def fold(
-        self, works: Sequence[ImageWork], outcomes: Mapping[str, ImageOutcome]
+        self, works: Sequence[ImageWork], outcomes: Mapping[str, ImageOutcome], shared: Shared
     ) -> tuple[dict[str, ImageOutcome], list[StoredObject]]:
         """``outcomes`` with each image whose file has the bytes of one stored before
         (in ``works``' order, then earlier shards) pointing at that object, and the
-        duplicates this run wrote, to remove. A duplicate an earlier run stored is kept
-        (that run's rows point at it); so are cutouts (one per target, rarely shared)."""
+        duplicates this run wrote, to remove; ``shared.served_by`` then names the
+        services of both on each. A duplicate an earlier run stored is kept (that run's
+        rows point at it); so are cutouts (one per target, rarely shared)."""
         out = dict(outcomes)
         extra: list[StoredObject] = []
         for work in works:
@@ -158,10 +159,20 @@ class SameBytes:
             if outcome is None or outcome.stored is None:
                 continue
             stored = outcome.stored
-            kept = self.first.setdefault((stored.sha256, stored.size), stored)
+            kept, kept_did = self.first.setdefault((stored.sha256, stored.size), (stored, work.key))
             if kept.uri == stored.uri:
                 continue
             out[work.key] = dataclasses.replace(outcome, stored=kept)
+            _serve_together(shared.served_by, kept_did, work.key)
             if outcome.downloaded and not stored.skipped:
                 extra.append(stored)
         return out, extra
+
+
+def _serve_together(served_by: dict[str, list[str]], one: str, other: str) -> None:
+    """Every DID of ``one``'s image and of ``other``'s now names the services of both."""
+    first, second = served_by.get(one, []), served_by.get(other, [])
+    both = list(dict.fromkeys([*first, *second]))
+    for did, services in list(served_by.items()):
+        if services is first or services is second:
+            served_by[did] = both

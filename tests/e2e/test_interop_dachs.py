@@ -663,11 +663,6 @@ def test_one_file_under_two_dachs_dids_is_stored_once(dachs, two_dachs):
     assert not run.hidden, f"temporary files left behind: {run.hidden}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="406972b stores the same bytes once but obsh_services keeps only the row's "
-    "own service: the sha256 fold (SameBytes) does not reach served_by",
-)
 @pytest.mark.timeout(900)
 def test_one_file_under_two_dachs_dids_names_both_services(two_dachs):
     """Issue 24 item 3: every service that serves an image is recorded on its rows --

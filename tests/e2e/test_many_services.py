@@ -221,6 +221,10 @@ def test_the_same_bytes_under_other_dids_are_stored_once(archives, tmp_path):
             uris.setdefault(creator[r["obs_publisher_did"]], set()).add(r["obsh_storage_uri"])
     assert all(len(u) == 1 for u in uris.values())
     assert all(Path(next(iter(u)).removeprefix("file://")).exists() for u in uris.values())
+    # both services on the rows of an image only its bytes said was the same
+    assert {r["obsh_services"] for r in rows if r["obsh_stored"]} == {"original,anonymous"}
+    lines = {s.name: s for s in summary.services}
+    assert lines["anonymous"].also_elsewhere > 0
 
 
 def test_a_service_that_refuses_its_files_mid_run_does_not_stop_the_others(archives, tmp_path):
