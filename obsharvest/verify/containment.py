@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import math
 import re
+import threading
 import warnings
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,16 +182,24 @@ def _first_celestial(hdul: fits.HDUList, url: str) -> tuple[int, fits.Header, tu
 
 
 def _header_has_celestial(header: fits.Header, url: str, index: int) -> bool:
+    if not _has_celestial_ctype(header):
+        return False  # astropy finds a celestial WCS only by its CTYPEs: none, no WCS to build
     try:
         return _build_wcs(header).has_celestial
     except Exception as exc:  # noqa: BLE001 - WCS raises many types for bad headers
-        if any(_is_celestial_ctype(str(v)) for k, v in header.items() if k.startswith("CTYPE")):
+        if _has_celestial_ctype(header):
             raise CorruptHeaderError(
                 f"HDU {index} of {without_query(url)} has an unusable celestial WCS: "
                 f"{type(exc).__name__}: {_one_line(_redact_text(str(exc)))}",
                 url=url,
             ) from None
         return False
+
+
+def _has_celestial_ctype(header: fits.Header) -> bool:
+    """Whether a CTYPE names a celestial axis; only those cards' values are parsed (astropy
+    parses a card's value when it is first read: reading them all costs more than a WCS)."""
+    return any(_is_celestial_ctype(str(header[k])) for k in header if k.startswith("CTYPE"))
 
 
 def _is_celestial_ctype(ctype: str) -> bool:
@@ -279,11 +290,42 @@ def classify_read_failure(exc: BaseException, url: str) -> ReadError | None:
 # -- deciding -------------------------------------------------------------------------
 
 
+class _BuiltWcs:
+    """The WCS built from each header object, while that object lives: the header that
+    was found celestial is the one the footprint is built from, and building a WCS is
+    the largest cost of a verdict (astropy renders and checks every card)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[int, tuple[weakref.ref, WCS]] = {}
+
+    def get(self, header: fits.Header) -> WCS:
+        key = id(header)
+        with self._lock:
+            found = self._by_id.get(key)
+        if found is not None and found[0]() is header:
+            return found[1]
+        with warnings.catch_warnings():
+            # datfix/unitfix notes ("Set MJD-OBS from DATE-OBS") on every image: noise.
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header)
+        gone = functools.partial(self._forget, key)
+        with self._lock:
+            self._by_id[key] = (weakref.ref(header, gone), wcs)
+        return wcs
+
+    def _forget(self, key: int, _ref: weakref.ref) -> None:
+        with self._lock:
+            found = self._by_id.get(key)
+            if found is not None and found[0] is _ref:
+                del self._by_id[key]
+
+
+_BUILT = _BuiltWcs()
+
+
 def _build_wcs(header: fits.Header) -> WCS:
-    with warnings.catch_warnings():
-        # datfix/unitfix notes ("Set MJD-OBS from DATE-OBS") on every image: noise.
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(header)
+    return _BUILT.get(header)
 
 
 def _unit(lon_deg: np.ndarray | float, lat_deg: np.ndarray | float) -> np.ndarray:

@@ -501,3 +501,45 @@ def test_full_size_calexp_header_read_fetches_under_a_thousandth():
     assert size > 150e6
     assert (index, shape) == (1, (4072, 4000))
     assert fetched < 0.001 * size, fetched
+
+
+def test_one_wcs_is_built_per_verified_header(monkeypatch, tmp_path):
+    """Building a WCS is the largest cost of a verdict: the HDU found celestial is the one
+    the footprint uses (one build), and an HDU whose CTYPEs name no celestial axis (a
+    primary header with none) costs none."""
+    import io
+
+    from astropy.io import fits
+    from astropy.wcs import WCS as AstropyWCS
+
+    from obsharvest.verify import containment
+
+    image = fits.ImageHDU(data=np.zeros((20, 30), dtype=np.float32))
+    for key, value in {
+        "CTYPE1": "RA---TAN",
+        "CTYPE2": "DEC--TAN",
+        "CRVAL1": 62.0,
+        "CRVAL2": -37.0,
+        "CRPIX1": 15.5,
+        "CRPIX2": 10.5,
+        "CD1_1": -1e-4,
+        "CD2_2": 1e-4,
+    }.items():
+        image.header[key] = value
+    data = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), image]).writeto(data)
+    built = []
+
+    def counting(header, *args, **kwargs):
+        built.append(header)
+        return AstropyWCS(header, *args, **kwargs)
+
+    monkeypatch.setattr(containment, "WCS", counting)
+    verdicts = containment.verify(
+        "file:///x.fits",
+        [Target("on", 62.0, -37.0), Target("off", 63.0, -37.0)],
+        opened=io.BytesIO(data.getvalue()),
+    )
+    assert verdicts["on"].verdict == Verdict.CONTAINS
+    assert verdicts["off"].verdict == Verdict.OUTSIDE
+    assert len(built) == 1
