@@ -360,7 +360,7 @@ def harvest(params: HarvestParams) -> Summary:
     runner = task_runner_for(params.execution, workers_)
 
     def body() -> Summary:
-        if runner == harvest.task_runner:
+        if runner == _current_task_runner():
             summary = run_harvest(params, targets, run_id)
         else:  # a subflow with its own task runner: Dask, or another thread count
             summary = harvest_run.with_options(task_runner=runner)(params, targets, run_id)
@@ -383,6 +383,25 @@ def harvest(params: HarvestParams) -> Summary:
 harvest_run = flow(name="harvest-run", persist_result=False)(run_harvest)
 
 
+def _current_task_runner():
+    """The task runner this flow run was started with (``harvest``'s own, or the one
+    :func:`for_params` gave it)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.task_runner if context is not None else harvest.task_runner
+
+
+def for_params(params: HarvestParams):
+    """The flow with the thread pool ``params`` asks for (task_workers per service): run
+    in this process (the CLI, ``obsharvest.harvest``), it then needs no subflow. Dask and
+    deployment runs keep the subflow (their runner is not the flow's)."""
+    if params.execution.runner != "threads":
+        return harvest
+    workers_ = params.concurrency.task_workers * len(params.all_services)
+    return harvest.with_options(task_runner=task_runner_for(params.execution, workers_))
+
+
 def harvest_params(params: HarvestParams, *, incremental: bool | None = None) -> Summary:
     """Run the flow in this process for ``params`` (the CLI, ``obsharvest.harvest``, tests).
 
@@ -393,7 +412,7 @@ def harvest_params(params: HarvestParams, *, incremental: bool | None = None) ->
     stops.absorbed.clear()
     if incremental is not None and incremental != params.incremental:
         params = params.model_copy(update={"incremental": incremental})
-    state = harvest(params, return_state=True)
+    state = for_params(params)(params, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
