@@ -44,7 +44,7 @@ from obsharvest.errors import DatalinkAuthError, RefusedError, TransientError, s
 from obsharvest.models import AccessLink
 from obsharvest.net.redact import redact, strip_query
 from obsharvest.net.replies import refused, said_by
-from obsharvest.net.retry import RetryPolicy, one_line
+from obsharvest.net.retry import RetryPolicy, interpreter_race, one_line
 from obsharvest.runtime import stopping, workers
 from obsharvest.runtime.crashpoints import crashpoint
 
@@ -239,6 +239,8 @@ class DatalinkResolver:
                 votable = parse_votable(io.BytesIO(reply.content))
                 return DatalinkResults(votable, url=endpoint, session=self.session)
             except Exception as exc:  # a 2xx that is no VOTable (a login page): permanent
+                if interpreter_race(exc):  # not the reply's fault: parse it again
+                    raise TransientError(f"Datalink {where}: {one_line(exc)}") from exc
                 raise RefusedError(
                     f"Datalink {where} answered {ctype}, not a VOTable: {one_line(exc)}",
                     status=status,

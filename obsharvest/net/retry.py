@@ -55,6 +55,14 @@ _TRANSPORT = (
 )
 
 
+def interpreter_race(exc: BaseException | None) -> bool:
+    """CPython 3.11's AST race (gh-106905): numpy reads a VOTable field's dtype string with
+    ``ast.literal_eval``, and two threads parsing at once can make either raise
+    ``SystemError: AST constructor recursion depth mismatch``. Nothing is wrong with the
+    reply: parsing it again succeeds."""
+    return isinstance(exc, SystemError) and "recursion depth mismatch" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Only timeouts, dropped connections, 429 and 5xx (and what obsharvest itself calls
     transient) are worth another attempt; every other 4xx, and a reply that is not the
@@ -62,6 +70,8 @@ def is_transient(exc: BaseException) -> bool:
     status as ``DALServiceError.code`` (0: no reply) and raises ``DALFormatError`` only
     for a 2xx reply it cannot parse, so an HTML 502 page from a proxy is retried and an
     HTML page with 200 or 404 is not; a parse error caused by a body cut short is."""
+    if interpreter_race(exc) or interpreter_race(getattr(exc, "cause", None)):
+        return True  # a VOTable parse that met another thread's (pyvo keeps it as cause)
     if isinstance(exc, (DALQueryError, RefusedError)):
         return False
     if isinstance(exc, (TransientError, DALRateLimitError, *_TRANSPORT)):

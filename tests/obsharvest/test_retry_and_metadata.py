@@ -46,6 +46,11 @@ def _rate_limited() -> DALRateLimitError:
         (requests.exceptions.ChunkedEncodingError("cut"), True),
         (TransientError("try later"), True),
         (ValueError("bug"), False),
+        # CPython 3.11's AST race (gh-106905), met by numpy's dtype parsing in a VOTable
+        # parse on two threads at once: nothing wrong with the reply, parse it again
+        (SystemError("AST constructor recursion depth mismatch (before=93, after=86)"), True),
+        (DALFormatError(SystemError("AST constructor recursion depth mismatch (1, 2)")), True),
+        (SystemError("another interpreter error"), False),
     ],
 )
 def test_transient_shapes(exc, transient):

@@ -302,3 +302,25 @@ def server_session():
     import requests
 
     return requests.Session()
+
+
+def test_a_parse_that_meets_the_interpreters_ast_race_is_parsed_again(server, monkeypatch):
+    """CPython 3.11 (gh-106905): numpy's dtype parsing on two threads at once can raise
+    SystemError in either; the Datalink reply is fine, so it is retried, not refused."""
+    from obsharvest.access import datalink as datalink_module
+
+    endpoint = _links_service(server, "/dl/race", answer=None)
+    calls = []
+
+    def racing(source):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=93, after=86)")
+        return parse_votable(source)
+
+    monkeypatch.setattr(datalink_module, "parse_votable", racing)
+    quick = RetryPolicy(attempts=3, initial_wait=0.0, max_wait=0.01)
+    resolver = DatalinkResolver(server_session(), workers=1, retry=quick)
+    links = resolver.resolve({"k": LinkRequest(endpoint, "id0")})
+    assert links["k"].url == server.url("/files/id0.fits") and not links["k"].error
+    assert len(calls) == 2
