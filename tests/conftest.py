@@ -56,6 +56,16 @@ def prefect_harness(tmp_path_factory):
         yield
 
 
+@pytest.fixture
+def session_api(prefect_harness, monkeypatch):
+    """The session's Prefect API in the environment, as a configured user has it: an
+    in-process ``obsharvest run`` reports there instead of starting a temporary API of its
+    own (about 15 s each; tests/e2e/test_first_contact.py tests that route)."""
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+
+
 # -- object stores: one server of each per session, shared by every module that uses it ----
 
 

@@ -144,7 +144,7 @@ def test_radius_targets_without_intersects_are_an_upper_bound(sky):
     assert generic.answered and not generic.approximate
 
 
-def test_the_command_prints_the_table_and_writes_a_profile(sky, tmp_path, capsys, prefect_harness):
+def test_the_command_prints_the_table_and_writes_a_profile(sky, tmp_path, capsys, session_api):
     profile = tmp_path / "p.yaml"
     code = main(
         [
@@ -201,16 +201,16 @@ def _a_run_takes(profile, targets: str, services: list[dict], capsys) -> None:
 
 def _a_run_harvests_with(profile, sky, services: list[dict], output, capsys) -> None:
     """``obsharvest run --config <written profile>`` as is: it asks every service the
-    profile names, exits 0, and stores for each target exactly the images of its rows
+    profile names, exits 0, and finds for each target exactly the images of its rows
     whose pixels contain it, each row naming the service it came from. One target of
-    the three (each service holds ~60 images of ~1.6 MB for it): the profile is what is
-    tested, not the volume."""
+    the three, as a plan (verified, nothing downloaded): the profile is what is tested,
+    not the volume."""
     from obsharvest.metadata import MetadataStore
 
     target, ra, dec = POINTS[0]
     targets = output.parent / "run-targets.csv"
     targets.write_text(f"name,ra,dec\n{target},{ra},{dec}\n")
-    args = ["run", "--config", str(profile), "--targets", str(targets)]
+    args = ["run", "--config", str(profile), "--targets", str(targets), "--plan"]
     code = main([*args, "--output", str(output), "--progress-interval", "0"])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
@@ -223,10 +223,10 @@ def _a_run_harvests_with(profile, sky, services: list[dict], output, capsys) -> 
         mine = [r for r in rows if r["obsh_service"] == name]
         assert {r["obsh_services"] for r in mine} == {name}  # three skies, nothing shared
         asked = {r["obs_publisher_did"] for r in mine}
-        stored = {r["obs_publisher_did"] for r in mine if r["obsh_stored"]}
+        found = {r["obs_publisher_did"] for r in mine if r["obsh_verdict"] == "contains"}
         assert {r["obsh_target_name"] for r in mine} == {target}
-        assert asked and stored == asked & archive.truth(ra, dec), name
-    assert any(r["obsh_stored"] for r in rows)
+        assert asked and found == asked & archive.truth(ra, dec), name
+    assert not any(r["obsh_stored"] for r in rows)  # a plan
 
 
 @pytest.mark.parametrize(

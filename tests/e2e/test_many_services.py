@@ -144,7 +144,7 @@ def test_a_service_that_is_down_does_not_stop_the_others(archives, tmp_path):
     assert rerun.downloaded == lines["other"].stored > 0
 
 
-def test_the_command_line_takes_several_tap_urls(archives, tmp_path, capsys):
+def test_the_command_line_takes_several_tap_urls(archives, tmp_path, capsys, session_api):
     code = main(
         [
             "run",

@@ -45,7 +45,7 @@ def _targets_file(tmp_path):
 
 
 def test_a_command_line_run_checks_once_and_reads_the_targets_once(
-    counted, archive, tmp_path, capsys
+    counted, archive, tmp_path, capsys, session_api
 ):
     targets = _targets_file(tmp_path)
     code = main(
@@ -61,6 +61,7 @@ def test_a_command_line_run_checks_once_and_reads_the_targets_once(
             str(tmp_path / "out"),
             "--progress-interval",
             "0",
+            "--plan",  # the checks and reads are the same; nothing to download
         ]
     )
     assert code == 0, capsys.readouterr().err
@@ -75,11 +76,12 @@ def test_a_run_given_unchecked_parameters_checks_them_once(counted, archive, tmp
             "targets": str(_targets_file(tmp_path)),
             "constraints": {"bands": ["i"]},
             "output_url": str(tmp_path / "out"),
+            "plan": True,  # the checks and reads are the same; nothing to download
         }
     )
     assert params.checked_targets is None
     summary = harvest_params(params)
-    assert summary.ok and summary.stored_images > 0
+    assert summary.ok and summary.images > 0
     assert counted == {"read": 1, "inputs": 1, "service": 1, "storage": 1}
 
 
