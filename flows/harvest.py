@@ -2,9 +2,11 @@
 
 It calls the tasks of ``tasks/`` (each a thin wrapper over an ``obsharvest`` function): a
 task per batch of targets (the queries) and per batch of images (Datalink, header reads,
-downloads), never one per image. Here: the order of the steps, shard by shard, with
-incremental windows and the summary; stopping (signals, the run deadline, Prefect
-cancellation) is ``stops``, the connection to the service ``service``.
+downloads), never one per image. Here: the order of the steps, shard by shard, over
+every service of the run at once, with incremental windows and the summary. Asking the
+services at once is ``fanout``, what they share ``obsharvest.services``; stopping
+(signals, the run deadline, Prefect cancellation) is ``stops``, each service's
+connection ``service``.
 """
 
 from __future__ import annotations
