@@ -6,12 +6,15 @@ per request and a bandwidth cap, starts a temporary Prefect API (``prefect_test_
 before any timing), and then runs, on the same N targets, interleaved run by run:
 
 1. obsharvest with default settings (fresh output directory each run),
-2. the raw-transfer limit for exactly the files that run stored,
+2. the raw-transfer limit for exactly the files that run stored, and the correct-harvest
+   limit (the same GETs, each file hashed and stored durably as obsharvest stores it),
 3. the baseline (the seed's sequential loop),
 4. obsharvest again with 2N targets (the scaling check).
 
-Then two subprocess runs of obsharvest measure peak RSS with images ~10x larger, and one
-table with every issue-8 target marked PASS or MISS is printed.
+Then verification's CPU per header is timed in this process over a sample of the stored
+files (``benchmarks/verifycpu.py``), two subprocess runs of obsharvest measure peak RSS
+with images ~10x larger, and one table with every issue-8 and issue-25 target marked PASS
+or MISS is printed.
 """
 
 from __future__ import annotations
@@ -152,6 +155,7 @@ class Measured:
     harvest: list = field(default_factory=list)
     harvest_stats: list = field(default_factory=list)
     limit: list = field(default_factory=list)
+    correct: list = field(default_factory=list)  # correct-harvest limit runs
     baseline: list = field(default_factory=list)
     baseline_stats: list = field(default_factory=list)
     harvest2: list = field(default_factory=list)
@@ -159,6 +163,7 @@ class Measured:
     rss_big: object = None
     big_files_bytes: int = 0  # bytes served from /files during the large-image run
     big_catalogue: object = None
+    verify_cpu: object = None  # verifycpu.VerifyCpu
     setup_seconds: dict = field(default_factory=dict)
 
 
@@ -175,7 +180,8 @@ def run(options: Options) -> tuple[report.Table, Measured]:
     """Everything: start, warm, time, measure; returns the table (and the raw numbers)."""
     from .baseline import run_baseline
     from .harvest_run import add_prefect_facts, run_harvest
-    from .limit import run_limit, signed_urls
+    from .limit import run_correct_limit, run_limit, signed_urls
+    from .verifycpu import measure as measure_verify_cpu
     from .workload import (
         set_network,
         spread_targets,
@@ -228,6 +234,15 @@ def run(options: Options) -> tuple[report.Table, Measured]:
                     f"run {i + 1}/{options.runs}: raw limit {lim.seconds:.2f} s ({lim.bytes / 1e6:.1f} MB)"
                 )
                 archive.reset_stats()
+                stored_at = work / f"correct-limit-{i}"
+                ok = run_correct_limit(urls, stored_at, options.limit_workers)
+                m.correct.append(ok)
+                shutil.rmtree(stored_at, ignore_errors=True)
+                say(
+                    f"run {i + 1}/{options.runs}: correct-harvest limit {ok.seconds:.2f} s "
+                    f"({ok.bytes / 1e6:.1f} MB, fsync {ok.fsync_seconds:.2f} thread-s)"
+                )
+                archive.reset_stats()
                 b = run_baseline(archive.tap_url, targets, work / f"baseline-{i}")
                 m.baseline_stats.append(archive.stats())
                 m.baseline.append(b)
@@ -242,6 +257,8 @@ def run(options: Options) -> tuple[report.Table, Measured]:
                 say(
                     f"run {i + 1}/{options.runs}: obsharvest 2N {h2.seconds:.2f} s ({h2.images} images)"
                 )
+            m.verify_cpu = measure_verify_cpu(cat, targets, m.harvest[-1].stored)
+            say(f"verification: {m.verify_cpu.ms_per_header:.2f} ms CPU per header")
             if options.rss:
                 rss_targets = targets[: max(1, options.rss_targets)]
                 rss_csv = write_targets_csv(rss_targets, work / "targets-rss.csv")
@@ -330,6 +347,22 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
             passed=R.median(hl) <= R.LIMIT_MAX,
         )
     )
+    t_c = [x.seconds for x in m.correct]
+    hc = [t_h[i] / t_c[i] for i in range(n)]
+    ci = R.median_index(t_c)
+    latency_bound = options.bandwidth <= 0
+    rows.append(
+        R.Row(
+            "obsharvest / correct-harvest limit",
+            limit=R.fmt_s(R.median(t_c)),
+            value=(
+                f"{R.fmt_ratios(hc)} (sha256+md5, temp + fsync + rename + sidecar; "
+                f"fsync {m.correct[ci].fsync_seconds:.2f} thread-s)"
+            ),
+            target=f"<= {R.CORRECT_MAX} latency-bound" if latency_bound else "",
+            passed=(R.median(hc) <= R.CORRECT_MAX) if latency_bound else None,
+        )
+    )
     bound = [t_b[i] / t_l[i] for i in range(n)]
     rows.append(
         R.Row(
@@ -391,6 +424,23 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
             value=" | ".join(f"{k} {v:.2f} s" for k, v in st.items()),
         )
     )
+    rows.append(_cpu_row(h, m, mi))
+    vc = m.verify_cpu
+    if vc is not None:
+        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(vc.verdicts.items()))
+        rows.append(
+            R.Row(
+                "verification CPU per header",
+                obsharvest=f"{vc.ms_per_header:.2f} ms",
+                value=(
+                    f"{vc.files} stored files x {vc.repeats}, median ({vc.fastest_ms:.2f}-"
+                    f"{vc.slowest_ms:.2f}); {vc.targets_per_header:.1f} targets/header; "
+                    f"<= {vc.bytes_read / 1000:.0f} kB read; {verdicts}"
+                ),
+                target=f"<= {R.VERIFY_CPU_MS_MAX:.0f} ms",
+                passed=vc.ms_per_header <= R.VERIFY_CPU_MS_MAX,
+            )
+        )
     scale = R.median(t_h2) / R.median(t_h)
     img_ratio = h2.images / max(h.images, 1)
     rows.append(
@@ -446,6 +496,30 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
     table = R.Table(header, rows)
     table.notes += notes(options, m, cat, cat2, hb, hl, hv)
     return table
+
+
+def _cpu_row(h, m: Measured, mi: int) -> report.Row:
+    """obsharvest's CPU in the images stage (this process: the client), per image and as
+    cores busy, with an estimate of its parts: verification from the per-header timing,
+    storing from the correct-harvest limit's CPU over the raw limit's (same GETs)."""
+    cpu, wall = h.stage_cpu("images")
+    stored = max(len(h.stored), 1)
+    per_image = cpu / max(h.images, 1) * 1000
+    value = (
+        f"images stage {cpu:.2f} CPU-s / {wall:.2f} s = {cpu / max(wall, 1e-9):.2f} cores busy; "
+        f"{per_image:.1f} ms per image ({h.images} decided, {len(h.stored)} stored)"
+    )
+    lim, ok = m.limit[mi], m.correct[mi]
+    storing = (ok.cpu - lim.cpu) / stored * 1000 * len(h.stored) / max(h.images, 1)
+    vc = m.verify_cpu
+    if vc is not None:
+        verifying = vc.ms_per_header
+        value += (
+            f": verification ~{verifying:.1f}, storing ~{storing:.1f}, other "
+            f"{per_image - verifying - storing:.1f}"
+        )
+    value += f"; whole run {h.cpu:.2f} CPU-s / {h.seconds:.2f} s = {h.cpu / h.seconds:.2f} cores"
+    return report.Row("CPU: client (images stage)", obsharvest=f"{cpu:.2f} CPU-s", value=value)
 
 
 def notes(options: Options, m: Measured, cat, cat2, hb, hl, hv) -> list[str]:

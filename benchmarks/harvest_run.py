@@ -8,6 +8,9 @@ own start and end times, read back through the Prefect client after the flow ret
 from __future__ import annotations
 
 import asyncio
+import bisect
+import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,63 @@ class HarvestRun:
     task_names: list[str] = field(default_factory=list)
     wall_start: float = 0.0  # time.time() when the flow was called
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, + "other"
+    cpu: float = 0.0  # CPU seconds of this process (the client) during the run
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (time.time(), CPU s)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage -> first, last
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds used between two ``time.time()`` instants (from the samples)."""
+        return _cpu_at(self.cpu_samples, end) - _cpu_at(self.cpu_samples, start)
+
+    def stage_cpu(self, stage: str) -> tuple[float, float]:
+        """(CPU seconds, wall seconds) of a stage, from its first task's start to its last
+        task's end; (nan, 0) when it has no span."""
+        if stage not in self.spans or len(self.cpu_samples) < 2:
+            return float("nan"), 0.0
+        start, end = self.spans[stage]
+        return self.cpu_between(start, end), end - start
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_at(samples: list[tuple[float, float]], at: float) -> float:
+    """CPU seconds at ``at``, interpolated linearly between the samples around it."""
+    times = [t for t, _ in samples]
+    k = bisect.bisect_left(times, at)
+    if k <= 0:
+        return samples[0][1]
+    if k >= len(samples):
+        return samples[-1][1]
+    (t0, c0), (t1, c1) = samples[k - 1], samples[k]
+    return c0 + (c1 - c0) * (at - t0) / max(t1 - t0, 1e-9)
+
+
+class _CpuSampler:
+    """Samples this process's CPU seconds every ``every`` s in a thread, so a stage's CPU
+    can be read off its task runs' start and end times afterwards."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), _cpu()))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> _CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.time(), _cpu()))
 
 
 def harvest_params(tap_url: str, targets_csv: Path, output: Path):
@@ -69,10 +129,12 @@ def _runner():
 def run_harvest(tap_url: str, targets_csv: Path, output: Path) -> HarvestRun:
     params = harvest_params(tap_url, targets_csv, output)
     runner = _runner()
-    wall_start = time.time()
-    started = time.perf_counter()
-    summary = runner(params)
-    seconds = time.perf_counter() - started
+    with _CpuSampler() as sampler:
+        wall_start, cpu0 = time.time(), _cpu()
+        started = time.perf_counter()
+        summary = runner(params)
+        seconds = time.perf_counter() - started
+        cpu = _cpu() - cpu0
     rows = read_rows(output)
     stored = sorted({r["obs_publisher_did"] for r in rows if r["stored"]})
     return HarvestRun(
@@ -83,6 +145,8 @@ def run_harvest(tap_url: str, targets_csv: Path, output: Path) -> HarvestRun:
         stored=stored,
         failures=len(summary.failures),
         wall_start=wall_start,
+        cpu=cpu,
+        cpu_samples=sampler.samples,
     )
 
 
@@ -126,6 +190,7 @@ def add_prefect_facts(run: HarvestRun) -> HarvestRun:
             first = min(s for s, _ in spans[stage])
             last = max(e for _, e in spans[stage])
             stages[stage] = (last - first).total_seconds()
+            run.spans[stage] = (first.timestamp(), last.timestamp())
         else:
             stages[stage] = 0.0
     ended = [tr.end_time.timestamp() for tr in runs if tr.end_time is not None]

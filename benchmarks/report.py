@@ -14,6 +14,9 @@ VERIFY_MAX = 0.01  # verification reads at most 1% of the verified images' bytes
 RSS_MAX = 1.2  # peak RSS with 10x larger images at most 1.2x
 TASKS_MAX = 100  # Prefect task runs per 10k images
 SCALING_MAX = 2.2  # time(2N) / time(N): no faster than linear
+# issue 25's targets
+CORRECT_MAX = 1.5  # latency-bound: at most 1.5x the correct-harvest limit
+VERIFY_CPU_MS_MAX = 3.0  # header bytes to verdicts in at most 3 ms of CPU per header
 
 ROW_TITLES = (
     "wall time, median",

@@ -80,6 +80,7 @@ class Catalogue:
     rows: dict[str, list[str]] = field(default_factory=dict)  # target name -> dids
     sizes: dict[str, int] = field(default_factory=dict)  # did -> bytes of the file
     truth: dict[str, frozenset[str]] = field(default_factory=dict)  # target -> dids on pixels
+    paths: dict[str, str] = field(default_factory=dict)  # did -> the archive's file (cache)
 
     def subset(self, targets: Sequence[BenchTarget]) -> Catalogue:
         names = [t.name for t in targets]
@@ -88,6 +89,7 @@ class Catalogue:
             {n: self.rows[n] for n in names},
             {d: self.sizes[d] for d in dids},
             {n: self.truth[n] for n in names},
+            {d: self.paths[d] for d in dids if d in self.paths},
         )
 
     @property
@@ -212,4 +214,5 @@ def warm(archive: EmbeddedArchive, targets: Sequence[BenchTarget]) -> Catalogue:
             if did not in cat.sizes:
                 path, _ = archive.files.ensure(by_did[did])
                 cat.sizes[did] = path.stat().st_size
+                cat.paths[did] = str(path)
     return cat

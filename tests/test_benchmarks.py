@@ -31,11 +31,14 @@ def test_tiny_benchmark_prints_every_row_with_ratios(tmp_path):
         "wall time, median of 1",
         "obsharvest / baseline",
         "obsharvest / raw limit",
+        "obsharvest / correct-harvest limit",
         "baseline / raw limit",
         "verify bytes / image bytes",
         "peak RSS, images ~10x larger",
         "task runs per 10k images",
         "stage split (median run)",
+        "CPU: client (images stage)",
+        "verification CPU per header",
         "scaling N -> 2N targets",
         "HTTP requests (median run)",
         "MB from /files (median run)",
@@ -45,7 +48,9 @@ def test_tiny_benchmark_prints_every_row_with_ratios(tmp_path):
     assert set(judged) == {
         "obsharvest / baseline",
         "obsharvest / raw limit",
+        "obsharvest / correct-harvest limit",  # judged: this workload has no bandwidth cap
         "verify bytes / image bytes",
+        "verification CPU per header",
         "task runs per 10k images",
         "scaling N -> 2N targets",
     }
@@ -57,6 +62,14 @@ def test_tiny_benchmark_prints_every_row_with_ratios(tmp_path):
     # the three contenders did the same work: the limit moved exactly what obsharvest stored
     assert h.stored and set(h.stored) == set(b.downloaded)
     assert lim.files == len(h.stored)
+    # the correct-harvest limit moved the same bytes, and its ratio is printed
+    ok = measured.correct[0]
+    assert (ok.files, ok.bytes) == (lim.files, lim.bytes)
+    assert f"{h.seconds / ok.seconds:.3f}" in text
+    vc = measured.verify_cpu
+    assert vc.files > 0 and math.isfinite(vc.ms_per_header) and vc.ms_per_header > 0
+    assert f"{vc.ms_per_header:.2f} ms" in text
+    assert h.cpu > 0 and " cores busy" in text
     assert h.task_runs > 0 and set(h.stages) >= {"query", "images", "metadata"}
     assert "correctness: obsharvest stored exactly" in text
 
