@@ -357,9 +357,7 @@ def harvest(params: HarvestParams) -> Summary:
     params = preflight(as_params(params))  # a deployment run's checks; the CLI's carried over
     targets = params.checked_targets or []
     run_id = str(flow_run.id or uuid.uuid4())
-    # each service its task_workers: several are asked at once, not one after another
-    workers_ = params.concurrency.task_workers * len(params.all_services)
-    runner = task_runner_for(params.execution, workers_)
+    runner = task_runner_for(params.execution, _task_workers(params))
 
     def body() -> Summary:
         if runner == _current_task_runner():
@@ -400,8 +398,14 @@ def for_params(params: HarvestParams):
     deployment runs keep the subflow (their runner is not the flow's)."""
     if params.execution.runner != "threads":
         return harvest
-    workers_ = params.concurrency.task_workers * len(params.all_services)
-    return harvest.with_options(task_runner=task_runner_for(params.execution, workers_))
+    return harvest.with_options(
+        task_runner=task_runner_for(params.execution, _task_workers(params))
+    )
+
+
+def _task_workers(params: HarvestParams) -> int:
+    """Each service its task_workers: several are asked at once, not one after another."""
+    return params.concurrency.task_workers * len(params.all_services)
 
 
 def harvest_params(params: HarvestParams, *, incremental: bool | None = None) -> Summary:

@@ -187,13 +187,11 @@ def _header_has_celestial(header: fits.Header, url: str, index: int) -> bool:
     try:
         return _build_wcs(header).has_celestial
     except Exception as exc:  # noqa: BLE001 - WCS raises many types for bad headers
-        if _has_celestial_ctype(header):
-            raise CorruptHeaderError(
-                f"HDU {index} of {without_query(url)} has an unusable celestial WCS: "
-                f"{type(exc).__name__}: {_one_line(_redact_text(str(exc)))}",
-                url=url,
-            ) from None
-        return False
+        raise CorruptHeaderError(  # its CTYPEs say celestial: unusable, not absent
+            f"HDU {index} of {without_query(url)} has an unusable celestial WCS: "
+            f"{type(exc).__name__}: {_one_line(_redact_text(str(exc)))}",
+            url=url,
+        ) from None
 
 
 def _has_celestial_ctype(header: fits.Header) -> bool:
