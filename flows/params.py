@@ -329,6 +329,12 @@ class Concurrency(Model):
         "the limit grows from verify_workers while replies come back, halves on 429/503",
     )
     download_workers: int = Field(8, ge=1, le=64, description="downloads at once per task")
+    image_processes: bool | Literal["auto"] = Field(
+        "auto",
+        description="run each image batch of at least 64 images in a worker process of its "
+        "own, so the batches use every core; auto: when this process may use 2 or more "
+        "cores and the tasks run in threads",
+    )
 
 
 class Retry(Model):

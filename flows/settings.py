@@ -6,6 +6,7 @@ tasks stay unaware of how a value was given (profile, ``--set``, flag, Prefect f
 
 from __future__ import annotations
 
+from obsharvest.images import processes
 from obsharvest.images.settings import ImageSettings
 from obsharvest.net.archive import Archive, Politeness
 from obsharvest.net.retry import RetryPolicy
@@ -89,4 +90,17 @@ def image_settings(params: HarvestParams, archive: Archive) -> ImageSettings:
         cutout_fallback=p.cutout_fallback == "image",
         datalink_batch=c.datalink_batch,
         datalink_workers=c.datalink_workers,
+        processes=image_processes(params),
     )
+
+
+def image_processes(params: HarvestParams) -> int:
+    """How many image worker processes may run at once: the batches that run at once
+    (``task_workers``), or 0 for none (off, one core, or tasks sent to Dask, whose worker
+    processes may not have children)."""
+    wanted = params.concurrency.image_processes
+    if wanted is False or params.execution.runner != "threads":
+        return 0
+    if wanted == "auto" and processes.usable_cores() < 2:
+        return 0
+    return params.concurrency.task_workers

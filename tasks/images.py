@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from prefect import get_run_logger, task
 from prefect.states import Failed
 
-from obsharvest.images import batch
+from obsharvest.images import batch, processes
 from obsharvest.images.settings import ImageSettings
 from obsharvest.models import ImageOutcome, ImageWork
 from obsharvest.net.archive import Archive
@@ -32,7 +32,10 @@ def process_images(
     """A batch's outcomes; a Failed state (with the outcomes as its data) when some images
     failed, so the UI shows the batch red while every decided image is kept."""
     with archive_slot(archive.politeness.slot):
-        outcomes = batch.harvest_images(
+        harvest = (
+            processes.harvest_images if processes.wanted(settings, works) else batch.harvest_images
+        )
+        outcomes = harvest(
             archive,
             works,
             settings,

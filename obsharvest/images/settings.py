@@ -36,6 +36,7 @@ class ImageSettings:
     cutout_fallback: bool  # cutout mode, no SODA offered: store the whole image
     datalink_batch: int  # IDs per Datalink request (fewer if the service answers fewer)
     datalink_workers: int  # Datalink requests in flight
+    processes: int  # >0: a batch runs in a worker process, this many at once (processes.py)
     auth_headers: Callable[[str], dict[str, str]] | None = None  # service-host auth only
 
     def headers_for(self, url: str) -> dict[str, str]:
