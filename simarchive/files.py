@@ -97,14 +97,19 @@ class FitsCache:
         with self._lock(rel_path):
             if not md5_path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                # per thread: archives of one process may share a cache directory (tests)
+                unique = f"{os.getpid()}-{threading.get_ident()}"
+                tmp = path.with_name(f".{path.name}.{unique}.tmp")
                 write(str(tmp))
                 digest = hashlib.md5()
                 with open(tmp, "rb") as fh:
                     for block in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(block)
                 os.replace(tmp, path)
-                md5_path.write_text(digest.hexdigest())
+                # the MD5 file says the file is there: it appears whole, never half written
+                md5_tmp = md5_path.with_name(f".{md5_path.name}.{unique}.tmp")
+                md5_tmp.write_text(digest.hexdigest())
+                os.replace(md5_tmp, md5_path)
             return path, md5_path.read_text().strip()
 
     def existing(self, rel_path: str) -> tuple[Path, str] | None:

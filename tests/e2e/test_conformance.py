@@ -22,6 +22,7 @@ from obsharvest.flows.harvest import harvest_params
 from obsharvest.flows.params import HarvestParams
 from obsharvest.simarchive.faults import FaultPlan
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+from tests.shared_files import shared
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -88,7 +89,7 @@ def targets_csv(tmp_path_factory):
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.timeout(240)
 def test_every_access_style_harvests_exactly_the_truth(style, profile, targets_csv, tmp_path):
-    with EmbeddedArchive(_archive_settings(style, profile)) as archive:
+    with EmbeddedArchive(shared(_archive_settings(style, profile))) as archive:
         truth = {name: archive.truth(ra, dec) for name, ra, dec in TARGETS}
         summary = harvest_params(_params(archive, tmp_path, targets_csv))
         first = archive.stats()
@@ -123,7 +124,7 @@ def test_cutout_mode_without_soda_says_so_before_any_work(targets_csv, tmp_path)
     from obsharvest.errors import CutoutUnavailableError
 
     settings = ArchiveSettings(seed=7, n_visits=24, binning=10, access_style="direct")
-    with EmbeddedArchive(settings) as archive:
+    with EmbeddedArchive(shared(settings)) as archive:
         params = _params(archive, tmp_path / "refused", targets_csv)
         cutouts = {"mode": "cutout", "cutout_radius": 0.01}
         refused = params.model_copy(update={"products": params.products.model_copy(update=cutouts)})
@@ -213,7 +214,7 @@ def test_every_dialect_harvests_exactly_the_truth(server, targets_csv, tmp_path,
         dialect=Dialect.parse(switches),
         faults=FaultPlan.parse(["*.head_stall=1"], seed=11),
     )
-    with EmbeddedArchive(settings) as archive:
+    with EmbeddedArchive(shared(settings)) as archive:
         truth = {name: archive.truth(ra, dec) for name, ra, dec in TARGETS}
         params = _params(archive, tmp_path, targets_csv)
         params = params.model_copy(
@@ -266,7 +267,7 @@ def test_an_untyped_service_without_language_harvests_from_the_cli_without_trace
 
     switches = ["capabilities=untyped", "upload_join=broken", "errors=text"]
     settings = ArchiveSettings(seed=7, n_visits=12, binning=10, dialect=Dialect.parse(switches))
-    with EmbeddedArchive(settings) as archive:
+    with EmbeddedArchive(shared(settings)) as archive:
         truth = set().union(*(archive.truth(ra, dec) for _, ra, dec in TARGETS))
         env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
         done = subprocess.run(

@@ -21,6 +21,7 @@ from obsharvest.flows.params import HarvestParams
 from obsharvest.simarchive.dialect import Dialect
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from obsharvest.verify.sregion import pack_rows, point_in_regions
+from tests.shared_files import shared
 
 DIALECTS = ("stcs", "stcs-j2000", "union", "dali", "null")
 # the seed's position, a neighbour sharing some of its images, and one further out
@@ -29,11 +30,13 @@ WHERE = "lsst_band = 'i' AND calib_level = 2"
 
 
 def _settings(dialect: str) -> ArchiveSettings:
-    return ArchiveSettings(
-        seed=7,
-        n_visits=12,
-        binning=10,
-        dialect=Dialect.parse([f"s_region_dialect={dialect}"]),
+    return shared(
+        ArchiveSettings(
+            seed=7,
+            n_visits=12,
+            binning=10,
+            dialect=Dialect.parse([f"s_region_dialect={dialect}"]),
+        )
     )
 
 

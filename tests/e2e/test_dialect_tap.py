@@ -31,6 +31,7 @@ from obsharvest.query.service import TapService
 from obsharvest.query.shapes import Shape, ShapeMemory, simpler
 from obsharvest.simarchive.dialect import Dialect
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
+from tests.shared_files import shared
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -113,8 +114,10 @@ def test_the_shape_ladder_ends_at_one_target_without_intersects():
 
 
 def _archive(dialect: list[str], profile: str = "generic") -> ArchiveSettings:
-    return ArchiveSettings(
-        seed=7, n_visits=12, binning=10, profile=profile, dialect=Dialect.parse(dialect)
+    return shared(
+        ArchiveSettings(
+            seed=7, n_visits=12, binning=10, profile=profile, dialect=Dialect.parse(dialect)
+        )
     )
 
 

@@ -32,6 +32,7 @@ from obsharvest.query.service import TapService
 from obsharvest.simarchive.dialect import Dialect
 from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from tests.crafted_server import CraftedServer, Reply
+from tests.shared_files import shared
 
 # the seed's position, a neighbour sharing some of its images, and one further out
 TARGETS = (("seed", 62.0, -37.0), ("near", 62.05, -36.97), ("east", 62.4, -37.1))
@@ -42,8 +43,10 @@ ALL = "SELECT obs_publisher_did FROM ivoa.ObsCore"
 
 
 def _settings(dialect: list[str], n_visits: int = 12, **more) -> ArchiveSettings:
-    return ArchiveSettings(
-        seed=7, n_visits=n_visits, binning=10, dialect=Dialect.parse(dialect), **more
+    return shared(
+        ArchiveSettings(
+            seed=7, n_visits=n_visits, binning=10, dialect=Dialect.parse(dialect), **more
+        )
     )
 
 

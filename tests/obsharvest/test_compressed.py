@@ -28,14 +28,17 @@ from obsharvest.simarchive.server import ArchiveSettings, EmbeddedArchive
 from obsharvest.storage.download import download
 from obsharvest.storage.store import ObjectStore
 from obsharvest.verify import containment, mask
+from tests.shared_files import shared
 
 TARGETS = (("seed", 62.0, -37.0), ("near", 62.05, -36.97), ("east", 62.4, -37.1))
 FILES = ("fz", "gz", "gz-encoded")
 
 
 def _settings(files: str, **extra) -> ArchiveSettings:
-    return ArchiveSettings(
-        seed=7, n_visits=12, binning=10, dialect=Dialect.parse([f"files={files}"]), **extra
+    return shared(
+        ArchiveSettings(
+            seed=7, n_visits=12, binning=10, dialect=Dialect.parse([f"files={files}"]), **extra
+        )
     )
 
 
