@@ -18,7 +18,9 @@ A representative subset goes through the flow (``harvest_params``, and the flow 
 with Prefect parameters, which must be blamed as such).
 
 The CLI cases run four at a time in one module fixture (each takes 1-3 s of start-up), so
-the module stays well under a minute and a half.
+the module stays well under a minute and a half. The one case whose run reaches a flow
+reports to the session's Prefect API instead of starting a temporary one (about 7 s;
+tests/e2e/test_first_contact.py and test_stopping.py test that route).
 """
 
 from __future__ import annotations
@@ -108,8 +110,10 @@ def s3_harvest_bucket(s3):
 
 
 @pytest.fixture(scope="module")
-def world(secured, crafted, s3_harvest_bucket, tmp_path_factory) -> dict[str, str]:
+def world(secured, crafted, s3_harvest_bucket, prefect_harness, tmp_path_factory) -> dict[str, str]:
     """Paths and URLs the cases' arguments name as ``{placeholders}``."""
+    from prefect.settings import PREFECT_API_URL
+
     tmp = tmp_path_factory.mktemp("bad-inputs")
     remote = tmp / "remote.yaml"
     remote.write_text(
@@ -137,6 +141,7 @@ def world(secured, crafted, s3_harvest_bucket, tmp_path_factory) -> dict[str, st
         "crafted": crafted.base_url,
         "s3": s3_harvest_bucket,
         "readonly": str(readonly),
+        "prefect_api": str(PREFECT_API_URL.value()),
     }
 
 
@@ -206,7 +211,7 @@ CASES = [
     Case("s3-without-credentials", (*AT, "--output", "s3://harvest/run"), ("--output s3://harvest/run", "no S3 credentials", "AWS_ACCESS_KEY_ID"), env={"AWS_ENDPOINT_URL_S3": "{s3}"}),
     Case("s3-bucket-missing", (*AT, "--output", "s3://no-such-bucket/run"), ("bucket 'no-such-bucket' does not exist",), env={"AWS_ENDPOINT_URL_S3": "{s3}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}),
     # -- a reply during the run (preflight passed): the query is refused once, not retried
-    Case("query-answered-html-404", (*AT, "--set", "service.tap_url={crafted}/run404", "--set", "service.token_required=false"), ("sync TAP query", "/run404/sync answered 404", "check the URL"), env={TOKEN_ENV: None}, hits={"/run404/sync": 1}),
+    Case("query-answered-html-404", (*AT, "--set", "service.tap_url={crafted}/run404", "--set", "service.token_required=false"), ("sync TAP query", "/run404/sync answered 404", "check the URL"), env={TOKEN_ENV: None, "PREFECT_API_URL": "{prefect_api}"}, hits={"/run404/sync": 1}),
 ]  # fmt: skip
 
 
