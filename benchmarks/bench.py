@@ -159,6 +159,7 @@ class Measured:
     baseline: list = field(default_factory=list)
     baseline_stats: list = field(default_factory=list)
     harvest2: list = field(default_factory=list)
+    one_process: list = field(default_factory=list)  # image_processes off: one interpreter
     rss_small: object = None
     rss_big: object = None
     big_files_bytes: int = 0  # bytes served from /files during the large-image run
@@ -207,14 +208,14 @@ def run(options: Options) -> tuple[report.Table, Measured]:
         cat2 = catalogue.subset(targets2)
         csv1 = write_targets_csv(targets, work / "targets-n.csv")
         csv2 = write_targets_csv(targets2, work / "targets-2n.csv")
-        warm_csv = write_targets_csv(targets[:1], work / "targets-warmup.csv")
         m.setup_seconds["archive + cache"] = time.perf_counter() - t0
         set_network(archive, network)
         t0 = time.perf_counter()
         with prefect_api(options.start_prefect) as child_env:
             m.setup_seconds["prefect api"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            run_harvest(archive.tap_url, warm_csv, work / "warmup")  # first flow run: untimed
+            # first flow run, untimed: the N targets, so image worker processes start here
+            run_harvest(archive.tap_url, csv1, work / "warmup")
             m.setup_seconds["warm-up run"] = time.perf_counter() - t0
             for i in range(options.runs):
                 out = work / f"harvest-{i}"
@@ -250,6 +251,13 @@ def run(options: Options) -> tuple[report.Table, Measured]:
                 say(
                     f"run {i + 1}/{options.runs}: baseline {b.seconds:.2f} s ({b.rows} rows, {len(b.downloaded)} saved)"
                 )
+                out = work / f"one-process-{i}"
+                h1 = add_prefect_facts(
+                    run_harvest(archive.tap_url, csv1, out, image_processes=False)
+                )
+                m.one_process.append(h1)
+                shutil.rmtree(out, ignore_errors=True)
+                say(f"run {i + 1}/{options.runs}: obsharvest in one process {h1.seconds:.2f} s")
                 out = work / f"harvest2-{i}"
                 h2 = add_prefect_facts(run_harvest(archive.tap_url, csv2, out))
                 m.harvest2.append(h2)
@@ -331,12 +339,14 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
             R.fmt_s(R.median(t_l)),
         )
     )
+    latency_bound = options.bandwidth <= 0
+    speedup_min = R.SPEEDUP_MIN_LATENCY if latency_bound else R.SPEEDUP_MIN
     rows.append(
         R.Row(
             "obsharvest / baseline",
             value=f"{R.fmt_ratios(hb)} = {R.median(speedups):.1f}x faster",
-            target=f">= {R.SPEEDUP_MIN:.0f}x faster",
-            passed=R.median(speedups) >= R.SPEEDUP_MIN,
+            target=f">= {speedup_min:.0f}x faster",
+            passed=R.median(speedups) >= speedup_min,
         )
     )
     rows.append(
@@ -350,7 +360,6 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
     t_c = [x.seconds for x in m.correct]
     hc = [t_h[i] / t_c[i] for i in range(n)]
     ci = R.median_index(t_c)
-    latency_bound = options.bandwidth <= 0
     rows.append(
         R.Row(
             "obsharvest / correct-harvest limit",
@@ -425,6 +434,8 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
         )
     )
     rows.append(_cpu_row(h, m, mi))
+    if m.one_process:
+        rows.append(_cores_row(m, mi))
     vc = m.verify_cpu
     if vc is not None:
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(vc.verdicts.items()))
@@ -474,7 +485,7 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
     )
     bw = f"{options.bandwidth / 1e6:.0f} MB/s shared" if options.bandwidth > 0 else "no cap"
     header = [
-        "obsharvest benchmark (issue 8)",
+        "obsharvest benchmark (issues 8 and 25)",
         (
             f"workload: {options.targets} targets within {options.radius} deg of RA {CENTRE[0]}, "
             f"Dec {CENTRE[1]}; seed query {BAND}-band calib_level={CALIB_LEVEL}: "
@@ -522,6 +533,25 @@ def _cpu_row(h, m: Measured, mi: int) -> report.Row:
     return report.Row("CPU: client (images stage)", obsharvest=f"{cpu:.2f} CPU-s", value=value)
 
 
+def _cores_row(m: Measured, mi: int) -> report.Row:
+    """Image work in worker processes (default) against one interpreter, same run."""
+    one = m.one_process
+    t1 = [h.seconds for h in one]
+    k = report.median_index(t1)
+    cpu_w, wall_w = m.harvest[mi].stage_cpu("images")
+    cpu_1, wall_1 = one[k].stage_cpu("images")
+    ratios = [m.harvest[i].seconds / one[i].seconds for i in range(len(one))]
+    return report.Row(
+        "image workers / one process",
+        obsharvest=report.fmt_s(report.median(t1)),
+        value=(
+            f"{report.fmt_ratios(ratios)} of the run in one process; images stage "
+            f"{wall_w:.2f} s at {cpu_w / max(wall_w, 1e-9):.2f} cores busy, against "
+            f"{wall_1:.2f} s at {cpu_1 / max(wall_1, 1e-9):.2f} in one process"
+        ),
+    )
+
+
 def notes(options: Options, m: Measured, cat, cat2, hb, hl, hv) -> list[str]:
     """Plain facts under the table: correctness checks, and why a target was missed."""
     R = report
@@ -536,17 +566,18 @@ def notes(options: Options, m: Measured, cat, cat2, hb, hl, hv) -> list[str]:
     )
     speed = R.median([1 / r for r in hb])
     bound = R.median([m.baseline[i].seconds / m.limit[i].seconds for i in range(options.runs)])
-    if speed < R.SPEEDUP_MIN and bound < R.SPEEDUP_MIN:
+    wanted = R.SPEEDUP_MIN_LATENCY if options.bandwidth <= 0 else R.SPEEDUP_MIN
+    if speed < wanted and bound < wanted:
         out.append(
             f"obsharvest / baseline MISS: even the raw transfer of the stored files alone is only "
             f"{bound:.1f}x faster than the baseline here, so no client can reach "
-            f"{R.SPEEDUP_MIN:.0f}x on this network: the bandwidth cap, not obsharvest, bounds "
+            f"{wanted:.0f}x on this network: the bandwidth cap, not obsharvest, bounds "
             "the speed-up (see benchmarks/README.md)"
         )
-    elif speed < R.SPEEDUP_MIN:
+    elif speed < wanted:
         out.append(
             f"obsharvest / baseline MISS: the raw transfer is {bound:.1f}x faster than the "
-            f"baseline, so {R.SPEEDUP_MIN:.0f}x is possible on this network; obsharvest's "
+            f"baseline, so {wanted:.0f}x is possible on this network; obsharvest's "
             f"{speed:.1f}x is bounded by its own round trips (header reads, Datalink, queries) "
             "and how many run at once (concurrency.verify_workers x task_workers)"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import resource
 import threading
 import time
@@ -53,8 +54,25 @@ class HarvestRun:
 
 
 def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of the client: this process, its image worker processes (alive, read
+    from /proc) and those that ended (reaped children)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime + _workers_cpu()
+
+
+def _workers_cpu() -> float:
+    from obsharvest.images import processes
+
+    total = 0.0
+    for pid in processes.worker_pids():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended a moment ago: counted with the reaped children
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _cpu_at(samples: list[tuple[float, float]], at: float) -> float:
@@ -94,7 +112,7 @@ class _CpuSampler:
         self.samples.append((time.time(), _cpu()))
 
 
-def harvest_params(tap_url: str, targets_csv: Path, output: Path):
+def harvest_params(tap_url: str, targets_csv: Path, output: Path, **concurrency):
     from obsharvest.flows.params import HarvestParams
 
     return HarvestParams.model_validate(
@@ -103,6 +121,7 @@ def harvest_params(tap_url: str, targets_csv: Path, output: Path):
             "targets": str(targets_csv),
             "constraints": {"bands": [BAND], "calib_levels": [CALIB_LEVEL]},
             "output_url": str(output),
+            "concurrency": concurrency,
         }
     )
 
@@ -126,8 +145,10 @@ def _runner():
     return getattr(module, "harvest_params", None) or module.harvest
 
 
-def run_harvest(tap_url: str, targets_csv: Path, output: Path) -> HarvestRun:
-    params = harvest_params(tap_url, targets_csv, output)
+def run_harvest(tap_url: str, targets_csv: Path, output: Path, **concurrency) -> HarvestRun:
+    """One harvest with default settings (``concurrency`` overrides a few, e.g.
+    ``image_processes=False``)."""
+    params = harvest_params(tap_url, targets_csv, output, **concurrency)
     runner = _runner()
     with _CpuSampler() as sampler:
         wall_start, cpu0 = time.time(), _cpu()

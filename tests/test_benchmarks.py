@@ -38,6 +38,7 @@ def test_tiny_benchmark_prints_every_row_with_ratios(tmp_path):
         "task runs per 10k images",
         "stage split (median run)",
         "CPU: client (images stage)",
+        "image workers / one process",
         "verification CPU per header",
         "scaling N -> 2N targets",
         "HTTP requests (median run)",
@@ -70,6 +71,8 @@ def test_tiny_benchmark_prints_every_row_with_ratios(tmp_path):
     assert vc.files > 0 and math.isfinite(vc.ms_per_header) and vc.ms_per_header > 0
     assert f"{vc.ms_per_header:.2f} ms" in text
     assert h.cpu > 0 and " cores busy" in text
+    one = measured.one_process[0]  # the same run with image_processes off
+    assert set(one.stored) == set(h.stored) and f"{h.seconds / one.seconds:.3f}" in text
     assert h.task_runs > 0 and set(h.stages) >= {"query", "images", "metadata"}
     assert "correctness: obsharvest stored exactly" in text
 

@@ -84,6 +84,8 @@ class _Worker:
     never an import of the caller's main module, which ``multiprocessing`` would run
     again in each child), talking over a socket pair."""
 
+    started: list[_Worker] = []  # class-wide: what worker_pids looks through
+
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         code = (
@@ -99,6 +101,8 @@ class _Worker:
         )
         theirs.close()
         self.conn = Connection(ours.detach())
+        _Worker.started.append(self)
+        del _Worker.started[:-64]  # the newest few are enough to find the live ones
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -142,6 +146,11 @@ class _Pool:
 
 
 _POOL = _Pool()
+
+
+def worker_pids() -> list[int]:
+    """The worker processes alive now, idle or busy (benchmarks add up their CPU)."""
+    return [w.proc.pid for w in _Worker.started if w.alive()]
 
 
 def harvest_images(
