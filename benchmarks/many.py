@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -163,8 +162,10 @@ def stored_by_service(output: Path) -> dict[str, set[str]]:
 
 
 def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """The client's CPU seconds, its image worker processes included."""
+    from .harvest_run import _cpu as client_cpu
+
+    return client_cpu()
 
 
 def _archive_cpu(archives: Sequence) -> float:
