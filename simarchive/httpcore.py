@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024 * 1024  # TAP_UPLOAD tables are small; refuse anything silly
+STOP_POLL = 0.05  # s between the serving loop's looks for stop() (see ArchiveHTTPServer.start)
 
 
 @dataclass
@@ -374,8 +375,14 @@ class ArchiveHTTPServer(ThreadingHTTPServer):
         super().serve_forever(poll_interval)
 
     def start(self) -> None:
+        """Serve in a thread; ``stop()`` ends it within ``STOP_POLL`` (socketserver's loop
+        looks for a shutdown only between selects: 0.5 s each by default, half a second
+        added to every archive a test starts and stops)."""
         self._thread = threading.Thread(
-            target=self.serve_forever, name="simarchive-http", daemon=True
+            target=self.serve_forever,
+            kwargs={"poll_interval": STOP_POLL},
+            name="simarchive-http",
+            daemon=True,
         )
         self._thread.start()
 
