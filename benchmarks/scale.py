@@ -152,9 +152,9 @@ def write_targets(path: Path, targets: Sequence[tuple[str, float, float]]) -> Pa
 
 
 @contextlib.contextmanager
-def archive(cli: list[str], args: argparse.Namespace) -> Iterator[str]:
+def archive(cli: list[str], args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     """``obsharvest archive`` in a session of its own (a Ctrl-C meant for the benchmark does
-    not reach it; it is stopped here, always); yields its TAP URL."""
+    not reach it; it is stopped here, always); yields its TAP URL and process id."""
     cmd = [
         *cli, "archive", "--host", "127.0.0.1", "--port", "0", "--seed", "42",
         "--visits", str(args.visits), "--binning", str(args.binning),
@@ -173,7 +173,7 @@ def archive(cli: list[str], args: argparse.Namespace) -> Iterator[str]:
         tap_url = _read_tap_url(proc)
         # keep draining what it prints, so a full pipe never blocks the server
         threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield tap_url
+        yield tap_url, proc.pid
     finally:
         proc.terminate()  # SIGTERM: it stops and removes its data directory
         try:
@@ -212,6 +212,15 @@ class Run:
     rows: int = 0
     images: int = 0
     samples: list[tuple[float, float, float]] = field(default_factory=list)  # t, own, tree
+    client_cpu: float = 0.0  # CPU s of the harvest process and its children (wait4)
+    api_cpu: float = 0.0  # ... of which its temporary Prefect API (polled)
+    workers_cpu: float = 0.0  # ... of which its image worker processes (polled)
+    archive_cpu: float = 0.0  # CPU s the archive process used during the run
+
+    @property
+    def client_ms_per_row(self) -> float:
+        """The harvest's own CPU (its Prefect API left out) per (target, image) row."""
+        return 1000 * (self.client_cpu - self.api_cpu) / max(self.rows, 1)
 
     @property
     def ok(self) -> bool:
@@ -253,10 +262,39 @@ def _kill_tree(pids: Sequence[int], pgid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run_harvest(cmd: list[str], size: int, log: Path, timeout: float) -> Run:
-    """Run ``cmd`` to its end (or kill it at ``timeout``), polling its memory meanwhile;
-    ``wait4`` gives the exact peak of the process and the children it waited for."""
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (/proc/<pid>/stat); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def role_of(pid: int) -> str:
+    """What a process of the harvest's tree is, by its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            line = fh.read().replace(b"\0", b" ")
+    except OSError:
+        return "gone"
+    if b"obsharvest.images.processes" in line:
+        return "worker"
+    if b"uvicorn" in line or b"prefect" in line and b"server" in line:
+        return "api"
+    return "client"
+
+
+def run_harvest(
+    cmd: list[str], size: int, log: Path, timeout: float, archive_pid: int | None = None
+) -> Run:
+    """Run ``cmd`` to its end (or kill it at ``timeout``), polling its memory and its
+    children's CPU meanwhile; ``wait4`` gives the exact peak and CPU of the process and the
+    children it waited for; the archive's CPU is read before and after."""
     run = Run(size)
+    archive_before = cpu_seconds(archive_pid) if archive_pid else 0.0
+    seen: dict[int, tuple[str, float]] = {}  # pid -> role, CPU s when last polled
     with open(log, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -274,11 +312,19 @@ def run_harvest(cmd: list[str], size: int, log: Path, timeout: float) -> Run:
                 if total > run.tree_mb:
                     run.tree_mb, run.tree_peak_at = total, elapsed
                 run.samples.append((elapsed, _status_kb(proc.pid, "VmRSS:") / 1024, total))
+                for p in tree[1:]:
+                    role = seen[p][0] if p in seen else role_of(p)
+                    seen[p] = (role, cpu_seconds(p) or seen.get(p, (role, 0.0))[1])
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     run.wall = time.perf_counter() - started
                     run.returncode = proc.returncode = os.waitstatus_to_exitcode(status)
                     run.peak_mb = usage.ru_maxrss / 1024  # kB on Linux
+                    run.client_cpu = usage.ru_utime + usage.ru_stime
+                    run.api_cpu = sum(c for r, c in seen.values() if r == "api")
+                    run.workers_cpu = sum(c for r, c in seen.values() if r == "worker")
+                    if archive_pid:
+                        run.archive_cpu = cpu_seconds(archive_pid) - archive_before
                     return run
                 if elapsed > timeout:
                     run.timed_out = True
@@ -359,6 +405,16 @@ def print_results(runs: Sequence[Run]) -> None:
             f"{r.size:>8} {r.rows:>9} {r.images:>7} {r.wall:>8.1f} {r.peak_mb:>12.0f} "
             f"{r.own_hwm_mb:>11.0f} {r.tree_mb:>8.0f} {at:>13} {status:>8}"
         )
+    print()
+    print(
+        f"{'targets':>8} {'client CPU s':>13} {'its API s':>10} {'its workers s':>14} "
+        f"{'archive CPU s':>14} {'client ms/row':>14}"
+    )
+    for r in runs:
+        print(
+            f"{r.size:>8} {r.client_cpu:>13.1f} {r.api_cpu:>10.1f} {r.workers_cpu:>14.1f} "
+            f"{r.archive_cpu:>14.1f} {r.client_ms_per_row:>14.3f}"
+        )
     if len(runs) < 2:
         return
     print()
@@ -421,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     try:
         say(f"workdir {workdir}; starting the archive (cache {args.cache_dir})")
-        with archive(cli, args) as tap_url:
+        with archive(cli, args) as (tap_url, archive_pid):
             say(f"archive at {tap_url}")
             if args.warmup:
                 say(f"warm-up: {args.warmup} targets, untimed (makes the archive's files)")
@@ -429,7 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     workdir / "warmup.csv", make_targets(args.warmup, args.seed + 1000, args.radius)
                 )
                 cmd = harvest_command(cli, args.profile, tap_url, csv, workdir / "warmup-out")
-                warm = run_harvest(cmd, args.warmup, workdir / "warmup.log", args.timeout)
+                warm = run_harvest(
+                    cmd, args.warmup, workdir / "warmup.log", args.timeout, archive_pid
+                )
                 say(f"warm-up done in {warm.wall:.0f} s (exit {warm.returncode})")
                 shutil.rmtree(workdir / "warmup-out", ignore_errors=True)
             for size in args.sizes:
@@ -443,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     here / "targets.csv", make_targets(size, args.seed, args.radius)
                 )
                 cmd = harvest_command(cli, args.profile, tap_url, csv, here / "out")
-                run = run_harvest(cmd, size, here / "run.log", args.timeout)
+                run = run_harvest(cmd, size, here / "run.log", args.timeout, archive_pid)
                 run.rows, run.images = count_rows(here / "out")
                 write_samples(here / "rss.tsv", run)
                 runs.append(run)

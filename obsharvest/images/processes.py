@@ -39,7 +39,7 @@ from typing import Any
 
 from obsharvest.models import ImageOutcome, ImageWork
 from obsharvest.net.archive import Archive
-from obsharvest.runtime import stopping, workers
+from obsharvest.runtime import crashpoints, stopping, workers
 
 from . import batch
 from .batch import OnDone
@@ -288,6 +288,7 @@ def serve(fd: int) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("obsharvest").setLevel(logging.INFO)
     parent = os.getppid()
+    crashpoints.work_for(parent)
     while True:
         try:
             kind, payload = conn.recv()

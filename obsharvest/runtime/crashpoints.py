@@ -22,6 +22,7 @@ import threading
 ENV = "OBSHARVEST_CRASH_AT"
 RENDEZVOUS_ENV = "OBSHARVEST_RENDEZVOUS"
 RENDEZVOUS_TIMEOUT = 300.0  # seconds a process waits for the barrier at most
+_run_pid: int | None = None  # set in an image worker process: the run it works for
 _counts: dict[str, int] = {}
 _met: set[str] = set()
 _lock = threading.Lock()
@@ -38,7 +39,16 @@ def crashpoint(name: str) -> None:
         _counts[name] = _counts.get(name, 0) + 1
         reached = _counts[name]
     if reached >= int(nth or 1):
+        if _run_pid is not None:  # the harvest dies, not only its worker
+            os.kill(_run_pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def work_for(run_pid: int) -> None:
+    """In an image worker process: a crash point kills the run too, as SIGKILL of the
+    harvest would (its workers then see their run gone and stop)."""
+    global _run_pid
+    _run_pid = run_pid
 
 
 def rendezvous(name: str) -> None:
