@@ -20,7 +20,7 @@ from obsharvest.net.retry import one_line
 from obsharvest.query.adql import Constraints
 from obsharvest.query.obscore import QueryOptions
 from obsharvest.runtime import stopping, workers
-from obsharvest.tasks import artifacts
+from obsharvest.tasks import artifacts, as_is
 from obsharvest.tasks.images import process_images
 from obsharvest.tasks.query import query_obscore
 
@@ -96,7 +96,7 @@ def _submit_queries(
         (
             query_obscore.submit(
                 archive,
-                chunk,
+                as_is(chunk),
                 constraints,
                 strategy,
                 options,
@@ -162,7 +162,7 @@ def _submit_images(
         (
             process_images.submit(
                 s.archive,
-                batch,
+                as_is(batch),
                 s.image_settings,
                 params.storage_url,
                 params.storage_options,

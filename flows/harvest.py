@@ -45,7 +45,7 @@ from obsharvest.services import BAND, SameBytes, Shared, pairs, share, tally
 from obsharvest.storage.output import Output
 from obsharvest.storage.store import ObjectStore
 from obsharvest.targets import in_sky_order
-from obsharvest.tasks import artifacts, progress
+from obsharvest.tasks import artifacts, as_is, progress
 from obsharvest.tasks.images import check_cutouts
 from obsharvest.tasks.outputs import footprints, gallery, write_metadata
 
@@ -261,16 +261,18 @@ def _write_shard(
         rows = found[s.archive.name]
         if len(rows):
             run.paths += write_metadata(
-                rows,
-                by_name,
-                outcomes,
+                as_is(rows),
+                as_is(by_name),
+                as_is(outcomes),
                 run_id,
                 run.output,
                 service=s.archive.name,
-                served_by=shared.served_by,
+                served_by=as_is(shared.served_by),
             )
         if params.products.quicklook and len(rows) and not (params.plan or stopping.requested()):
-            run.gallery_items += footprints(rows, by_name, outcomes, run.output)
+            run.gallery_items += footprints(
+                as_is(rows), as_is(by_name), as_is(outcomes), run.output
+            )
         tally(s.tally, rows, shared.works[s.archive.name], shared.served_by, outcomes)
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from astropy.table import Table
 
 from obsharvest.access import kinds as access
 from obsharvest.access.kinds import descriptors_of
+from obsharvest.cells import text_of, texts
 from obsharvest.metadata import (
     TARGET_NAME,
     check_obscore_columns,
@@ -41,13 +41,6 @@ from obsharvest.verify.sregion import region_text
 
 ID_COLUMN = "obs_publisher_did"
 CREATOR_COLUMN = "obs_creator_did"  # ObsCore 1.1, optional: the same image across archives
-
-
-def text_of(value) -> str:
-    """A cell of an ObsCore reply as text ("" for a masked or missing value)."""
-    if value is None or value is np.ma.masked:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def failure_of(outcome: ImageOutcome) -> str | None:
@@ -101,8 +94,9 @@ def image_works(
     check_obscore_columns(rows.colnames, ignore=[TARGET_COLUMN])
     by_image: dict[str, list[str]] = defaultdict(list)
     first: dict[str, int] = {}
-    for i, (did, name) in enumerate(zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True)):
-        did, name = text_of(did), text_of(name)
+    for i, (did, name) in enumerate(
+        zip(texts(rows, ID_COLUMN), texts(rows, TARGET_COLUMN), strict=True)
+    ):
         if name not in by_image[did]:
             by_image[did].append(name)
         first.setdefault(did, i)
@@ -197,8 +191,7 @@ def metadata_rows(
     served_by = served_by or {}
     obscore = obscore_to_arrow(rows, drop=[TARGET_COLUMN])
     values: dict[str, list] = defaultdict(list)
-    for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True):
-        did, name = text_of(did), text_of(name)
+    for did, name in zip(texts(rows, ID_COLUMN), texts(rows, TARGET_COLUMN), strict=True):
         target = targets[name]
         outcome = outcomes.get(did)
         verdict = outcome.verdicts.get(name) if outcome else None
@@ -270,8 +263,7 @@ def _per_target(
         for target in work.targets:
             per_target.setdefault(target.name, TargetSummary(target.name))
     pairs_seen: set[tuple[str, str]] = set()
-    for did, name in zip(rows[ID_COLUMN], rows[TARGET_COLUMN], strict=True) if len(rows) else ():
-        did, name = text_of(did), text_of(name)
+    for did, name in zip(texts(rows, ID_COLUMN), texts(rows, TARGET_COLUMN), strict=True):
         if (name, did) in pairs_seen:
             continue
         pairs_seen.add((name, did))
@@ -284,7 +276,7 @@ def _by_image(rows: Table, column: str) -> dict[str, str]:
     """``column``'s text per image id; empty when the reply has no such column."""
     if not (len(rows) and column in rows.colnames):
         return {}
-    return {text_of(d): text_of(v) for d, v in zip(rows[ID_COLUMN], rows[column], strict=True)}
+    return dict(zip(texts(rows, ID_COLUMN), texts(rows, column), strict=True))
 
 
 def _count_stored(

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from astropy.table import Table
 
-from obsharvest.assemble import ID_COLUMN, TARGET_COLUMN, failure_of, text_of
+from obsharvest.assemble import ID_COLUMN, TARGET_COLUMN, failure_of
+from obsharvest.cells import texts
 from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary, StoredObject
 
 BAND = "band"  # the band column of :func:`pairs`, whatever each service calls its own
@@ -99,16 +100,10 @@ def pairs(
         if not n:
             continue
         band = band_columns.get(name, "")
-        subtypes = rows[SUBTYPE] if SUBTYPE in rows.colnames else [""] * n
-        bands = rows[band] if band in rows.colnames else [""] * n
-        for did, target, sub, b in zip(
-            rows[ID_COLUMN], rows[TARGET_COLUMN], subtypes, bands, strict=True
-        ):
-            did = text_of(did)
-            columns[ID_COLUMN].append(alias.get(did, did))
-            columns[TARGET_COLUMN].append(text_of(target))
-            columns[SUBTYPE].append(text_of(sub))
-            columns[BAND].append(text_of(b))
+        columns[ID_COLUMN] += [alias.get(did, did) for did in texts(rows, ID_COLUMN)]
+        columns[TARGET_COLUMN] += texts(rows, TARGET_COLUMN)
+        columns[SUBTYPE] += texts(rows, SUBTYPE)
+        columns[BAND] += texts(rows, band) if band else [""] * n
     return Table(columns) if columns[ID_COLUMN] else Table()
 
 
@@ -123,7 +118,7 @@ def tally(
     another service serves too), then what it stored (``works``: the images it worked)
     and what failed."""
     line.rows += len(rows)
-    dids = {text_of(d) for d in rows[ID_COLUMN]} if len(rows) else set()
+    dids = set(texts(rows, ID_COLUMN))
     line.images += len(dids)
     line.also_elsewhere += sum(1 for d in dids if len(served_by.get(d, ())) > 1)
     for work in works:

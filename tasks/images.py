@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from obsharvest.images import batch, processes
@@ -20,7 +21,7 @@ from .slots import archive_slot
 LOG_LINE_CAP = 300  # characters of one failed image's log line (a reason can be long)
 
 
-@task(name="process-images", task_run_name="images-{label}")
+@task(name="process-images", task_run_name="images-{label}", cache_policy=NO_CACHE)
 def process_images(
     archive: Archive,
     works: list[ImageWork],
@@ -74,7 +75,7 @@ def process_images(
     return outcomes
 
 
-@task(name="check-cutouts")
+@task(name="check-cutouts", cache_policy=NO_CACHE)
 def check_cutouts(archive: Archive, works: list[ImageWork], settings: ImageSettings) -> None:
     """Before any image work: does the archive offer SODA at all? (one Datalink request)"""
     batch.check_cutouts(archive, works, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from astropy.table import Table
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from obsharvest import assemble
 from obsharvest.metadata import MetadataStore
@@ -14,7 +15,7 @@ from obsharvest.storage.output import Output
 from . import artifacts
 
 
-@task(name="write-metadata")
+@task(name="write-metadata", cache_policy=NO_CACHE)
 def write_metadata(
     rows: Table,
     targets: dict[str, Target],
@@ -34,7 +35,7 @@ def write_metadata(
     return MetadataStore(output).append(table, run_id=run_id)
 
 
-@task(name="footprint-maps")
+@task(name="footprint-maps", cache_policy=NO_CACHE)
 def footprints(
     rows: Table,
     targets: dict[str, Target],
@@ -47,7 +48,7 @@ def footprints(
     return write_footprints(rows, targets, outcomes, output)
 
 
-@task(name="quicklook-gallery")
+@task(name="quicklook-gallery", cache_policy=NO_CACHE)
 def gallery(items: list[GalleryItem], output: Output) -> str:
     """The gallery's index.html over everything in the output (runs writing into one
     output at once all appear), and an artifact of this run's own items."""

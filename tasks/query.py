@@ -6,6 +6,7 @@ import logging
 
 from astropy.table import Table
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from obsharvest.errors import RemoteError, UserError
@@ -21,7 +22,7 @@ from .images import _drop_empty_tracebacks
 from .slots import archive_slot
 
 
-@task(name="query-obscore", task_run_name="query-{label}")
+@task(name="query-obscore", task_run_name="query-{label}", cache_policy=NO_CACHE)
 def query_obscore(
     archive: Archive,
     targets: list[Target],

@@ -25,6 +25,7 @@ from astropy.table import Table, vstack
 from pyvo.dal import DALFormatError, DALOverflowWarning, DALQueryError, DALServiceError
 
 from obsharvest.access.kinds import DESCRIPTORS_META, service_descriptors
+from obsharvest.cells import texts
 from obsharvest.errors import (
     QueryError,
     ServiceError,
@@ -519,7 +520,8 @@ def _shaped(
 def _unique_pairs(rows: Table) -> Table:
     """Drop repeats of a (target, image) pair (time splits overlap at their boundary)."""
     key = [
-        f"{t}\x00{d}" for t, d in zip(rows[TARGET_COLUMN], rows["obs_publisher_did"], strict=True)
+        f"{t}\x00{d}"
+        for t, d in zip(texts(rows, TARGET_COLUMN), texts(rows, "obs_publisher_did"), strict=True)
     ]
     _, first = np.unique(np.array(key, dtype=object), return_index=True)
     return rows[np.sort(first)]
