@@ -199,7 +199,7 @@ class _Reported:
             self.on_done(outcome)
 
 
-def _follow(worker: _Worker, on_done: OnDone) -> tuple[list[ImageOutcome] | None, str]:
+def _follow(worker: _Worker, on_done: _Reported) -> tuple[list[ImageOutcome] | None, str]:
     """Relay the worker's messages until its outcomes come; pass a stop on to it."""
     conn = worker.conn
     told_at: float | None = None
@@ -226,7 +226,11 @@ def _follow(worker: _Worker, on_done: OnDone) -> tuple[list[ImageOutcome] | None
         elif kind == "log":
             _emit(value)
         elif kind == "result":
-            return value, ""
+            kept = on_done.kept
+            missing = [key for key in value if key not in kept]
+            if missing:  # cannot happen: the worker reports every outcome before the list
+                return None, f"the image worker did not report {len(missing)} images"
+            return [kept[key] for key in value], ""
         elif kind == "error":
             return None, str(value)
         elif kind == "gone":
@@ -317,7 +321,7 @@ def _one_batch(sender: _Sender, payload: tuple) -> None:
             storage_options,
             on_done=lambda outcome: sender.send(("done", outcome)),
         )
-        sender.send(("result", outcomes))
+        sender.send(("result", [o.key for o in outcomes]))  # each was sent as it was done
     except BaseException as exc:  # noqa: BLE001 - told to the run, which records it per image
         with contextlib.suppress(Exception):  # the run is gone: nobody to tell
             sender.send(("error", f"image worker failed: {type(exc).__name__}: {exc}"))
