@@ -312,9 +312,10 @@ def run_harvest(
                 if total > run.tree_mb:
                     run.tree_mb, run.tree_peak_at = total, elapsed
                 run.samples.append((elapsed, _status_kb(proc.pid, "VmRSS:") / 1024, total))
-                for p in tree[1:]:
-                    role = seen[p][0] if p in seen else role_of(p)
-                    seen[p] = (role, cpu_seconds(p) or seen.get(p, (role, 0.0))[1])
+                for p in tree[1:]:  # the role again each time: a child's first cmdline is
+                    role = role_of(p)  # its parent's, until it execs
+                    if role != "gone":
+                        seen[p] = (role, cpu_seconds(p) or seen.get(p, (role, 0.0))[1])
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     run.wall = time.perf_counter() - started
