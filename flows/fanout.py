@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from astropy.table import Table, vstack
 
@@ -26,6 +26,8 @@ from obsharvest.tasks.query import query_obscore
 
 from . import settings, stops
 from .params import HarvestParams
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +82,12 @@ def _window(base: Constraints, watermark: float | None, count: int, logger) -> C
     return base.with_time(start, base.t_max)
 
 
+def _as_is(params: HarvestParams, value: T) -> T:
+    """``value`` unwalked by Prefect (``tasks.as_is``) where the tasks run in threads;
+    prefect-dask hands a quoted argument to the task still quoted, so Dask gets it bare."""
+    return as_is(value) if params.execution.runner == "threads" else value
+
+
 def _submit_queries(
     params: HarvestParams,
     archive: Archive,
@@ -96,7 +104,7 @@ def _submit_queries(
         (
             query_obscore.submit(
                 archive,
-                as_is(chunk),
+                _as_is(params, chunk),
                 constraints,
                 strategy,
                 options,
@@ -162,7 +170,7 @@ def _submit_images(
         (
             process_images.submit(
                 s.archive,
-                as_is(batch),
+                _as_is(params, batch),
                 s.image_settings,
                 params.storage_url,
                 params.storage_options,
