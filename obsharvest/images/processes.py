@@ -166,6 +166,12 @@ def harvest_images(
     works = list(works)
     if not works:
         return []
+    if stopping.requested():  # as the run's own pool records what it did not start
+        interrupted = [ImageOutcome(w.key, {}, failure=stopping.describe()) for w in works]
+        for outcome in interrupted:
+            if on_done is not None:
+                on_done(outcome)
+        return interrupted
     worker = _POOL.take()
     payload = (archive, works, share(settings), storage_url, dict(storage_options or {}))
     reusable = False

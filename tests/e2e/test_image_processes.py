@@ -101,6 +101,8 @@ def test_a_worker_that_dies_leaves_a_failure_per_image(
             killed.append(worker.proc.pid)
             os.kill(worker.proc.pid, signal.SIGKILL)
 
+    # slow files: the worker is still at its batch when its first report arrives
+    archive.set_faults(FaultPlan.parse(["files.latency=0.2"], seed=1))
     stop_listening = progress.listen(kill_first)
     try:
         summary = harvest_params(
@@ -108,6 +110,7 @@ def test_a_worker_that_dies_leaves_a_failure_per_image(
         )
     finally:
         stop_listening()
+        archive.set_faults(FaultPlan())
     assert killed
     rows = rows_of(tmp_path / "killed")
     failures = [row[3] for row in rows.values() if row[3]]
