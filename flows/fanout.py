@@ -13,6 +13,7 @@ from astropy.table import Table, vstack
 
 from obsharvest import incremental as incremental_state
 from obsharvest.errors import UserError
+from obsharvest.images import processes
 from obsharvest.images.settings import ImageSettings
 from obsharvest.models import ImageOutcome, ImageWork, ServiceSummary, Target
 from obsharvest.net.archive import Archive
@@ -166,12 +167,13 @@ def _submit_images(
         workers.batches(works, params.concurrency.images_per_task, params.concurrency.task_workers)
     )
     prefix = f"{s.archive.name}-" if several else ""
+    settings = processes.sized(s.image_settings, len(batches))
     return [
         (
             process_images.submit(
                 s.archive,
                 _as_is(params, batch),
-                s.image_settings,
+                settings,
                 params.storage_url,
                 params.storage_options,
                 label=f"{prefix}{i + 1}-of-{len(batches)}",

@@ -404,14 +404,28 @@ def file_metadata(table: pa.Table) -> dict[bytes, bytes]:
     made by astropy's own serialiser (``meta.get_yaml_from_table``) from one-row
     skeleton columns of the same names and types, so it matches what astropy would write.
     """
-    skeleton = Table([_skeleton_column(f) for f in table.schema])
-    metadata = {
-        FORMAT_KEY: str(FORMAT).encode(),
-        b"table_meta_yaml": "\n".join(table_meta.get_yaml_from_table(skeleton)).encode(),
-    }
+    metadata = {FORMAT_KEY: str(FORMAT).encode(), b"table_meta_yaml": _meta_yaml(table.schema)}
     for name, length in _string_lengths(table).items():
         metadata[f"table::len::{name}".encode()] = str(length).encode()
     return metadata
+
+
+_YAML_BY_SCHEMA: dict[tuple, bytes] = {}
+
+
+def _meta_yaml(schema: pa.Schema) -> bytes:
+    """astropy's YAML header for a schema. A run writes many files of one schema and
+    astropy's serialiser costs ~10 ms a time, so it is made once per schema; the key holds
+    each field's metadata (unit, ucd...), which ``pa.Schema`` equality ignores."""
+    key = tuple((f.name, str(f.type), tuple(sorted((f.metadata or {}).items()))) for f in schema)
+    made = _YAML_BY_SCHEMA.get(key)
+    if made is None:
+        skeleton = Table([_skeleton_column(f) for f in schema])
+        made = "\n".join(table_meta.get_yaml_from_table(skeleton)).encode()
+        if len(_YAML_BY_SCHEMA) >= 64:  # a long-lived process meets few schemas; stay bounded
+            _YAML_BY_SCHEMA.clear()
+        _YAML_BY_SCHEMA[key] = made
+    return made
 
 
 def _dir_part(value) -> str:

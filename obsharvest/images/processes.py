@@ -67,6 +67,15 @@ def wanted(settings: ImageSettings, works: Sequence[ImageWork]) -> bool:
     return settings.processes > 0 and len(works) >= MIN_IMAGES
 
 
+def sized(settings: ImageSettings, batches: int) -> ImageSettings:
+    """The settings for one of ``batches`` batches of one archive: at most that many of its
+    batches can run in workers at once, so a lone batch keeps the archive's whole per-host
+    limits (:func:`share` divides them by ``processes``)."""
+    if settings.processes <= 0:
+        return settings
+    return replace(settings, processes=max(1, min(settings.processes, batches)))
+
+
 def share(settings: ImageSettings) -> ImageSettings:
     """The settings for one of ``settings.processes`` workers: its share of the per-host
     limits, which in one process all batches share (net.pacing)."""

@@ -516,3 +516,28 @@ def test_the_readme_readings_work(harvested, tmp_path, monkeypatch):
         """
     ).fetchall()
     assert len(found) == expected and all(name == "seed" for name, *_ in found)
+
+
+def test_the_yaml_header_is_made_once_per_schema_and_per_unit(monkeypatch):
+    """file_metadata keeps astropy's header per schema; two schemas that differ only in a
+    field's unit (equal as pa.Schema) must still get their own header."""
+    from astropy.table import meta as table_meta
+
+    from obsharvest import metadata
+
+    calls = []
+    real = table_meta.get_yaml_from_table
+    monkeypatch.setattr(table_meta, "get_yaml_from_table", lambda t: calls.append(1) or real(t))
+    monkeypatch.setattr(metadata, "_YAML_BY_SCHEMA", {})
+
+    def table(unit: str) -> pa.Table:
+        field = pa.field("s_ra", pa.float64(), metadata={b"unit": unit.encode()})
+        return pa.table({"s_ra": [1.0]}, schema=pa.schema([field]))
+
+    deg = metadata.file_metadata(table("deg"))
+    again = metadata.file_metadata(table("deg"))
+    rad = metadata.file_metadata(table("rad"))
+    assert len(calls) == 2
+    assert deg == again
+    assert b"unit: deg" in deg[b"table_meta_yaml"]
+    assert b"unit: rad" in rad[b"table_meta_yaml"]
