@@ -32,7 +32,7 @@ from typing import TypeAlias
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS, FITSFixedWarning, Wcsprm
 
 from obsharvest.errors import (
     CorruptHeaderError,
@@ -376,7 +376,41 @@ def _text_wcs(text: bytes) -> WCS:
     celestial by is the one its footprint is built from, so it is built once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(text.decode("ascii"))
+        direct = _wcslib_wcs(text)
+        return direct if direct is not None else WCS(text.decode("ascii"))
+
+
+# cards astropy's WCS reads itself, around wcslib: SIP (A_/B_/AP_/BP_), the distortion
+# paper's lookup tables (CPDIS/CQDIS/DP/DQ/D2IM/CPERR) and, with PV, SCAMP's TPV fix-up
+_ASTROPY_READS = (b"A_", b"B_", b"AP_", b"BP_", b"CPDIS", b"CQDIS", b"DP", b"DQ", b"D2IM")
+_ASTROPY_READS += (b"CPERR", b"PV")
+
+
+def _wcslib_wcs(text: bytes) -> WCS | None:
+    """The WCS of card images wcslib alone reads fully, built by wcslib from the text.
+
+    ``WCS(text)`` parses the text into an astropy ``Header`` twice and renders it back
+    twice, to take out what it reads itself (SIP, lookup tables): three quarters of a
+    build, ~0.9 ms a calexp header against ~0.1 here. Without those cards there is
+    nothing to take out, and wcslib's own parse (``Wcsprm``, as ``WCS`` calls it: every
+    relaxation, image-header keywords) with ``fix`` and ``set`` is the same WCS; a header
+    with any of them (or ``-SIP`` in a CTYPE) gives None, for ``WCS(text)``.
+    """
+    if not text.isascii():  # not FITS text: astropy's reading words what is wrong
+        return None
+    keys = [text[i : i + 8] for i in range(0, len(text), 80)]
+    if any(k.startswith(_ASTROPY_READS) for k in keys) or b"-SIP" in text:
+        return None
+    try:
+        wcsprm = Wcsprm(header=text, relax=True, keysel=-1)
+    except Exception:  # noqa: BLE001 - WCS(text) words it, or builds what wcslib would not
+        return None
+    built = WCS(naxis=wcsprm.naxis)
+    built.wcs = wcsprm
+    built.naxis = wcsprm.naxis
+    built.fix()
+    built.wcs.set()
+    return built
 
 
 def forget_built_wcs() -> None:

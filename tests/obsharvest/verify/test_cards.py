@@ -179,3 +179,45 @@ def test_astropy_decides_what_the_plain_walk_cannot(monkeypatch):
     assert walked == [1]
     assert isinstance(header, fits.Header)  # astropy's reading answered
     assert (index, shape) == (1, (NX, NY))
+
+
+def _header_text(header: fits.Header) -> bytes:
+    return header.tostring().encode("ascii")
+
+
+@pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
+@pytest.mark.parametrize(
+    "header",
+    [
+        tan_header(),
+        tan_header(rotation=33.0, frame=("GLON-TAN", "GLAT-TAN")),
+        fits.Header({**tan_header(), "RADESYS": "FK5", "EQUINOX": 1950.0, "MJD-OBS": 60000.5}),
+        fits.Header({**tan_header(), "CTYPE1": "RA---ZEA", "CTYPE2": "DEC--ZEA"}),
+    ],
+    ids=["tan", "galactic-rotated", "fk5-b1950", "zea"],
+)
+def test_wcslib_builds_the_same_wcs_as_astropy_from_plain_card_images(header):
+    """Where astropy would add nothing to wcslib (no SIP, lookup tables or PV), the WCS
+    built straight from the text is astropy's, keyword for keyword, pixel for pixel."""
+    from astropy.wcs import WCS
+
+    text = _header_text(header)
+    direct, reference = containment._wcslib_wcs(text), WCS(header)
+    assert direct is not None
+    assert direct.wcs.to_header() == reference.wcs.to_header()
+    pixels = np.random.default_rng(7).uniform(-50, 250, size=(40, 2))
+    world = reference.all_pix2world(pixels, 0)
+    assert np.array_equal(direct.all_pix2world(pixels, 0), world)
+    assert np.array_equal(direct.all_world2pix(world, 0), reference.all_world2pix(world, 0))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"A_ORDER": 2, "A_2_0": 1e-6}, {"CPDIS1": "LOOKUP"}, {"PV2_1": 0.1}, {"D2IMDIS1": "LOOKUP"}],
+    ids=["sip", "lookup-table", "pv", "d2im"],
+)
+def test_cards_astropy_reads_itself_go_to_astropy(extra):
+    header = fits.Header({**tan_header(), **extra})
+    assert containment._wcslib_wcs(_header_text(header)) is None
+    sip = tan_header(sip=SIP)
+    assert containment._wcslib_wcs(_header_text(sip)) is None
