@@ -23,8 +23,9 @@ behaviour; ``Dialect.parse(["capabilities=untyped", "files=fz"])`` turns some on
   (gzip, ``.fits.gz``, ``application/x-gzip``) or ``gz-encoded`` (gzip bytes of a
   ``.fits`` URL sent with ``Content-Encoding: gzip``, as S3 objects with that metadata);
 - ``upload``: ``on`` or ``off`` (no ``TAP_UPLOAD`` advertised nor accepted);
-- ``async``: ``on``, ``inline`` (the job completes inside the ``PHASE=RUN`` POST) or
-  ``off`` (no ``/async`` endpoint: 404);
+- ``async``: ``on``, ``inline`` (the job completes inside the ``PHASE=RUN`` POST),
+  ``deferred`` (``PHASE=RUN`` in the creating POST is not heard: the job stays
+  ``PENDING`` until ``POST .../phase``) or ``off`` (no ``/async`` endpoint: 404);
 - ``sync``: ``any`` or ``post`` (the sync endpoint only accepts POST: 405 to GET);
 - ``errors``: ``votable`` (DALI error documents) or ``text`` (HTTP 400 with plain text,
   a Python dict's repr for unknown names and uploads; a job's error document as text);
@@ -68,7 +69,7 @@ class Dialect:
         "s_region_dialect": ("stcs", "stcs-j2000", "union", "dali", "null"),
         "files": ("fits", "fz", "gz", "gz-encoded"),
         "upload": ("on", "off"),
-        "async_": ("on", "inline", "off"),
+        "async_": ("on", "inline", "deferred", "off"),
         "sync": ("any", "post"),
         "errors": ("votable", "text"),
         "soda": ("cutout", "proc"),

@@ -276,24 +276,34 @@ def _reply_problem(exc: BaseException) -> str:
 
 
 def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
-    """One async (UWS) query. A job may already be final when ``PHASE=RUN`` returns (some
-    services run it inside that request): the first phase read then ends the wait."""
+    """One async (UWS) query.
+
+    The job is created running: ``PHASE=RUN`` in the creating POST (TAP, UWS) saves the
+    ``POST .../phase`` and its redirect, two round trips of every query. A service that
+    leaves it ``PENDING`` anyway is sent that POST. A job may already be final when it
+    is first read (some services run it inside the request that starts it): that read
+    then ends the wait. The job is deleted in the background (:func:`_delete_later`).
+    """
     try:
-        job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads)
+        job = service.submit_job(adql, maxrec=options.maxrec, uploads=uploads, phase="RUN")
     except DALServiceError as exc:
         if _no_endpoint(exc):
             raise _NoAsync(exc) from None
         raise
     session = session_of(service)  # one for every long poll of the job: keep-alive
     try:
-        job.run()
         crashpoint("query")
         deadline = time.monotonic() + options.deadline
+        started = False
         while True:
             if stopping.requested():  # the run is stopping: the job is not wanted any more
                 job.abort()
                 raise stopping.Interrupted(stopping.describe())
             phase = job.phase
+            if phase == "PENDING" and not started:  # PHASE=RUN at creation was not heard
+                job.run()
+                started = True
+                continue
             if phase not in UWS_PHASES:  # pyvo gives None for an HTML page: do not poll it
                 # pyvo raises for an error status, so this came with 2xx: permanent
                 raise ServiceRefusedError(
@@ -339,10 +349,23 @@ def _run_async(service, adql: str, options: QueryOptions, uploads: dict | None):
             warnings.simplefilter("ignore", DALOverflowWarning)  # we read the status ourselves
             return job.fetch_result()
     finally:
+        _delete_later(session, str(job.url))
+
+
+def _delete_later(session, url: str) -> None:
+    """Delete a finished job without waiting for it: a courtesy (services expire jobs),
+    not worth the query's time. The DELETE's redirect (to the whole job list) is not
+    followed; the thread ends with the session's timeout at the latest."""
+
+    def delete() -> None:
         try:
-            job.delete()
-        except Exception:  # deleting is a courtesy; the service expires jobs anyway
-            log.debug("could not delete job %s", getattr(job, "url", "?"))
+            session.delete(
+                url, allow_redirects=False, timeout=getattr(session, "timeout", None) or 30
+            )
+        except Exception:  # noqa: BLE001 - the service expires the job anyway
+            log.debug("could not delete job %s", strip_query(url))
+
+    threading.Thread(target=delete, name="uws-delete", daemon=True).start()
 
 
 def _job_error(job, session, summary: str) -> str:
