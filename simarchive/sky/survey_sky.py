@@ -203,6 +203,7 @@ class Sky:
         self._dv = self._build_detector_visits()
         self._columns = self._build_columns()
         self._index = {pid: i for i, pid in enumerate(self._columns["id"])}
+        self._sizes: dict[str, int] = {}  # product id -> fits_size, made once
 
     # ----------------------------------------------------------------- geometry
     def _visit_cd_matrices(self) -> np.ndarray:
@@ -708,8 +709,15 @@ class Sky:
         )
 
     def fits_size(self, product_id: str) -> int:
-        """Exact byte size of the file :meth:`write_fits` writes, from headers only."""
-        return fitsgen.fits_size(self.image_context(product_id))
+        """Exact byte size of the file :meth:`write_fits` writes, from headers only.
+
+        Kept per product: Datalink gives every link's ``content_length``, and building the
+        headers with astropy for each one was most of the archive's CPU in a harvest,
+        which on one machine the client's run then waited for."""
+        size = self._sizes.get(product_id)
+        if size is None:
+            size = self._sizes[product_id] = fitsgen.fits_size(self.image_context(product_id))
+        return size
 
     def write_fits(self, product_id: str, path: str) -> None:
         """Write the product's FITS file to ``path`` (the caller handles temp files/caching)."""

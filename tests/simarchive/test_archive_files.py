@@ -148,3 +148,24 @@ def test_stats_count_bytes_per_endpoint(archive):
     stats = requests.get(archive.base_url + "/_stats", timeout=10).json()["endpoints"]
     assert stats["tap_availability"]["requests"] == 1
     assert stats["tap_availability"]["bytes"] > 0
+
+
+def test_datalink_content_length_is_made_once_per_product_and_stays_exact(
+    calexps, archive, monkeypatch
+):
+    """Datalink gives every link's content_length from the headers alone; the archive
+    keeps it per product (building the headers was most of its CPU), and a kept size is
+    still the size of the file served."""
+    from obsharvest.simarchive.sky import fitsgen
+
+    made = []
+    real = fitsgen.fits_size
+    monkeypatch.setattr(fitsgen, "fits_size", lambda ctx: made.append(1) or real(ctx))
+    product = archive._product_by_id(str(calexps[1]["obs_publisher_did"])).id
+    sky = archive.sky
+    sky._sizes.pop(product, None)
+    first, again = sky.fits_size(product), sky.fits_size(product)
+    assert made == [1] and first == again
+    row = this_row(DatalinkResults.from_result_url(calexps[1]["access_url"]))
+    assert row["content_length"] == first
+    assert len(requests.get(row["access_url"], timeout=30).content) == first
