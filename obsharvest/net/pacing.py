@@ -58,7 +58,10 @@ class HostLimit:
                 self.in_flight -= 1
                 if ok:
                     self._grow()
-                self._cond.notify_all()
+                # as many waiters as there are free slots (a grown limit frees two), not
+                # all of them: each woken thread takes the interpreter lock only to find
+                # the slots taken and wait again (dozens of image threads wait on a host)
+                self._cond.notify(max(1, self.limit - self.in_flight))
 
     def _grow(self) -> None:
         if self.slow_start:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -97,3 +98,56 @@ def test_one_limit_per_host():
     a = pacing.limit_for("https://archive.example/a?x=1", 4, 8)
     assert pacing.limit_for("https://ARCHIVE.example/b", 16, 64) is a
     assert pacing.limit_for("https://other.example/", 4, 8) is not a
+
+
+class _CountingCondition(threading.Condition):
+    """A Condition that counts the waiters each release asks to wake, and whose waits
+    outlast the test: a wake-up lost would leave a thread asleep, not polling."""
+
+    woken: list[int]
+
+    def notify(self, n: int = 1) -> None:
+        self.woken.append(n)
+        super().notify(n)
+
+    def notify_all(self) -> None:
+        self.woken.append(len(self._waiters))  # type: ignore[attr-defined]
+        super().notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return super().wait(timeout=60)
+
+
+def test_a_release_wakes_as_many_waiters_as_slots_it_frees_and_none_is_lost():
+    """Waking every waiter on each release made dozens of image threads take the
+    interpreter lock only to wait again. Twelve threads behind a limit of 2: the first two
+    hold their slots until ten others wait; each release wakes at most the free slots'
+    worth (2), never all ten, and every thread gets through on wake-ups alone."""
+    limit = pacing.HostLimit(start=2, ceiling=2, floor=2)
+    cond = _CountingCondition()
+    cond.woken = []
+    limit._cond = cond
+    release = threading.Event()
+    through: list[int] = []
+
+    def worker(k: int) -> None:
+        with limit.slot():
+            through.append(k)
+            if k < 2:
+                release.wait(timeout=30)
+
+    first = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for t in first:
+        t.start()
+    rest = [threading.Thread(target=worker, args=(k,)) for k in range(2, 12)]
+    for t in rest:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(cond._waiters) < 10 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        release.wait(0.01)
+    assert len(cond._waiters) == 10  # type: ignore[attr-defined]
+    release.set()
+    for t in first + rest:
+        t.join(30)
+    assert sorted(through) == list(range(12)) and limit.in_flight == 0 and limit.peak == 2
+    assert cond.woken and max(cond.woken) <= 2, cond.woken
