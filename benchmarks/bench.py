@@ -430,7 +430,8 @@ def build_table(options: Options, m: Measured, cat, cat2) -> report.Table:
         R.Row(
             "stage split (median run)",
             obsharvest=R.fmt_s(h.seconds),
-            value=" | ".join(f"{k} {v:.2f} s" for k, v in st.items()),
+            value=" | ".join(f"{k} {v:.2f} s" for k, v in st.items())
+            + f" (flow end: {h.heartbeat_join:.2f} s joining Prefect's heartbeat thread)",
         )
     )
     rows.append(_cpu_row(h, m, mi))

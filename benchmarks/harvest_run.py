@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import os
 import resource
 import threading
@@ -39,6 +40,7 @@ class HarvestRun:
     cpu: float = 0.0  # CPU seconds of this process (the client) during the run
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # (time.time(), CPU s)
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage -> first, last
+    heartbeat_join: float = 0.0  # s of the run's end spent joining Prefect's heartbeat thread
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds used between two ``time.time()`` instants (from the samples)."""
@@ -85,6 +87,43 @@ def _cpu_at(samples: list[tuple[float, float]], at: float) -> float:
         return samples[-1][1]
     (t0, c0), (t1, c1) = samples[k - 1], samples[k]
     return c0 + (c1 - c0) * (at - t0) / max(t1 - t0, 1e-9)
+
+
+class _HeartbeatJoins:
+    """Seconds spent at flow runs' ends joining Prefect's heartbeat thread.
+
+    Prefect 3.9's sync flow engine ends every flow run by joining its heartbeat thread
+    (``flows.heartbeat_frequency``, on by default), which sleeps in whole seconds: up to
+    1 s after the flow's own work has ended, 0.5 s on average, so a run's wall time
+    rounds up to that thread's next second (``prefect.flow_engine._send_heartbeats``).
+    Measured by wrapping that context manager, to say how much of a run's end it is;
+    nothing is changed and the wall times stay what a user waits."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._lock = threading.Lock()
+        try:
+            import prefect.flow_engine as engine
+        except ImportError:  # pragma: no cover - prefect is a dependency
+            return
+        real = getattr(engine, "_send_heartbeats", None)
+        if real is None or getattr(real, "_joins_measured", False):
+            return
+        recorder = self
+
+        @contextlib.contextmanager
+        def measured(*args, **kwargs):
+            with real(*args, **kwargs) as value:
+                yield value
+                ending = time.perf_counter()
+            with recorder._lock:
+                recorder.total += time.perf_counter() - ending
+
+        measured._joins_measured = True  # type: ignore[attr-defined]
+        engine._send_heartbeats = measured
+
+
+HEARTBEAT_JOINS = _HeartbeatJoins()
 
 
 class _CpuSampler:
@@ -151,7 +190,7 @@ def run_harvest(tap_url: str, targets_csv: Path, output: Path, **concurrency) ->
     params = harvest_params(tap_url, targets_csv, output, **concurrency)
     runner = _runner()
     with _CpuSampler() as sampler:
-        wall_start, cpu0 = time.time(), _cpu()
+        wall_start, cpu0, joins0 = time.time(), _cpu(), HEARTBEAT_JOINS.total
         started = time.perf_counter()
         summary = runner(params)
         seconds = time.perf_counter() - started
@@ -168,6 +207,7 @@ def run_harvest(tap_url: str, targets_csv: Path, output: Path, **concurrency) ->
         wall_start=wall_start,
         cpu=cpu,
         cpu_samples=sampler.samples,
+        heartbeat_join=HEARTBEAT_JOINS.total - joins0,
     )
 
 
