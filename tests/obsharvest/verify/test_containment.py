@@ -543,3 +543,69 @@ def test_one_wcs_is_built_per_verified_header(monkeypatch, tmp_path):
     assert verdicts["on"].verdict == Verdict.CONTAINS
     assert verdicts["off"].verdict == Verdict.OUTSIDE
     assert len(built) == 1
+
+
+def _mixed_targets(header: fits.Header) -> list[Target]:
+    """In, out, on either side of an edge, circles over an edge, beyond the gate (near
+    and on the far side of the sky), and a target with no finite position."""
+    targets = [
+        point_at(header, 10.0, 20.0, "in"),
+        point_at(header, NX - 0.4, 100.0, "edge-out"),
+        point_at(header, NX - 0.6, 100.0, "edge-in"),
+        point_at(header, -30.0, -40.0, "out"),
+        point_at(header, -30.0, 150.0, "circle-over-edge", radius=40 * SCALE),
+        point_at(header, 200.0, 150.0, "circle-inside", radius=5 * SCALE),
+        point_at(header, 3 * NX, 2 * NY, "beyond-the-gate"),
+        Target("far-side", (TARGET_RA + 180.0) % 360.0, -TARGET_DEC),
+        Target("nan", float("nan"), TARGET_DEC),
+    ]
+    return targets + [
+        point_at(header, x, y, f"grid-{x}-{y}") for x in (0.0, 133.3, 399.4) for y in (0, 299.4)
+    ]
+
+
+@pytest.mark.parametrize(
+    "sip", [None, {"A_2_0": 2e-6, "A_0_2": -1e-6, "B_1_1": 3e-6}], ids=["tan", "tan-sip"]
+)
+def test_all_targets_of_an_image_at_once_decide_as_one_at_a_time(sip, monkeypatch):
+    """decide_all finds every target's pixel in one transform; each verdict, position and
+    reason is decide's for that target alone."""
+    from obsharvest.verify.containment import _Footprint
+
+    header = tan_header(rotation=20.0, sip=sip)
+    footprint = _Footprint.build(header, (NX, NY), 0.0, 1)
+    targets = _mixed_targets(header)
+    one_at_a_time = []
+    real = _Footprint._pixel
+    monkeypatch.setattr(
+        _Footprint, "_pixel", lambda self, *a: one_at_a_time.append(a) or real(self, *a)
+    )
+    together = footprint.decide_all(targets)
+    assert one_at_a_time == []  # every position came from the vectorised transforms
+    alone = [footprint.decide(t) for t in targets]
+    for t, a, b in zip(targets, together, alone, strict=True):
+        assert (a.verdict, a.reason, a.hdu, a.grid) == (b.verdict, b.reason, b.hdu, b.grid), t.name
+        for got, want in ((a.x, b.x), (a.y, b.y)):
+            assert (got is None) == (want is None), t.name
+            assert got is None or got == pytest.approx(want, abs=1e-9), t.name
+    verdicts = {t.name: c.verdict for t, c in zip(targets, together, strict=True)}
+    assert verdicts["in"] == verdicts["edge-in"] == verdicts["circle-over-edge"] == Verdict.CONTAINS
+    assert verdicts["edge-out"] == verdicts["out"] == verdicts["far-side"] == Verdict.OUTSIDE
+    assert verdicts["nan"] == Verdict.ERROR
+
+
+def test_a_group_that_does_not_converge_is_decided_one_target_at_a_time():
+    """A SIP that diverges for one target: the vectorised transform raises for the group,
+    and each target gets decide's own verdict (the diverging one ERROR, in its words)."""
+    from obsharvest.verify.containment import _Footprint
+
+    sip = {"A_2_0": 5e-2, "B_0_2": 5e-2, "A_1_1": 3e-2, "B_1_1": -3e-2}
+    header = tan_header(scale=20.0 / 3600, sip=sip)
+    footprint = _Footprint.build(header, (NX, NY), 0.0, None)
+    targets = [Target("t", 62.05, -36.95), point_at(header, 1.0, 1.0, "corner")]
+    together = footprint.decide_all(targets)
+    alone = [footprint.decide(t) for t in targets]
+    assert [(c.verdict, c.reason, c.x, c.y) for c in together] == [
+        (c.verdict, c.reason, c.x, c.y) for c in alone
+    ]
+    assert together[0].verdict == Verdict.ERROR and "NoConvergence" in together[0].reason
