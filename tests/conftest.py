@@ -86,9 +86,16 @@ def prefect_harness(tmp_path_factory):
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Prefect 3.9 ends each flow run by joining its heartbeat thread, which sleeps in whole
+    # seconds: every in-process run here would wait up to 1 s for it (0.5 on average).
+    # No test is about heartbeats (they are the API's crash detection, on for users).
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
