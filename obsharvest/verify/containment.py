@@ -382,8 +382,8 @@ def _text_wcs(text: bytes) -> WCS:
 
 # cards astropy's WCS reads itself, around wcslib: SIP (A_/B_/AP_/BP_), the distortion
 # paper's lookup tables (CPDIS/CQDIS/DP/DQ/D2IM/CPERR) and, with PV, SCAMP's TPV fix-up
-_ASTROPY_READS = (b"A_", b"B_", b"AP_", b"BP_", b"CPDIS", b"CQDIS", b"DP", b"DQ", b"D2IM")
-_ASTROPY_READS += (b"CPERR", b"PV")
+_ASTROPY_READS: tuple[bytes, ...] = (b"A_", b"B_", b"AP_", b"BP_", b"CPDIS", b"CQDIS", b"DP")
+_ASTROPY_READS += (b"DQ", b"D2IM", b"CPERR", b"PV")
 
 
 def _wcslib_wcs(text: bytes) -> WCS | None:
@@ -564,11 +564,12 @@ class _Footprint:
         out: list[Containment | None] = [None] * len(targets)
         ra = np.array([t.ra for t in targets], dtype=float)
         dec = np.array([t.dec for t in targets], dtype=float)
-        plain = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
-        for i in np.flatnonzero(~(np.isfinite(ra) & np.isfinite(dec))):
-            out[i] = self.decide(targets[i])
+        finite = np.isfinite(ra) & np.isfinite(dec)
+        plain = [int(i) for i in np.flatnonzero(finite)]
+        for odd in np.flatnonzero(~finite):
+            out[int(odd)] = self.decide(targets[int(odd)])
         lon, lat = ra[plain], dec[plain]
-        radius = np.array([targets[i].radius or 0.0 for i in plain], dtype=float)
+        radius = np.array([float(targets[i].radius or 0.0) for i in plain], dtype=float)
         p = _unit(lon, lat)
         away = _angle(p, self.centre)
         far = away - radius > self.reach * GATE_SLACK + self.pixel_scale
