@@ -671,8 +671,8 @@ class EmbeddedArchive:
             if request.method == "POST":
                 params = [*request.query, *request.form]
                 job = self.jobs.create(params, uploads=request.files)
-                started = (request.param("PHASE") or "").upper() == "RUN"
-                if started and self.settings.dialect.async_ != "deferred":
+                run_asked = (request.param("PHASE") or "").upper() == "RUN"
+                if run_asked and self.settings.dialect.async_ != "deferred":
                     self._start(job)
                 return redirect(f"{base}/{job.job_id}")
             return Response(200, jobs_xml(self.jobs.list(), base).encode(), XML)

@@ -26,7 +26,7 @@ import threading
 import warnings
 import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -71,6 +71,7 @@ EDGE_SEGMENTS = 128  # per grid edge when measuring the circle-to-edge distance 
 GATE_SLACK = 1.01  # relative slack on the "farther than the farthest edge" test
 FAR_SIDE_DEG = 60.0  # beyond this from the image centre, do not even project
 ROUNDTRIP_TOLERANCE_PX = 0.01  # world2pix solutions must map back to the target this well
+_NO_PIXEL = "the WCS maps the target to no pixel (NaN)"
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -382,8 +383,11 @@ def _text_wcs(text: bytes) -> WCS:
 
 # cards astropy's WCS reads itself, around wcslib: SIP (A_/B_/AP_/BP_), the distortion
 # paper's lookup tables (CPDIS/CQDIS/DP/DQ/D2IM/CPERR) and, with PV, SCAMP's TPV fix-up
-_ASTROPY_READS: tuple[bytes, ...] = (b"A_", b"B_", b"AP_", b"BP_", b"CPDIS", b"CQDIS", b"DP")
-_ASTROPY_READS += (b"DQ", b"D2IM", b"CPERR", b"PV")
+_ASTROPY_READS = (
+    *(b"A_", b"B_", b"AP_", b"BP_"),
+    *(b"CPDIS", b"CQDIS", b"DP", b"DQ", b"D2IM", b"CPERR"),
+    b"PV",
+)
 
 
 def _wcslib_wcs(text: bytes) -> WCS | None:
@@ -519,45 +523,22 @@ class _Footprint:
     def decide(self, target: Target) -> Containment:
         if not (math.isfinite(target.ra) and math.isfinite(target.dec)):
             return self._verdict(Verdict.ERROR, reason="target coordinates are not finite")
-        radius = target.radius or 0.0
         try:
             lon, lat = self._to_frame(target.ra, target.dec)
         except Exception as exc:  # noqa: BLE001
             return self._verdict(Verdict.ERROR, reason=f"frame conversion failed: {_why(exc)}")
         p = _unit(np.array(lon), np.array(lat))
         away = float(_angle(p, self.centre))
-        if away - radius > self.reach * GATE_SLACK + self.pixel_scale:
-            # Farther than any pixel: OUTSIDE whatever the projection says. TAN maps points
-            # 90 deg or more from its tangent point to NaN or to a bogus mirrored pixel, and
-            # SIP may not converge off the image. The pixel position is only informative.
-            x, y, error = self._pixel(lon, lat) if away < FAR_SIDE_DEG else (None, None, "far")
-            return self._verdict(
-                Verdict.OUTSIDE,
-                None if error else x,
-                None if error else y,
-                reason=f"{away:.4g} deg from the image centre; its pixels reach {self.reach:.4g} deg",
-            )
-        if radius > 0 and _distance_to_polyline(p, self.ring) <= radius:
-            # The circle reaches an edge of the grid (or swallows the grid): overlap, wherever
-            # its centre projects. Decided from forward transforms only, so it cannot fail.
-            x, y, _ = self._pixel(lon, lat)
-            return self._verdict(Verdict.CONTAINS, x, y)
-        # A point, or a circle touching no edge: it overlaps iff its centre is on the grid.
-        x, y, error = self._pixel(lon, lat)
-        if error or x is None or y is None:
-            return self._verdict(Verdict.ERROR, reason=error or "no pixel position")
-        inside = self.lo <= x < self.hi_x and self.lo <= y < self.hi_y
-        return self._verdict(Verdict.CONTAINS if inside else Verdict.OUTSIDE, x, y)
+        return self._judge(p, away, target.radius or 0.0, lambda: self._pixel(lon, lat))
 
     def decide_all(self, targets: Sequence[Target]) -> list[Containment]:
         """:meth:`decide` for each target, their pixel positions found in one WCS call.
 
         A target at a time, the two WCS transforms of every target were most of a plan
-        run's image-worker CPU at 64k targets (about 1000 targets per image). The gate,
-        the circle-edge test and the verdicts are :meth:`decide`'s, target for target.
-        Targets in another frame than ICRS, with no finite position, or in a group whose
-        vectorised transform raises (a point where SIP does not converge) are decided one
-        at a time, which words each failure.
+        run's image-worker CPU at 64k targets (about 1000 targets per image). The verdicts
+        are :meth:`_judge`'s, as for one target. Targets in another frame than ICRS, with no
+        finite position, or in a group whose vectorised transform raises (a point where
+        SIP does not converge) are decided one at a time, which words each failure.
         """
         if self.frame is not None or len(targets) < 2:
             return [self.decide(t) for t in targets]
@@ -572,32 +553,56 @@ class _Footprint:
         radius = np.array([float(targets[i].radius or 0.0) for i in plain], dtype=float)
         p = _unit(lon, lat)
         away = _angle(p, self.centre)
-        far = away - radius > self.reach * GATE_SLACK + self.pixel_scale
-        near = ~far
-        placed = near | (away < FAR_SIDE_DEG)
+        far = self._beyond_gate(away, radius)
+        # the positions _judge will ask for: every target inside the gate, and those
+        # beyond it but on this side of the sky (informative only)
         pixels: dict[int, tuple[float | None, float | None, str | None]] = {}
-        for group in (np.flatnonzero(near), np.flatnonzero(far & placed)):
+        for group in (np.flatnonzero(~far), np.flatnonzero(far & (away < FAR_SIDE_DEG))):
             pixels.update(self._pixels(group, lon, lat))
         for j, i in enumerate(plain):
-            gone = float(away[j])
-            if far[j]:
-                x, y, error = pixels[j] if placed[j] else (None, None, "far")
-                out[i] = self._verdict(
-                    Verdict.OUTSIDE,
-                    None if error else x,
-                    None if error else y,
-                    reason=f"{gone:.4g} deg from the image centre; its pixels reach {self.reach:.4g} deg",
-                )
-                continue
-            x, y, error = pixels[j]
-            if radius[j] > 0 and _distance_to_polyline(p[j], self.ring) <= radius[j]:
-                out[i] = self._verdict(Verdict.CONTAINS, x, y)
-            elif error or x is None or y is None:
-                out[i] = self._verdict(Verdict.ERROR, reason=error or "no pixel position")
-            else:
-                inside = self.lo <= x < self.hi_x and self.lo <= y < self.hi_y
-                out[i] = self._verdict(Verdict.CONTAINS if inside else Verdict.OUTSIDE, x, y)
+            out[i] = self._judge(
+                p[j], float(away[j]), float(radius[j]), functools.partial(pixels.__getitem__, j)
+            )
         return [c for c in out if c is not None]
+
+    def _beyond_gate(
+        self, away: float | np.ndarray, radius: float | np.ndarray
+    ) -> bool | np.ndarray:
+        """Whether a target (deg from the centre, circle radius: floats, or arrays of them)
+        is farther than any pixel."""
+        return away - radius > self.reach * GATE_SLACK + self.pixel_scale
+
+    def _judge(
+        self,
+        p: np.ndarray,
+        away: float,
+        radius: float,
+        pixel: Callable[[], tuple[float | None, float | None, str | None]],
+    ) -> Containment:
+        """The verdict of one target: unit vector ``p``, ``away`` deg from the grid centre,
+        ``radius`` deg (0 for a point); ``pixel()`` gives its (x, y, error) when asked."""
+        if self._beyond_gate(away, radius):
+            # Farther than any pixel: OUTSIDE whatever the projection says. TAN maps points
+            # 90 deg or more from its tangent point to NaN or to a bogus mirrored pixel, and
+            # SIP may not converge off the image. The pixel position is only informative.
+            x, y, error = pixel() if away < FAR_SIDE_DEG else (None, None, "far")
+            return self._verdict(
+                Verdict.OUTSIDE,
+                None if error else x,
+                None if error else y,
+                reason=f"{away:.4g} deg from the image centre; its pixels reach {self.reach:.4g} deg",
+            )
+        if radius > 0 and _distance_to_polyline(p, self.ring) <= radius:
+            # The circle reaches an edge of the grid (or swallows the grid): overlap, wherever
+            # its centre projects. Decided from forward transforms only, so it cannot fail.
+            x, y, _ = pixel()
+            return self._verdict(Verdict.CONTAINS, x, y)
+        # A point, or a circle touching no edge: it overlaps iff its centre is on the grid.
+        x, y, error = pixel()
+        if error or x is None or y is None:
+            return self._verdict(Verdict.ERROR, reason=error or "no pixel position")
+        inside = self.lo <= x < self.hi_x and self.lo <= y < self.hi_y
+        return self._verdict(Verdict.CONTAINS if inside else Verdict.OUTSIDE, x, y)
 
     def _pixels(
         self, group: np.ndarray, lon: np.ndarray, lat: np.ndarray
@@ -614,25 +619,17 @@ class _Footprint:
             back = self.wcs.all_pix2world(xy[finite], 0) if finite.any() else np.zeros((0, 2))
         except Exception:  # noqa: BLE001 - one at a time, each failure in its own words
             return {int(j): self._pixel(float(lon[j]), float(lat[j])) for j in group}
-        moved = _angle(
+        moved = np.full(len(group), np.nan)
+        moved[finite] = _angle(
             _unit(back[:, lng_axis], back[:, lat_axis]),
             _unit(lon[group][finite], lat[group][finite]),
         )
-        out: dict[int, tuple[float | None, float | None, str | None]] = {}
-        rows = iter(range(len(moved)))
-        for k, j in enumerate(group):
-            if not finite[k]:
-                out[int(j)] = (None, None, "the WCS maps the target to no pixel (NaN)")
-                continue
-            x, y, shift = float(xy[k, 0]), float(xy[k, 1]), float(moved[next(rows)])
-            if not shift <= ROUNDTRIP_TOLERANCE_PX * self.pixel_scale:
-                why = (
-                    f"pixel ({x:.2f}, {y:.2f}) maps back {shift * 3600:.3g} arcsec from the target"
-                )
-                out[int(j)] = (x, y, why)
-            else:
-                out[int(j)] = (x, y, None)
-        return out
+        return {
+            int(j): self._checked(float(xy[k, 0]), float(xy[k, 1]), float(moved[k]))
+            if finite[k]
+            else (None, None, _NO_PIXEL)
+            for k, j in enumerate(group)
+        }
 
     def _pixel(self, lon: float, lat: float) -> tuple[float | None, float | None, str | None]:
         world = np.zeros((1, 2))
@@ -640,20 +637,25 @@ class _Footprint:
         try:
             x, y = self.wcs.all_world2pix(world, 0, detect_divergence=True, quiet=False)[0]
             if not (math.isfinite(x) and math.isfinite(y)):
-                return None, None, "the WCS maps the target to no pixel (NaN)"
+                return None, None, _NO_PIXEL
             back = self.wcs.all_pix2world([[x, y]], 0)[0]
         except Exception as exc:  # noqa: BLE001 - NoConvergence, SingularMatrixError, ...
             return None, None, f"world to pixel failed: {_why(exc)}"
         moved = float(
             _angle(_unit(back[self.wcs.wcs.lng], back[self.wcs.wcs.lat]), _unit(lon, lat))
         )
+        return self._checked(float(x), float(y), moved)
+
+    def _checked(self, x: float, y: float, moved: float) -> tuple[float, float, str | None]:
+        """(x, y, why not) for a pixel whose position maps back ``moved`` deg from the
+        target: more than a hundredth of a pixel means the solution is not the target's."""
         if not moved <= ROUNDTRIP_TOLERANCE_PX * self.pixel_scale:
             return (
-                float(x),
-                float(y),
-                (f"pixel ({x:.2f}, {y:.2f}) maps back {moved * 3600:.3g} arcsec from the target"),
+                x,
+                y,
+                f"pixel ({x:.2f}, {y:.2f}) maps back {moved * 3600:.3g} arcsec from the target",
             )
-        return float(x), float(y), None
+        return x, y, None
 
     def _to_frame(self, ra: float, dec: float) -> tuple[float, float]:
         if self.frame is None:
