@@ -208,8 +208,11 @@ def test_an_async_tap_job_that_stalls_after_it_was_accepted_fails_clearly(tmp_pa
 
         watcher = threading.Thread(target=stall_once_started, daemon=True)
         watcher.start()
+        # the first stalled request may be one pyvo reads with its own 10 s timeout (the
+        # created job, a phase): the retry deadline leaves room for the resubmission
+        retry = {**RETRY, "deadline_seconds": PYVO_POLL_TIMEOUT + 10}
         params = params_for(
-            archive, tmp_path, retry=RETRY, query={"mode": "async", "deadline_seconds": 5}
+            archive, tmp_path, retry=retry, query={"mode": "async", "deadline_seconds": 5}
         )
         began = time.monotonic()
         try:
