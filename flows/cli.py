@@ -229,7 +229,7 @@ def _report(args: argparse.Namespace, params: HarvestParams) -> int:
     """Run the flow and print its summary; the exit code says how it ended."""
     from obsharvest.runtime import stopping
 
-    from .harvest import for_params
+    from .harvest import run_here
     from .progress_bars import progress_display
 
     if not args.verbose:
@@ -240,7 +240,7 @@ def _report(args: argparse.Namespace, params: HarvestParams) -> int:
     with progress_display(
         terminal=sys.stderr.isatty(), verbose=args.verbose, interval=args.progress_interval
     ):
-        state = _flow_off_the_main_thread(lambda: for_params(params)(params, return_state=True))
+        state = _flow_off_the_main_thread(lambda: run_here(params))
     if state is None:
         return _stopped_early(
             f"and the run did not end within {STOP_BOUND:g} s",

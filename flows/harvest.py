@@ -49,7 +49,7 @@ from obsharvest.tasks import artifacts, as_is, progress
 from obsharvest.tasks.images import check_cutouts
 from obsharvest.tasks.outputs import footprints, gallery, write_metadata
 
-from . import settings, stops
+from . import heartbeats, settings, stops
 from .config import as_params
 from .fanout import ServiceRun, process_services, query_services
 from .params import HarvestParams
@@ -371,7 +371,8 @@ def harvest(params: HarvestParams) -> Summary:
         artifacts.publish(summary)
         return summary
 
-    summary = stops.absorbing(body)
+    with heartbeats.beating():
+        summary = stops.absorbing(body)
     if stops.absorbed and stopping.cancelled():  # Prefect asked: the run ends Cancelled
         raise stops.absorbed[-1]
     if not summary.ok:
@@ -405,6 +406,13 @@ def for_params(params: HarvestParams):
     )
 
 
+def run_here(params: HarvestParams):
+    """The flow's final state, run in this thread with the thread pool ``params`` asks for
+    and heartbeats that end with its work (``heartbeats``)."""
+    with heartbeats.in_process():
+        return for_params(params)(params, return_state=True)
+
+
 def _task_workers(params: HarvestParams) -> int:
     """Each service its task_workers: several are asked at once, not one after another."""
     return params.concurrency.task_workers * len(params.all_services)
@@ -420,7 +428,7 @@ def harvest_params(params: HarvestParams, *, incremental: bool | None = None) ->
     stops.absorbed.clear()
     if incremental is not None and incremental != params.incremental:
         params = params.model_copy(update={"incremental": incremental})
-    state = for_params(params)(params, return_state=True)
+    state = run_here(params)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
