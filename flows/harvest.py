@@ -12,6 +12,7 @@ connection ``service``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -401,8 +402,16 @@ def for_params(params: HarvestParams):
     deployment runs keep the subflow (their runner is not the flow's)."""
     if params.execution.runner != "threads":
         return harvest
+    return _threaded(_task_workers(params))
+
+
+@functools.lru_cache(maxsize=8)
+def _threaded(task_workers: int):
+    """``harvest`` with a pool of ``task_workers`` threads, made once per size: a flow's
+    options rebuild its parameter schema (~40 ms per run here), and each run enters a
+    duplicate of the task runner, never the one kept here."""
     return harvest.with_options(
-        task_runner=task_runner_for(params.execution, _task_workers(params))
+        task_runner=ThreadPoolTaskRunner(max_workers=task_workers)  # type: ignore[arg-type]
     )
 
 

@@ -34,23 +34,38 @@ _log = logging.getLogger(__name__)
 def in_process() -> Iterator[None]:
     """Around a flow call in this process: Prefect's heartbeats off, the flow's own on,
     at the frequency the settings give (``flows.heartbeat_frequency``; None: none)."""
+    from prefect.context import SettingsContext, get_settings_context
     from prefect.flow_engine import MINIMUM_HEARTBEAT_INTERVAL
-    from prefect.settings import (
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        get_current_settings,
-        temporary_settings,
-    )
 
-    every = get_current_settings().flows.heartbeat_frequency
+    context = get_settings_context()
+    every = context.settings.flows.heartbeat_frequency
     if every is None:
         yield
         return
     token = _EVERY.set(max(every, MINIMUM_HEARTBEAT_INTERVAL))
     try:
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with SettingsContext(
+            profile=context.profile, settings=_without_heartbeats(context.settings)
+        ):
             yield
     finally:
         _EVERY.reset(token)
+
+
+_WITHOUT: list[tuple[object, object]] = []  # (settings, the same without heartbeats): the last
+
+
+def _without_heartbeats(settings):
+    """``settings`` with Prefect's heartbeats off, made once per settings object: building
+    Settings reads the environment, dotenv and profile files (~50 ms here, per run)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    for base, quiet in _WITHOUT:
+        if base is settings:
+            return quiet
+    quiet = settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    _WITHOUT[:] = [(settings, quiet)]
+    return quiet
 
 
 @contextmanager

@@ -30,6 +30,7 @@ No query is sent: capabilities and the job list are the only requests to the ser
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import logging
 import posixpath
@@ -187,13 +188,25 @@ def check_service(params: HarvestParams) -> None:
     if params.service is not None:
         _check_one(params, params.service, "service")
         return
-    for i, service in enumerate(params.services):
+
+    context = contextvars.copy_context()  # a token's Secret block is read from this API
+
+    def check(numbered: tuple[int, Service]) -> PreflightError | None:
+        i, service = numbered
         try:
-            _check_one(params, service, f"services.{i}")
+            context.copy().run(_check_one, params, service, f"services.{i}")
         except PreflightError as exc:
             if "cannot reach" not in str(exc):
                 raise
-            log.warning("%s; the other services go on", exc)
+            return exc
+        return None
+
+    # all at once (each is a round trip or two, and a silent one waits out its timeout);
+    # the warnings and the first error in the order the services are listed
+    checks = workers.run_all(check, list(enumerate(params.services)), len(params.services))
+    for unreachable in workers.results(checks, lambda _: None):
+        if unreachable is not None:
+            log.warning("%s; the other services go on", unreachable)
 
 
 def _check_one(params: HarvestParams, svc: Service, key: str) -> None:

@@ -60,11 +60,14 @@ def is_gzip_type(content_type: str | None) -> bool:
 def is_tile_compressed(first_bytes: bytes, max_blocks: int = 40) -> bool:
     """A ``ZIMAGE = T`` card among the first header blocks: an fpacked image (the primary
     HDU of a ``.fits.fz`` is empty, so the first extension header follows at once)."""
-    head = first_bytes[: max_blocks * FITS_BLOCK]
-    for start in range(0, len(head) - 79, 80):
-        card = head[start : start + 80]
-        if card.startswith(b"ZIMAGE  =") and _ZIMAGE.match(card):
+    end = min(len(first_bytes), max_blocks * FITS_BLOCK)
+    # bytes.find, not a Python loop over cards: this runs on every downloaded file's first
+    # chunk (1,440 cards; ~9% of the image threads' time in a latency-bound harvest)
+    at = first_bytes.find(b"ZIMAGE  =", 0, end)
+    while at != -1:
+        if at % 80 == 0 and at + 80 <= end and _ZIMAGE.match(first_bytes, at, at + 80):
             return True
+        at = first_bytes.find(b"ZIMAGE  =", at + 1, end)
     return False
 
 

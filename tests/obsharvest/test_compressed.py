@@ -181,6 +181,16 @@ def test_gzip_bytes_are_recognised_as_a_file():
     assert compression.stored_key("a/b.fits", "file:///o/a/b.fits.gz") == "a/b.fits.gz"
 
 
+def test_a_zimage_card_is_found_only_on_a_card_boundary_and_within_the_blocks_read():
+    card = b"ZIMAGE  =                    T / tile-compressed image".ljust(80)
+    primary = fits.PrimaryHDU().header.tostring().encode()  # 2880 bytes: the empty primary
+    assert compression.is_tile_compressed(primary + card)
+    assert not compression.is_tile_compressed(primary + b" " + card)  # not a card
+    assert not compression.is_tile_compressed(primary + card.replace(b"T /", b"F /"))
+    assert not compression.is_tile_compressed(primary + card[:40])  # a card cut short
+    assert not compression.is_tile_compressed(primary + card, max_blocks=1)  # beyond them
+
+
 # -- end to end -------------------------------------------------------------------------
 
 
