@@ -22,6 +22,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
@@ -65,7 +66,7 @@ class ServiceSession(requests.Session):
         self.mount("http://", adapter)
         self.mount("https://", adapter)
         self.headers["User-Agent"] = user_agent
-        self._environment: dict[tuple, dict] = {}  # merge_environment_settings, per host
+        self._environment: dict[tuple, dict[str, Any]] = {}  # merge_environment_settings, per host
 
     def auth_headers(self, url: str) -> dict[str, str]:
         """The Authorization header for ``url`` if it is a service host, else nothing."""
@@ -109,13 +110,13 @@ class ServiceSession(requests.Session):
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         key = (host_of(url or ""), stream, verify, cert)
         try:
-            merged = self._environment.get(key)
+            kept = self._environment.get(key)
         except TypeError:  # a cert given as a list: not a key, merged afresh
             return super().merge_environment_settings(url, {}, stream, verify, cert)
-        if merged is None:
-            merged = super().merge_environment_settings(url, {}, stream, verify, cert)
-            self._environment[key] = merged
-        return {**merged, "proxies": dict(merged["proxies"])}
+        if kept is None:
+            kept = dict(super().merge_environment_settings(url, {}, stream, verify, cert))
+            self._environment[key] = kept
+        return {**kept, "proxies": dict(kept["proxies"] or {})}
 
     def timeout_for(self, url: str, asked: Timeout | None) -> tuple[float, float]:
         """The ``(connect, read)`` timeout of a request to ``url``; ``asked`` is the
