@@ -108,7 +108,8 @@ def beating() -> Iterator[None]:
 def _event_of(context) -> tuple[dict[str, str], list]:
     """The heartbeat event's resource and related resources, as Prefect's engine builds
     them (``BaseFlowRunEngine._build_heartbeat_event_template``)."""
-    from prefect import __version__
+    from importlib.metadata import version
+
     from prefect.events import RelatedResource
     from prefect.events.related import tags_as_related_resources
 
@@ -116,7 +117,7 @@ def _event_of(context) -> tuple[dict[str, str], list]:
     resource = {
         "prefect.resource.id": f"prefect.flow-run.{run.id}",
         "prefect.resource.name": run.name or "",
-        "prefect.version": __version__,
+        "prefect.version": version("prefect"),
     }
     related: list = []
     if run.flow_id:
