@@ -36,7 +36,9 @@ def test_unreachable_services_are_warned_of_in_order_and_the_rest_go_on(archive,
     )
     with caplog.at_level(logging.WARNING, logger="obsharvest.flows.preflight"):
         check_service(params)  # raises nothing: one service answers
-    warned = [r.getMessage() for r in caplog.records if "the other services go on" in r.getMessage()]
+    warned = [
+        r.getMessage() for r in caplog.records if "the other services go on" in r.getMessage()
+    ]
     assert len(warned) == 2, warned
     assert "services.0" in warned[0] and "cannot reach" in warned[0]
     assert "services.2" in warned[1] and "other-tap" in warned[1]
