@@ -579,18 +579,18 @@ def notes(options: Options, m: Measured, cat, cat2, hb, hl, hv) -> list[str]:
             "the speed-up (see benchmarks/README.md)"
         )
     elif speed < wanted:
-        unjoined = R.median(
-            [
-                b.seconds / max(h.seconds - h.heartbeat_join, 1e-9)
-                for b, h in zip(m.baseline, m.harvest, strict=False)
-            ]
-        )
-        joined = (  # only where Prefect's own heartbeats ran (a run not started in-process)
-            f"{unjoined:.1f}x without the end of each run spent joining Prefect's heartbeat "
-            "thread (not judged: a user waits for it); the rest is "
-            if max(h.heartbeat_join for h in m.harvest) > JOIN_SAID
-            else ""
-        )
+        joined = ""  # said only where Prefect's own heartbeats ran (a run not started in-process)
+        if max(h.heartbeat_join for h in m.harvest) > JOIN_SAID:
+            unjoined = R.median(
+                [
+                    b.seconds / max(h.seconds - h.heartbeat_join, 1e-9)
+                    for b, h in zip(m.baseline, m.harvest, strict=False)
+                ]
+            )
+            joined = (
+                f"{unjoined:.1f}x without the end of each run spent joining Prefect's heartbeat "
+                "thread (not judged: a user waits for it); the rest is "
+            )
         out.append(
             f"obsharvest / baseline MISS: the raw transfer is {bound:.1f}x faster than the "
             f"baseline, so {wanted:.0f}x is possible on this network; obsharvest's "

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench import prefect_api
+from .bench import JOIN_SAID, prefect_api
 from .harvest_run import HEARTBEAT_JOINS, HarvestRun, _runner, add_prefect_facts
 from .workload import (
     BAND,
@@ -347,14 +347,16 @@ def render(options: Options, rounds: list[Round], truth: set[str]) -> list[str]:
         f"failures: {failures}"
     )
     # Prefect's heartbeat join rounds each run up to its heartbeat thread's next second
-    # (harvest_run._HeartbeatJoins): said apart, not judged on
-    unjoined = [
-        (rd.multi.seconds - rd.multi.facts.heartbeat_join)
-        / max(r.seconds - r.facts.heartbeat_join for r in rd.single.values())
-        for rd in rounds
-    ]
-    if any(r.facts.heartbeat_join > 0.05 for rd in rounds for r in (rd.multi, *rd.single.values())):
-        lines.append(  # only where Prefect's own heartbeats ran (a run not started in-process)
+    # (harvest_run._HeartbeatJoins): said apart, not judged on, and only where Prefect's own
+    # heartbeats ran (a run not started in-process)
+    joins = (r.facts.heartbeat_join for rd in rounds for r in (rd.multi, *rd.single.values()))
+    if max(joins) > JOIN_SAID:
+        unjoined = [
+            (rd.multi.seconds - rd.multi.facts.heartbeat_join)
+            / max(r.seconds - r.facts.heartbeat_join for r in rd.single.values())
+            for rd in rounds
+        ]
+        lines.append(
             f"without Prefect's heartbeat join at each run's end: multi / slowest single "
             f"{_ratios(unjoined)} (not judged: a user waits for the join)"
         )
