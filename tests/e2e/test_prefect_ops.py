@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -293,11 +294,40 @@ def test_shards_on_two_workers_equal_one_run(ops, archive, tmp_path, prefect_har
     assert objects(tmp_path / "sharded" / "fits") == objects(tmp_path / "single" / "fits")
 
 
+def _flow_run_process(run_id: str):
+    """The process running flow run ``run_id`` (a worker's child: Prefect puts the run's
+    id in its environment), or None while there is none."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
+                return proc
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return None
+
+
+def _logged_at(server, run_id: str, text: str) -> float | None:
+    """When the flow run logged a message containing ``text`` (epoch seconds), per the API."""
+    from datetime import datetime
+
+    logs = server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})
+    stamps = [datetime.fromisoformat(r["timestamp"]) for r in logs if text in r["message"]]
+    return min(stamps).timestamp() if stamps else None
+
+
 @pytest.mark.reliability
 @pytest.mark.timeout(400)
-def test_cancelling_a_deployment_run_ends_it_cancelled_within_30s(ops, tmp_path):
-    """Cancel from the API (as the UI and ``prefect flow-run cancel`` do) while every file
-    read hangs: the run writes what it decided and ends Cancelled, not Crashed."""
+def test_cancelling_a_deployment_run_stops_it_within_10s_and_ends_it_cancelled(ops, tmp_path):
+    """Cancel from the API, as the UI and ``prefect flow-run cancel`` do, while every file
+    read hangs. The run writes what it decided, and its process exits within 10 s of the
+    runner's SIGTERM: that part is obsharvest's. It ends Cancelled, not Crashed.
+
+    What comes before and after the SIGTERM is Prefect's bookkeeping: it delivers the
+    Cancelling event to the worker, polls the process's exit every 3 s, and loads the
+    flow to look for cancellation hooks. It took about 6 s here and about 30 s on a loaded
+    CI machine, so it is bounded only by the wait."""
     import pyarrow.dataset as ds
 
     from obsharvest.simarchive.faults import FaultPlan
@@ -313,11 +343,30 @@ def test_cancelling_a_deployment_run_ends_it_cancelled_within_30s(ops, tmp_path)
         while stalled.stats().get("files", {}).get("methods", {}).get("GET", 0) < 1:
             assert time.monotonic() < deadline, (home / "worker.log").read_text()[-4000:]
             time.sleep(0.2)
+        proc = _flow_run_process(run_id)
+        assert proc is not None, "no process runs the flow run"
+        exited: list[float] = []
+        watcher = threading.Thread(
+            target=lambda: (proc.wait(300), exited.append(time.time())), daemon=True
+        )
+        watcher.start()
         sent = time.monotonic()
-        server.cli("flow-run", "cancel", run_id)
-        run = server.wait_run(run_id, timeout=60)
+        asked = server.post(
+            f"/flow_runs/{run_id}/set_state",
+            {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": False},
+        )
+        assert asked["status"] == "ACCEPT", asked
+        run = server.wait_run(run_id, timeout=240)
         took = time.monotonic() - sent
-    assert run["state_type"] == "CANCELLED", (home / "worker.log").read_text()[-4000:]
-    assert took < 30, f"{took:.1f} s"
+        watcher.join(60)
+    log = (home / "worker.log").read_text()[-4000:] + (home / "worker2.log").read_text()[-4000:]
+    assert run["state_type"] == "CANCELLED", log
+    assert exited, f"the flow run's process {proc.pid} did not exit"
+    stopping = _logged_at(server, run_id, "interrupted by SIGTERM: stopping")
+    assert stopping is not None, log
+    assert exited[0] - stopping < 10, (
+        f"the process exited {exited[0] - stopping:.1f} s after it began stopping "
+        f"(Cancelled {took:.1f} s after the request)"
+    )
     rows = ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
     assert rows and all(r["obsh_failure"].startswith("interrupted by") for r in rows)
