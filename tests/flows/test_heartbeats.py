@@ -76,8 +76,9 @@ def test_an_in_process_run_sends_one_heartbeat_of_its_own_and_stops_it(archive, 
             "plan": True,
         }
     )
-    # the session turns heartbeats off (conftest); a user has them on (180 s by default)
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+    # the session turns heartbeats off (conftest); a user has them on (180 s by default).
+    # An hour apart: one at the start, however slowly a loaded machine runs the harvest
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 3600}):
         summary = harvest_params(params)
     assert summary.ok and summary.images > 0
     assert _heartbeat_threads() == []  # stopped and joined when the flow body ended
