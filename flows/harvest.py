@@ -122,6 +122,8 @@ def run_harvest(params: HarvestParams, targets: list[Target], run_id: str) -> Su
         summary = _sum_up(params, run, run_id, logger)
         if state is not None and summary.ok and not params.plan:
             _save_watermarks(params, state, targets, run, summary, run_id)
+        if not params.plan and not stopping.requested():
+            _reap_partials(params, logger)
         return summary
 
 
@@ -287,14 +289,32 @@ def _named(
     return [(key, f"{owner[key]}: {why}" if key in owner else why) for key, why in failures]
 
 
+def _fits_store(params: HarvestParams) -> ObjectStore:
+    return ObjectStore(
+        params.storage_url, params.storage_options, timeout=settings.timeouts(params)
+    )
+
+
+def _reap_partials(params: HarvestParams, logger) -> None:
+    """Remove the hidden temporaries that killed runs left in the FITS store (a local
+    disk's or Azure's; S3 and GCS make none), once they are an hour old: a run writing
+    into the same store now keeps its own. A store that cannot be listed is only warned
+    about: the run's results are written already."""
+    try:
+        removed = _fits_store(params).delete_partials()
+    except Exception as exc:  # noqa: BLE001 - housekeeping must not fail a finished run
+        logger.warning("could not look for partial uploads of killed runs: %s", exc)
+        return
+    if removed:
+        logger.info("removed %d partial uploads left by killed runs", len(removed))
+
+
 def _remove(params: HarvestParams, extra: list[StoredObject], logger) -> None:
     """Remove the files this run stored twice (the same bytes under two DIDs): their rows
     point at the first copy."""
     if not extra:
         return
-    store = ObjectStore(
-        params.storage_url, params.storage_options, timeout=settings.timeouts(params)
-    )
+    store = _fits_store(params)
     for stored in extra:
         store.delete(stored.key)
     logger.info("%d files stored twice (the same bytes under other DIDs): kept once", len(extra))

@@ -53,7 +53,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -492,16 +492,9 @@ class ObjectStore:
         """
         if self.publish == "direct":
             return []
-        try:
-            found = self.fs.find(self.root, withdirs=False, detail=True)
-        except FileNotFoundError:
-            return []
         now = time.time()
         removed = []
-        for path, info in found.items():
-            name = posixpath.basename(path)
-            if not (name.startswith(".") and PART_MARKER in name):
-                continue
+        for path, info in self._hidden_partials():
             if older_than > 0:
                 mtime = mtime_of(info)
                 if mtime is None or now - mtime < older_than:
@@ -512,3 +505,14 @@ class ObjectStore:
         if removed:
             log.info("removed %d stale partial uploads under %s", len(removed), self.root_url)
         return removed
+
+    def _hidden_partials(self) -> Iterator[tuple[str, dict]]:
+        """The ``.part-`` temps in the store, listed a directory at a time: a store of
+        100,000 files is not held as one listing. A missing root holds none."""
+        try:
+            for folder, _, files in self.fs.walk(self.root, detail=True, on_error="raise"):
+                for name, info in files.items():
+                    if name.startswith(".") and PART_MARKER in name:
+                        yield posixpath.join(folder, name), info
+        except FileNotFoundError:
+            return

@@ -111,6 +111,16 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     # what the crashed run left in storage, complete and verified (partials are never visible)
     kept = sum(p.stat().st_size for p in tmp_path.rglob("*.fits"))
+    # a download killed mid-file leaves a hidden temporary, never the final key. The
+    # crashed run's are made two hours old (a killed nightly run's, found the next night);
+    # one made now stands for a run writing into the same store at this moment
+    left = _partials(tmp_path)
+    assert bool(left) == point.startswith("download"), left
+    for path in left:
+        os.utime(path, (path.stat().st_atime - 7200, path.stat().st_mtime - 7200))
+    concurrent = tmp_path / "fits" / f".concurrent.fits.part-{'0' * 32}"
+    concurrent.parent.mkdir(parents=True, exist_ok=True)
+    concurrent.write_bytes(b"SIMPLE  =                    T")
     archive.reset_stats()
     rerun = _run_cli(archive, tmp_path, {})
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
@@ -134,9 +144,10 @@ def test_killed_at_any_point_a_rerun_completes_without_refetching(point, crash_a
         sidecar = parse_sidecar(Path(str(path) + ".sha256").read_bytes())
         assert sidecar is not None and sidecar["sha256"] == row["obsh_sha256"]
     assert not [p for p in tmp_path.rglob("*.tmp")]  # Parquet temporaries never survive a rerun
-    # a download killed mid-file leaves only a hidden temporary, never the final key; the
-    # store removes such orphans (runs do so for ones older than an hour)
-    from obsharvest.storage.store import ObjectStore
+    # the rerun removed the killed run's temporaries, and kept the one being written now
+    assert _partials(tmp_path) == [concurrent]
 
-    ObjectStore(str(tmp_path / "fits")).delete_partials(older_than=0)
-    assert not [p for p in tmp_path.rglob("*") if ".part-" in p.name]
+
+def _partials(output: Path) -> list[Path]:
+    """The hidden temporaries in the FITS store under ``output``."""
+    return sorted(p for p in (output / "fits").rglob(".*") if ".part-" in p.name)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -145,6 +146,31 @@ def test_a_stream_failing_midway_leaves_no_object_and_no_upload(cloud: Cloud):
         assert in_progress == [["fits/new.fits"], ["fits/kept.fits"]]  # multipart had begun
         assert _uploads(client, bucket) == []  # ... and was aborted
         client.close()
+
+
+def test_a_killed_runs_temporary_is_removed_once_stale(cloud: Cloud):
+    """Azure's temporary key (a run killed between its upload and its copy) is listed with
+    its age and removed once older than asked, the real objects kept. S3 and GCS make no
+    temporaries: their stores list nothing."""
+    bucket = cloud.new_bucket()
+    store = ObjectStore(cloud.url(bucket, "fits"), cloud.options)
+    store.put_stream("d/real.fits", [b"SIMPLE"])
+    temp = f"{bucket}/fits/d/.half.fits.part-{uuid.uuid4().hex}"
+    store.fs.pipe_file(temp, b"half")
+    assert store.delete_partials() == []  # fresh: maybe a concurrent run's
+    if store.publish == "direct":
+        assert store.delete_partials(older_than=0) == []
+        return
+    deadline = time.monotonic() + 60
+    while not (removed := store.delete_partials(older_than=2)):  # its age, as the store says
+        assert time.monotonic() < deadline, "the temporary was never old enough"
+        time.sleep(0.5)
+    assert [p.rsplit("/", 1)[-1] for p in removed] == [temp.rsplit("/", 1)[-1]]
+    store.fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(f"{bucket}/fits/d")) == [
+        "real.fits",
+        "real.fits.sha256",
+    ]
 
 
 def test_two_writers_of_one_key_at_once_both_succeed(cloud: Cloud):
